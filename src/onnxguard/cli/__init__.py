@@ -1,0 +1,62 @@
+"""The ``onnxguard`` command: a thin face over the library, one module per verb.
+
+Errors: every ``OnnxguardError`` is caught once, here, and printed as one line on stderr with its exit
+code (2 could not run, 1 a check failed). ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+import typer
+
+from .. import __version__
+from ..errors import OnnxguardError
+
+app = typer.Typer(
+    name="onnxguard",
+    help="From a trained model to a fast, verified, signed and encrypted ONNX bundle.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"onnxguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """onnxguard: convert, check, bundle (and later optimize, scan, sign, seal and serve) models."""
+
+
+# Registering the verbs: each module adds its command(s) to ``app``.
+from . import build, convert, inspect, parity, quickstart  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=argv, prog_name="onnxguard", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: exit 2, click's own message
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("onnxguard: aborted", file=sys.stderr)
+        sys.exit(130)
+    except OnnxguardError as e:
+        if "--debug" in argv:
+            traceback.print_exc()
+        print(f"onnxguard: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

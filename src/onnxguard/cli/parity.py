@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import bundle, convert, golden, onnxfile
+from .. import parity as parity_lib
+from ..errors import CheckFailed, InputError
+from ..golden import GoldenSet
+from ..progress import Event
+from . import app, options, render
+
+_DT = options.DEFAULT_TOLERANCE
+
+
+@app.command()
+def parity(
+    source: Annotated[str, typer.Argument(help="The source model (as for convert), or a bundle directory.")],
+    model: Annotated[Path | None, typer.Argument(help="The .onnx file to check (not with a bundle).")] = None,
+    golden_npz: options.GoldenNpz = None,
+    texts: options.Texts = None,
+    input_shape: options.InputShape = None,
+    task: options.Task = None,
+    pooling: options.Pooling = "mean",
+    max_length: options.MaxLength = None,
+    trust_pickle: options.TrustPickle = False,
+    atol: options.Atol = _DT.atol,
+    rtol: options.Rtol = _DT.rtol,
+    min_cosine: options.MinCosine = _DT.min_cosine,
+    min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
+    json: options.Json = False,
+) -> None:
+    """Compare ONNX Runtime with the source framework on a golden set; exit 1 when out of tolerance.
+
+    With a bundle, its stored golden set is re-run on this machine's runtime against the stored references.
+    """
+    tol = options.tolerance(atol, rtol, min_cosine, min_label_agreement)
+    if (Path(source) / bundle.MANIFEST).is_file():
+        if model is not None:
+            raise InputError(f"{source}: a bundle carries its model; do not give MODEL too")
+        b = bundle.read(source)
+        roles = {o.name: o.role for o in b.manifest.model.outputs if o.role}
+        report = parity_lib.parity(b.model_bytes(), b.golden(), roles, tol)
+    else:
+        if model is None:
+            raise InputError("give the ONNX model to check: onnxguard parity SOURCE MODEL.onnx")
+        onnx_model = onnxfile.load(model)
+        opts = options.convert_options(None, "auto", input_shape, task, pooling, max_length, trust_pickle)
+        with render.progress_display(not json) as progress:
+            progress(Event("load", f"loading {source}"))
+            src = convert.load(source, opts)
+            if golden_npz is not None:
+                inputs = list(golden.load(golden_npz).inputs)
+            elif texts is not None:
+                inputs = src.texts_inputs(golden.read_texts(texts))
+            else:
+                inputs = src.golden_inputs()
+            refs = []
+            for i, batch in enumerate(inputs):
+                progress(Event("source", f"running {src.framework} on batch {i + 1}/{len(inputs)}", i, len(inputs)))
+                refs.append(src.run(batch))
+            progress(Event("source", f"{len(inputs)} batches", len(inputs), len(inputs), done=True))
+        report = parity_lib.parity(onnx_model, GoldenSet(tuple(inputs), tuple(refs)), src.output_roles, tol)
+    if json:
+        render.print_json(report.to_dict())
+    else:
+        render.parity_report(report)
+    if not report.passed:
+        raise CheckFailed("parity out of tolerance")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import inspect as inspect_lib
+from .. import quickstart as quickstart_lib
+from . import app, render
+from .build import summary
+
+
+@app.command()
+def quickstart(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the example writes its files.")] = Path("onnxguard-quickstart"),
+) -> None:
+    """Train a small CNN on scikit-learn's digits and build a bundle from it: the whole path in one run."""
+    render.out.rule("onnxguard quickstart: digits CNN -> ONNX bundle")
+    with render.progress_display() as progress:
+        result = quickstart_lib.run(workdir, progress)
+    render.out.print(f"trained DigitsCNN: test accuracy [bold]{result.accuracy:.1%}[/], saved {result.program}")
+    render.parity_report(result.build.parity, "parity, ONNX Runtime vs PyTorch")
+    render.model_info(inspect_lib.inspect(result.build.bundle.path))
+    t = Table(title="predictions on test images", title_justify="left")
+    for col in ("true", "predicted", "confidence", ""):
+        t.add_column(col)
+    for p in result.predictions:
+        t.add_row(p.truth, p.label, f"{p.confidence:.1%}", "[green]ok[/]" if p.label == p.truth else "[red]wrong[/]")
+    render.out.print(t)
+    summary(result.build)
+    render.out.print(f"bundle: [bold]{result.build.bundle.path.resolve()}[/]  (try: onnxguard inspect {result.build.bundle.path})")

@@ -1,0 +1,115 @@
+"""How reports look in a terminal (rich). The library returns data; this module draws it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..inspect import ModelInfo
+from ..parity import ParityReport
+from ..progress import Event
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def print_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def shape(s) -> str:
+    return "?" if s is None else escape("[" + ", ".join("?" if d is None else str(d) for d in s) + "]")
+
+
+def model_info(info: ModelInfo) -> None:
+    if info.bundle:
+        b = info.bundle
+        t = Table(title=f"bundle {b['name']} {b['version']}", show_header=False, title_justify="left")
+        t.add_row("path", b["path"])
+        t.add_row("created", b["created"])
+        src = b["source"]
+        t.add_row("source", f"{src['framework']} {src['framework_version']}: {src['identifier']}")
+        t.add_row("task", str(b["task"]))
+        t.add_row("exporter", src["exporter"])
+        if b["labels"]:
+            t.add_row("labels", ", ".join(b["labels"][:20]) + (" ..." if len(b["labels"]) > 20 else ""))
+        t.add_row("steps", ", ".join(b["steps"]))
+        t.add_row("parity", "n/a" if b["parity"] is None else ("passed" if b["parity"]["passed"] else "FAILED"))
+        t.add_row("files", ", ".join(b["files"]))
+        out.print(t)
+    t = Table(title=f"model {info.path}", show_header=False, title_justify="left")
+    t.add_row("file size", size(info.file_size))
+    t.add_row("IR version", str(info.ir_version))
+    t.add_row("opset", ", ".join(f"{d} {v}" for d, v in info.opset.items()))
+    t.add_row("producer", info.producer or "-")
+    t.add_row("parameters", f"{info.parameter_count:,}")
+    t.add_row("nodes", str(info.node_count))
+    for x in info.inputs:
+        t.add_row("input", f"{x.name}: {x.dtype} {shape(x.shape)}")
+    for x in info.outputs:
+        t.add_row("output", f"{x.name}: {x.dtype} {shape(x.shape)}")
+    for domain, ops in info.op_histogram.items():
+        t.add_row(f"ops {domain}", ", ".join(f"{op} {n}" for op, n in ops.items()))
+    for k, v in info.metadata.items():
+        t.add_row(f"meta {k}", v)
+    if info.external_data:
+        t.add_row("external data", ", ".join(info.external_data))
+    out.print(t)
+
+
+def parity_report(report: ParityReport, title: str = "parity") -> None:
+    t = Table(title=f"{title}: {'PASSED' if report.passed else 'FAILED'} ({report.items} examples, "
+                    f"{report.batches} batches)", title_justify="left")
+    for col in ("output", "role", "max |diff|", "mean |diff|", "min cosine", "label agreement", "result"):
+        t.add_column(col, justify="left" if col in ("output", "role", "result") else "right")
+    for o in report.outputs:
+        t.add_row(o.name, o.role, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}",
+                  "-" if o.min_cosine is None else f"{o.min_cosine:.6f}",
+                  "-" if o.label_agreement is None else f"{o.label_agreement:.2%}",
+                  "[green]ok[/]" if o.passed else "[red]" + "; ".join(o.failures) + "[/]")
+    out.print(t)
+    tol = report.tolerance
+    out.print(f"tolerance: |diff| <= {tol.atol:g} + {tol.rtol:g}*|ref|, cosine >= {tol.min_cosine}, "
+              f"label agreement >= {tol.min_label_agreement:.0%}")
+    for note in report.notes:
+        out.print(f"note: {note}")
+
+
+@contextmanager
+def progress_display(enabled: bool = True):
+    """A rich progress display on stderr; yields the callback the library calls."""
+    if not enabled or not err.is_terminal:
+        def plain(event: Event) -> None:
+            if event.done and enabled and event.message:
+                err.print(f"[bold]{event.stage}[/]: {escape(event.message)}")
+        yield plain
+        return
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(bar_width=24),
+               MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def callback(event: Event) -> None:
+            if event.stage not in tasks:
+                tasks[event.stage] = bar.add_task(event.message, total=event.total, stage=event.stage)
+            task = tasks[event.stage]
+            if event.done:
+                bar.update(task, description=event.message, total=event.total or 1, completed=event.total or 1)
+            else:
+                bar.update(task, description=event.message, total=event.total, completed=event.completed or 0)
+
+        yield callback

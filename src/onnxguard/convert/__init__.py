@@ -1,0 +1,115 @@
+"""``convert.convert(spec, ConvertOptions) -> ConvertResult``: a source model to an ONNX ``ModelProto``.
+
+The source kind is read from the spec:
+
+===============================  ===========================================
+``path/to/file.py:factory``      PyTorch module (``--input-shape`` needed)
+``model.pt2``                    PyTorch ``torch.export`` ExportedProgram
+``dir/`` with ``config.json``    Hugging Face Transformers model
+``org/name`` (not a local path)  Hugging Face hub id (needs a network)
+``model.skops``                  scikit-learn, loaded with skops
+``model.pkl`` / ``.joblib``      scikit-learn pickle, only with ``--trust-pickle``
+===============================  ===========================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from ..progress import Event, Progress, silent
+from .interface import ConversionError, ConvertOptions, Exported, Source
+
+__all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SKLEARN_SUFFIXES = (".skops", ".pkl", ".pickle", ".joblib")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    model: onnx.ModelProto
+    source: Source
+    exporter: str
+    notes: tuple[str, ...]
+
+
+def detect(spec: str) -> str:
+    """The source kind of ``spec``: ``torch-module``, ``torch-program``, ``transformers`` or ``sklearn``."""
+    path = Path(spec)
+    file_part = spec.rpartition(":")[0]
+    if file_part.endswith(".py"):
+        return "torch-module"
+    if path.suffix == ".py":
+        raise ConversionError(f"{spec}: name the factory too, as {spec}:make_model")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "transformers"
+        raise ConversionError(f"{path}: a directory without config.json; give a Transformers model directory")
+    if path.suffix == ".pt2":
+        kind = "torch-program"
+    elif path.suffix in SKLEARN_SUFFIXES:
+        kind = "sklearn"
+    elif not path.exists() and _HUB_ID.match(spec):
+        return "transformers"
+    else:
+        raise ConversionError(f"{spec}: unknown source kind; give file.py:factory, a .pt2 ExportedProgram, a "
+                              "Transformers model directory, or a .skops scikit-learn model")
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    return kind
+
+
+def _missing_extra(extra: str, e: ImportError) -> ConversionError:
+    return ConversionError(f"this source needs the [{extra}] extra ({e.name} is not installed): "
+                           f"pip install 'onnxguard[{extra}]'")
+
+
+def load(spec: str, options: ConvertOptions = ConvertOptions()) -> Source:
+    """Load the source model in its own framework (imports that framework only now)."""
+    kind = detect(spec)
+    try:
+        if kind == "torch-module":
+            from . import torch as torch_source
+
+            return torch_source.load_module(spec, options)
+        if kind == "torch-program":
+            from . import torch as torch_source
+
+            return torch_source.load_program(Path(spec), options)
+        if kind == "transformers":
+            from . import hf
+
+            return hf.load(spec, options)
+        from . import sklearn as sklearn_source
+
+        return sklearn_source.load(Path(spec), options)
+    except ModuleNotFoundError as e:
+        extra = {"torch-module": "torch", "torch-program": "torch", "transformers": "transformers"}.get(kind, "sklearn")
+        if e.name and e.name.split(".")[0] in ("torch", "transformers", "sklearn", "skl2onnx", "skops", "onnxscript", "picklescan"):
+            raise _missing_extra(extra, e) from e
+        raise
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the model's ``metadata_props`` (replacing keys already there)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(meta)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def convert(source: str | Source, options: ConvertOptions = ConvertOptions(), meta: dict[str, str] | None = None,
+            progress: Progress = silent) -> ConvertResult:
+    """Load (when given a spec) and export the source model; ``meta`` goes into ``metadata_props``."""
+    if isinstance(source, str):
+        progress(Event("convert", f"loading {source}"))
+        source = load(source, options)
+    exported: Exported = source.export(options.opset, options.exporter, progress)
+    set_metadata(exported.model, meta or {})
+    progress(Event("convert", f"exported with {exported.exporter}", done=True))
+    return ConvertResult(exported.model, source, exported.exporter, exported.notes)

@@ -1,0 +1,196 @@
+"""Hugging Face Transformers sources: a local model directory, or a hub id where a network exists.
+
+Tasks: ``text-classification`` (output ``logits``) and ``feature-extraction`` (output ``embeddings``,
+pooled over the attention mask: ``mean`` or ``cls``). The tokenizer goes into the bundle.
+
+Padding is the trap here: a graph exported from unpadded examples can bake in "no mask" shortcuts.
+The export example is a padded batch, both axes are dynamic, and the golden set holds right- and
+left-padded batches of very different lengths, the longest allowed sequence and a single token.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from ..golden import Batch
+from ..parity import SCORES, VALUES
+from ..progress import Progress
+from .interface import ConversionError, ConvertOptions, Exported
+from .torch import InputSpec, export_module
+
+TASKS = ("text-classification", "feature-extraction")
+POOLINGS = ("mean", "cls")
+DEFAULT_MAX_LENGTH = 512  # longest golden sequence when the model allows more
+GOLDEN_BATCH = 8
+
+
+class _Classifier(torch.nn.Module):
+    def __init__(self, model, names):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args, strict=True))).logits
+
+
+class _Embedder(torch.nn.Module):
+    def __init__(self, model, names, pooling):
+        super().__init__()
+        self.model, self.names, self.pooling = model, names, pooling
+
+    def forward(self, *args):
+        kw = dict(zip(self.names, args, strict=True))
+        hidden = self.model(**kw).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = kw["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+@dataclass
+class HFSource:
+    wrapper: torch.nn.Module
+    tokenizer: object | None
+    input_names: list[str]
+    identifier: str
+    files: tuple[Path, ...]
+    task: str
+    labels: list[str] | None
+    max_length: int
+    vocab_size: int
+    pooling: str | None
+    framework: str = "transformers"
+    framework_version: str = f"{transformers.__version__} (torch {torch.__version__})"
+    assets: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.task == "text-classification" else "embeddings"
+
+    @property
+    def output_roles(self) -> dict[str, str]:
+        return {self.output_name: SCORES if self.task == "text-classification" else VALUES}
+
+    @property
+    def preprocessing(self) -> dict | None:
+        if self.tokenizer is None:
+            return None
+        return {"kind": "tokenizer", "path": "tokenizer", "max_length": self.max_length,
+                "padding_side": self.tokenizer.padding_side, "model_input_names": self.input_names,
+                "pooling": self.pooling}
+
+    def export(self, opset: int | None, exporter: str, progress: Progress) -> Exported:
+        # A padded example: the second sequence is shorter, so the mask has zeros while exporting.
+        low = min(5, self.vocab_size - 20)
+        batch = self._pack([self._special(list(range(low, low + 14))), self._special(list(range(low, low + 5)))], "right")
+        specs = [InputSpec(n, ("batch", "sequence"), "int64") for n in self.input_names]
+        args = tuple(torch.from_numpy(batch[n]) for n in self.input_names)
+        exported = export_module(self.wrapper, args, specs, [self.output_name], opset, exporter, progress)
+        return Exported(exported.model, exported.exporter + ", eager attention", exported.notes)
+
+    # -- golden set --------------------------------------------------------------------------------
+    def _special(self, ids: list[int]) -> list[int]:
+        if self.tokenizer is None:
+            return ids
+        return self.tokenizer.build_inputs_with_special_tokens(ids)
+
+    def _pack(self, sequences: list[list[int]], side: str) -> Batch:
+        length = max(len(s) for s in sequences)
+        pad = getattr(self.tokenizer, "pad_token_id", None) or 0
+        ids = np.full((len(sequences), length), pad, np.int64)
+        mask = np.zeros((len(sequences), length), np.int64)
+        for i, s in enumerate(sequences):
+            sl = slice(0, len(s)) if side == "right" else slice(length - len(s), length)
+            ids[i, sl], mask[i, sl] = s, 1
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return {n: batch[n] for n in self.input_names}
+
+    def golden_inputs(self) -> list[Batch]:
+        """Padded batches both sides, lengths spread from 3 to the longest allowed, one token, short texts."""
+        rng = np.random.default_rng(0)
+        specials = len(self._special([]))
+        low = min(5, self.vocab_size - 1)
+        def seq(n: int) -> list[int]:
+            return self._special(rng.integers(low, self.vocab_size, max(1, n - specials)).tolist())
+        spread = [seq(int(n)) for n in np.linspace(3, self.max_length, GOLDEN_BATCH)]
+        short = [seq(int(n)) for n in rng.integers(3, 24, GOLDEN_BATCH)]
+        return [self._pack(spread, "right"), self._pack(spread, "left"), self._pack(short, "right"),
+                self._pack(short, "left"), self._pack([self._special(rng.integers(low, self.vocab_size, 1).tolist())], "right"),
+                self._pack([seq(self.max_length)], "right")]
+
+    def texts_inputs(self, texts: list[str]) -> list[Batch]:
+        if self.tokenizer is None:
+            raise ConversionError(f"{self.identifier}: has no tokenizer, so a texts file cannot be used")
+        batches = []
+        for side in ("right", "left"):
+            for i in range(0, len(texts), GOLDEN_BATCH):
+                enc = self.tokenizer(texts[i : i + GOLDEN_BATCH], truncation=True, max_length=self.max_length)
+                batches.append(self._pack(enc["input_ids"], side))
+        return batches
+
+    def run(self, batch: Batch) -> Batch:
+        with torch.inference_mode():
+            out = self.wrapper(*(torch.from_numpy(batch[n]) for n in self.input_names))
+        return {self.output_name: out.numpy()}
+
+
+def _task_from_config(config) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "text-classification"
+    return "feature-extraction"
+
+
+def load(spec: str, options: ConvertOptions) -> HFSource:
+    path = Path(spec)
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{spec}: not a loadable Transformers model ({str(e).splitlines()[0]}); give a model "
+                              "directory with config.json, or a hub id where a network exists") from e
+    task = options.task or _task_from_config(config)
+    if task not in TASKS:
+        raise ConversionError(f"{spec}: task {task!r} is not supported; use --task {' or '.join(TASKS)}")
+    if options.pooling not in POOLINGS:
+        raise ConversionError(f"--pooling {options.pooling!r}: use {' or '.join(POOLINGS)}")
+    auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    try:
+        model = auto.from_pretrained(spec, attn_implementation="eager").eval()
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{spec}: cannot load the {task} model: {str(e).splitlines()[0]}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError):
+        tokenizer = None  # model-only directory: golden inputs are drawn from the vocabulary instead
+    forward_args = set(model.forward.__code__.co_varnames)
+    names = list(getattr(tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
+    names = [n for n in names if n in forward_args and n in ("input_ids", "attention_mask", "token_type_ids")]
+    if "attention_mask" not in names:
+        raise ConversionError(f"{spec}: the model takes no attention_mask, so padded batches cannot be correct")
+    limits = [getattr(config, "max_position_embeddings", None), DEFAULT_MAX_LENGTH,
+              getattr(tokenizer, "model_max_length", None), options.max_length]
+    max_length = min(x for x in limits if isinstance(x, int) and x > 0)
+    if task == "text-classification":
+        wrapper = _Classifier(model, names)
+        id2label = getattr(config, "id2label", None) or {}
+        labels = [str(id2label[i]) for i in range(len(id2label))] if id2label else None
+    else:
+        wrapper = _Embedder(model, names, options.pooling)
+        labels = None
+    source = HFSource(wrapper.eval(), tokenizer, names, spec, (path,) if path.is_dir() else (), task, labels,
+                      max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None)
+    if tokenizer is not None:
+        tmp = Path(tempfile.mkdtemp(prefix="onnxguard-tokenizer-"))
+        weakref.finalize(source, shutil.rmtree, tmp, True)
+        tokenizer.save_pretrained(tmp)
+        source.assets = {f"tokenizer/{f.name}": f for f in sorted(tmp.iterdir()) if f.is_file()}
+    return source

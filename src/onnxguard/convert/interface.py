@@ -1,0 +1,63 @@
+"""What a source framework plugs into: a loaded ``Source`` that can export itself and run itself.
+
+One file per framework implements it (``torch.py``, ``hf.py``, ``sklearn.py``); ``convert.load`` picks the
+right one from the source spec. Framework imports stay inside those files, so ``import onnxguard``
+never loads torch, transformers or scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import onnx
+
+from ..errors import ConversionError
+from ..golden import Batch
+from ..progress import Progress
+
+__all__ = ["ConversionError", "ConvertOptions", "Exported", "Source"]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    opset: int | None = None  # None: the converter's default
+    exporter: str = "auto"  # torch: auto | dynamo | torchscript
+    input_shapes: tuple[str, ...] = ()  # torch modules: NAME=DIMS[:DTYPE] or DIMS
+    task: str | None = None  # transformers: text-classification | feature-extraction
+    pooling: str = "mean"  # feature-extraction: mean | cls
+    max_length: int | None = None  # transformers: longest sequence in the golden set
+    trust_pickle: bool = False  # scikit-learn .pkl/.joblib, only after a pickle scan
+    golden_size: int = 64  # examples generated for the golden set when none are given
+
+
+@dataclass(frozen=True)
+class Exported:
+    """An exported model and how it was made."""
+
+    model: onnx.ModelProto
+    exporter: str
+    notes: tuple[str, ...] = ()
+
+
+class Source(Protocol):
+    """A source model loaded in its own framework."""
+
+    framework: str  # "pytorch" | "transformers" | "sklearn"
+    framework_version: str
+    identifier: str  # the spec the user gave
+    task: str | None
+    files: tuple[Path, ...]  # the source files, hashed into the manifest
+    labels: list[str] | None  # class labels, index-aligned with score outputs
+    output_roles: dict[str, str]  # output name -> parity role
+    preprocessing: dict | None
+    assets: dict[str, Path]  # bundle-relative path -> file to copy in (tokenizer files)
+
+    def export(self, opset: int | None, exporter: str, progress: Progress) -> Exported: ...
+
+    def golden_inputs(self) -> list[Batch]: ...
+
+    def texts_inputs(self, texts: list[str]) -> list[Batch]: ...
+
+    def run(self, batch: Batch) -> Batch: ...

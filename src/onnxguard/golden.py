@@ -1,0 +1,104 @@
+"""The golden set: input batches and the SOURCE framework's outputs on them.
+
+Every variant and target of a model is judged against these reference outputs, so the set holds what
+breaks variants (padding on both sides, the longest and shortest sequences, edge values), in batches
+of different sizes so that the dynamic axes are exercised too.
+
+On disk it is one ``.npz`` file, keys ``b{i}:in:{name}`` and ``b{i}:out:{name}``. A plain ``.npz`` whose
+keys are the model's input names is read as one batch of inputs with no references.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+Batch = dict[str, np.ndarray]
+_KEY = re.compile(r"^b(\d+):(in|out):(.+)$")
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    inputs: tuple[Batch, ...]
+    references: tuple[Batch, ...] | None = None
+
+    @property
+    def items(self) -> int:
+        """Number of examples (rows along the batch axis) over all batches."""
+        return sum(len(next(iter(b.values()))) for b in self.inputs if b)
+
+    def with_references(self, references: list[Batch]) -> GoldenSet:
+        return GoldenSet(tuple(self.inputs), tuple(references))
+
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        for i, batch in enumerate(self.inputs):
+            arrays.update({f"b{i}:in:{k}": v for k, v in batch.items()})
+        for i, batch in enumerate(self.references or ()):
+            arrays.update({f"b{i}:out:{k}": v for k, v in batch.items()})
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_bytes(self.to_bytes())
+
+
+def from_bytes(data: bytes, name: str = "<golden>") -> GoldenSet:
+    """Parse a golden ``.npz``; pickled object arrays are refused (``allow_pickle=False``)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise InputError(f"{name}: not a readable .npz file ({e})") from e
+    if not arrays:
+        raise InputError(f"{name}: holds no arrays")
+    if not any(_KEY.match(k) for k in arrays):
+        return GoldenSet((arrays,))
+    inputs: dict[int, Batch] = {}
+    outputs: dict[int, Batch] = {}
+    for key, value in arrays.items():
+        m = _KEY.match(key)
+        if not m:
+            raise InputError(f"{name}: unexpected key {key!r} in a golden set")
+        (inputs if m[2] == "in" else outputs).setdefault(int(m[1]), {})[m[3]] = value
+    n = max(inputs) + 1
+    if sorted(inputs) != list(range(n)) or (outputs and sorted(outputs) != list(range(n))):
+        raise InputError(f"{name}: batches are not numbered 0..{n - 1} for both inputs and outputs")
+    refs = tuple(outputs[i] for i in range(n)) if outputs else None
+    return GoldenSet(tuple(inputs[i] for i in range(n)), refs)
+
+
+def load(path: str | os.PathLike[str]) -> GoldenSet:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file (expected a golden set .npz)")
+    return from_bytes(p.read_bytes(), str(p))
+
+
+def split(arrays: Batch, batch_size: int) -> list[Batch]:
+    """Cut arrays that share a first axis into batches of at most ``batch_size`` rows."""
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
+
+
+def read_texts(path: str | os.PathLike[str]) -> list[str]:
+    """One text per line; blank lines are skipped."""
+    p = Path(path)
+    try:
+        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError as e:
+        raise InputError(f"{p}: no such file (expected a texts file, one text per line)") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot read as UTF-8 text ({e})") from e
+    if not texts:
+        raise InputError(f"{p}: holds no texts")
+    return texts

@@ -1,0 +1,123 @@
+"""``inspect.inspect(path) -> ModelInfo``: what an ONNX model or bundle is, without running it."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from . import onnxfile
+from .onnxfile import TensorSpec
+
+STANDARD_DOMAIN = "ai.onnx"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    file_size: int
+    ir_version: int
+    opset: dict[str, int]
+    producer: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    op_histogram: dict[str, dict[str, int]]
+    node_count: int
+    parameter_count: int
+    metadata: dict[str, str]
+    external_data: tuple[str, ...]
+    bundle: dict | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
+        d["external_data"] = list(self.external_data)
+        return d
+
+
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph nested in its nodes' attributes (If, Loop, Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from graphs(g)
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
+    """Node counts by domain then op type, over the main graph, subgraphs and local functions."""
+    counts: dict[str, Counter[str]] = {}
+    nodes = [n for g in graphs(model.graph) for n in g.node]
+    nodes += [n for f in model.functions for n in f.node]
+    for node in nodes:
+        counts.setdefault(node.domain or STANDARD_DOMAIN, Counter())[node.op_type] += 1
+    return {d: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for d, c in sorted(counts.items())}
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    locations = set()
+    for g in graphs(model.graph):
+        for t in g.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                locations.update(e.value for e in t.external_data if e.key == "location")
+    return sorted(locations)
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    """Elements in all initializers (from declared dims, so external data is never read)."""
+    return sum(math.prod(t.dims) for g in graphs(model.graph) for t in g.initializer)
+
+
+def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> ModelInfo:
+    hist = op_histogram(model)
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    return ModelInfo(
+        path=path,
+        file_size=file_size,
+        ir_version=model.ir_version,
+        opset={(o.domain or STANDARD_DOMAIN): o.version for o in model.opset_import},
+        producer=producer,
+        inputs=tuple(onnxfile.inputs(model)),
+        outputs=tuple(onnxfile.outputs(model)),
+        op_histogram=hist,
+        node_count=sum(sum(c.values()) for c in hist.values()),
+        parameter_count=parameter_count(model),
+        metadata={p.key: p.value for p in model.metadata_props},
+        external_data=tuple(_external_locations(model)),
+    )
+
+
+def inspect(path: str | os.PathLike[str]) -> ModelInfo:
+    """Describe an ONNX file, or a bundle directory (whose files are verified against its manifest first)."""
+    p = Path(path)
+    if p.is_dir():
+        from . import bundle
+
+        b = bundle.read(p)
+        info = inspect(b.model_path)
+        m = b.manifest
+        summary = {
+            "path": str(p),
+            "format": m.format,
+            "name": m.name,
+            "version": m.version,
+            "created": m.created,
+            "source": m.source.model_dump(),
+            "task": m.source.task,
+            "labels": m.labels,
+            "files": sorted(m.files),
+            "steps": [s.name for s in m.steps],
+            "parity": None if m.parity is None else {"passed": m.parity.passed},
+        }
+        return ModelInfo(**{**info.__dict__, "bundle": summary})
+    model = onnxfile.load(p)
+    return describe(model, str(p), p.stat().st_size)

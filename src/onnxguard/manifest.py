@@ -1,0 +1,120 @@
+"""The bundle manifest (``manifest.json``), format ``onnxguard-bundle/1``: the wire format, in pydantic.
+
+The JSON Schema shipped in ``schemas/manifest-1.schema.json`` is generated from these models
+(``python -m onnxguard.manifest > src/onnxguard/schemas/manifest-1.schema.json``); a test keeps the two equal.
+Readers in other languages validate against that file.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT = "onnxguard-bundle/1"
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tensor(_Strict):
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+    role: str | None = Field(None, description="scores | labels | values: how parity judges this output")
+
+
+class Source(_Strict):
+    framework: str = Field(description="pytorch | transformers | sklearn")
+    framework_version: str
+    identifier: str = Field(description="the source spec as given")
+    task: str | None
+    exporter: str
+    files: dict[str, str] = Field(description="sha256 of each source file, by path")
+
+
+class Model(_Strict):
+    file: str
+    sha256: str = Field(pattern=SHA256, description="sha256 of the plaintext ONNX file")
+    size: int
+    opset: dict[str, int]
+    ir_version: int
+    producer: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+
+
+class File(_Strict):
+    sha256: str = Field(pattern=SHA256)
+    size: int
+
+
+class Step(_Strict):
+    name: str
+    settings: dict = Field(default_factory=dict)
+    figures: dict = Field(default_factory=dict)
+
+
+class Golden(_Strict):
+    file: str
+    batches: int
+    items: int
+    origin: str = Field(description="signature | npz | texts: where the golden inputs came from")
+
+
+class OutputParity(_Strict):
+    name: str
+    role: str
+    items: int
+    max_abs: float
+    mean_abs: float
+    min_cosine: float | None
+    label_agreement: float | None
+    passed: bool
+    failures: list[str] = Field(default_factory=list)
+
+
+class Parity(_Strict):
+    passed: bool
+    tolerance: dict[str, float]
+    batches: int
+    items: int
+    outputs: list[OutputParity]
+    notes: list[str] = Field(default_factory=list)
+
+
+class Manifest(_Strict):
+    format: Literal["onnxguard-bundle/1"] = FORMAT
+    name: str
+    version: str
+    created: str = Field(description="UTC, ISO 8601")
+    onnxguard_version: str
+    source: Source
+    model: Model
+    files: dict[str, File] = Field(description="every file of the bundle but manifest.json and model.sig")
+    labels: list[str] | None = None
+    preprocessing: dict | None = None
+    steps: list[Step] = Field(default_factory=list)
+    golden: Golden | None = None
+    parity: Parity | None = None
+    scan: dict | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+def now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def json_schema() -> dict:
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://onnxguard.dev/schemas/manifest-1.schema.json"
+    return schema
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -1,0 +1,159 @@
+"""``parity.parity(model, golden, roles, Tolerance) -> ParityReport``: ONNX Runtime against the source framework.
+
+Each output is compared on every golden example: max and mean absolute difference, the minimum cosine
+similarity between an example's output vectors, and for classifier outputs the share of examples whose
+predicted label agrees. An output passes when every element satisfies ``|onnx - ref| <= atol + rtol * |ref|``
+and the cosine and label-agreement floors hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import InputError, ModelError
+from .golden import Batch, GoldenSet
+
+# Output roles: how an output is judged.
+SCORES = "scores"  # logits or probabilities over classes: label agreement is argmax over the last axis
+LABELS = "labels"  # predicted class labels: agreement is equality
+VALUES = "values"  # anything else (embeddings, regression values)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float = 0.9999
+    min_label_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    role: str
+    items: int
+    max_abs: float
+    mean_abs: float
+    min_cosine: float | None
+    label_agreement: float | None
+    passed: bool
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    outputs: tuple[OutputParity, ...]
+    tolerance: Tolerance
+    batches: int
+    items: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; ``threads=0`` lets the runtime choose."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
+        raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+
+
+def run(sess: ort.InferenceSession, batches: tuple[Batch, ...] | list[Batch]) -> list[Batch]:
+    """Run every batch; string outputs come back as numpy unicode arrays (never object arrays)."""
+    wanted = {i.name for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    results = []
+    for i, batch in enumerate(batches):
+        missing = wanted - batch.keys()
+        if missing:
+            raise InputError(f"golden batch {i} lacks model input(s) {sorted(missing)}; it has {sorted(batch)}")
+        try:
+            values = sess.run(names, {k: batch[k] for k in wanted})
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
+            raise InputError(f"golden batch {i} does not fit the model: {str(e).splitlines()[0]}") from e
+        results.append({n: (v.astype(str) if v.dtype == object else v) for n, v in zip(names, values, strict=True)})
+    return results
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(both_zero, 1.0, (a * b).sum(axis=1) / (na * nb))
+    return np.nan_to_num(cos, nan=0.0)
+
+
+def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.ndarray], tol: Tolerance) -> OutputParity:
+    failures = []
+    items = sum(len(r) for r in refs)
+    if any(r.shape != o.shape for r, o in zip(refs, outs, strict=True)):
+        shapes = next(f"{r.shape} vs {o.shape}" for r, o in zip(refs, outs, strict=True) if r.shape != o.shape)
+        return OutputParity(name, role, items, float("inf"), float("inf"), None, None, False, (f"shape differs: {shapes}",))
+    if refs[0].dtype.kind in "USO" or role == LABELS:
+        agree = sum(int((r == o).sum()) for r, o in zip(refs, outs, strict=True)) / max(items, 1)
+        if agree < tol.min_label_agreement:
+            failures.append(f"label agreement {agree:.2%} < {tol.min_label_agreement:.2%}")
+        return OutputParity(name, role, items, 0.0, 0.0, None, agree, not failures, tuple(failures))
+    ref = np.concatenate([r.reshape(len(r), -1) for r in refs]).astype(np.float64)
+    out = np.concatenate([o.reshape(len(o), -1) for o in outs]).astype(np.float64)
+    diff = np.abs(out - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    mean_abs = float(diff.mean()) if diff.size else 0.0
+    if not np.isfinite(out).all() and np.isfinite(ref).all():
+        failures.append("non-finite values in the ONNX output")
+    over = diff > tol.atol + tol.rtol * np.abs(ref)
+    if over.any():
+        failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} (max |diff| {max_abs:.3g})")
+    min_cos = float(_cosines(out, ref).min()) if len(ref) else 1.0
+    if min_cos < tol.min_cosine:
+        failures.append(f"min cosine {min_cos:.6f} < {tol.min_cosine}")
+    agreement = None
+    if role == SCORES:
+        agree = sum(int((np.argmax(r, -1) == np.argmax(o, -1)).sum()) for r, o in zip(refs, outs, strict=True))
+        agreement = agree / max(sum(np.argmax(r, -1).size for r in refs), 1)
+        if agreement < tol.min_label_agreement:
+            failures.append(f"label agreement {agreement:.2%} < {tol.min_label_agreement:.2%}")
+    return OutputParity(name, role, items, max_abs, mean_abs, min_cos, agreement, not failures, tuple(failures))
+
+
+def compare(references: list[Batch] | tuple[Batch, ...], outputs: list[Batch], roles: dict[str, str],
+            tolerance: Tolerance = Tolerance(), notes: tuple[str, ...] = ()) -> ParityReport:
+    """Compare per-batch outputs with per-batch references, output by output."""
+    if not references:
+        raise InputError("the golden set holds no reference outputs to compare with")
+    names = [n for n in references[0] if n in outputs[0]]
+    if not names:
+        raise InputError(f"no output in common: references have {sorted(references[0])}, model gives {sorted(outputs[0])}")
+    report = tuple(
+        compare_output(n, roles.get(n, VALUES), [r[n] for r in references], [o[n] for o in outputs], tolerance)
+        for n in names
+    )
+    items = sum(len(next(iter(r.values()))) for r in references)
+    return ParityReport(report, tolerance, len(references), items, notes)
+
+
+def parity(model: onnx.ModelProto | bytes | str, golden: GoldenSet, roles: dict[str, str],
+           tolerance: Tolerance = Tolerance(), notes: tuple[str, ...] = ()) -> ParityReport:
+    """Run ``golden``'s inputs through ONNX Runtime and compare with its reference outputs."""
+    if golden.references is None:
+        raise InputError("the golden set has no reference outputs; run the source framework first")
+    outputs = run(session(model), golden.inputs)
+    return compare(golden.references, outputs, roles, tolerance, notes)

@@ -1,0 +1,53 @@
+"""The built-in example: train a CNN on the bundled digits and build a bundle through the real pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import build, parity
+from .build import BuildOptions, BuildResult
+from .convert import ConvertOptions
+from .golden import GoldenSet
+from .progress import Progress, silent
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    truth: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    accuracy: float
+    program: Path
+    build: BuildResult
+    predictions: tuple[Prediction, ...]
+
+
+def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
+    from .examples import digits
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = digits.load_data()
+    model, accuracy = digits.train(data, epochs=epochs, progress=progress)
+    program = workdir / "digits_cnn.pt2"
+    digits.save_program(model, program)
+    golden_path = workdir / "golden_inputs.npz"
+    GoldenSet(tuple(digits.golden_batches(data))).save(golden_path)
+    options = BuildOptions(convert=ConvertOptions(task="classification"), name="digits-cnn", labels=digits.LABELS,
+                           golden_npz=golden_path, meta={"dataset": "sklearn digits", "test_accuracy": f"{accuracy:.4f}"},
+                           overwrite=True)
+    result = build.build(str(program), workdir / "bundle", options, progress)
+    sess = parity.session(result.bundle.model_bytes())
+    sample = data.x_test[-8:]
+    logits = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
+    return QuickstartResult(accuracy, program, result, predictions)
