@@ -10,6 +10,8 @@ left-padded batches of very different lengths, the longest allowed sequence and 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import shutil
 import tempfile
 import weakref
@@ -68,6 +70,8 @@ class HFSource:
     max_length: int
     vocab_size: int
     pooling: str | None
+    prefix: list[int] = field(default_factory=list)  # special tokens the tokenizer puts around a text
+    suffix: list[int] = field(default_factory=list)
     framework: str = "transformers"
     framework_version: str = f"{transformers.__version__} (torch {torch.__version__})"
     assets: dict[str, Path] = field(default_factory=dict)
@@ -99,9 +103,7 @@ class HFSource:
 
     # -- golden set --------------------------------------------------------------------------------
     def _special(self, ids: list[int]) -> list[int]:
-        if self.tokenizer is None:
-            return ids
-        return self.tokenizer.build_inputs_with_special_tokens(ids)
+        return self.prefix + ids + self.suffix
 
     def _pack(self, sequences: list[list[int]], side: str) -> Batch:
         length = max(len(s) for s in sequences)
@@ -143,6 +145,30 @@ class HFSource:
         return {self.output_name: out.numpy()}
 
 
+def _special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer adds before and after a text (``[CLS]``/``[SEP]``, ``<s>``/``</s>``)."""
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    body = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(body) + 1):
+        if full[i : i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    return [], []
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """Transformers draws tqdm bars on stderr while loading; the caller's progress display is the one to show."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _task_from_config(config) -> str:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
@@ -164,14 +190,15 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
         raise ConversionError(f"--pooling {options.pooling!r}: use {' or '.join(POOLINGS)}")
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
-        model = auto.from_pretrained(spec, attn_implementation="eager").eval()
+        with no_progress_bars():
+            model = auto.from_pretrained(spec, attn_implementation="eager").eval()
     except (OSError, ValueError) as e:
         raise ConversionError(f"{spec}: cannot load the {task} model: {str(e).splitlines()[0]}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError):
         tokenizer = None  # model-only directory: golden inputs are drawn from the vocabulary instead
-    forward_args = set(model.forward.__code__.co_varnames)
+    forward_args = set(inspect.signature(model.forward).parameters)
     names = list(getattr(tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
     names = [n for n in names if n in forward_args and n in ("input_ids", "attention_mask", "token_type_ids")]
     if "attention_mask" not in names:
@@ -189,6 +216,7 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
     source = HFSource(wrapper.eval(), tokenizer, names, spec, (path,) if path.is_dir() else (), task, labels,
                       max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None)
     if tokenizer is not None:
+        source.prefix, source.suffix = _special_frame(tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix="onnxguard-tokenizer-"))
         weakref.finalize(source, shutil.rmtree, tmp, True)
         tokenizer.save_pretrained(tmp)

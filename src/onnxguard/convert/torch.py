@@ -89,8 +89,20 @@ def quiet_exporter() -> Iterator[list[warnings.WarningMessage]]:
             logger.setLevel(level)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(e: BaseException | Warning | str, limit: int = 300) -> str:
+    """The first line of a message, without terminal colour codes (torch's exporter colours its errors)."""
+    text = _ANSI.sub("", str(e)).strip()
+    return (text.splitlines() or [""])[0][:limit]
+
+
 def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
-    return sorted({f"{w.category.__name__}: {str(w.message).strip().splitlines()[0][:200]}" for w in caught})[:5]
+    """Tracer warnings are worth a user's attention (a traced branch may be wrong for other inputs; parity
+    checks padded batches for that reason); the exporters' deprecation chatter is not."""
+    return sorted({f"{w.category.__name__}: {first_line(w.message, 200)}" for w in caught
+                   if w.category.__name__ == "TracerWarning"})[:3]
 
 
 def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inputs: list[InputSpec],
@@ -109,7 +121,7 @@ def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input
         # The exporters raise dozens of unrelated exception types (dynamo, FX, onnxscript, TorchScript).
         # Any of them means "this exporter cannot export this model": it is recorded and reported, never ignored.
         except Exception as e:  # noqa: BLE001
-            failures.append(f"{name} exporter failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}")
+            failures.append(f"{name} exporter failed: {type(e).__name__}: {first_line(e)}")
             continue
         return Exported(model, f"torch.onnx.export ({name})", tuple(failures + _notes(caught)))
     raise ConversionError("; ".join(failures) + "; try --exporter with the other exporter, or fix the model")
@@ -118,6 +130,9 @@ def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input
 def _dynamo(module, args, inputs: list[InputSpec], output_names, opset) -> onnx.ModelProto:
     dims: dict[str, torch.export.Dim] = {}
     shapes = tuple({a: dims.setdefault(s, torch.export.Dim(s)) for a, s in spec.dynamic_axes().items()} for spec in inputs)
+    params = list(inspect.signature(module.forward).parameters.values())
+    if len(params) == 1 and params[0].kind == params[0].VAR_POSITIONAL:
+        shapes = (shapes,)  # forward(*args): the spec for the args tuple is one element
     program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=[i.name for i in inputs],
                                 output_names=output_names, dynamic_shapes=shapes, verbose=False)
     return program.model_proto
@@ -230,7 +245,7 @@ class TorchSource:
                                                      input_names=[i.name for i in self.inputs],
                                                      output_names=self.output_names, verbose=False)
             except Exception as e:  # noqa: BLE001  (see export_module: any exporter error is reported)
-                raise ConversionError(f"{self.identifier}: export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+                raise ConversionError(f"{self.identifier}: export failed: {type(e).__name__}: {first_line(e)}") from e
             return Exported(onnx_program.model_proto, "torch.onnx.export (dynamo, ExportedProgram)", tuple(_notes(caught)))
         wrapped = _Positional(self.module, self.output_names).eval()
         return export_module(wrapped, args, self.inputs, self.output_names, opset, exporter, progress)
