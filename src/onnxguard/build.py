@@ -144,7 +144,7 @@ def make_manifest(state: BuildState) -> Manifest:
         onnxguard_version=__version__,
         source=SourceInfo(framework=source.framework, framework_version=source.framework_version,
                           identifier=source.identifier, task=source.task, exporter=state.exporter,
-                          files=digest.files(source.files)),
+                          files=digest.files(source.files), architecture=source.architecture),
         model=Model(file=bundle.MODEL, sha256=digest.data(data), size=len(data),
                     opset={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
                     ir_version=model.ir_version,

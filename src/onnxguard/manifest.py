@@ -35,6 +35,7 @@ class Source(_Strict):
     task: str | None
     exporter: str
     files: dict[str, str] = Field(description="sha256 of each source file, by path")
+    architecture: dict | None = Field(None, description="transformers: model_type, num_heads, hidden_size")
 
 
 class Model(_Strict):

@@ -72,6 +72,7 @@ class HFSource:
     pooling: str | None
     prefix: list[int] = field(default_factory=list)  # special tokens the tokenizer puts around a text
     suffix: list[int] = field(default_factory=list)
+    architecture: dict | None = None  # model_type, num_heads, hidden_size: what graph fusions need
     framework: str = "transformers"
     framework_version: str = f"{transformers.__version__} (torch {torch.__version__})"
     assets: dict[str, Path] = field(default_factory=dict)
@@ -169,6 +170,14 @@ def no_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+def _architecture(config) -> dict:
+    """Model type, head count and hidden size, under the names that differ between architectures."""
+    def first(*names):
+        return next((getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)), 0)
+    return {"model_type": config.model_type, "num_heads": first("num_attention_heads", "n_heads", "n_head"),
+            "hidden_size": first("hidden_size", "dim", "d_model", "n_embd")}
+
+
 def _task_from_config(config) -> str:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
@@ -214,7 +223,8 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
         wrapper = _Embedder(model, names, options.pooling)
         labels = None
     source = HFSource(wrapper.eval(), tokenizer, names, spec, (path,) if path.is_dir() else (), task, labels,
-                      max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None)
+                      max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None,
+                      architecture=_architecture(config))
     if tokenizer is not None:
         source.prefix, source.suffix = _special_frame(tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix="onnxguard-tokenizer-"))

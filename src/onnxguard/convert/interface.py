@@ -53,6 +53,7 @@ class Source(Protocol):
     output_roles: dict[str, str]  # output name -> parity role
     preprocessing: dict | None
     assets: dict[str, Path]  # bundle-relative path -> file to copy in (tokenizer files)
+    architecture: dict | None  # transformers: model_type, num_heads, hidden_size (for graph fusions)
 
     def export(self, opset: int | None, exporter: str, progress: Progress) -> Exported: ...
 

@@ -85,6 +85,7 @@ class SklearnSource:
     framework_version: str = sklearn.__version__
     preprocessing: dict | None = None
     assets: dict[str, Path] = field(default_factory=dict)
+    architecture: dict | None = None
 
     @property
     def is_classifier(self) -> bool:

@@ -220,6 +220,7 @@ class TorchSource:
     framework_version: str = torch.__version__
     preprocessing: dict | None = None
     assets: dict[str, Path] = field(default_factory=dict)
+    architecture: dict | None = None
     output_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
