@@ -6,6 +6,7 @@ A later stage (optimize, quantize, scan, seal, sign) is one function added to th
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import onnx
 
-from . import __version__, bundle, convert, digest, golden, onnxfile, parity
+from . import __version__, bundle, convert, digest, golden, onnxfile, optimize, parity, quantize, variants
 from .bundle import Bundle
 from .convert import ConvertOptions, Source
-from .errors import CheckFailed
+from .errors import CheckFailed, ConversionError, ModelError
 from .golden import GoldenSet
 from .manifest import Golden, Manifest, Model, Parity, Step, Tensor, now
 from .manifest import Source as SourceInfo
 from .parity import ParityReport, Tolerance
 from .progress import Event, Progress, silent
+from .variants import GATE, Candidate, Selection
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class BuildOptions:
     texts: Path | None = None
     tolerance: Tolerance = Tolerance()
     overwrite: bool = False
+    optimize: str = "auto"  # none | auto | fusions | basic | extended | all
+    quantize: str = "none"  # none | auto | dynamic | static | fp16
+    calibration: Path | None = None  # static quantization inputs: .npz or texts file (default: the golden set)
+    calibration_method: str = "minmax"
+    gate: Tolerance = GATE
+    force: bool = False  # keep a requested variant that fails the gate (recorded in the manifest)
+    bench_batch: int = 1  # candidates are timed at this batch size ...
+    bench_threads: int = 0  # ... and thread count (0: all cores)
 
 
 @dataclass
@@ -53,6 +63,8 @@ class BuildState:
     golden_origin: str = "signature"
     parity: ParityReport | None = None
     steps: list[Step] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    selection: Selection | None = None
     bundle: Bundle | None = None
 
 
@@ -68,6 +80,7 @@ class BuildResult:
     bundle: Bundle
     parity: ParityReport
     stages: tuple[StageResult, ...]
+    selection: Selection | None = None
 
 
 def stage_convert(state: BuildState) -> str:
@@ -103,7 +116,95 @@ def stage_parity(state: BuildState) -> str:
         failures = "; ".join(f"{o.name}: {', '.join(o.failures)}" for o in report.outputs if not o.passed)
         raise CheckFailed(f"parity failed against {state.source.framework} ({failures}); no bundle was written")
     worst = max(o.max_abs for o in report.outputs)
+    state.steps.append(Step(name="parity", settings=report.tolerance.__dict__,
+                            figures={o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
+                                              "label_agreement": o.label_agreement} for o in report.outputs}))
     return f"passed, max |diff| {worst:.2g} on {report.items} examples"
+
+
+OPTIMIZE_CHOICES = ("none", "auto", "fusions", *optimize.LEVELS)
+QUANTIZE_CHOICES = ("none", "auto", *quantize.MODES)
+
+
+def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelProto, Step]]) -> Candidate:
+    """A candidate whose construction failed is kept, with its error, for the record."""
+    try:
+        model, step = make()
+    except (ModelError, ConversionError) as e:
+        return Candidate(name, onnx.ModelProto(), list(steps), error=str(e))
+    return Candidate(name, model, [*steps, step])
+
+
+def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[onnx.ModelProto, Step]:
+    r = optimize.optimize(model, opts)
+    return r.model, Step(name="optimize", settings=opts.__dict__, figures=r.figures())
+
+
+def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
+    r = quantize.quantize(model, opts)
+    return r.model, Step(name="quantize", settings=opts.settings(),
+                         figures={"size_before": r.size_before, "size_after": r.size_after, "preprocessed": r.preprocessed})
+
+
+def stage_optimize(state: BuildState) -> str:
+    """FP32 candidates: the plain export, and the optimized graphs asked for."""
+    choice, arch = state.options.optimize, state.source.architecture or {}
+    state.candidates = [Candidate("fp32", state.model)]
+    wanted = []
+    if choice in ("auto", "fusions") and optimize.is_transformer(state.model):
+        wanted.append(("fp32-fused", optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
+                                                               num_heads=arch.get("num_heads", 0), hidden_size=arch.get("hidden_size", 0))))
+    if choice in ("auto", "basic", "extended", "all"):
+        level = "extended" if choice == "auto" else choice
+        wanted.append((f"fp32-{level}", optimize.OptimizeOptions(level=level)))
+    for name, opts in wanted:
+        state.progress(Event("optimize", name))
+        state.candidates.append(_attempt(name, [], lambda o=opts: _optimized(state.model, o)))
+    return ", ".join(c.name + (" (failed)" if c.error else "") for c in state.candidates)
+
+
+def stage_quantize(state: BuildState) -> str:
+    """Quantized candidates of each FP32 candidate, per the requested mode (auto: dynamic, and static of fp32)."""
+    choice = state.options.quantize
+    if choice == "none":
+        return "skipped (--quantize none)"
+    modes = ("dynamic", "static") if choice == "auto" else (choice,)
+    if choice != "auto":
+        for c in state.candidates:
+            c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline
+    calibration = _calibration(state) if "static" in modes else ()
+    added = []
+    for base in [c for c in state.candidates if c.error is None]:
+        for mode in modes:
+            if mode == "static" and base.name != "fp32":
+                continue  # QDQ on top of fused or offline-optimized graphs adds nothing but failure modes
+            opts = quantize.QuantizeOptions(mode=mode, calibration=calibration, method=state.options.calibration_method)
+            name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
+            state.progress(Event("quantize", name))
+            added.append(_attempt(name, base.steps, lambda b=base, o=opts: _quantized(b.model, o)))
+    state.candidates += added
+    return ", ".join(c.name + (" (failed)" if c.error else "") for c in added)
+
+
+def _calibration(state: BuildState) -> tuple:
+    path = state.options.calibration
+    if path is None:
+        return state.golden.inputs
+    if path.suffix == ".npz":
+        return golden.load(path).inputs
+    return tuple(state.source.texts_inputs(golden.read_texts(path)))
+
+
+def stage_select(state: BuildState) -> str:
+    """Gate every candidate against the source, time those that pass, keep the fastest."""
+    if len(state.candidates) <= 1:
+        return "only the plain export: nothing to choose"
+    threads = state.options.bench_threads or os.cpu_count() or 1
+    sel = variants.select(state.candidates, state.golden, state.source.output_roles, state.options.bench_batch, threads,
+                          state.options.gate, force=state.options.force, progress=state.progress)
+    state.selection, state.model = sel, sel.winner.model
+    state.steps += sel.winner.steps + [sel.step()]
+    return sel.reason
 
 
 def stage_bundle(state: BuildState) -> str:
@@ -119,6 +220,9 @@ STAGES: list[tuple[str, Stage]] = [
     ("convert", stage_convert),
     ("golden", stage_golden),
     ("parity", stage_parity),
+    ("optimize", stage_optimize),
+    ("quantize", stage_quantize),
+    ("select", stage_select),
     ("bundle", stage_bundle),
 ]
 
@@ -157,7 +261,7 @@ def make_manifest(state: BuildState) -> Manifest:
         steps=state.steps,
         golden=Golden(file=bundle.GOLDEN, batches=len(state.golden.inputs), items=state.golden.items,
                       origin=state.golden_origin),
-        parity=parity_summary(state.parity),
+        parity=parity_summary(state.selection.winner.gate if state.selection else state.parity),
         metadata=dict(opts.meta),
     )
 
@@ -180,4 +284,4 @@ def build(spec: str | Source, target: str | Path, options: BuildOptions = BuildO
         detail = stage(state)
         results.append(StageResult(name, time.perf_counter() - start, detail))
         progress(Event(name, detail, done=True))
-    return BuildResult(state.bundle, state.parity, tuple(results))
+    return BuildResult(state.bundle, state.parity, tuple(results), state.selection)

@@ -40,9 +40,12 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     digits.save_program(model, program)
     golden_path = workdir / "golden_inputs.npz"
     GoldenSet(tuple(digits.golden_batches(data))).save(golden_path)
+    calibration = workdir / "calibration.npz"  # training images: the gate then judges on images it never saw
+    GoldenSet(tuple({"image": data.x_train[i : i + 64]} for i in range(0, 512, 64))).save(calibration)
     options = BuildOptions(convert=ConvertOptions(task="classification"), name="digits-cnn", labels=digits.LABELS,
                            golden_npz=golden_path, meta={"dataset": "sklearn digits", "test_accuracy": f"{accuracy:.4f}"},
-                           overwrite=True)
+                           overwrite=True, optimize="auto", quantize="auto", calibration=calibration,
+                           bench_batch=32)
     result = build.build(str(program), workdir / "bundle", options, progress)
     sess = parity.session(result.bundle.model_bytes())
     sample = data.x_test[-8:]

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from .. import build as build_lib
 from ..build import BuildResult
+from ..errors import InputError
+from ..variants import GATE, Selection
 from . import app, options, render
 
 _DT = options.DEFAULT_TOLERANCE
@@ -34,24 +36,60 @@ def build(
     rtol: options.Rtol = _DT.rtol,
     min_cosine: options.MinCosine = _DT.min_cosine,
     min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at OUTPUT.")] = False,
+    optimize: Annotated[str, typer.Option("--optimize", help="none | auto (measure, keep the faster) | fusions | basic | extended | all.")] = "auto",
+    quantize: Annotated[str, typer.Option("--quantize", help="none | auto (try dynamic and static INT8, keep the fastest that passes the gate) | dynamic | static | fp16.")] = "none",
+    calibration: options.Calibration = None,
+    calibration_method: options.CalibrationMethod = "minmax",
+    gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
+    gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size at which candidates are timed.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", help="Threads at which candidates are timed (0: all cores).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Keep a requested variant that fails the accuracy gate (recorded in the manifest).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUTPUT.")] = False,
     json: options.Json = False,
 ) -> None:
-    """Convert, check parity against the source framework, and write a bundle."""
+    """Convert, check parity against the source framework, optimize and quantize behind the accuracy gate,
+    keep the fastest variant that passes, and write a bundle."""
+    if optimize not in build_lib.OPTIMIZE_CHOICES or quantize not in build_lib.QUANTIZE_CHOICES:
+        raise InputError(f"--optimize must be one of {', '.join(build_lib.OPTIMIZE_CHOICES)}; "
+                         f"--quantize one of {', '.join(build_lib.QUANTIZE_CHOICES)}")
     opts = build_lib.BuildOptions(
         convert=options.convert_options(opset, exporter, input_shape, task, pooling, max_length, trust_pickle),
         name=name, version=version, meta=options.parse_meta(meta),
         labels=[x.strip() for x in labels.split(",")] if labels else None,
         golden_npz=golden_npz, texts=texts,
-        tolerance=options.tolerance(atol, rtol, min_cosine, min_label_agreement), overwrite=force)
+        tolerance=options.tolerance(atol, rtol, min_cosine, min_label_agreement), overwrite=overwrite,
+        optimize=optimize, quantize=quantize, calibration=calibration, calibration_method=calibration_method,
+        gate=options.gate(gate_min_cosine, gate_min_label_agreement), force=force,
+        bench_batch=batch_size, bench_threads=threads)
     with render.progress_display(not json) as progress:
         result = build_lib.build(source, output, opts, progress)
     if json:
         render.print_json({"bundle": str(result.bundle.path), "stages": [s.__dict__ for s in result.stages],
                            "manifest": result.bundle.manifest.model_dump()})
         return
-    render.parity_report(result.parity)
+    render.parity_report(result.parity, "parity of the export")
+    if result.selection:
+        candidates(result.selection)
     summary(result)
+
+
+def candidates(sel: Selection) -> None:
+    t = Table(title=f"variants (timed at batch {sel.batch_size}, {sel.threads} threads; gate vs the source framework)",
+              title_justify="left")
+    for col in ("variant", "size", "gate", "worst cosine", "label agreement", "p50 ms", "vs fp32"):
+        t.add_column(col, justify="left" if col in ("variant", "gate") else "right")
+    base = sel.candidates[0].p50_ms
+    for c in sel.candidates:
+        cos = [o.min_cosine for o in c.gate.outputs if o.min_cosine is not None] if c.gate else []
+        agree = [o.label_agreement for o in c.gate.outputs if o.label_agreement is not None] if c.gate else []
+        gate = "error: " + c.error[:60] if c.error else ("[green]passed[/]" if c.gate.passed else "[red]failed[/]")
+        name = f"[bold]{c.name}[/] (chosen)" if c is sel.winner else c.name
+        t.add_row(name, render.size(c.size) if not c.error else "-", gate, f"{min(cos):.5f}" if cos else "-",
+                  f"{min(agree):.2%}" if agree else "-", f"{c.p50_ms:.2f}" if c.p50_ms else "-",
+                  f"{base / c.p50_ms:.2f}x" if base and c.p50_ms else "-")
+    render.out.print(t)
+    render.out.print(f"chosen: {sel.reason}")
 
 
 def summary(result: BuildResult) -> None:

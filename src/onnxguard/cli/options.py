@@ -28,6 +28,10 @@ Atol = Annotated[float, typer.Option("--atol", help="Absolute tolerance per elem
 Rtol = Annotated[float, typer.Option("--rtol", help="Relative tolerance per element.")]
 MinCosine = Annotated[float, typer.Option("--min-cosine", help="Lowest allowed cosine similarity per example.")]
 MinAgreement = Annotated[float, typer.Option("--min-label-agreement", help="Lowest allowed label agreement (0..1).")]
+Calibration = Annotated[Path | None, typer.Option("--calibration", help="Static quantization inputs: .npz, or a texts file (default: the golden set).")]
+CalibrationMethod = Annotated[str, typer.Option("--calibration-method", help="minmax | entropy | percentile.")]
+GateMinCosine = Annotated[float, typer.Option("--gate-min-cosine", help="Accuracy gate: lowest cosine similarity to the source's outputs.")]
+GateMinAgreement = Annotated[float, typer.Option("--gate-min-label-agreement", help="Accuracy gate: lowest label agreement with the source.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of tables.")]
 
 DEFAULT_TOLERANCE = Tolerance()
@@ -43,6 +47,12 @@ def tolerance(atol: float, rtol: float, min_cosine: float, min_agreement: float)
     if min(atol, rtol) < 0 or not 0 <= min_agreement <= 1 or not -1 <= min_cosine <= 1:
         raise InputError("tolerances: --atol/--rtol must be >= 0, --min-cosine in [-1, 1], --min-label-agreement in [0, 1]")
     return Tolerance(atol, rtol, min_cosine, min_agreement)
+
+
+def gate(min_cosine: float, min_agreement: float) -> Tolerance:
+    from ..variants import GATE
+
+    return tolerance(GATE.atol, GATE.rtol, min_cosine, min_agreement)
 
 
 def parse_meta(items: list[str] | None) -> dict[str, str]:

@@ -9,7 +9,7 @@ from rich.table import Table
 from .. import inspect as inspect_lib
 from .. import quickstart as quickstart_lib
 from . import app, render
-from .build import summary
+from .build import candidates, summary
 
 
 @app.command()
@@ -21,7 +21,9 @@ def quickstart(
     with render.progress_display() as progress:
         result = quickstart_lib.run(workdir, progress)
     render.out.print(f"trained DigitsCNN: test accuracy [bold]{result.accuracy:.1%}[/], saved {result.program}")
-    render.parity_report(result.build.parity, "parity, ONNX Runtime vs PyTorch")
+    render.parity_report(result.build.parity, "parity of the export, ONNX Runtime vs PyTorch")
+    if result.build.selection:
+        candidates(result.build.selection)
     render.model_info(inspect_lib.inspect(result.build.bundle.path))
     t = Table(title="predictions on test images", title_justify="left")
     for col in ("true", "predicted", "confidence", ""):

@@ -15,7 +15,9 @@ from ..inspect import ModelInfo
 from ..parity import ParityReport
 from ..progress import Event
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+if not out.is_terminal:
+    out = Console(highlight=False, width=120)  # piped or captured: wide enough for the report tables
 err = Console(stderr=True, highlight=False)
 
 

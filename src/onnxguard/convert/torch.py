@@ -147,6 +147,21 @@ def _torchscript(module, args, inputs: list[InputSpec], output_names, opset) -> 
     return onnx.load_from_string(buf.getvalue())
 
 
+def name_batch_axis(model: onnx.ModelProto) -> None:
+    """Call the symbolic dim on axis 0 of the inputs ``batch`` (torch.export names it ``s0``, ``s40``, ...)."""
+    rename = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            rename[dims[0].dim_param] = "batch"
+    if not rename:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
 def flatten_outputs(out) -> dict[str, torch.Tensor]:
     """A module's output as named tensors: a tensor is ``output``, a tuple ``output_0..``, a dict keeps its keys."""
     if isinstance(out, torch.Tensor):
@@ -247,7 +262,9 @@ class TorchSource:
                                                      output_names=self.output_names, verbose=False)
             except Exception as e:  # noqa: BLE001  (see export_module: any exporter error is reported)
                 raise ConversionError(f"{self.identifier}: export failed: {type(e).__name__}: {first_line(e)}") from e
-            return Exported(onnx_program.model_proto, "torch.onnx.export (dynamo, ExportedProgram)", tuple(_notes(caught)))
+            model = onnx_program.model_proto
+            name_batch_axis(model)
+            return Exported(model, "torch.onnx.export (dynamo, ExportedProgram)", tuple(_notes(caught)))
         wrapped = _Positional(self.module, self.output_names).eval()
         return export_module(wrapped, args, self.inputs, self.output_names, opset, exporter, progress)
 

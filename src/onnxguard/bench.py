@@ -1,0 +1,214 @@
+"""``bench.bench(variants, inputs, BenchOptions) -> BenchReport``: latency and throughput, in-process.
+
+Every variant (ONNX models, and optionally the source framework) runs on the same batch, after a
+warm-up, *interleaved*: one call of each variant per round, so that a slow patch of a shared machine
+hits all of them alike. Figures are percentiles of per-call wall time; ratios are taken against a
+named baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import InputError
+from .golden import Batch
+from .progress import Event, Progress, silent
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    threads: tuple[int, ...] = (2,)
+    warmup: int = 5
+    runs: int = 50
+    max_seconds: float = 60.0  # per (batch size, threads) cell, all variants together
+    memory: bool = True
+
+
+@dataclass(frozen=True)
+class Timing:
+    variant: str
+    batch: int
+    threads: int
+    runs: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    items_per_s: float
+    size_bytes: int | None
+    peak_mb: float | None
+    speedup: float | None = None  # baseline p50 / this p50, same run
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    timings: tuple[Timing, ...]
+    samples: dict[str, list[float]]  # "variant@batch/threads" -> per-call ms
+    baseline: str | None
+    machine: dict
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "baseline": self.baseline, "timings": [asdict(t) for t in self.timings]}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Something to time: ``make(threads)`` returns a function that runs one batch."""
+
+    name: str
+    make: Callable[[int], Callable[[Batch], object]]
+    size_bytes: int | None = None
+
+
+def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+
+    def make(threads: int) -> Callable[[Batch], object]:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
+
+    return Variant(name, make, len(data))
+
+
+def source_variant(source, size_bytes: int | None = None) -> Variant:
+    """The source framework (PyTorch eager under inference_mode, scikit-learn predict/predict_proba)."""
+
+    def make(threads: int) -> Callable[[Batch], object]:
+        if source.framework in ("pytorch", "transformers"):
+            import torch
+
+            torch.set_num_threads(threads)
+        return source.run
+
+    return Variant(f"{source.framework} (source)", make, size_bytes)
+
+
+def resize(batch: Batch, n: int) -> Batch:
+    """Rows of ``batch`` repeated or cut to exactly ``n``."""
+    rows = len(next(iter(batch.values())))
+    idx = np.arange(n) % rows
+    return {k: np.ascontiguousarray(v[idx]) for k, v in batch.items()}
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(variant: Variant, batch: Batch, threads: int) -> float | None:
+    """Peak resident memory above the baseline while loading the variant and running it (Linux only)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS, to the current RSS
+    except OSError:
+        return None
+    base = _rss_kb("VmRSS")
+    run = variant.make(threads)
+    for _ in range(3):
+        run(batch)
+    peak = _rss_kb("VmHWM")
+    del run
+    return None if base is None or peak is None else max(peak - base, 0) / 1024
+
+
+def _pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q)) if samples else float("nan")
+
+
+def machine() -> dict:
+    import platform
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchOptions(), baseline: str | None = None,
+          progress: Progress = silent) -> BenchReport:
+    if not variants:
+        raise InputError("nothing to benchmark")
+    if baseline is not None and baseline not in {v.name for v in variants}:
+        raise InputError(f"baseline {baseline!r} is not among the variants")
+    timings, samples = [], {}
+    cells = [(b, t) for t in options.threads for b in options.batch_sizes]
+    for ci, (batch_size, threads) in enumerate(cells):
+        batch = resize(inputs, batch_size)
+        progress(Event("bench", f"batch {batch_size}, {threads} threads: warming up", ci, len(cells)))
+        runners = [(v, v.make(threads)) for v in variants]
+        for _, run in runners:
+            for _ in range(options.warmup):
+                run(batch)
+        cell: dict[str, list[float]] = {v.name: [] for v in variants}
+        deadline = time.perf_counter() + options.max_seconds
+        for r in range(options.runs):
+            order = runners[r % len(runners):] + runners[: r % len(runners)]  # rotate who goes first
+            for v, run in order:
+                t0 = time.perf_counter()
+                run(batch)
+                cell[v.name].append((time.perf_counter() - t0) * 1e3)
+            if time.perf_counter() > deadline:
+                break
+        del runners
+        base_p50 = _pct(cell[baseline], 50) if baseline else None
+        for v in variants:
+            s = cell[v.name]
+            p50 = _pct(s, 50)
+            peak = peak_memory_mb(v, batch, threads) if options.memory else None
+            timings.append(Timing(v.name, batch_size, threads, len(s), p50, _pct(s, 95), _pct(s, 99), float(np.mean(s)),
+                                  batch_size / (p50 / 1e3), v.size_bytes, peak,
+                                  None if base_p50 is None else base_p50 / p50))
+            samples[f"{v.name}@{batch_size}/{threads}"] = s
+        progress(Event("bench", f"batch {batch_size}, {threads} threads: done", ci + 1, len(cells)))
+    return BenchReport(tuple(timings), samples, baseline, machine())
+
+
+def plot(report: BenchReport, path: str | Path) -> None:
+    """Latency distribution per variant (one panel per batch size/threads) and throughput against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(t.batch, t.threads) for t in report.timings})
+    names = list(dict.fromkeys(t.variant for t in report.timings))
+    fig, axes = plt.subplots(1, len(cells) + 1, figsize=(4.5 * (len(cells) + 1), 4.2), squeeze=False)
+    for ax, (b, th) in zip(axes[0], cells, strict=False):
+        data = [report.samples[f"{n}@{b}/{th}"] for n in names]
+        ax.boxplot(data, showfliers=False, vert=False)
+        ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+        ax.set_xlabel("latency per call (ms)")
+        ax.set_title(f"batch {b}, {th} thread(s)")
+        ax.set_xscale("log")
+        ax.grid(axis="x", alpha=0.3)
+    ax = axes[0][-1]
+    for n in names:
+        for th in sorted({t.threads for t in report.timings}):
+            pts = sorted((t.batch, t.items_per_s) for t in report.timings if t.variant == n and t.threads == th)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} ({th}t)")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("items / s (at p50)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_title("throughput")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""``optimize.optimize(model, OptimizeOptions) -> OptimizeResult``: ONNX Runtime graph optimization.
+
+Two tools, used alone or together:
+
+* ONNX Runtime's offline graph optimizer (levels ``basic``, ``extended``, ``all``), saved to a file.
+  ``all`` adds layout transforms for the CPU it runs on (NCHWc): the saved file is then tied to that
+  kind of CPU, so it is never chosen automatically.
+* ``onnxruntime.transformers`` fusions for transformer graphs (Attention, SkipLayerNormalization,
+  BiasGelu, EmbedLayerNormalization), with the model type and head count taken from the bundle's
+  source config, or detected from the graph.
+
+A fused graph is not always faster (on a 2-core AVX-512 CPU the fused DistilBERT was slower than the
+plain export at batch 8; see MEASURED.md), so ``build`` measures candidates instead of assuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from . import onnxfile
+from .errors import ModelError
+from .inspect import op_histogram
+from .progress import Event, Progress, silent
+
+LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# Source model types (Hugging Face config.model_type) that onnxruntime.transformers fuses with its BERT rules.
+BERT_LIKE = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mpnet", "deberta")
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    level: str = "extended"  # none | basic | extended | all
+    fusions: bool = False  # apply onnxruntime.transformers fusions first
+    model_type: str | None = None  # Hugging Face model_type; None: detect (transformer inputs -> bert)
+    num_heads: int = 0  # 0: detect from the graph
+    hidden_size: int = 0
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    model: onnx.ModelProto
+    options: OptimizeOptions
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, dict[str, int]]
+    ops_after: dict[str, dict[str, int]]
+    fused: dict[str, int]
+
+    def figures(self) -> dict:
+        return {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "fused": self.fused}
+
+
+def _count(hist: dict[str, dict[str, int]]) -> int:
+    return sum(sum(ops.values()) for ops in hist.values())
+
+
+def is_transformer(model: onnx.ModelProto) -> bool:
+    names = {i.name for i in model.graph.input}
+    return "input_ids" in names and "attention_mask" in names
+
+
+def fuse(model: onnx.ModelProto, model_type: str | None, num_heads: int = 0, hidden_size: int = 0) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Apply the transformer fusions; returns the fused model and the count of each fused op."""
+    from onnxruntime.transformers import optimizer
+
+    kind = "bert" if (model_type or "bert") in BERT_LIKE else model_type
+    if kind not in optimizer.MODEL_TYPES:
+        raise ModelError(f"no transformer fusions for model type {model_type!r}; known: {', '.join(BERT_LIKE)}")
+    # The fusion code logs every pattern it tries at INFO/WARNING; keep that out of the user's terminal.
+    logger = logging.getLogger("onnxruntime.transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # optimize_model rewrites the ModelProto it is given in place
+    try:
+        fused = optimizer.optimize_model(copy, model_type=kind, num_heads=num_heads, hidden_size=hidden_size,
+                                         opt_level=0, use_gpu=False)
+    finally:
+        logger.setLevel(level)
+    stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+    result = fused.model
+    used = {n.domain for n in result.graph.node} - {"", "ai.onnx"}
+    declared = {o.domain for o in result.opset_import}
+    for domain in sorted(used - declared):  # fused ops live in com.microsoft; declare it when the optimizer did not
+        result.opset_import.add(domain=domain, version=1)
+    return result, stats
+
+
+def ort_optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
+    """Run ONNX Runtime's graph optimizer at ``level`` and return the graph it saves."""
+    if level not in LEVELS:
+        raise ModelError(f"unknown optimization level {level!r}; use {', '.join(LEVELS)}")
+    with tempfile.TemporaryDirectory(prefix="onnxguard-opt-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = LEVELS[level]
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+            raise ModelError(f"ONNX Runtime cannot optimize the model: {str(e).splitlines()[0]}") from e
+        return onnxfile.load(out)
+
+
+def optimize(model: onnx.ModelProto, options: OptimizeOptions = OptimizeOptions(), progress: Progress = silent) -> OptimizeResult:
+    before = op_histogram(model)
+    fused: dict[str, int] = {}
+    result = model
+    if options.fusions:
+        progress(Event("optimize", f"transformer fusions ({options.model_type or 'detected'} model)"))
+        result, fused = fuse(result, options.model_type, options.num_heads, options.hidden_size)
+    if options.level != "none":
+        progress(Event("optimize", f"ONNX Runtime graph optimization, level {options.level}"))
+        result = ort_optimize(result, options.level)
+    after = op_histogram(result)
+    return OptimizeResult(result, options, _count(before), _count(after), before, after, fused)
