@@ -186,18 +186,26 @@ def plot(report: BenchReport, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     cells = sorted({(t.batch, t.threads) for t in report.timings})
     names = list(dict.fromkeys(t.variant for t in report.timings))
-    fig, axes = plt.subplots(1, len(cells) + 1, figsize=(4.5 * (len(cells) + 1), 4.2), squeeze=False)
-    for ax, (b, th) in zip(axes[0], cells, strict=False):
+    ncols = min(3, len(cells) + 1)
+    nrows = -(-(len(cells) + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(cells) + 1:]:
+        ax.set_visible(False)
+    for ax, (b, th) in zip(flat, cells, strict=False):
         data = [report.samples[f"{n}@{b}/{th}"] for n in names]
         ax.boxplot(data, showfliers=False, vert=False)
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set_xlabel("latency per call (ms)")
         ax.set_title(f"batch {b}, {th} thread(s)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="x", alpha=0.3)
-    ax = axes[0][-1]
+    ax = flat[len(cells)]
     for n in names:
         for th in sorted({t.threads for t in report.timings}):
             pts = sorted((t.batch, t.items_per_s) for t in report.timings if t.variant == n and t.threads == th)

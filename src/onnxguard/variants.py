@@ -8,10 +8,12 @@ not shown that it gives the source model's answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
-from . import bench, parity
+from . import bench, bundle, parity
+from .bundle import Bundle
 from .errors import CheckFailed
 from .golden import Batch, GoldenSet
 from .manifest import Step
@@ -121,3 +123,19 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                   f"({base.p50_ms / best.p50_ms:.2f}x), gate passed")
     progress(Event("select", reason))
     return Selection(best, tuple(candidates), reason, batch_size, threads)
+
+
+def derive(parent: Bundle, model: onnx.ModelProto, step: Step, report: ParityReport, target: str | Path,
+           forced: bool = False, overwrite: bool = False) -> Bundle:
+    """A new bundle holding ``model`` in place of the parent's, with the parent's golden set and assets,
+    the step appended to the manifest, and ``report`` (the gate against the source) as its parity."""
+    from .build import parity_summary
+
+    m = parent.manifest
+    data = model.SerializeToString()
+    assets = {rel: parent.path / rel for rel in m.files if rel not in (m.model.file, bundle.GOLDEN)}
+    step = step.model_copy(update={"figures": {**step.figures, "forced": forced}}) if forced else step
+    model_entry = m.model.model_copy(update={
+        "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import}, "ir_version": model.ir_version})
+    manifest = m.model_copy(update={"steps": [*m.steps, step], "parity": parity_summary(report), "model": model_entry})
+    return bundle.write(target, manifest, data, parent.golden(), assets, overwrite=overwrite)

@@ -40,7 +40,7 @@ def _root(
 
 
 # Registering the verbs: each module adds its command(s) to ``app``.
-from . import build, convert, inspect, parity, quickstart  # noqa: E402,F401
+from . import bench, build, convert, inspect, optimize, parity, quantize, quickstart  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,6 +72,7 @@ class HFSource:
     pooling: str | None
     prefix: list[int] = field(default_factory=list)  # special tokens the tokenizer puts around a text
     suffix: list[int] = field(default_factory=list)
+    attn_implementation: str = "eager"
     architecture: dict | None = None  # model_type, num_heads, hidden_size: what graph fusions need
     framework: str = "transformers"
     framework_version: str = f"{transformers.__version__} (torch {torch.__version__})"
@@ -100,7 +101,7 @@ class HFSource:
         specs = [InputSpec(n, ("batch", "sequence"), "int64") for n in self.input_names]
         args = tuple(torch.from_numpy(batch[n]) for n in self.input_names)
         exported = export_module(self.wrapper, args, specs, [self.output_name], opset, exporter, progress)
-        return Exported(exported.model, exported.exporter + ", eager attention", exported.notes)
+        return Exported(exported.model, f"{exported.exporter}, {self.attn_implementation} attention", exported.notes)
 
     # -- golden set --------------------------------------------------------------------------------
     def _special(self, ids: list[int]) -> list[int]:
@@ -200,7 +201,7 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
         with no_progress_bars():
-            model = auto.from_pretrained(spec, attn_implementation="eager").eval()
+            model = auto.from_pretrained(spec, attn_implementation=options.attn_implementation).eval()
     except (OSError, ValueError) as e:
         raise ConversionError(f"{spec}: cannot load the {task} model: {str(e).splitlines()[0]}") from e
     try:
@@ -224,7 +225,7 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
         labels = None
     source = HFSource(wrapper.eval(), tokenizer, names, spec, (path,) if path.is_dir() else (), task, labels,
                       max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None,
-                      architecture=_architecture(config))
+                      attn_implementation=options.attn_implementation, architecture=_architecture(config))
     if tokenizer is not None:
         source.prefix, source.suffix = _special_frame(tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix="onnxguard-tokenizer-"))
@@ -232,3 +233,18 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
         tokenizer.save_pretrained(tmp)
         source.assets = {f"tokenizer/{f.name}": f for f in sorted(tmp.iterdir()) if f.is_file()}
     return source
+
+
+def tokenize_with_bundle(b, texts: list[str]) -> list[Batch]:
+    """Tokenize ``texts`` with a bundle's own tokenizer, as its golden batches are: padded both sides."""
+    pre = b.manifest.preprocessing
+    tokenizer = AutoTokenizer.from_pretrained(str(b.path / pre["path"]))
+    names = pre["model_input_names"]
+    batches = []
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        for i in range(0, len(texts), GOLDEN_BATCH):
+            enc = tokenizer(texts[i : i + GOLDEN_BATCH], truncation=True, max_length=pre["max_length"],
+                            padding="longest", return_tensors="np")
+            batches.append({n: enc[n].astype(np.int64) for n in names})
+    return batches

@@ -30,6 +30,7 @@ class ConvertOptions:
     max_length: int | None = None  # transformers: longest sequence in the golden set
     trust_pickle: bool = False  # scikit-learn .pkl/.joblib, only after a pickle scan
     golden_size: int = 64  # examples generated for the golden set when none are given
+    attn_implementation: str = "eager"  # transformers: eager exports cleanly; bench compares with "sdpa", the default
 
 
 @dataclass(frozen=True)

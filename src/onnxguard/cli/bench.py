@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from .. import bench as bench_lib
+from .. import bundle, convert, golden, onnxfile, variants
+from ..convert import ConvertOptions
+from ..errors import InputError
+from ..golden import Batch
+from . import app, options, render
+from .variant_common import is_bundle
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError as e:
+        raise InputError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,8") from e
+    if not values or min(values) < 1:
+        raise InputError(f"{flag} {text!r}: values must be >= 1")
+    return values
+
+
+def _signature_inputs(path: Path) -> Batch:
+    """Random inputs from the model's declared inputs (symbolic dims: 1 for the batch axis, 16 otherwise)."""
+    rng = np.random.default_rng(0)
+    batch = {}
+    for spec in onnxfile.inputs(onnxfile.load(path)):
+        shape = [d if isinstance(d, int) else (1 if i == 0 else 16) for i, d in enumerate(spec.shape or ())]
+        dtype = np.dtype(spec.dtype)
+        batch[spec.name] = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
+    return batch
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="Bundles and/or .onnx files, timed side by side.")],
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
+    threads: Annotated[str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")] = "2",
+    runs: Annotated[int, typer.Option("--runs", help="Timed calls per variant and cell.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls per variant first.")] = 5,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Time cap per (batch, threads) cell.")] = 60.0,
+    compare: Annotated[bool, typer.Option("--compare", help="Also run the source framework (from the first bundle's manifest, or --source).")] = False,
+    source: Annotated[str | None, typer.Option("--source", help="Source model spec for --compare (default: the bundle's).")] = None,
+    input_shape: options.InputShape = None,
+    inputs: Annotated[Path | None, typer.Option("--inputs", help="An .npz batch to time on (rows repeated or cut to each batch size).")] = None,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory per variant.")] = True,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write latency and throughput charts to this PNG.")] = None,
+    json: options.Json = False,
+) -> None:
+    """Latency percentiles, throughput, size and peak memory, interleaved in one run, with ratios."""
+    opts = bench_lib.BenchOptions(_ints(batch_sizes, "--batch-sizes"), _ints(threads, "--threads"), warmup, runs,
+                                  max_seconds, memory)
+    variant_list, first_bundle, batch = [], None, None
+    for path in models:
+        if is_bundle(path):
+            b = bundle.read(path)
+            first_bundle = first_bundle or b
+            variant_list.append(bench_lib.onnx_variant(f"{b.manifest.name} ({path.name})", b.model_bytes()))
+            batch = batch or variants.measure_batch(b.golden(), 1)
+        elif path.is_file():
+            variant_list.append(bench_lib.onnx_variant(path.name, onnxfile.load(path)))
+        else:
+            raise InputError(f"{path}: no such file or bundle")
+    if inputs is not None:
+        batch = golden.load(inputs).inputs[0]
+    batch = batch or _signature_inputs(models[0])
+    baseline = variant_list[0].name
+    if compare:
+        spec = source or (first_bundle.manifest.source.identifier if first_bundle else None)
+        if spec is None:
+            raise InputError("--compare needs a bundle (its manifest names the source) or --source SPEC")
+        m = first_bundle.manifest if first_bundle else None
+        src = convert.load(spec, ConvertOptions(task=m.source.task if m else None, attn_implementation="sdpa",
+                                                input_shapes=tuple(input_shape or ())))
+        sv = bench_lib.source_variant(src)
+        variant_list.insert(0, sv)
+        baseline = sv.name
+    with render.progress_display(not json) as progress:
+        report = bench_lib.bench(variant_list, batch, opts, baseline, progress)
+    if plot is not None:
+        bench_lib.plot(report, plot)
+    if json:
+        render.print_json(report.to_dict())
+        return
+    t = Table(title=f"bench ({report.machine['cores']} cores, onnxruntime {report.machine['onnxruntime']}; "
+                    f"ratios: {baseline} p50 / variant p50, same run)", title_justify="left")
+    for col in ("variant", "batch", "threads", "p50 ms", "p95 ms", "p99 ms", "items/s", "x baseline", "size", "peak MB"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for x in report.timings:
+        t.add_row(x.variant, str(x.batch), str(x.threads), f"{x.p50_ms:.3f}", f"{x.p95_ms:.3f}", f"{x.p99_ms:.3f}",
+                  f"{x.items_per_s:,.0f}", "-" if x.speedup is None else f"{x.speedup:.2f}x",
+                  "-" if x.size_bytes is None else render.size(x.size_bytes),
+                  "-" if x.peak_mb is None else f"{x.peak_mb:.0f}")
+    render.out.print(t)
+    if plot is not None:
+        render.out.print(f"plot: {plot}")

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import optimize as optimize_lib
+from ..manifest import Step
+from . import app, render
+from .variant_common import finish, load_model
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
+Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails the accuracy gate (recorded).")]
+GoldenRefs = Annotated[Path | None, typer.Option("--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The .onnx file (or bundle, for a bundle) to write.")],
+    level: Annotated[str, typer.Option("--level", help="ONNX Runtime level: none | basic | extended | all (all is tied to this CPU).")] = "extended",
+    fusions: Annotated[bool | None, typer.Option("--fusions/--no-fusions", help="Transformer fusions (default: on for transformer graphs).")] = None,
+    model_type: Annotated[str | None, typer.Option("--model-type", help="Transformer model type (default: the bundle's source config, else bert).")] = None,
+    num_heads: Annotated[int, typer.Option("--num-heads", help="Attention heads (0: from the bundle, else detected).")] = 0,
+    hidden_size: Annotated[int, typer.Option("--hidden-size", help="Hidden size (0: from the bundle, else detected).")] = 0,
+    golden_npz: GoldenRefs = None,
+    force: Force = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """ONNX Runtime graph optimization and transformer fusions; reports the graph before and after."""
+    onnx_model, parent = load_model(model)
+    arch = (parent.manifest.source.architecture if parent else None) or {}
+    opts = optimize_lib.OptimizeOptions(
+        level=level, fusions=optimize_lib.is_transformer(onnx_model) if fusions is None else fusions,
+        model_type=model_type or arch.get("model_type"), num_heads=num_heads or arch.get("num_heads", 0),
+        hidden_size=hidden_size or arch.get("hidden_size", 0))
+    result = optimize_lib.optimize(onnx_model, opts)
+    t = Table(title=f"optimize: {result.nodes_before} -> {result.nodes_after} nodes", title_justify="left")
+    for col in ("domain", "op", "before", "after"):
+        t.add_column(col, justify="right" if col in ("before", "after") else "left")
+    domains = sorted(set(result.ops_before) | set(result.ops_after))
+    for d in domains:
+        ops = sorted(set(result.ops_before.get(d, {})) | set(result.ops_after.get(d, {})))
+        for op in ops:
+            b, a = result.ops_before.get(d, {}).get(op, 0), result.ops_after.get(d, {}).get(op, 0)
+            if a != b:
+                t.add_row(d, op, str(b), str(a))
+    render.out.print(t)
+    if result.fused:
+        render.out.print("fused: " + ", ".join(f"{k} {v}" for k, v in result.fused.items()))
+    step = Step(name="optimize", settings=opts.__dict__, figures=result.figures())
+    finish(result.model, parent, step, output, golden_npz, force, overwrite)

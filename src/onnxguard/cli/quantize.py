@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import golden
+from .. import quantize as quantize_lib
+from ..errors import InputError
+from ..manifest import Step
+from . import app, options, render
+from .optimize import Force, GoldenRefs, Overwrite
+from .variant_common import finish, load_model
+
+
+def _calibration(path: Path | None, parent) -> tuple:
+    if path is None:
+        if parent is None:
+            raise InputError("static quantization needs --calibration inputs.npz (or give a bundle: its golden set is used)")
+        return parent.golden().inputs
+    if path.suffix == ".npz":
+        return golden.load(path).inputs
+    if parent is None or parent.manifest.preprocessing is None:
+        raise InputError(f"{path}: a texts file needs a bundle with a tokenizer; give an .npz for an .onnx model")
+    from ..convert.hf import tokenize_with_bundle
+
+    return tuple(tokenize_with_bundle(parent, golden.read_texts(path)))
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The .onnx file (or bundle, for a bundle) to write.")],
+    mode: Annotated[str, typer.Option("--mode", help="dynamic (INT8 weights) | static (INT8 QDQ, calibrated) | fp16.")] = "dynamic",
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="dynamic: per-channel weight scales (static is always per-channel).")] = False,
+    calibration: options.Calibration = None,
+    method: options.CalibrationMethod = "minmax",
+    keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
+    golden_npz: GoldenRefs = None,
+    force: Force = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Quantize (dynamic INT8, static QDQ INT8, FP16) behind the accuracy gate; exit 1 if it fails, unless --force."""
+    onnx_model, parent = load_model(model)
+    calib = _calibration(calibration, parent) if mode == "static" else ()
+    opts = quantize_lib.QuantizeOptions(mode=mode, per_channel=per_channel, calibration=calib, method=method,
+                                        keep_io_types=keep_io_types)
+    result = quantize_lib.quantize(onnx_model, opts)
+    render.out.print(f"quantize ({mode}): {render.size(result.size_before)} -> {render.size(result.size_after)}"
+                     + (" (after ONNX Runtime pre-processing)" if result.preprocessed else ""))
+    step = Step(name="quantize", settings=opts.settings(),
+                figures={"size_before": result.size_before, "size_after": result.size_after, "preprocessed": result.preprocessed})
+    finish(result.model, parent, step, output, golden_npz, force, overwrite)
