@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 # Modules a scikit-learn pickle legitimately references. Anything else is refused even when picklescan
 # does not call it dangerous: its safe list is a deny-list, and a deny-list fails open.
 ALLOWED_PICKLE_MODULES = ("sklearn.", "numpy", "scipy.", "joblib.numpy_pickle", "collections", "copyreg", "_codecs")
+SKOPS_TRUSTED_PREFIX = "sklearn."
 FLOAT64_NOTE = "scikit-learn computes in float64, the ONNX graph in float32: small differences are expected"
 
 
@@ -56,11 +58,14 @@ def load_estimator(path: Path, trust_pickle: bool):
 
         try:
             untrusted = sio.get_untrusted_types(file=path)
-            if untrusted:
-                raise ConversionError(f"{path}: holds types skops does not trust: {', '.join(untrusted)}; "
+            # skops leaves scikit-learn's own Cython types (the ``Tree`` of every tree ensemble) off its default
+            # list; they are as trusted as the estimators holding them. Anything outside scikit-learn is refused.
+            foreign = [t for t in untrusted if not t.startswith(SKOPS_TRUSTED_PREFIX)]
+            if foreign:
+                raise ConversionError(f"{path}: holds types skops does not trust: {', '.join(foreign)}; "
                                       "re-save it with only scikit-learn estimators")
-            return sio.load(path)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return sio.load(path, trusted=untrusted)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             raise ConversionError(f"{path}: not a readable .skops file ({e})") from e
     if not trust_pickle:
         raise ConversionError(f"{path}: pickle files can run code when loaded; save with skops (.skops), or pass "
