@@ -73,6 +73,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
     return len(data)
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail early, before a long export, when ``path`` cannot be written as a file."""
+    p = Path(path)
+    parent = p.absolute().parent
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory; give the path of the .onnx file to write")
+    if not parent.is_dir():
+        raise InputError(f"{p}: cannot write ({parent} is not a directory); choose a writable output path")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{p}: cannot write ({parent} is not writable); choose a writable output path")
+
+
 def dtype_name(elem_type: int) -> str:
     """``onnx.TensorProto.FLOAT`` -> ``"float32"``; unknown types keep their ONNX name."""
     try:

@@ -29,6 +29,7 @@ def convert(
     metadata = options.parse_meta(meta)
     metadata.update({k: v for k, v in (("name", name), ("version", version)) if v})
     opts = options.convert_options(opset, exporter, input_shape, task, pooling, max_length, trust_pickle)
+    onnxfile.check_writable(output)  # before the export, which can take minutes
     with render.progress_display() as progress:
         result = convert_lib.convert(source, opts, metadata, progress)
     size = onnxfile.save(result.model, output)

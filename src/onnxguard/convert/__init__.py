@@ -109,7 +109,12 @@ def convert(source: str | Source, options: ConvertOptions = ConvertOptions(), me
     if isinstance(source, str):
         progress(Event("convert", f"loading {source}"))
         source = load(source, options)
-    exported: Exported = source.export(options.opset, options.exporter, progress)
+    try:
+        exported: Exported = source.export(options.opset, options.exporter, progress)
+    except ConversionError as e:
+        if str(e).startswith(source.identifier):
+            raise
+        raise ConversionError(f"{source.identifier}: {e}") from e  # the message names the model it is about
     set_metadata(exported.model, meta or {})
     progress(Event("convert", f"exported with {exported.exporter}", done=True))
     return ConvertResult(exported.model, source, exported.exporter, exported.notes)

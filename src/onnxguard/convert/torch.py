@@ -322,8 +322,10 @@ def load_module(spec: str, options: ConvertOptions) -> TorchSource:
 def _checked(cls, module, inputs, identifier, files, options: ConvertOptions, **kw) -> TorchSource:
     try:
         return cls(module, inputs, identifier, files, task=options.task, golden_size=options.golden_size, **kw)
-    except ConversionError:
-        raise
+    except ConversionError as e:
+        if str(e).startswith(identifier):
+            raise
+        raise ConversionError(f"{identifier}: {e}") from e
     except Exception as e:  # noqa: BLE001  (user model code run on an example input)
         raise ConversionError(f"{identifier}: the model fails on an example input of shapes "
                               f"{[i.example({'batch': 2}) for i in inputs]}: {type(e).__name__}: {e}; "
