@@ -135,6 +135,23 @@ def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelPr
     return Candidate(name, model, [*steps, step])
 
 
+def _other_exporter(state: BuildState) -> str | None:
+    if state.source.framework not in ("pytorch", "transformers") or "ExportedProgram" in state.exporter:
+        return None
+    return "torchscript" if "(dynamo)" in state.exporter else "dynamo"
+
+
+def _reexported(state: BuildState, exporter: str) -> tuple[onnx.ModelProto, Step]:
+    """Export again with ``exporter``; the result must pass the same strict parity as the first export."""
+    exported = state.source.export(state.options.convert.opset, exporter, silent)
+    convert.set_metadata(exported.model, state.options.meta)
+    report = parity.parity(exported.model, state.golden, state.source.output_roles, state.options.tolerance)
+    if not report.passed:
+        raise ConversionError(f"the {exporter} export fails parity: " + "; ".join(f for o in report.outputs for f in o.failures))
+    return exported.model, Step(name="convert", settings={"exporter": exported.exporter, "opset": _opset(exported.model)},
+                                figures={"nodes": len(exported.model.graph.node), "max_abs": max(o.max_abs for o in report.outputs)})
+
+
 def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[onnx.ModelProto, Step]:
     r = optimize.optimize(model, opts)
     return r.model, Step(name="optimize", settings=opts.__dict__, figures=r.figures())
@@ -160,11 +177,18 @@ def stage_optimize(state: BuildState) -> str:
     for name, opts in wanted:
         state.progress(Event("optimize", name))
         state.candidates.append(_attempt(name, [], lambda o=opts: _optimized(state.model, o)))
+    other = _other_exporter(state)
+    if choice == "auto" and other:
+        # The exporters emit different graphs for the same model, and ORT runs them at different speeds
+        # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
+        state.progress(Event("optimize", f"fp32-{other}: the same model through the {other} exporter"))
+        state.candidates.append(_attempt(f"fp32-{other}", [], lambda: _reexported(state, other)))
     return ", ".join(c.name + (" (failed)" if c.error else "") for c in state.candidates)
 
 
 def stage_quantize(state: BuildState) -> str:
-    """Quantized candidates of each FP32 candidate, per the requested mode (auto: dynamic, and static of fp32)."""
+    """Quantized candidates of each FP32 candidate, per the requested mode (auto: dynamic of each, static of
+    the plain exports)."""
     choice = state.options.quantize
     if choice == "none":
         return "skipped (--quantize none)"
@@ -176,7 +200,8 @@ def stage_quantize(state: BuildState) -> str:
     added = []
     for base in [c for c in state.candidates if c.error is None]:
         for mode in modes:
-            if mode == "static" and base.name != "fp32":
+            exported_as_is = all(st.name == "convert" for st in base.steps)
+            if mode == "static" and not exported_as_is:
                 continue  # QDQ on top of fused or offline-optimized graphs adds nothing but failure modes
             opts = quantize.QuantizeOptions(mode=mode, calibration=calibration, method=state.options.calibration_method)
             name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
@@ -203,6 +228,9 @@ def stage_select(state: BuildState) -> str:
     sel = variants.select(state.candidates, state.golden, state.source.output_roles, state.options.bench_batch, threads,
                           state.options.gate, force=state.options.force, progress=state.progress)
     state.selection, state.model = sel, sel.winner.model
+    reexport = next((st for st in sel.winner.steps if st.name == "convert"), None)
+    if reexport is not None:
+        state.exporter = reexport.settings["exporter"]
     state.steps += sel.winner.steps + [sel.step()]
     return sel.reason
 

@@ -75,9 +75,16 @@ class _Reader:
 
 
 def _preprocess(src: Path, dst: Path) -> None:
+    """ORT's pre-processing; symbolic shape inference is dropped when it cannot finish on the graph
+    (dynamo exports of transformers leave shapes it cannot resolve), keeping ONNX shape inference."""
     from onnxruntime.quantization import quant_pre_process
 
-    quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception as e:  # noqa: BLE001 -- ORT raises a bare Exception("Incomplete symbolic shape inference")
+        if "symbolic shape" not in str(e).lower():
+            raise
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _dynamic(src: Path, dst: Path, options: QuantizeOptions) -> None:

@@ -83,7 +83,7 @@ def candidates(sel: Selection) -> None:
     for c in sel.candidates:
         cos = [o.min_cosine for o in c.gate.outputs if o.min_cosine is not None] if c.gate else []
         agree = [o.label_agreement for o in c.gate.outputs if o.label_agreement is not None] if c.gate else []
-        gate = "error: " + c.error[:60] if c.error else ("[green]passed[/]" if c.gate.passed else "[red]failed[/]")
+        gate = "[red]error[/] (see manifest)" if c.error else ("[green]passed[/]" if c.gate.passed else "[red]failed[/]")
         name = f"[bold]{c.name}[/] (chosen)" if c is sel.winner else c.name
         t.add_row(name, render.size(c.size) if not c.error else "-", gate, f"{min(cos):.5f}" if cos else "-",
                   f"{min(agree):.2%}" if agree else "-", f"{c.p50_ms:.2f}" if c.p50_ms else "-",

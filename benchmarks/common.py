@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: run the CLI, time variants side by side, write results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from onnxguard import bench
+
+HERE = Path(__file__).parent
+CACHE = HERE / ".cache"  # generated models and bundles (git-ignored)
+RESULTS = HERE / "results"
+
+
+def onnxguard(*args: str) -> None:
+    """Run the real CLI, as a user would."""
+    cmd = [str(Path(sys.executable).parent / "onnxguard"), *args]
+    print("$", " ".join(cmd[1:] if False else ["onnxguard", *args]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def table(report: bench.BenchReport, extra: dict[str, dict] | None = None) -> str:
+    """A markdown table: one row per variant and cell, ratio to the baseline measured in the same run."""
+    extra = extra or {}
+    cols = sorted({k for v in extra.values() for k in v})
+    head = ["variant", "batch", "threads", "p50 ms", "p99 ms", "items/s", "x baseline", "size", *cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in report.timings:
+        size = "-" if t.size_bytes is None else (f"{t.size_bytes / 1e6:.1f} MB" if t.size_bytes > 1e6 else f"{t.size_bytes / 1e3:.1f} KB")
+        row = [t.variant, str(t.batch), str(t.threads), f"{t.p50_ms:.3f}", f"{t.p99_ms:.3f}", f"{t.items_per_s:,.0f}",
+               f"**{t.speedup:.2f}x**" if t.speedup else "-", size, *[str(extra.get(t.variant, {}).get(c, "")) for c in cols]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def save(name: str, report: bench.BenchReport, extra: dict | None = None, notes: dict | None = None) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    data = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **report.to_dict(),
+            "extra": extra or {}, "notes": notes or {}}
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    md = table(report, extra)
+    (RESULTS / f"{name}.md").write_text(md + "\n")
+    print(md)

@@ -1,0 +1,73 @@
+"""Benchmark A: a DistilBERT-base text classifier (random weights; the compute of the trained model),
+sequence 128, realistic padding (lengths spread over 16..128), batch 8 and batch 1, two threads.
+
+    .venv/bin/python benchmarks/distilbert.py [--runs N]
+
+Variants, interleaved in one run: PyTorch eager (default sdpa attention, inference_mode), the plain
+export run by ONNX Runtime, the transformer-fused graph, dynamic INT8, and the variant that
+`onnxguard build --quantize auto` chose. Label agreement and max |diff| against PyTorch on 64
+sequences padded right and left.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from common import CACHE, agreement, onnxguard, save
+from onnxguard import bench, bundle, convert, optimize, quantize
+from onnxguard.convert import ConvertOptions
+from onnxguard.examples.text import save_random_model
+
+SEQ = 128
+
+
+def padded(n: int, side: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    lens = np.linspace(16, SEQ, n).astype(int)
+    ids, mask = np.zeros((n, SEQ), np.int64), np.zeros((n, SEQ), np.int64)
+    for i, n_tokens in enumerate(lens):
+        sl = slice(0, n_tokens) if side == "right" else slice(SEQ - n_tokens, SEQ)
+        ids[i, sl] = np.r_[101, rng.integers(1000, 30000, n_tokens - 2), 102]
+        mask[i, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    model_dir, bundle_dir = CACHE / "distilbert-base", CACHE / "distilbert_bundle"
+    if not (model_dir / "config.json").exists():
+        save_random_model(model_dir, "distilbert", "base")
+    onnxguard("build", str(model_dir), "-o", str(bundle_dir), "--overwrite", "--max-length", str(SEQ),
+              "--quantize", "auto", "--batch-size", "8", "--threads", "2")
+    chosen = bundle.read(bundle_dir)
+    select = next(s for s in chosen.manifest.steps if s.name == "select")
+    plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model
+    arch = chosen.manifest.source.architecture
+    fused = optimize.optimize(plain, optimize.OptimizeOptions(level="none", fusions=True, model_type=arch["model_type"],
+                                                              num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])).model
+    dynamic = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
+    source = convert.load(str(model_dir), ConvertOptions(attn_implementation="sdpa"))
+    torch_variant = bench.source_variant(source)
+    variants = [torch_variant, bench.onnx_variant("ORT plain export", plain), bench.onnx_variant("ORT fused", fused),
+                bench.onnx_variant("ORT dynamic INT8 (plain)", dynamic),
+                bench.onnx_variant(f"onnxguard build (chose {select.figures['winner']})", chosen.model_bytes())]
+    rng = np.random.default_rng(0)
+    checks = [padded(8, side, rng) for side in ("right", "left") for _ in range(4)]
+    refs = [source.run(b)["logits"] for b in checks]
+    extra = {}
+    for v in variants[1:]:
+        run = v.make(2)
+        outs = [run(b)[0] for b in checks]
+        extra[v.name] = {"label agreement": f"{agreement(np.concatenate(outs), np.concatenate(refs)):.2%}",
+                         "max |diff|": f"{max(np.abs(o - r).max() for o, r in zip(outs, refs)):.3f}"}
+    report = bench.bench(variants, padded(8, "right", rng), bench.BenchOptions(batch_sizes=(8, 1), threads=(2,),
+                         runs=args.runs, warmup=3, max_seconds=240, memory=False), baseline=torch_variant.name)
+    save("A_distilbert", report, extra, {"winner": select.figures["reason"], "fp32 bytes": plain.ByteSize(),
+                                          "chosen bytes": chosen.manifest.model.size})
+
+
+if __name__ == "__main__":
+    main()
