@@ -202,8 +202,9 @@ def plot(report: BenchReport, path: str | Path) -> None:
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set_xlabel("latency per call (ms)")
         ax.set_title(f"batch {b}, {th} thread(s)")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        if max(map(max, data)) > 10 * min(map(min, data)):  # log scale only when the spread needs it
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="x", alpha=0.3)
     ax = flat[len(cells)]
     for n in names:
