@@ -62,7 +62,8 @@ def parity(
                 progress(Event("source", f"running {src.framework} on batch {i + 1}/{len(inputs)}", i, len(inputs)))
                 refs.append(src.run(batch))
             progress(Event("source", f"{len(inputs)} batches", len(inputs), len(inputs), done=True))
-        report = parity_lib.parity(onnx_model, GoldenSet(tuple(inputs), tuple(refs)), src.output_roles, tol)
+        report = parity_lib.parity(onnx_model, GoldenSet(tuple(inputs), tuple(refs)), src.output_roles, tol,
+                                   getattr(src, "parity_notes", ()))
     if json:
         render.print_json(report.to_dict())
     else:

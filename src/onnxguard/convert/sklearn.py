@@ -91,6 +91,7 @@ class SklearnSource:
     preprocessing: dict | None = None
     assets: dict[str, Path] = field(default_factory=dict)
     architecture: dict | None = None
+    parity_notes: tuple[str, ...] = (FLOAT64_NOTE,)  # what any comparison with this source should say
 
     @property
     def is_classifier(self) -> bool:
@@ -118,7 +119,7 @@ class SklearnSource:
         names = [o.name for o in model.graph.output]
         if self.is_classifier and names != ["label", "probabilities"]:
             raise ConversionError(f"{self.identifier}: unexpected classifier outputs {names}")
-        return Exported(model, f"skl2onnx {skl2onnx.__version__} (zipmap=False)", (FLOAT64_NOTE,))
+        return Exported(model, f"skl2onnx {skl2onnx.__version__} (zipmap=False)", self.parity_notes)
 
     def golden_inputs(self) -> list[Batch]:
         """Standard normal rows in batches of 1, 16, ..., then zeros and large values."""
