@@ -230,7 +230,7 @@ def sklearn_files(tmp_path_factory) -> SklearnFiles:
     sio.dump(reg, d / "diabetes.skops")
     marker = d / "pwned"
     (d / "evil.pkl").write_bytes(pickle.dumps(_Evil(marker)))
-    sio.dump(FunctionTransformer(np.log1p).fit(x), d / "foreign.skops")
+    sio.dump(FunctionTransformer(func=eval), d / "foreign.skops")  # builtins.eval: never trusted
     return SklearnFiles(d / "digits.skops", d / "diabetes.skops", d / "digits.pkl", d / "digits.joblib",
                         d / "evil.pkl", marker, d / "foreign.skops", [str(c) for c in clf.classes_])
 
@@ -281,6 +281,7 @@ def sklearn_bundle(tmp_path_factory, sklearn_files) -> Path:
     out = tmp_path_factory.mktemp("skbundle") / "digits-bundle"
     r = run_cli("build", sklearn_files.classifier, "-o", out, "--meta", "owner=ml-team", "--version", "1.2.3")
     assert r.code == 0, str(r)
+    (out.parent / "build-stdout.txt").write_text(r.out)  # the printed report, for tests of what the user sees
     return out
 
 
