@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test venv lock clean
+.PHONY: quickstart test venv system-deps lock clean
 
 # The virtual environment is made from the lock file, once; `make lock` refreshes the lock.
 $(BIN)/onnxguard: requirements.lock pyproject.toml
@@ -18,7 +18,13 @@ venv: $(BIN)/onnxguard
 quickstart: venv
 	$(BIN)/onnxguard quickstart
 
-test: venv
+# The `age` command-line tool, for the encryption interop tests (Debian package; root installs it).
+system-deps:
+	@command -v age >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq age >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq age)); } || \
+	  echo "note: install the 'age' package to run the age interop tests"
+
+test: venv system-deps
 	$(BIN)/python -m pytest
 
 lock:
