@@ -126,13 +126,14 @@ OPTIMIZE_CHOICES = ("none", "auto", "fusions", *optimize.LEVELS)
 QUANTIZE_CHOICES = ("none", "auto", *quantize.MODES)
 
 
-def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelProto, Step]]) -> Candidate:
+def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelProto, Step]],
+             tolerance: Tolerance | None = None) -> Candidate:
     """A candidate whose construction failed is kept, with its error, for the record."""
     try:
         model, step = make()
     except (ModelError, ConversionError) as e:
-        return Candidate(name, onnx.ModelProto(), list(steps), error=str(e))
-    return Candidate(name, model, [*steps, step])
+        return Candidate(name, onnx.ModelProto(), list(steps), error=str(e), tolerance=tolerance)
+    return Candidate(name, model, [*steps, step], tolerance=tolerance)
 
 
 def _other_exporter(state: BuildState) -> str | None:
@@ -166,7 +167,8 @@ def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[
 def stage_optimize(state: BuildState) -> str:
     """FP32 candidates: the plain export, and the optimized graphs asked for."""
     choice, arch = state.options.optimize, state.source.architecture or {}
-    state.candidates = [Candidate("fp32", state.model)]
+    strict = state.options.tolerance
+    state.candidates = [Candidate("fp32", state.model, tolerance=strict)]
     wanted = []
     if choice in ("auto", "fusions") and optimize.is_transformer(state.model):
         wanted.append(("fp32-fused", optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
@@ -176,13 +178,13 @@ def stage_optimize(state: BuildState) -> str:
         wanted.append((f"fp32-{level}", optimize.OptimizeOptions(level=level)))
     for name, opts in wanted:
         state.progress(Event("optimize", name))
-        state.candidates.append(_attempt(name, [], lambda o=opts: _optimized(state.model, o)))
+        state.candidates.append(_attempt(name, [], lambda o=opts: _optimized(state.model, o), strict))
     other = _other_exporter(state)
     if choice == "auto" and other:
         # The exporters emit different graphs for the same model, and ORT runs them at different speeds
         # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
         state.progress(Event("optimize", f"fp32-{other}: the same model through the {other} exporter"))
-        state.candidates.append(_attempt(f"fp32-{other}", [], lambda: _reexported(state, other)))
+        state.candidates.append(_attempt(f"fp32-{other}", [], lambda: _reexported(state, other), strict))
     return ", ".join(c.name + (" (failed)" if c.error else "") for c in state.candidates)
 
 

@@ -8,7 +8,9 @@ from rich.table import Table
 
 from .. import optimize as optimize_lib
 from ..manifest import Step
-from . import app, render
+from . import app, options, render
+
+_DT = options.DEFAULT_TOLERANCE
 from .variant_common import finish, load_model
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
@@ -26,10 +28,16 @@ def optimize(
     num_heads: Annotated[int, typer.Option("--num-heads", help="Attention heads (0: from the bundle, else detected).")] = 0,
     hidden_size: Annotated[int, typer.Option("--hidden-size", help="Hidden size (0: from the bundle, else detected).")] = 0,
     golden_npz: GoldenRefs = None,
+    atol: options.Atol = _DT.atol,
+    rtol: options.Rtol = _DT.rtol,
+    min_cosine: options.MinCosine = _DT.min_cosine,
+    min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
     force: Force = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """ONNX Runtime graph optimization and transformer fusions; reports the graph before and after."""
+    """ONNX Runtime graph optimization and transformer fusions; reports the graph before and after.
+
+    An FP32 graph must keep the export's strict parity with the source (the --atol/--rtol defaults)."""
     onnx_model, parent = load_model(model)
     arch = (parent.manifest.source.architecture if parent else None) or {}
     opts = optimize_lib.OptimizeOptions(
@@ -51,4 +59,5 @@ def optimize(
     if result.fused:
         render.out.print("fused: " + ", ".join(f"{k} {v}" for k, v in result.fused.items()))
     step = Step(name="optimize", settings=opts.__dict__, figures=result.figures())
-    finish(result.model, parent, step, output, golden_npz, force, overwrite)
+    finish(result.model, parent, step, output, golden_npz, force, overwrite,
+           options.tolerance(atol, rtol, min_cosine, min_label_agreement))

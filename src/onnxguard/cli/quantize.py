@@ -9,6 +9,7 @@ from .. import golden
 from .. import quantize as quantize_lib
 from ..errors import InputError
 from ..manifest import Step
+from ..variants import GATE
 from . import app, options, render
 from .optimize import Force, GoldenRefs, Overwrite
 from .variant_common import finish, load_model
@@ -38,6 +39,8 @@ def quantize(
     method: options.CalibrationMethod = "minmax",
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
     golden_npz: GoldenRefs = None,
+    gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
+    gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
     force: Force = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -51,4 +54,5 @@ def quantize(
                      + (" (after ONNX Runtime pre-processing)" if result.preprocessed else ""))
     step = Step(name="quantize", settings=opts.settings(),
                 figures={"size_before": result.size_before, "size_after": result.size_after, "preprocessed": result.preprocessed})
-    finish(result.model, parent, step, output, golden_npz, force, overwrite)
+    finish(result.model, parent, step, output, golden_npz, force, overwrite,
+           options.gate(gate_min_cosine, gate_min_label_agreement))

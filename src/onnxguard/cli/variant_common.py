@@ -10,6 +10,7 @@ from .. import bundle, golden, onnxfile, variants
 from ..errors import CheckFailed, InputError
 from ..golden import GoldenSet
 from ..manifest import Step
+from ..parity import Tolerance
 from . import render
 
 
@@ -25,11 +26,11 @@ def load_model(path: Path) -> tuple[onnx.ModelProto, bundle.Bundle | None]:
 
 
 def finish(model: onnx.ModelProto, parent: bundle.Bundle | None, step: Step, output: Path, golden_npz: Path | None,
-           force: bool, overwrite: bool) -> None:
+           force: bool, overwrite: bool, tolerance: Tolerance) -> None:
     """Gate ``model`` against the source's outputs and write it: a bundle for a bundle, else an .onnx file."""
     if parent is not None:
         roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
-        report = variants.gate(model, parent.golden(), roles)
+        report = variants.gate(model, parent.golden(), roles, tolerance)
         render.parity_report(report, "accuracy gate vs the source framework")
         if not report.passed and not force:
             raise CheckFailed(f"the variant fails the accuracy gate; nothing written to {output} (--force keeps it)")
@@ -42,7 +43,7 @@ def finish(model: onnx.ModelProto, parent: bundle.Bundle | None, step: Step, out
         g: GoldenSet = golden.load(golden_npz)
         if g.references is None:
             raise InputError(f"{golden_npz}: holds inputs only; the gate needs reference outputs (a bundle's golden.npz)")
-        report = variants.gate(model, g, {})
+        report = variants.gate(model, g, {}, tolerance)
         render.parity_report(report, "accuracy gate vs the reference outputs")
         if not report.passed and not force:
             raise CheckFailed(f"the variant fails the accuracy gate; nothing written to {output} (--force keeps it)")
