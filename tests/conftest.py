@@ -252,6 +252,12 @@ def hf_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def text_lengths() -> list[int]:
+    """Token lengths of the texts in ``texts_file``, in order."""
+    return list(TEXT_LENGTHS)
+
+
+@pytest.fixture(scope="session")
 def texts_file(tmp_path_factory) -> Path:
     """Eight real texts from the tokenizer's vocabulary words, 3 to 128 tokens with [CLS] and [SEP]."""
     from onnxguard.examples.text import WORDS
