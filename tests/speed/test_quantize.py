@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxguard import bundle, golden, onnxfile, optimize, quantize
+from onnxguard.errors import ModelError
+
+
+def _ops(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node}
+
+
+def test_dynamic_int8_shrinks_a_transformer(tiny_text_onnx):
+    model = onnxfile.load(tiny_text_onnx)
+    r = quantize.quantize(model, quantize.QuantizeOptions(mode="dynamic"))
+    assert r.size_after < r.size_before * 0.7
+    assert _ops(r.model) & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+def test_dynamic_int8_of_a_fused_graph_works(tiny_text_onnx):
+    """The trap: quantize_dynamic on a fused graph fails unless a default tensor type is given."""
+    fused = optimize.optimize(onnxfile.load(tiny_text_onnx), optimize.OptimizeOptions(level="none", fusions=True, num_heads=2, hidden_size=64)).model
+    r = quantize.quantize(fused, quantize.QuantizeOptions(mode="dynamic"))
+    assert "QAttention" in _ops(r.model) or "DynamicQuantizeMatMul" in _ops(r.model)
+
+
+def test_static_qdq_is_per_channel_and_calibrated(digits_bundle):
+    b = bundle.read(digits_bundle)
+    model = onnxfile.parse(b.model_bytes())
+    r = quantize.quantize(model, quantize.QuantizeOptions(mode="static", calibration=b.golden().inputs[:3]))
+    ops = _ops(r.model)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: i for i in r.model.graph.initializer}
+    per_channel = [n for n in r.model.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[1] in inits and len(onnx.numpy_helper.to_array(inits[n.input[1]]).shape) == 1
+                   and onnx.numpy_helper.to_array(inits[n.input[1]]).size > 1]
+    assert per_channel, "conv weights should carry one scale per output channel"
+    assert r.preprocessed
+
+
+def test_fp16_keeps_float32_io(digits_bundle):
+    model = onnxfile.parse(bundle.read(digits_bundle).model_bytes())
+    r = quantize.quantize(model, quantize.QuantizeOptions(mode="fp16"))
+    assert {i.data_type for i in r.model.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+    assert r.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert r.model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_bad_options_are_clear_errors(digits_bundle):
+    model = onnxfile.parse(bundle.read(digits_bundle).model_bytes())
+    with pytest.raises(ModelError, match="unknown quantization mode"):
+        quantize.quantize(model, quantize.QuantizeOptions(mode="int3"))
+    with pytest.raises(ModelError, match="calibration inputs"):
+        quantize.quantize(model, quantize.QuantizeOptions(mode="static"))
+
+
+def test_cli_quantize_a_bundle_writes_a_gated_bundle(cli, digits_bundle, tmp_path):
+    out = tmp_path / "int8"
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "static")
+    assert r.code == 0, r
+    assert "accuracy gate vs the source framework: PASSED" in r.out
+    m = bundle.read(out).manifest
+    assert [s.name for s in m.steps][-1] == "quantize"
+    assert m.steps[-1].settings["per_channel"] is True and m.parity.passed
+    assert m.parity.tolerance["min_cosine"] == 0.99  # the gate's, not the export's
+    assert m.model.size < bundle.read(digits_bundle).manifest.model.size
+
+
+def test_cli_quantize_failing_the_gate_exits_1_and_writes_nothing_unless_forced(cli, expect_err, digits_bundle, tmp_path):
+    out = tmp_path / "bad"
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0")
+    expect_err(r, 1, "accuracy gate", str(out))
+    assert "FAILED" in r.out and not out.exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temporary directory left behind either
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--force")
+    assert r.code == 0, r
+    m = json.loads((out / bundle.MANIFEST).read_text())
+    assert m["steps"][-1]["figures"]["forced"] is True and m["parity"]["passed"] is False
+
+
+def test_cli_quantize_static_needs_calibration_for_a_plain_onnx(cli, expect_err, tiny_text_onnx, tmp_path):
+    expect_err(cli("quantize", tiny_text_onnx, "-o", tmp_path / "q.onnx", "--mode", "static"), 2, "--calibration")
+
+
+def test_cli_quantize_an_onnx_file_with_npz_calibration(cli, digits_bundle, tmp_path):
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(bundle.read(digits_bundle).model_bytes())
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, image=np.concatenate([b["image"] for b in bundle.read(digits_bundle).golden().inputs[:3]]))
+    refs = tmp_path / "golden.npz"
+    refs.write_bytes((digits_bundle / bundle.GOLDEN).read_bytes())
+    r = cli("quantize", model_path, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", calib, "--golden", refs)
+    assert r.code == 0, r
+    assert "accuracy gate vs the reference outputs: PASSED" in r.out
+    assert golden.load(refs).references is not None
