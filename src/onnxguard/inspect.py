@@ -72,9 +72,24 @@ def _external_locations(model: onnx.ModelProto) -> list[str]:
     return sorted(locations)
 
 
+def _attribute_parameters(node: onnx.NodeProto) -> int:
+    """Weights held in attributes: tensors (``Constant``) and float lists (``ai.onnx.ml`` operators such as
+    ``LinearClassifier`` and ``TreeEnsemble*`` keep their coefficients and thresholds there)."""
+    n = 0
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            n += math.prod(a.t.dims)
+        elif a.type == onnx.AttributeProto.TENSORS:
+            n += sum(math.prod(t.dims) for t in a.tensors)
+        elif a.type == onnx.AttributeProto.FLOATS:
+            n += len(a.floats)
+    return n
+
+
 def parameter_count(model: onnx.ModelProto) -> int:
-    """Elements in all initializers (from declared dims, so external data is never read)."""
-    return sum(math.prod(t.dims) for g in graphs(model.graph) for t in g.initializer)
+    """Elements in all initializers and weight attributes (from declared dims, so external data is never read)."""
+    return sum(math.prod(t.dims) for g in graphs(model.graph) for t in g.initializer) + sum(
+        _attribute_parameters(n) for g in graphs(model.graph) for n in g.node)
 
 
 def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> ModelInfo:
