@@ -1,0 +1,123 @@
+"""The file itself: too large to read, not an ONNX model at all, an undecodable protobuf, and what ONNX's own
+checker and strict shape inference say about a model that parses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+from ..interface import BaseCheck, Finding, ScanContext, Severity
+from . import external_data
+
+# Leading bytes of formats that are often passed off as a model. A pickle runs code when loaded, archives
+# may hold anything (including pickles: torch.save writes a zip).
+MAGIC = (
+    (b"PK\x03\x04", "a zip archive (torch.save and .npz files are zips of pickles or arrays)"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x1f\x8b", "a gzip stream"),
+    (b"BZh", "a bzip2 stream"),
+    (b"\xfd7zXZ\x00", "an xz stream"),
+    (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+    (b"\x93NUMPY", "a numpy .npy array"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras)"),
+    (b"age-encryption.org/v1", "an age-encrypted (sealed) file: scan the model before sealing or after unsealing"),
+)
+TAR_MAGIC_OFFSET = 257
+HEAD_BYTES = 512  # enough for every signature above, tar's included
+
+
+def sniff(head: bytes) -> str | None:
+    """What a file is, from its first bytes, when it is plainly not ONNX; ``None`` when it may be."""
+    if not head:
+        return "an empty file"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return f"a Python pickle (protocol {head[1]}): loading it runs code chosen by its author"
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "a tar archive"
+    return None
+
+
+class FileSize(BaseCheck):
+    id = "file.size"
+    severity = Severity.CRITICAL
+    title = "file larger than the policy's max_file_bytes (checked before parsing)"
+    scope = "file"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        if ctx.load_state == "too-large":
+            yield self.finding(ctx, f"file is {ctx.file_size:,} bytes, over the limit of {ctx.policy.max_file_bytes:,}; "
+                                    "it was not parsed")
+
+
+class FileFormat(BaseCheck):
+    id = "file.format"
+    severity = Severity.CRITICAL
+    title = "not an ONNX model: empty, a pickle, an archive, or a protobuf without a graph"
+    scope = "file"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        if ctx.load_state == "too-large":
+            return
+        what = sniff(ctx.head)
+        if what is not None:
+            yield self.finding(ctx, f"not an ONNX model: {what}")
+        elif ctx.load_state == "not-a-model":
+            yield self.finding(ctx, f"not an ONNX model: {ctx.load_detail}")
+
+
+class FileDecode(BaseCheck):
+    id = "file.decode"
+    severity = Severity.CRITICAL
+    title = "the file does not decode as an ONNX protobuf"
+    scope = "file"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        if ctx.load_state == "decode-error" and sniff(ctx.head) is None:
+            yield self.finding(ctx, f"not a valid ONNX protobuf: {ctx.load_detail}")
+
+
+class Checker(BaseCheck):
+    id = "file.checker"
+    severity = Severity.MEDIUM
+    title = "onnx.checker rejects the model"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        model = ctx.model
+        if external_data.external_tensors(model):
+            # In memory, onnx's checker resolves external data against the *current directory*; checking the
+            # file by path resolves it against the model's directory, but only once every location is safe.
+            if external_data.unsafe_locations(ctx):
+                yield self.finding(ctx, "onnx.checker not run: the model's external data locations are unsafe "
+                                        "(see external-data findings)", severity=Severity.INFO)
+                return
+            target: onnx.ModelProto | str = str(ctx.path)
+        else:
+            target = model
+        try:
+            onnx.checker.check_model(target)
+        except onnx.checker.ValidationError as e:
+            yield self.finding(ctx, f"onnx.checker: {_first_line(e)}")
+
+
+class ShapeInference(BaseCheck):
+    id = "file.shape-inference"
+    severity = Severity.MEDIUM
+    title = "strict ONNX shape and type inference fails"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        try:
+            onnx.shape_inference.infer_shapes(ctx.model, check_type=True, strict_mode=True, data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+            yield self.finding(ctx, f"strict shape inference: {_first_line(e)}")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:3])[:500] or type(e).__name__
+
+
+CHECKS = (FileSize(), FileFormat(), FileDecode(), Checker(), ShapeInference())

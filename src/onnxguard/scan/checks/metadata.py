@@ -1,0 +1,66 @@
+"""Metadata: oversized values (a denial of service for logs and UIs, or a payload hidden in the model) and
+control characters (terminal escape sequences, log injection, bidirectional overrides that make text read
+differently from what it is, as in CVE-2021-42574 "Trojan Source")."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator
+
+import onnx
+
+from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
+
+# Whitespace that free text such as doc strings legitimately holds.
+TEXT_WHITESPACE = "\t\n\r"
+
+
+def _fields(model: onnx.ModelProto) -> Iterator[tuple[str, str, bool]]:
+    """(where, text, is free text) for every human-readable string at the model's top level."""
+    for p in model.metadata_props:
+        yield f"metadata key {quote(p.key)}", p.key, False
+        yield f"metadata value of {quote(p.key)}", p.value, True
+    for name in ("producer_name", "producer_version", "domain"):
+        yield name, getattr(model, name), False
+    yield "doc_string", model.doc_string, True
+    yield "graph name", model.graph.name, False
+    yield "graph doc_string", model.graph.doc_string, True
+
+
+def control_characters(text: str, free_text: bool) -> list[str]:
+    allowed = TEXT_WHITESPACE if free_text else ""
+    return sorted({f"U+{ord(c):04X}" for c in text
+                   if c not in allowed and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+
+
+class Size(BaseCheck):
+    id = "metadata.size"
+    severity = Severity.MEDIUM
+    title = "a metadata value or doc string is over max_metadata_value_bytes, or all metadata over max_metadata_total_bytes"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        policy = ctx.policy
+        for where, text, _ in _fields(ctx.model):
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > policy.max_metadata_value_bytes:
+                yield self.finding(ctx, f"{where} is {size:,} bytes, over the limit of {policy.max_metadata_value_bytes:,}")
+        total = sum(len((p.key + p.value).encode("utf-8", "surrogatepass")) for p in ctx.model.metadata_props)
+        if total > policy.max_metadata_total_bytes:
+            yield self.finding(ctx, f"metadata_props hold {total:,} bytes, over the limit of "
+                                    f"{policy.max_metadata_total_bytes:,}")
+
+
+class ControlCharacters(BaseCheck):
+    id = "metadata.control-characters"
+    severity = Severity.MEDIUM
+    title = "metadata or model strings contain control or bidirectional-override characters"
+
+    def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        for where, text, free in _fields(ctx.model):
+            found = control_characters(text, free)
+            if found:
+                shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")
+                yield self.finding(ctx, f"{where} contains control characters ({shown})")
+
+
+CHECKS = (Size(), ControlCharacters())

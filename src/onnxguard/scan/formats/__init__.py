@@ -1,0 +1,18 @@
+"""Renderers for a :class:`ScanReport`. Each returns a string; the library never prints."""
+
+from __future__ import annotations
+
+from ..interface import ScanReport
+from . import json, sarif, text
+
+FORMATS = ("text", "json", "sarif")
+
+
+def render(report: ScanReport, fmt: str = "text", color: bool = False) -> str:
+    if fmt == "text":
+        return text.render(report, color=color)
+    if fmt == "json":
+        return json.render(report)
+    if fmt == "sarif":
+        return sarif.render(report)
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
