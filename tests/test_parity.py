@@ -1,0 +1,157 @@
+"""parity: ONNX Runtime against the source framework; exit 1 out of tolerance, a stable --json report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxguard import parity
+from onnxguard.errors import InputError
+from onnxguard.golden import GoldenSet
+from onnxguard.parity import LABELS, SCORES, VALUES, Tolerance
+
+REPORT_FIELDS = {"outputs", "tolerance", "batches", "items", "notes", "passed"}
+OUTPUT_FIELDS = {"name", "role", "items", "max_abs", "mean_abs", "min_cosine", "label_agreement", "passed", "failures"}
+
+
+def test_within_tolerance(cli, torch_nets, mlp_onnx):
+    r = cli("parity", f"{torch_nets}:make_mlp", mlp_onnx, "--input-shape", "1,10", "--json")
+    assert r.code == 0, str(r)
+    report = json.loads(r.out)
+    assert set(report) == REPORT_FIELDS and report["passed"] is True
+    (out,) = report["outputs"]
+    assert set(out) == OUTPUT_FIELDS
+    assert out["name"] == "output" and out["role"] == VALUES and out["failures"] == []
+    assert 0 <= out["mean_abs"] <= out["max_abs"] < 1e-4 and out["min_cosine"] > 0.9999
+    assert out["label_agreement"] is None
+    assert report["tolerance"] == {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999, "min_label_agreement": 1.0}
+    assert report["items"] == out["items"] >= 60 and report["batches"] >= 4
+
+
+def test_tampered_model_fails_with_exit_1(cli, torch_nets, mlp_onnx, tmp_path):
+    model = onnx.load(mlp_onnx)
+    w = model.graph.initializer[0]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.02, w.name))  # 2 % off one weight matrix
+    bad = tmp_path / "tampered.onnx"
+    onnx.save(model, bad)
+    r = cli("parity", f"{torch_nets}:make_mlp", bad, "--input-shape", "1,10", "--task", "classification", "--json")
+    assert r.code == 1, str(r)
+    assert r.err_lines == ["onnxguard: error: parity out of tolerance"], str(r)
+    report = json.loads(r.out)  # the report is still printed, as JSON
+    assert report["passed"] is False
+    (out,) = report["outputs"]
+    assert out["role"] == SCORES and out["passed"] is False and out["max_abs"] > 1e-3
+    assert any("beyond atol" in f for f in out["failures"])
+    assert out["label_agreement"] is not None and 0 <= out["label_agreement"] <= 1
+
+    r = cli("parity", f"{torch_nets}:make_mlp", bad, "--input-shape", "1,10")  # the table says it too
+    assert r.code == 1 and "FAILED" in r.out, str(r)
+
+
+def test_flipped_classifier_loses_label_agreement(cli, sklearn_files, tmp_path):
+    out = tmp_path / "digits.onnx"
+    assert cli("convert", sklearn_files.classifier, "-o", out).code == 0
+    model = onnx.load(out)
+    lin = next(n for n in model.graph.node if n.op_type == "LinearClassifier")
+    coef = next(a for a in lin.attribute if a.name == "coefficients")
+    coef.floats[:] = [-c for c in coef.floats]
+    onnx.save(model, out)
+    r = cli("parity", sklearn_files.classifier, out, "--json")
+    assert r.code == 1, str(r)
+    outputs = {o["name"]: o for o in json.loads(r.out)["outputs"]}
+    assert outputs["label"]["role"] == LABELS and outputs["label"]["label_agreement"] < 0.5
+    assert outputs["probabilities"]["label_agreement"] < 0.5
+    assert any("label agreement" in f for f in outputs["label"]["failures"])
+
+
+def test_golden_npz_inputs(cli, torch_nets, mlp_onnx, tmp_path):
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, x=np.random.default_rng(3).standard_normal((5, 10)).astype(np.float32))
+    r = cli("parity", f"{torch_nets}:make_mlp", mlp_onnx, "--input-shape", "1,10", "--golden", npz, "--json")
+    assert r.code == 0, str(r)
+    report = json.loads(r.out)
+    assert report["items"] == 5 and report["batches"] == 1
+
+
+def test_bundle_reruns_its_golden_set(cli, sklearn_bundle):
+    from onnxguard import bundle
+
+    m = bundle.read(sklearn_bundle).manifest
+    r = cli("parity", sklearn_bundle, "--json")
+    assert r.code == 0, str(r)
+    report = json.loads(r.out)
+    assert report["passed"] is True
+    assert (report["items"], report["batches"]) == (m.golden.items, m.golden.batches)
+    assert {o["name"] for o in report["outputs"]} == {"label", "probabilities"}
+    # it really compares: float32 against float64 references is not bit-exact, so zero tolerance fails
+    r = cli("parity", sklearn_bundle, "--atol", "0", "--rtol", "0", "--min-cosine", "1.0", "--json")
+    assert r.code == 1, str(r)
+    probs = next(o for o in json.loads(r.out)["outputs"] if o["name"] == "probabilities")
+    assert probs["max_abs"] > 0 and not probs["passed"]
+
+
+def test_bundle_takes_no_model_argument(cli, expect_err, sklearn_bundle, mlp_onnx):
+    expect_err(cli("parity", sklearn_bundle, mlp_onnx), 2, str(sklearn_bundle), "do not give MODEL")
+
+
+# -- the comparison itself -----------------------------------------------------------------------------
+
+def _cmp(ref, out, role=VALUES, tol=Tolerance()):
+    return parity.compare_output("y", role, [np.asarray(ref)], [np.asarray(out)], tol)
+
+
+def test_tolerance_is_atol_plus_rtol_times_reference():
+    ref = np.array([[100.0, 1.0]])
+    assert _cmp(ref, ref + [[0.09, 0.0]], tol=Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0)).passed  # 0.09 <= 0.1001
+    r = _cmp(ref, ref + [[0.0, 0.002]], tol=Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0))  # 0.002 > 0.0011
+    assert not r.passed and r.failures == ("1 element(s) beyond atol 0.0001 + rtol 0.001 (max |diff| 0.002)",)
+    assert r.max_abs == pytest.approx(0.002) and r.mean_abs == pytest.approx(0.001)
+
+
+def test_cosine_is_per_example():
+    ref = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    out = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1e-9]])  # both zero: 1; one zero: 0
+    r = _cmp(ref, out, tol=Tolerance(atol=1, rtol=0, min_cosine=0.5))
+    assert r.min_cosine == 0.0 and not r.passed and "min cosine" in r.failures[0]
+
+
+def test_scores_agreement_is_argmax():
+    ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    out = ref.copy()
+    out[0] = [0.9, 0.1]
+    r = _cmp(ref, out, SCORES, Tolerance(atol=1, rtol=0, min_cosine=-1, min_label_agreement=0.9))
+    assert r.label_agreement == 0.75 and not r.passed and "label agreement 75.00%" in r.failures[0]
+
+
+def test_string_labels_compare_by_equality():
+    r = _cmp(np.array(["cat", "dog", "cat"]), np.array(["cat", "dog", "dog"]), LABELS,
+             Tolerance(min_label_agreement=0.5))
+    assert r.label_agreement == pytest.approx(2 / 3) and r.passed and r.max_abs == 0.0
+
+
+def test_shape_mismatch_and_non_finite_fail():
+    r = _cmp(np.zeros((2, 3)), np.zeros((2, 4)))
+    assert not r.passed and r.failures[0].startswith("shape differs") and r.max_abs == float("inf")
+    r = _cmp(np.ones((2, 2)), np.array([[1.0, np.nan], [1.0, 1.0]]))
+    assert not r.passed and "non-finite values in the ONNX output" in r.failures
+
+
+def test_report_items_and_missing_inputs():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
+    x1, x2 = np.ones((3, 2), np.float32), np.arange(8, dtype=np.float32).reshape(4, 2)
+    golden = GoldenSet(({"x": x1}, {"x": x2}), ({"y": -x1}, {"y": -x2}))
+    report = parity.parity(model, golden, {"y": VALUES})
+    assert report.passed and report.items == 7 and report.batches == 2 and report.outputs[0].max_abs == 0
+    with pytest.raises(InputError, match=r"lacks model input\(s\) \['x'\]"):
+        parity.parity(model, GoldenSet(({"z": x1},), ({"y": -x1},)), {})
+    with pytest.raises(InputError, match="no reference outputs"):
+        parity.parity(model, GoldenSet(({"x": x1},)), {})
