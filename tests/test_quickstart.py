@@ -1,0 +1,54 @@
+"""onnxguard quickstart: train the digits CNN, build a bundle through the real pipeline, show what a user needs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxguard import bundle
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory, cli):
+    workdir = tmp_path_factory.mktemp("quickstart") / "work"
+    r = cli("quickstart", "--workdir", workdir)
+    return workdir, r
+
+
+def test_quickstart_runs_and_reports(quickstart):
+    workdir, r = quickstart
+    assert r.code == 0, str(r)
+    assert "Traceback" not in r.err
+    accuracy = float(re.search(r"test accuracy ([\d.]+)%", r.out)[1])
+    assert accuracy > 95.0
+    assert re.search(r"parity[^\n]*: PASSED \(\d+ examples", r.out), r.out
+    assert f"bundle: {(workdir / 'bundle').resolve()}" in r.out
+    assert "predictions on test images" in r.out
+    rows = re.findall(r"│ (\d)\s+│ (\d)\s+│\s+[\d.]+%\s+│ (ok|wrong)", r.out)
+    assert len(rows) == 8 and all((t == p) == (v == "ok") for t, p, v in rows), r.out
+    assert sum(v == "ok" for *_, v in rows) >= 6
+    for text in ("IR version", "opset", "parameters", "image: float32 [batch, 1, 8, 8]", "labels"):
+        assert text in r.out, text
+
+
+def test_quickstart_bundle_reads_back_and_classifies_digits(quickstart):
+    from onnxguard.examples import digits
+
+    workdir, r = quickstart
+    assert r.code == 0, str(r)
+    b = bundle.read(workdir / "bundle")
+    m = b.manifest
+    assert m.name == "digits-cnn" and m.labels == [str(i) for i in range(10)]
+    assert m.source.framework == "pytorch" and m.source.identifier.endswith("digits_cnn.pt2")
+    assert m.parity.passed and m.golden.origin == "npz"
+    assert float(m.metadata["test_accuracy"]) > 0.95 and m.metadata["dataset"] == "sklearn digits"
+    assert (workdir / "digits_cnn.pt2").is_file()
+    # independent of onnxguard's own numbers: the shipped model on the held-out digits
+    data = digits.load_data()
+    sess = ort.InferenceSession(b.model_bytes(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
+    assert (logits.argmax(1) == data.y_test).mean() > 0.95
+    assert np.isfinite(logits).all()
