@@ -8,8 +8,7 @@ the field names of :class:`Policy` (an unknown key is an error, so a typo never 
     allowed_domains = ["", "ai.onnx", "ai.onnx.ml"]
     denied_ops = ["If", "Loop", "Scan"]
 
-``python -m onnxguard.scan.policy`` prints the table of defaults that docs/scan.md carries (a test keeps the
-two equal).
+:func:`defaults_table` renders the table of defaults that docs/scan.md carries (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -139,6 +138,8 @@ def from_mapping(data: dict, profile: str | None = None, source: str = "policy")
     name = profile or data.get("profile", "default")
     if not isinstance(name, str):
         raise InputError(f"{source}: 'profile' must be a string")
+    if profile is None and name not in PROFILES:
+        raise InputError(f"{source}: unknown scan profile {name!r}; use one of {', '.join(PROFILES)}")
     values: dict[str, object] = {}
     for key, value in data.items():
         if key == "profile":
@@ -190,7 +191,3 @@ def defaults_table() -> str:
         rows.append(f"| `{f.name}` | {_show(getattr(default, f.name))} | {_show(getattr(strict, f.name))} "
                     f"| {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
-
-
-if __name__ == "__main__":
-    print(defaults_table(), end="")
