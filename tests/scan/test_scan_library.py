@@ -1,0 +1,177 @@
+"""The scanner's library face: policy files, reports, renderers, the signature seam, failure handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from scan_corpus import control_characters, custom_domain_node, relu_model, save, small_bundle
+
+from onnxguard.errors import InputError
+from onnxguard.scan import ALL_CHECKS, ScanReport, Severity, policy, scan
+from onnxguard.scan.checks.bundle import Signature
+from onnxguard.scan.formats import render, sarif
+from onnxguard.scan.interface import BaseCheck
+
+DOCS = Path(__file__).parents[2] / "docs" / "scan.md"
+
+
+def test_severities_are_ordered_and_parse():
+    assert Severity.INFO < Severity.LOW < Severity.MEDIUM < Severity.HIGH < Severity.CRITICAL
+    assert Severity.parse("High") is Severity.HIGH
+    with pytest.raises(ValueError, match="unknown severity"):
+        Severity.parse("urgent")
+
+
+def test_policy_toml_overrides_profile_and_keys(tmp_path):
+    f = tmp_path / "policy.toml"
+    f.write_text('profile = "strict"\nmax_memory_bytes = 1024\nallowed_domains = ["", "ai.onnx"]\n'
+                 'allowed_ops = ["Relu"]\n')
+    p = policy.load(f)
+    assert (p.profile, p.max_memory_bytes, p.allowed_domains, p.allowed_ops) == ("strict", 1024, ("", "ai.onnx"), ("Relu",))
+    assert p.denied_ops == policy.for_profile("strict").denied_ops
+    assert policy.load(f, profile="default").profile == "default"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_memory_byte = 1\n", "unknown key 'max_memory_byte'"),
+    ("max_memory_bytes = -1\n", "non-negative integer"),
+    ("max_memory_bytes = true\n", "non-negative integer"),
+    ('denied_ops = "If"\n', "list of strings"),
+    ('profile = "lenient"\n', "unknown scan profile 'lenient'"),
+    ("max_memory_bytes = \n", "not valid TOML"),
+])
+def test_bad_policy_file_is_a_clear_input_error(tmp_path, text, message):
+    f = tmp_path / "policy.toml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=re.escape(message)) as e:
+        policy.load(f)
+    assert str(f) in str(e.value)
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(InputError, match="no such policy file"):
+        policy.load(tmp_path / "nope.toml")
+
+
+def test_docs_carry_the_generated_defaults_table():
+    assert policy.defaults_table() in DOCS.read_text(), "paste onnxguard.scan.policy.defaults_table() into the docs"
+
+
+def test_allow_list_and_domain_qualified_deny(tmp_path):
+    path = save(relu_model(), tmp_path / "m.onnx")
+    only_add = dataclasses.replace(policy.for_profile(), allowed_ops=("Add",))
+    assert [f.check for f in scan(path, only_add).findings] == ["operators.denied"]
+    assert scan(path, dataclasses.replace(policy.for_profile(), allowed_ops=("ai.onnx:Relu",))).findings == ()
+    assert [f.check for f in scan(path, dataclasses.replace(policy.for_profile(), denied_ops=(":Relu",))).findings] \
+        == ["operators.denied"]
+
+
+def test_missing_path_and_plain_directory_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        scan(tmp_path / "absent.onnx")
+    with pytest.raises(InputError, match="without manifest.json"):
+        scan(tmp_path)
+
+
+def test_json_report_has_the_documented_stable_keys(tmp_path):
+    report = scan(custom_domain_node(tmp_path))
+    data = json.loads(render(report, "json"))
+    assert list(data) == ["format", "path", "kind", "profile", "summary", "findings"]
+    assert data["format"] == "onnxguard-scan/1"
+    assert list(data["summary"]) == ["critical", "high", "medium", "low", "info"]
+    assert set(data["findings"][0]) == {"check", "severity", "message", "location"}
+    assert set(data["findings"][0]["location"]) == {"file", "node", "tensor"}
+    assert render(scan(custom_domain_node(tmp_path)), "json") == render(report, "json")  # deterministic
+
+
+def test_text_report_escapes_control_characters(tmp_path):
+    report = scan(control_characters(tmp_path))
+    text = render(report, "text")
+    assert "metadata.control-characters" in text
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "\\u202e" in text  # the hostile key is shown escaped
+
+
+def test_sarif_levels_and_rules(tmp_path, sarif_schema):
+    report = scan(custom_domain_node(tmp_path))
+    log = sarif.to_dict(report)
+    jsonschema.Draft4Validator(sarif_schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER).validate(log)
+    run = log["runs"][0]
+    rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    assert rules == [c.id for c in ALL_CHECKS]
+    result = next(r for r in run["results"] if r["ruleId"] == "domain.node")
+    assert result["level"] == "error" and rules[result["ruleIndex"]] == "domain.node"
+    assert result["locations"][0]["logicalLocations"][0]["name"] == "Backdoor#0"
+
+
+class Crashing(BaseCheck):
+    id = "test.crash"
+    severity = Severity.LOW
+    title = "always crashes"
+
+    def run(self, ctx):
+        raise RuntimeError("boom")
+
+
+class Chatty(BaseCheck):
+    id = "test.chatty"
+    severity = Severity.LOW
+    title = "reports a lot"
+
+    def run(self, ctx):
+        for i in range(500):
+            yield self.finding(ctx, f"finding {i}")
+
+
+def test_a_crashing_check_fails_closed(tmp_path):
+    report = scan(save(relu_model(), tmp_path / "m.onnx"), checks=(Crashing(),))
+    assert [(f.check, f.severity) for f in report.findings] == [("scan.error", Severity.HIGH)]
+    assert "test.crash" in report.findings[0].message and "boom" in report.findings[0].message
+
+
+def test_findings_per_check_are_capped(tmp_path):
+    report = scan(save(relu_model(), tmp_path / "m.onnx"), checks=(Chatty(),))
+    assert len(report.findings) == 51
+    assert any("450 more" in f.message for f in report.findings)
+
+
+def test_signature_seam(tmp_path):
+    root = small_bundle(tmp_path)
+    assert [f.check for f in scan(root).findings] == []
+    unsigned = scan(root, public_key=b"-----BEGIN PUBLIC KEY-----")
+    assert [(f.check, f.severity) for f in unsigned.findings] == [("bundle.signature", Severity.HIGH)]
+    (root / "model.sig").write_bytes(b"{}")
+    present = scan(root)
+    assert [(f.check, f.severity) for f in present.findings] == [("bundle.signature", Severity.INFO)]
+    unverifiable = scan(root, public_key=b"-----BEGIN PUBLIC KEY-----")
+    assert [(f.check, f.severity) for f in unverifiable.findings] == [("bundle.signature", Severity.MEDIUM)]
+
+
+def test_signature_verifier_plugs_in(tmp_path, monkeypatch):
+    root = small_bundle(tmp_path)
+    (root / "model.sig").write_bytes(b"{}")
+    monkeypatch.setattr(Signature, "verify", lambda self, root, key: False)
+    assert [f.severity for f in scan(root, public_key=b"k").findings] == [Severity.HIGH]
+    monkeypatch.setattr(Signature, "verify", lambda self, root, key: True)
+    assert scan(root, public_key=b"k").findings == ()
+
+
+def test_bundle_model_symlink_is_reported_and_not_followed(tmp_path):
+    root = small_bundle(tmp_path)
+    (root / "model.onnx").unlink()
+    (root / "model.onnx").symlink_to(save(relu_model(), tmp_path / "elsewhere.onnx"))
+    checks = {f.check for f in scan(root).findings}
+    assert {"bundle.symlink", "bundle.hash"} <= checks
+    assert not any(c.startswith("file.") for c in checks)
+
+
+def test_report_is_sorted_most_severe_first(tmp_path):
+    report: ScanReport = scan(save(relu_model(opsets=[]), tmp_path / "m.onnx"))
+    severities = [f.severity for f in report.findings]
+    assert severities == sorted(severities, reverse=True)
+
