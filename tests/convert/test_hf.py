@@ -166,3 +166,49 @@ def test_default_golden_set_holds_what_breaks_variants(hf_model):
         assert b["input_ids"].max() < src.vocab_size
     ref = src.run(batches[0])
     assert ref["logits"].shape == (8, 3)
+
+
+@pytest.mark.slow
+def test_distilbert_base_bundle(tmp_path, cli, texts_file, text_lengths):
+    """The issue's "done when": a DistilBERT-base directory (random weights) built into a bundle whose parity on
+    padded batches is within 1e-4, and whose inspect --json shows every field."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from onnxguard.examples.text import save_random_model
+
+    src = save_random_model(tmp_path / "distilbert-base", "distilbert", "base")
+    out = tmp_path / "bundle"
+    r = cli("build", src, "-o", out, "--max-length", "128")
+    assert r.code == 0, str(r)
+    m = bundle.read(out).manifest
+    logits = next(o for o in m.parity.outputs if o.name == "logits")
+    assert m.parity.passed and logits.max_abs < ATOL and logits.label_agreement == 1.0
+    assert m.source.architecture == {"model_type": "distilbert", "num_heads": 12, "hidden_size": 768}
+    masks = [b["attention_mask"] for b in bundle.read(out).golden().inputs]
+    assert any(mk.shape[1] == 128 and (mk[:, 0] == 0).any() for mk in masks)  # left padding up to 128 tokens
+    assert any(mk.shape[1] == 128 and (mk[:, -1] == 0).any() for mk in masks)  # right padding
+
+    r = cli("inspect", out, "--json")
+    assert r.code == 0, str(r)
+    info = json.loads(r.out)
+    assert info["opset"]["ai.onnx"] >= 17 and info["ir_version"] >= 8 and info["producer"]
+    assert {i["name"] for i in info["inputs"]} >= {"input_ids", "attention_mask"}
+    assert all(len(i["shape"]) == 2 and all(isinstance(d, str) for d in i["shape"]) for i in info["inputs"])
+    assert info["outputs"][0]["name"] == "logits" and info["outputs"][0]["shape"][1] == 2
+    assert sum(sum(ops.values()) for ops in info["op_histogram"].values()) == info["node_count"] > 0
+    assert info["parameter_count"] > 60_000_000 and info["file_size"] > 200_000_000
+    assert info["bundle"]["task"] == "text-classification" and "tokenizer/tokenizer.json" in info["bundle"]["files"]
+    assert info["external_data"] == [] and isinstance(info["metadata"], dict)
+
+    # and directly: real texts padded right and left through the shipped model and tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    source = AutoModelForSequenceClassification.from_pretrained(src).eval()
+    sess = _session(out / "model.onnx")
+    names = [i.name for i in sess.get_inputs()]
+    for side in ("right", "left"):
+        enc = _encode(tokenizer, _texts(texts_file), side)
+        assert enc["attention_mask"].sum(1).tolist() == text_lengths
+        onnx_logits = sess.run(["logits"], {n: enc[n] for n in names})[0]
+        with torch.inference_mode():
+            ref = source(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+        assert (np.abs(onnx_logits - ref).max(axis=1) < ATOL).all(), side
