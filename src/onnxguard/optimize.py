@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from . import onnxfile
 from .errors import ModelError
-from .inspect import op_histogram
+from .inspect import graphs, op_histogram
 from .progress import Event, Progress, silent
 
 LEVELS = {
@@ -111,7 +111,14 @@ def ort_optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
             ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise ModelError(f"ONNX Runtime cannot optimize the model: {str(e).splitlines()[0]}") from e
-        return onnxfile.load(out)
+        optimized = onnxfile.load(out)
+    # The saved graph imports every domain ONNX Runtime registers (nchwc, training, aten...), used or not;
+    # keep only the ones its nodes use, so the model asks the runtime for no more than it needs.
+    used = {n.domain for g in graphs(optimized.graph) for n in g.node} | {f.domain for f in optimized.functions}
+    keep = [o for o in optimized.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(keep)
+    return optimized
 
 
 def optimize(model: onnx.ModelProto, options: OptimizeOptions = OptimizeOptions(), progress: Progress = silent) -> OptimizeResult:

@@ -13,6 +13,7 @@ fails with "Unable to find data type for weight_name" without it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -79,12 +80,15 @@ def _preprocess(src: Path, dst: Path) -> None:
     (dynamo exports of transformers leave shapes it cannot resolve), keeping ONNX shape inference."""
     from onnxruntime.quantization import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    except Exception as e:  # noqa: BLE001 -- ORT raises a bare Exception("Incomplete symbolic shape inference")
-        if "symbolic shape" not in str(e).lower():
-            raise
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    # When symbolic shape inference gives up, onnxruntime dumps sym_shape_infer_temp.onnx and its external
+    # data into the current directory; run it from the scratch directory so that nothing lands in the user's.
+    with contextlib.chdir(src.parent):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        except Exception as e:  # noqa: BLE001 -- ORT raises a bare Exception("Incomplete symbolic shape inference")
+            if "symbolic shape" not in str(e).lower():
+                raise
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _dynamic(src: Path, dst: Path, options: QuantizeOptions) -> None:

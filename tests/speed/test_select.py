@@ -57,3 +57,14 @@ def test_fused_graph_wrong_on_left_padding_is_rejected(cli, tiny_text_dir, tmp_p
 
 def test_bad_choices_are_usage_errors(cli, expect_err, digits_files, tmp_path):
     expect_err(cli("build", digits_files["pt2"], "-o", tmp_path / "b", "--quantize", "int4"), 2, "--quantize")
+
+
+def test_static_quantization_of_a_transformer_leaves_the_working_directory_clean(cli, tiny_text_dir, tmp_path):
+    """onnxruntime dumps sym_shape_infer_temp.onnx and .data files into the cwd when symbolic shape
+    inference gives up on a dynamo graph; a build must not leave them in the user's directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = cli("build", tiny_text_dir, "-o", tmp_path / "b", "--optimize", "none", "--quantize", "static",
+            "--max-length", "32", "--force", cwd=cwd)
+    assert r.code == 0, r
+    assert list(cwd.iterdir()) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
 import typer
 
 from .. import __version__
@@ -40,21 +39,14 @@ def _root(
 
 
 # Registering the verbs: each module adds its command(s) to ``app``.
-from . import bench, build, convert, inspect, optimize, parity, quantize, quickstart  # noqa: E402,F401
+from . import bench, build, convert, inspect, optimize, parity, quantize, quickstart, scan  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="onnxguard", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: exit 2, click's own message
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        print("onnxguard: aborted", file=sys.stderr)
-        sys.exit(130)
+        # Standalone mode: the parser's own usage errors exit 2 with its message (typer ships its own click).
+        app(args=argv, prog_name="onnxguard", standalone_mode=True)
     except OnnxguardError as e:
         if "--debug" in argv:
             traceback.print_exc()
