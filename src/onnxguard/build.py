@@ -7,6 +7,7 @@ A later stage (optimize, quantize, scan, seal, sign) is one function added to th
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from pathlib import Path
 import onnx
 
 from . import __version__, bundle, convert, digest, golden, onnxfile, optimize, parity, quantize, variants
+from . import scan as scanner
 from .bundle import Bundle
 from .convert import ConvertOptions, Source
-from .errors import CheckFailed, ConversionError, ModelError
+from .errors import CheckFailed, ConversionError, InputError, ModelError
 from .golden import GoldenSet
 from .manifest import Golden, Manifest, Model, Parity, Step, Tensor, now
 from .manifest import Source as SourceInfo
@@ -45,6 +47,9 @@ class BuildOptions:
     force: bool = False  # keep a requested variant that fails the gate (recorded in the manifest)
     bench_batch: int = 1  # candidates are timed at this batch size ...
     bench_threads: int = 0  # ... and thread count (0: all cores)
+    scan: bool = True  # scan the chosen model before it goes into the bundle
+    policy: scanner.Policy | None = None  # None: the default profile
+    fail_on: str = "medium"  # a finding at or above this severity stops the build
 
 
 @dataclass
@@ -65,6 +70,7 @@ class BuildState:
     steps: list[Step] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     selection: Selection | None = None
+    scan: scanner.ScanReport | None = None
     bundle: Bundle | None = None
 
 
@@ -237,6 +243,29 @@ def stage_select(state: BuildState) -> str:
     return sel.reason
 
 
+def stage_scan(state: BuildState) -> str:
+    """The security scan of the chosen model, as `onnxguard scan` runs it, before it enters the bundle."""
+    if not state.options.scan:
+        return "skipped (--no-scan)"
+    with tempfile.TemporaryDirectory(prefix="onnxguard-scan-") as tmp:
+        path = Path(tmp) / bundle.MODEL
+        onnxfile.save(state.model, path)
+        report = scanner.scan(path, state.options.policy, state.progress)
+    state.scan = report
+    failing = report.at_or_above(scanner.Severity.parse(state.options.fail_on))
+    if failing:
+        worst = failing[0]
+        raise CheckFailed(f"scan: {len(failing)} finding(s) at or above {state.options.fail_on}, first: "
+                          f"{worst.severity.label} {worst.check}: {worst.message}; no bundle was written")
+    counts = report.counts()
+    return ", ".join(f"{n} {sev}" for sev, n in counts.items() if n) or "no findings"
+
+
+def scan_summary(report: scanner.ScanReport, fail_on: str) -> dict:
+    return {"profile": report.profile, "fail_on": fail_on, "counts": report.counts(),
+            "findings": [f.to_dict() for f in report.findings]}
+
+
 def stage_bundle(state: BuildState) -> str:
     state.progress(Event("bundle", f"writing {state.target}"))
     manifest = make_manifest(state)
@@ -253,6 +282,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("optimize", stage_optimize),
     ("quantize", stage_quantize),
     ("select", stage_select),
+    ("scan", stage_scan),
     ("bundle", stage_bundle),
 ]
 
@@ -292,6 +322,7 @@ def make_manifest(state: BuildState) -> Manifest:
         golden=Golden(file=bundle.GOLDEN, batches=len(state.golden.inputs), items=state.golden.items,
                       origin=state.golden_origin),
         parity=parity_summary(state.selection.winner.gate if state.selection else state.parity),
+        scan=None if state.scan is None else scan_summary(state.scan, opts.fail_on),
         metadata=dict(opts.meta),
     )
 
@@ -305,6 +336,10 @@ def build(spec: str | Source, target: str | Path, options: BuildOptions = BuildO
           progress: Progress = silent, stages: list[tuple[str, Stage]] | None = None) -> BuildResult:
     """Run every stage in order; a stage that raises stops the build and nothing is written."""
     target = Path(target)
+    try:
+        scanner.Severity.parse(options.fail_on)
+    except ValueError as e:
+        raise InputError(f"--fail-on: {e}") from e
     bundle.check_writable(target, options.overwrite)
     state = BuildState(spec, target, options, progress)
     results = []

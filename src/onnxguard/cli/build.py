@@ -44,6 +44,10 @@ def build(
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size at which candidates are timed.")] = 1,
     threads: Annotated[int, typer.Option("--threads", help="Threads at which candidates are timed (0: all cores).")] = 0,
+    scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Security-scan the chosen model before bundling it.")] = True,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Scan policy TOML (default: the built-in default profile).")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Scan policy profile: default | strict.")] = None,
+    fail_on: Annotated[str, typer.Option("--fail-on", help="Stop the build on a scan finding at or above: info | low | medium | high | critical.")] = "medium",
     force: Annotated[bool, typer.Option("--force", help="Keep a requested variant that fails the accuracy gate (recorded in the manifest).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUTPUT.")] = False,
     json: options.Json = False,
@@ -61,7 +65,7 @@ def build(
         tolerance=options.tolerance(atol, rtol, min_cosine, min_label_agreement), overwrite=overwrite,
         optimize=optimize, quantize=quantize, calibration=calibration, calibration_method=calibration_method,
         gate=options.gate(gate_min_cosine, gate_min_label_agreement), force=force,
-        bench_batch=batch_size, bench_threads=threads)
+        bench_batch=batch_size, bench_threads=threads, scan=scan, policy=_policy(policy, profile), fail_on=fail_on)
     with render.progress_display(not json) as progress:
         result = build_lib.build(source, output, opts, progress)
     if json:
@@ -90,6 +94,14 @@ def candidates(sel: Selection) -> None:
                   f"{base / c.p50_ms:.2f}x" if base and c.p50_ms else "-")
     render.out.print(t)
     render.out.print(f"chosen: {sel.reason}")
+
+
+def _policy(path: Path | None, profile: str | None):
+    from .. import scan as scanner
+
+    if path is not None:
+        return scanner.load_policy(path, profile)
+    return scanner.for_profile(profile or "default")
 
 
 def summary(result: BuildResult) -> None:
