@@ -14,7 +14,9 @@ from onnxguard import bundle
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory, cli):
     workdir = tmp_path_factory.mktemp("quickstart") / "work"
-    r = cli("quickstart", "--workdir", workdir)
+    cwd = tmp_path_factory.mktemp("quickstart-cwd")
+    r = cli("quickstart", "--workdir", workdir, cwd=cwd)
+    assert list(cwd.iterdir()) == [], "quickstart wrote outside its --workdir"
     return workdir, r
 
 
