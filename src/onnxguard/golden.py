@@ -55,7 +55,10 @@ class GoldenSet:
 def from_bytes(data: bytes, name: str = "<golden>") -> GoldenSet:
     """Parse a golden ``.npz``; pickled object arrays are refused (``allow_pickle=False``)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise InputError(f"{name}: a single array, not an .npz archive; save with numpy.savez(path, name=array)")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(f"{name}: not a readable .npz file ({e})") from e
