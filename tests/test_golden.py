@@ -59,6 +59,13 @@ def test_malformed_golden_files(data, message):
         golden.from_bytes(data, "bad.npz")
 
 
+def test_npy_instead_of_npz(tmp_path):
+    path = tmp_path / "inputs.npy"
+    np.save(path, np.zeros((2, 3), np.float32))
+    with pytest.raises(InputError, match=r"inputs\.npy: a single array, not an \.npz"):
+        golden.load(path)
+
+
 def test_missing_golden_file(tmp_path):
     with pytest.raises(InputError, match="nope.npz: no such file"):
         golden.load(tmp_path / "nope.npz")
