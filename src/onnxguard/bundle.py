@@ -49,14 +49,27 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
+        """The model's file in the bundle: ``model.onnx``, or ``model.onnx.age`` when sealed."""
         return self.path / self.manifest.model.file
 
+    @property
+    def sealed(self) -> bool:
+        return self.manifest.sealed is not None
+
+    def _refuse_sealed(self, what: str) -> None:
+        if self.sealed:
+            raise BundleError(f"{self.path}: the bundle is sealed, its {what} is age-encrypted; open it in memory with "
+                              "onnxguard.sealing (open_model, open_golden, load_session) and an identity, "
+                              "or `onnxguard unseal` it to a new directory")
+
     def model_bytes(self) -> bytes:
+        self._refuse_sealed(f"model ({self.manifest.model.file})")
         return self.model_path.read_bytes()
 
     def golden(self) -> GoldenSet:
         if self.manifest.golden is None:
             raise BundleError(f"{self.path}: the bundle has no golden set")
+        self._refuse_sealed(f"golden set ({self.manifest.golden.file})")
         return golden.load(self.path / self.manifest.golden.file)
 
 
@@ -114,6 +127,12 @@ def read(path: str | os.PathLike[str]) -> Bundle:
         raise BundleError(f"{root / extra[0]}: not listed in the manifest; remove it or rebuild the bundle")
     if manifest.model.file not in manifest.files:
         raise BundleError(f"{root / MANIFEST}: the model file {manifest.model.file!r} is not among its files")
+    if manifest.sealed is not None:
+        sealed = manifest.sealed.files
+        wanted = [manifest.model.file] + ([manifest.golden.file] if manifest.golden else [])
+        for rel in [*sealed, *wanted]:
+            if rel not in manifest.files or rel not in sealed:
+                raise BundleError(f"{root / MANIFEST}: sealed file {rel!r} is not both among its files and its sealed files")
     return Bundle(root, manifest)
 
 

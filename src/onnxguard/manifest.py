@@ -88,6 +88,23 @@ class Parity(_Strict):
     notes: list[str] = Field(default_factory=list)
 
 
+class SealedFile(_Strict):
+    plaintext: str = Field(description="the file's name before sealing (model.onnx, golden.npz)")
+    sha256: str = Field(pattern=SHA256, description="sha256 of the plaintext, checked after decryption")
+    size: int
+
+
+class Sealed(_Strict):
+    """The bundle's model and golden files are age-encrypted (``onnxguard seal``)."""
+
+    format: Literal["age-encryption.org/v1"] = "age-encryption.org/v1"
+    recipients: list[str] = Field(description="public recipients (age1..., ssh-ed25519 ..., ssh-rsa ...) as given")
+    passphrase: bool = Field(False, description="a passphrase can open the bundle too (see key_file)")
+    key_file: str | None = Field(None, description="passphrase mode: a bundle file holding an X25519 identity that the "
+                                                   "files are also sealed to, itself age-encrypted with the passphrase")
+    files: dict[str, SealedFile] = Field(description="each sealed file of the bundle, by its name in the bundle")
+
+
 class Manifest(_Strict):
     format: Literal["onnxguard-bundle/1"] = FORMAT
     name: str
@@ -104,6 +121,8 @@ class Manifest(_Strict):
     parity: Parity | None = None
     scan: dict | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    sealed: Sealed | None = Field(None, description="set when the bundle is sealed: model.file and golden.file then "
+                                                    "name the .age files; model.sha256 stays the plaintext's")
 
 
 def now() -> str:
