@@ -1,0 +1,91 @@
+"""``keys.generate(out_dir) -> KeyPaths``: a signing key pair and an age identity, for ``sign`` and ``seal``.
+
+::
+
+    out_dir/
+      signing-key.pem       EC P-256 private key, PKCS#8 PEM (mode 0600): ``onnxguard sign --key``
+      signing-key.pub.pem   its public key, SubjectPublicKeyInfo PEM: ``onnxguard verify --public-key``,
+                            ``model_signing verify key --public_key``
+      age-identity.txt      age X25519 identity, the format of ``age-keygen`` (mode 0600): ``unseal --identity``
+      age-recipient.txt     its recipient (``age1...``): ``seal --recipient`` / ``--recipients-file``
+
+P-256 is the first of the curves the OpenSSF ``model-signing`` key signer accepts (P-256, P-384, P-521).
+Existing key files are never overwritten: a lost key cannot be recovered, so ``generate`` refuses before
+writing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyrage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .errors import InputError
+from .manifest import now
+
+PRIVATE_KEY = "signing-key.pem"
+PUBLIC_KEY = "signing-key.pub.pem"
+AGE_IDENTITY = "age-identity.txt"
+AGE_RECIPIENT = "age-recipient.txt"
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    private_key: Path
+    public_key: Path
+    age_identity: Path
+    age_recipient: Path
+    recipient: str  # the age recipient string, age1...
+
+    def to_dict(self) -> dict:
+        return {"private_key": str(self.private_key), "public_key": str(self.public_key),
+                "age_identity": str(self.age_identity), "age_recipient": str(self.age_recipient),
+                "recipient": self.recipient}
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask may have narrowed it; never widened beyond ``mode``
+
+
+def generate(out_dir: str | os.PathLike[str]) -> KeyPaths:
+    """Write a P-256 signing key pair and an age identity with its recipient into ``out_dir`` (created)."""
+    out = Path(out_dir)
+    paths = KeyPaths(out / PRIVATE_KEY, out / PUBLIC_KEY, out / AGE_IDENTITY, out / AGE_RECIPIENT, "")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory; give a directory for the keys")
+    existing = [p for p in (paths.private_key, paths.public_key, paths.age_identity, paths.age_recipient)
+                if os.path.lexists(p)]
+    if existing:
+        raise InputError(f"{existing[0]}: already exists; keys are never overwritten, choose another --out directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out}: cannot create the key directory ({e.strerror or e})") from e
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    identity = pyrage.x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    identity_text = f"# created: {now()}\n# public key: {recipient}\n{identity}\n"
+    written: list[Path] = []
+    try:
+        for path, data, mode in ((paths.private_key, private_pem, 0o600), (paths.public_key, public_pem, 0o644),
+                                 (paths.age_identity, identity_text.encode(), 0o600),
+                                 (paths.age_recipient, f"{recipient}\n".encode(), 0o644)):
+            _write(path, data, mode)
+            written.append(path)
+    except OSError as e:
+        for p in written:  # all four or none: a half-written key set is worse than none
+            p.unlink(missing_ok=True)
+        raise InputError(f"{out}: cannot write the keys ({e.strerror or e})") from e
+    return KeyPaths(paths.private_key, paths.public_key, paths.age_identity, paths.age_recipient, recipient)
