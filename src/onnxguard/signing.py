@@ -1,0 +1,301 @@
+"""Signing bundles with the OpenSSF ``model-signing`` library, and verifying their signatures.
+
+``sign(bundle, private_key)`` writes ``BUNDLE/model.sig``: a Sigstore bundle holding a DSSE envelope over an
+in-toto statement that lists the sha256 of every file in the bundle directory except ``model.sig`` itself
+(and the git paths ``.git``, ``.gitattributes``, ``.github``, ``.gitignore``, which the library ignores by
+default and a bundle never holds: ``bundle.read`` refuses any file the manifest does not list). Since
+``manifest.json`` is one of the signed files and it holds the sha256 of every other file, the signature
+covers the whole bundle.
+
+The signature verifies with the reference command of the ``model-signing`` package, which ignores the
+``--signature`` path itself and reads the ignore list recorded in the signature::
+
+    model_signing verify key --signature BUNDLE/model.sig --public_key PUBLIC.pem BUNDLE
+
+Three ways to sign, as the library offers them:
+
+- ``sign``: an elliptic-curve private key (P-256, P-384 or P-521; ``onnxguard keygen`` makes P-256).
+- ``sign_with_certificate``: a private key with its X.509 signing certificate and chain.
+- ``sign_with_sigstore``: Sigstore keyless signing (OIDC identity, Fulcio, Rekor). It needs a network and was
+  not exercised in onnxguard's tests, which run offline.
+
+A bundle is checked against its manifest before it is signed: a modified bundle is never signed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import bundle
+from .bundle import SIGNATURE
+from .errors import CheckFailed, InputError, OnnxguardError
+from .progress import Event, Progress, silent
+
+PathLike = str | os.PathLike[str]
+KEY = "key"
+CERTIFICATE = "certificate"
+SIGSTORE = "sigstore"
+# The curves model-signing's key signer accepts (it follows Sigstore's protobuf specs).
+CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+@dataclass(frozen=True)
+class SignResult:
+    bundle: Path
+    signature: Path
+    method: str  # key | certificate | sigstore
+    files: int  # files covered by the signature (every bundle file but model.sig)
+    replaced: bool  # an earlier model.sig was replaced
+
+    def to_dict(self) -> dict:
+        return {"bundle": str(self.bundle), "signature": str(self.signature), "method": self.method,
+                "files": self.files, "replaced": self.replaced}
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """The outcome of checking ``model.sig``: ``passed`` False with the reason in ``detail`` when it fails."""
+
+    bundle: str
+    signature: str
+    method: str  # key | certificate | sigstore
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def raise_for_failure(self) -> SignatureReport:
+        """``CheckFailed`` (exit 1) when the signature did not verify; else ``self``."""
+        if not self.passed:
+            raise CheckFailed(f"{self.signature}: {self.detail}")
+        return self
+
+
+# -- keys ------------------------------------------------------------------------------------------------
+
+def _read(path: PathLike, what: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file (expected {what})")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror or e})") from e
+
+
+def _check_curve(key, path: PathLike, kind: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        name = type(key).__name__.removeprefix("_").replace("PrivateKey", "").replace("PublicKey", "")
+        raise InputError(f"{path}: is a {name or 'non-EC'} {kind} key; model-signing signs with elliptic-curve keys "
+                         "(P-256, P-384, P-521): make one with `onnxguard keygen`")
+    if key.curve.name not in CURVES:
+        raise InputError(f"{path}: an elliptic-curve key on {key.curve.name}; model-signing accepts P-256, P-384 "
+                         "and P-521 only")
+
+
+def load_private_key(path: PathLike, password: str | None = None):
+    """The EC private key in the PEM file ``path``; ``InputError`` naming the file for anything else."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    data = _read(path, "a PEM private key")
+    if b"-----BEGIN" not in data:
+        raise InputError(f"{path}: not a PEM file; expected a PEM private key (-----BEGIN PRIVATE KEY-----)")
+    if b"PRIVATE KEY-----" not in data:
+        raise InputError(f"{path}: not a PEM private key (is it the public key or a certificate?); "
+                         "sign with the private key")
+    try:
+        key = serialization.load_pem_private_key(data, password.encode() if password is not None else None)
+    except TypeError as e:
+        if password is None:
+            raise InputError(f"{path}: the private key is encrypted; give its password (--password-env VAR)") from e
+        raise InputError(f"{path}: the private key is not encrypted; drop the password") from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        hint = "wrong password, or " if password is not None else ""
+        raise InputError(f"{path}: cannot load the private key ({hint}{str(e).splitlines()[0]})") from e
+    _check_curve(key, path, "private")
+    return key
+
+
+def load_public_key(path: PathLike):
+    """The EC public key in the PEM file ``path``; ``InputError`` naming the file for anything else."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    data = _read(path, "a PEM public key")
+    if b"-----BEGIN" not in data:
+        raise InputError(f"{path}: not a PEM file; expected a PEM public key (-----BEGIN PUBLIC KEY-----)")
+    if b"PRIVATE KEY-----" in data:
+        raise InputError(f"{path}: is a private key; verify with the public key (never ship the private one)")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise InputError(f"{path}: not a PEM public key ({str(e).splitlines()[0]})") from e
+    _check_curve(key, path, "public")
+    return key
+
+
+# -- signing ---------------------------------------------------------------------------------------------
+
+def _hashing_config():
+    """What is signed: every file but ``model.sig``, the same rules as the reference ``model_signing`` command."""
+    import model_signing
+
+    return model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=True)
+
+
+def _sign(bundle_dir: PathLike, method: str, configure, progress: Progress) -> SignResult:
+    b = bundle.read(bundle_dir)  # a bundle that does not match its manifest is never signed
+    import model_signing
+
+    sig = b.path / SIGNATURE
+    replaced = sig.exists()
+    progress(Event("sign", f"signing {len(b.manifest.files) + 1} files with model-signing ({method})"))
+    config = configure(model_signing.signing.Config()).set_hashing_config(_hashing_config())
+    try:
+        config.sign(b.path, sig)
+    except OnnxguardError:
+        raise
+    except OSError as e:
+        raise InputError(f"{sig}: cannot write the signature ({e.strerror or e})") from e
+    progress(Event("sign", f"signed: {sig}", done=True))
+    return SignResult(b.path, sig, method, len(b.manifest.files) + 1, replaced)
+
+
+def sign(bundle_dir: PathLike, private_key: PathLike, password: str | None = None,
+         progress: Progress = silent) -> SignResult:
+    """Sign the bundle with an EC private key (PEM); writes ``BUNDLE/model.sig``."""
+    load_private_key(private_key, password)  # clear errors before the library sees the file
+
+    def configure(c):
+        return c.use_elliptic_key_signer(private_key=Path(private_key), password=password)
+
+    return _sign(bundle_dir, KEY, configure, progress)
+
+
+def sign_with_certificate(bundle_dir: PathLike, private_key: PathLike, signing_certificate: PathLike,
+                          certificate_chain: Sequence[PathLike] = (), progress: Progress = silent) -> SignResult:
+    """Sign with a private key and its X.509 signing certificate; the chain is embedded in the signature."""
+    from cryptography import x509
+
+    key = load_private_key(private_key)
+    certs = []
+    for path in (signing_certificate, *certificate_chain):
+        data = _read(path, "a PEM certificate")
+        try:
+            certs.append(x509.load_pem_x509_certificates(data))
+        except ValueError as e:
+            raise InputError(f"{path}: not a PEM X.509 certificate ({str(e).splitlines()[0]})") from e
+    if certs[0][0].public_key() != key.public_key():
+        raise InputError(f"{signing_certificate}: the certificate's public key is not the pair of {private_key}")
+
+    def configure(c):
+        return c.use_certificate_signer(private_key=Path(private_key), signing_certificate=Path(signing_certificate),
+                                        certificate_chain=[Path(p) for p in certificate_chain])
+
+    return _sign(bundle_dir, CERTIFICATE, configure, progress)
+
+
+def sign_with_sigstore(bundle_dir: PathLike, identity_token: str | None = None, use_staging: bool = False,
+                       oidc_issuer: str | None = None, use_ambient_credentials: bool = False,
+                       progress: Progress = silent) -> SignResult:
+    """Sigstore keyless signing. Needs a network (OIDC provider, Fulcio, Rekor); not tested offline."""
+
+    def configure(c):
+        return c.use_sigstore_signer(identity_token=identity_token, use_staging=use_staging, oidc_issuer=oidc_issuer,
+                                     use_ambient_credentials=use_ambient_credentials)
+
+    try:
+        return _sign(bundle_dir, SIGSTORE, configure, progress)
+    except OnnxguardError:
+        raise
+    except Exception as e:  # network, OIDC and Fulcio errors of every kind: one line, exit 2
+        raise InputError(f"{bundle_dir}: Sigstore keyless signing failed ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it needs network access to the "
+                         "OIDC provider, Fulcio and Rekor") from e
+
+
+# -- verifying -------------------------------------------------------------------------------------------
+
+_NAMES = re.compile(r"(Hash mismatch for|Extra files found in model|Missing files in model) '([^']+)'(?:: ([^\"\]]+))?")
+
+
+def _explain(error: Exception) -> str:
+    """model-signing's failure, in one line without raw digests."""
+    text = str(error)
+    if text.startswith("Signature mismatch"):
+        parts = []
+        for kind, name, rest in _NAMES.findall(text):
+            if kind == "Hash mismatch for":
+                parts.append(f"changed: {name}")
+            else:
+                parts.append(f"{'unsigned' if kind.startswith('Extra') else 'missing'}: {rest.strip()}")
+        return "the bundle does not match its signature (" + ("; ".join(parts) or "files differ") + ")"
+    if text.startswith("Key mismatch"):
+        return "signed with another key (the public key does not match the signature)"
+    first = text.splitlines()[0] if text else ""
+    if type(error).__name__ == "InvalidSignature":
+        return "the signature is not valid for this public key (wrong key, or model.sig was modified)"
+    return f"does not verify ({type(error).__name__}{': ' + first if first else ''})"
+
+
+def _verify(bundle_dir: PathLike, method: str, configure) -> SignatureReport:
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such bundle directory")
+    sig = root / SIGNATURE
+    if not sig.is_file() or sig.is_symlink():
+        return SignatureReport(str(root), str(sig), method, False, f"the bundle is not signed ({SIGNATURE} is missing)")
+    import model_signing
+
+    config = configure(model_signing.verifying.Config()).set_hashing_config(_hashing_config())
+    try:
+        config.set_ignore_unsigned_files(False).verify(root, sig)
+    except Exception as e:  # noqa: BLE001 - whatever model-signing raises, the signature did not verify (fail closed)
+        return SignatureReport(str(root), str(sig), method, False, _explain(e))
+    return SignatureReport(str(root), str(sig), method, True, "verified")
+
+
+def verify(bundle_dir: PathLike, public_key: PathLike | bytes) -> SignatureReport:
+    """Check ``BUNDLE/model.sig`` with an EC public key: a path to a PEM file, or the PEM bytes themselves.
+
+    Returns a report (``passed`` False with the reason when the signature is missing or does not match);
+    raises ``InputError`` only when the check cannot run (no such bundle, a key that is not an EC public key).
+    """
+    if isinstance(public_key, bytes):
+        with tempfile.TemporaryDirectory(prefix="onnxguard-pub-") as d:
+            path = Path(d) / "public.pem"
+            path.write_bytes(public_key)
+            load_public_key(path)
+            return _verify(bundle_dir, KEY, lambda c: c.use_elliptic_key_verifier(public_key=path))
+    load_public_key(public_key)
+    return _verify(bundle_dir, KEY, lambda c: c.use_elliptic_key_verifier(public_key=Path(public_key)))
+
+
+def verify_certificate(bundle_dir: PathLike, certificate_chain: Sequence[PathLike] = ()) -> SignatureReport:
+    """Check a certificate signature against ``certificate_chain`` (PEM roots/intermediates; empty: the system's)."""
+    for path in certificate_chain:
+        if b"-----BEGIN CERTIFICATE-----" not in _read(path, "a PEM certificate"):
+            raise InputError(f"{path}: not a PEM X.509 certificate")
+    return _verify(bundle_dir, CERTIFICATE,
+                   lambda c: c.use_certificate_verifier(certificate_chain=[Path(p) for p in certificate_chain]))
+
+
+def verify_sigstore(bundle_dir: PathLike, identity: str, oidc_issuer: str, use_staging: bool = False) -> SignatureReport:
+    """Check a Sigstore keyless signature for ``identity`` issued by ``oidc_issuer``. Needs a network."""
+    return _verify(bundle_dir, SIGSTORE, lambda c: c.use_sigstore_verifier(identity=identity, oidc_issuer=oidc_issuer,
+                                                                             use_staging=use_staging))
+
+
+def is_signed(bundle_dir: PathLike) -> bool:
+    sig = Path(bundle_dir) / SIGNATURE
+    return sig.is_file() and not sig.is_symlink()
+
