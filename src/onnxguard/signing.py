@@ -176,7 +176,9 @@ def sign(bundle_dir: PathLike, private_key: PathLike, password: str | None = Non
     load_private_key(private_key, password)  # clear errors before the library sees the file
 
     def configure(c):
-        return c.use_elliptic_key_signer(private_key=Path(private_key), password=password)
+        # model-signing 1.1.1 hands ``password`` straight to cryptography, which wants bytes (its hint says str)
+        return c.use_elliptic_key_signer(private_key=Path(private_key),
+                                         password=password.encode() if password is not None else None)
 
     return _sign(bundle_dir, KEY, configure, progress)
 
@@ -225,7 +227,9 @@ def sign_with_sigstore(bundle_dir: PathLike, identity_token: str | None = None, 
 
 # -- verifying -------------------------------------------------------------------------------------------
 
-_NAMES = re.compile(r"(Hash mismatch for|Extra files found in model|Missing files in model) '([^']+)'(?:: ([^\"\]]+))?")
+# model-signing's diff lines, as they appear inside the repr of a list (quotes may be backslash-escaped).
+_NAMES = re.compile(r"(Hash mismatch for|Extra files found in model|Missing files in model) \\?'([^'\\]+)\\?'"
+                    r"(?:: ([^'\"\\\]]+))?")
 
 
 def _explain(error: Exception) -> str:
