@@ -235,12 +235,12 @@ def _tmpdir(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.absolute().parent))
 
 
-def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool) -> Bundle:
+def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool, mode: int = 0o755) -> Bundle:
     files = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
              for rel, p in sorted(bundle_lib._bundle_files(tmp).items()) if rel != MANIFEST}
     manifest = manifest.model_copy(update={"files": files})
     (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.chmod(tmp, 0o755)
+    os.chmod(tmp, mode)
     bundle_lib._place(tmp, target, overwrite)
     return bundle_lib.read(target)
 
@@ -420,7 +420,7 @@ def load_session(source: Bundle | PathLike, identity: IdentitySource = None, pas
 
 def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLike, passphrase: str | None = None,
            progress: Progress = silent) -> Bundle:
-    """Write a plaintext copy of a sealed bundle to ``out_dir`` (a new directory): for operators only.
+    """Write a plaintext copy of a sealed bundle to ``out_dir`` (a new directory, mode 0700): for operators only.
 
     The copy is not signed (its manifest differs from the signed one); sign it again if it is shipped.
     """
@@ -448,7 +448,7 @@ def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLik
             "model": m.model.model_copy(update={"file": plain[m.model.file]}),
             "golden": m.golden.model_copy(update={"file": plain[m.golden.file]}) if m.golden else None,
         })
-        result = _finish(tmp, manifest, target, overwrite=False)
+        result = _finish(tmp, manifest, target, overwrite=False, mode=0o700)  # plaintext: its owner only
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{target}: cannot write the unsealed bundle ({e.strerror or e})") from e

@@ -45,7 +45,7 @@ UNSIGNED = "unsigned"
 @dataclass(frozen=True)
 class FileCheck:
     file: str
-    status: str  # ok | changed | missing | unexpected | symlink
+    status: str  # ok | changed | missing | unexpected | symlink | unreadable
     detail: str = ""
 
     def to_dict(self) -> dict:
@@ -103,9 +103,16 @@ def check_files(root: Path, manifest: Manifest) -> list[FileCheck]:
         if p is None:
             if not any(c.file == rel for c in checks):
                 checks.append(FileCheck(rel, "missing", "listed in the manifest, not in the bundle"))
-        elif p.stat().st_size != entry.size:
-            checks.append(FileCheck(rel, "changed", f"{p.stat().st_size:,} bytes, the manifest says {entry.size:,}"))
-        elif digest.file(p) != entry.sha256:
+            continue
+        try:
+            size = p.stat().st_size
+            same = size == entry.size and digest.file(p) == entry.sha256
+        except OSError as e:
+            checks.append(FileCheck(rel, "unreadable", e.strerror or str(e)))
+            continue
+        if size != entry.size:
+            checks.append(FileCheck(rel, "changed", f"{size:,} bytes, the manifest says {entry.size:,}"))
+        elif not same:
             checks.append(FileCheck(rel, "changed", "sha256 differs from the manifest"))
         else:
             checks.append(FileCheck(rel, "ok"))

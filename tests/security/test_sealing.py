@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 
 import numpy as np
 import pyrage
 import pytest
-from security_support import flip_byte, og, og_many, one_error, relist
+from security_support import flip_byte, og, og_many, one_error, reference_verify, relist
 
 from onnxguard import bundle, digest, golden, parity, sealing, signing
 from onnxguard.bundle import SIGNATURE
@@ -243,3 +244,20 @@ def test_unseal_bad_inputs(sealed_copy, keyset, other_keyset, tmp_path):
     assert r.code == 2 and "--output" in r.err and "Traceback" not in r.err, str(r)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary directory left
+
+
+def test_assets_travel_through_seal_sign_and_unseal(built, keyset, tmp_path):
+    """Preprocessing assets (tokenizer/...) stay plaintext, listed and signed; unseal keeps them and is 0700."""
+    src = bundle.read(built.path)
+    (tmp_path / "tok.json").write_text('{"vocab": ["a"]}')
+    with_assets = bundle.write(tmp_path / "b", src.manifest, src.model_bytes(), src.golden(),
+                               {"tokenizer/tokenizer.json": tmp_path / "tok.json"})
+    sealing.seal(with_assets.path, [keyset.recipient])
+    signing.sign(with_assets.path, keyset.private_key)
+    sealed = bundle.read(with_assets.path)
+    assert "tokenizer/tokenizer.json" in sealed.manifest.files
+    assert reference_verify(with_assets.path, keyset.public_key).returncode == 0
+    out = sealing.unseal(sealed, keyset.age_identity, tmp_path / "plain")
+    assert (out.path / "tokenizer" / "tokenizer.json").read_text() == '{"vocab": ["a"]}'
+    assert stat.S_IMODE(out.path.stat().st_mode) == 0o700
+    assert sorted(out.manifest.files) == ["golden.npz", "model.onnx", "tokenizer/tokenizer.json"]
