@@ -1,7 +1,7 @@
 """A sealed model loads into ONNX Runtime with no plaintext written anywhere on disk.
 
-The needle: 48 bytes of the plaintext ONNX (weights) that occur in no other file of the bundle, sealed or not,
-plus the plaintext's sha256. A child process loads the sealed bundle and runs it, with its working directory, HOME and
+The needle: bytes of the plaintext ONNX that occur in no other file of the bundle, sealed or not (the
+session's random metadata marker as protobuf encodes it), plus the plaintext's sha256. A child process loads the sealed bundle and runs it, with its working directory, HOME and
 TMPDIR in a fresh directory and an audit hook recording every Python-level open for writing, rename and copy.
 Afterwards every file written since the child started, under the usual temporary places and the bundle, is
 searched for the marker and the plaintext's sha256. The same harness pointed at ``unseal`` (which does write
@@ -88,14 +88,17 @@ def _holding(paths, needles: list[bytes], sha: str) -> list[str]:
 
 
 def _needle(built, sealed: Path) -> bytes:
-    """48 bytes of the plaintext model found in no other file of the plain or the sealed bundle."""
+    """Bytes of the plaintext model found in no other file of the plain or the sealed bundle.
+
+    The session's random marker with the protobuf bytes before it (key and length of the metadata entry): unique
+    to this session's model, so a copy written by another test session can never be mistaken for a leak.
+    """
     plain = (built.path / "model.onnx").read_bytes()
+    at = plain.index(built.marker.encode())
+    needle = plain[at - 10:at + len(built.marker)]
     others = [p.read_bytes() for d in (built.path, sealed) for p in d.iterdir() if p.name != "model.onnx"]
-    for start in range(len(plain) // 2, len(plain) - 48, 7):
-        needle = plain[start:start + 48]
-        if not any(needle in o for o in others):
-            return needle
-    raise AssertionError("no needle unique to the plaintext model")
+    assert not any(needle in o for o in others)  # the manifest holds the marker too, as JSON text, not like this
+    return needle
 
 
 def _run_child(mode: str, sealed: Path, identity: Path, tmp_path: Path) -> tuple[list, list[str]]:
