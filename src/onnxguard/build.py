@@ -6,6 +6,7 @@ A later stage (optimize, quantize, scan, seal, sign) is one function added to th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -321,10 +322,16 @@ def make_manifest(state: BuildState) -> Manifest:
         steps=state.steps,
         golden=Golden(file=bundle.GOLDEN, batches=len(state.golden.inputs), items=state.golden.items,
                       origin=state.golden_origin),
-        parity=parity_summary(state.selection.winner.gate if state.selection else state.parity),
+        parity=parity_summary(_with_notes(state.selection.winner.gate, state.parity.notes)
+                              if state.selection else state.parity),
         scan=None if state.scan is None else scan_summary(state.scan, opts.fail_on),
         metadata=dict(opts.meta),
     )
+
+
+def _with_notes(report: ParityReport, notes: tuple[str, ...]) -> ParityReport:
+    """The winner's gate report, carrying the export's notes (float64 sources, tracer warnings)."""
+    return dataclasses.replace(report, notes=tuple(dict.fromkeys(report.notes + notes)))
 
 
 def _default_name(identifier: str) -> str:

@@ -58,8 +58,6 @@ def test_classifier_float64_difference_is_reported_by_build(sklearn_bundle):
     assert any(FLOAT64 in note and "float32" in note for note in notes), printed
 
 
-@pytest.mark.xfail(strict=True, reason="build.make_manifest records the winning variant's gate report "
-                   "(variants.gate runs parity without the export's notes), so the float64 note is lost")
 def test_classifier_float64_difference_is_kept_in_the_manifest(sklearn_bundle):
     m = bundle.read(sklearn_bundle).manifest
     assert any(FLOAT64 in note and "float32" in note for note in m.parity.notes), m.parity.notes

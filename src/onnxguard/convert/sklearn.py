@@ -116,6 +116,10 @@ class SklearnSource:
                 target_opset={"": opset or DEFAULT_OPSET, "ai.onnx.ml": 3}, options=options)
         except (RuntimeError, NotImplementedError, ValueError, TypeError, KeyError) as e:
             raise ConversionError(f"{self.identifier}: skl2onnx cannot convert {type(self.estimator).__name__}: {e}") from e
+        for value in [*model.graph.input, *model.graph.output]:  # skl2onnx leaves the batch axis unnamed
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value") and not dims[0].HasField("dim_param"):
+                dims[0].dim_param = "batch"
         names = [o.name for o in model.graph.output]
         if self.is_classifier and names != ["label", "probabilities"]:
             raise ConversionError(f"{self.identifier}: unexpected classifier outputs {names}")
