@@ -242,8 +242,10 @@ def test_verify_bad_key_inputs(signed, keyset, tmp_path):
         signing.verify(signed, b"not pem")
 
 
-def test_sigstore_without_network_is_one_clear_error(bundle_copy):
-    """Keyless signing needs an OIDC token and Fulcio: here it must fail as one line, exit 2, never a traceback."""
-    r = og("sign", bundle_copy, "--sigstore", "--identity-token-env", "TOKEN", extra_env={"TOKEN": "not-a-jwt"})
+def test_sigstore_without_network_is_one_clear_error(bundle_copy, tmp_path):
+    """Keyless signing needs an OIDC token and Fulcio: here it must fail as one line, exit 2, never a traceback.
+    (Offline it fails refreshing Sigstore's TUF metadata; with a network, on the malformed token.)"""
+    home = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    r = og("sign", bundle_copy, "--sigstore", "--identity-token-env", "TOKEN", extra_env={"TOKEN": "not-a-jwt", **home})
     one_error(r, 2, "Sigstore keyless signing failed")
     assert not (bundle_copy / SIGNATURE).exists()
