@@ -45,14 +45,17 @@ def main() -> None:
     chosen = bundle.read(bundle_dir)
     select = next(s for s in chosen.manifest.steps if s.name == "select")
     plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model
+    traced = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ, exporter="torchscript")).model
     arch = chosen.manifest.source.architecture
-    fused = optimize.optimize(plain, optimize.OptimizeOptions(level="none", fusions=True, model_type=arch["model_type"],
-                                                              num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])).model
+    fused = optimize.optimize(traced, optimize.OptimizeOptions(level="none", fusions=True, model_type=arch["model_type"],
+                                                               num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])).model
     dynamic = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
     source = convert.load(str(model_dir), ConvertOptions(attn_implementation="sdpa"))
     torch_variant = bench.source_variant(source)
-    variants = [torch_variant, bench.onnx_variant("ORT plain export", plain), bench.onnx_variant("ORT fused", fused),
-                bench.onnx_variant("ORT dynamic INT8 (plain)", dynamic),
+    variants = [torch_variant, bench.onnx_variant("ORT plain export (dynamo)", plain),
+                bench.onnx_variant("ORT plain export (torchscript)", traced),
+                bench.onnx_variant("ORT fused (torchscript + Attention fusion)", fused),
+                bench.onnx_variant("ORT dynamic INT8 (dynamo export)", dynamic),
                 bench.onnx_variant(f"onnxguard build (chose {select.figures['winner']})", chosen.model_bytes())]
     rng = np.random.default_rng(0)
     checks = [padded(8, side, rng) for side in ("right", "left") for _ in range(4)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +49,9 @@ class BuildOptions:
     force: bool = False  # keep a requested variant that fails the gate (recorded in the manifest)
     bench_batch: int = 1  # candidates are timed at this batch size ...
     bench_threads: int = 0  # ... and thread count (0: all cores)
+    sign_key: Path | None = None  # sign the bundle (OpenSSF model signing) with this private key
+    sign_password: str | None = None
+    recipients: tuple[str, ...] = ()  # seal (age) the model and golden set to these recipients
     scan: bool = True  # scan the chosen model before it goes into the bundle
     policy: scanner.Policy | None = None  # None: the default profile
     fail_on: str = "medium"  # a finding at or above this severity stops the build
@@ -73,6 +77,7 @@ class BuildState:
     selection: Selection | None = None
     scan: scanner.ScanReport | None = None
     bundle: Bundle | None = None
+    staging: Path | None = None  # where the bundle is written, sealed and signed before it is published
 
 
 @dataclass(frozen=True)
@@ -268,11 +273,38 @@ def scan_summary(report: scanner.ScanReport, fail_on: str) -> dict:
 
 
 def stage_bundle(state: BuildState) -> str:
+    """Write the bundle to a staging directory beside the target; ``publish`` moves it into place."""
     state.progress(Event("bundle", f"writing {state.target}"))
     manifest = make_manifest(state)
-    state.bundle = bundle.write(state.target, manifest, state.model, state.golden, state.source.assets,
-                                overwrite=state.options.overwrite)
+    state.bundle = bundle.write(state.staging, manifest, state.model, state.golden, state.source.assets)
     return f"{len(state.bundle.manifest.files)} files"
+
+
+def stage_seal(state: BuildState) -> str:
+    """Encrypt the model and golden set at rest (age): before signing, so the signature covers the ciphertext."""
+    if not state.options.recipients:
+        return "skipped (no --recipient)"
+    from . import sealing
+
+    result = sealing.seal(state.staging, state.options.recipients, progress=state.progress)
+    state.bundle = bundle.read(state.staging)
+    return f"{', '.join(sealed for _, sealed in result.files)} for {len(state.options.recipients)} recipient(s)"
+
+
+def stage_sign(state: BuildState) -> str:
+    """Sign every file of the bundle (OpenSSF model signing); verifiable without any decryption key."""
+    if state.options.sign_key is None:
+        return "skipped (no --sign-key)"
+    from . import signing
+
+    signing.sign(state.staging, state.options.sign_key, state.options.sign_password, progress=state.progress)
+    return f"{bundle.SIGNATURE} over {len(state.bundle.manifest.files) + 1} files"
+
+
+def stage_publish(state: BuildState) -> str:
+    bundle.place(state.staging, state.target, state.options.overwrite)
+    state.bundle = bundle.read(state.target)
+    return str(state.target)
 
 
 Stage = Callable[[BuildState], str]
@@ -285,6 +317,9 @@ STAGES: list[tuple[str, Stage]] = [
     ("select", stage_select),
     ("scan", stage_scan),
     ("bundle", stage_bundle),
+    ("seal", stage_seal),
+    ("sign", stage_sign),
+    ("publish", stage_publish),
 ]
 
 
@@ -348,12 +383,16 @@ def build(spec: str | Source, target: str | Path, options: BuildOptions = BuildO
     except ValueError as e:
         raise InputError(f"--fail-on: {e}") from e
     bundle.check_writable(target, options.overwrite)
-    state = BuildState(spec, target, options, progress)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.absolute().parent))
+    state = BuildState(spec, target, options, progress, staging=workdir / target.name)
     results = []
-    for name, stage in stages or STAGES:
-        start = time.perf_counter()
-        progress(Event(name, "starting"))
-        detail = stage(state)
-        results.append(StageResult(name, time.perf_counter() - start, detail))
-        progress(Event(name, detail, done=True))
+    try:
+        for name, stage in stages or STAGES:
+            start = time.perf_counter()
+            progress(Event(name, "starting"))
+            detail = stage(state)
+            results.append(StageResult(name, time.perf_counter() - start, detail))
+            progress(Event(name, detail, done=True))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # a failed build leaves nothing; a published one was moved out
     return BuildResult(state.bundle, state.parity, tuple(results), state.selection)

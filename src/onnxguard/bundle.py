@@ -77,7 +77,7 @@ def _schema() -> dict:
     return json.loads(resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text())
 
 
-def _bundle_files(root: Path) -> dict[str, Path]:
+def bundle_files(root: Path) -> dict[str, Path]:
     """Every entry under ``root`` by POSIX relative path; a symlink anywhere is refused."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -115,7 +115,7 @@ def read(path: str | os.PathLike[str]) -> Bundle:
     """Read a bundle and verify every file against its manifest."""
     root = Path(path)
     manifest = load_manifest(root)
-    present = _bundle_files(root)
+    present = bundle_files(root)
     for rel, entry in manifest.files.items():
         p = root / rel
         if rel not in present:
@@ -136,7 +136,7 @@ def read(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(root, manifest)
 
 
-def _place(tmp: Path, target: Path, overwrite: bool) -> None:
+def place(tmp: Path, target: Path, overwrite: bool) -> None:
     if target.exists():
         if not overwrite:
             raise InputError(f"{target}: already exists; choose another output or pass --force")
@@ -176,7 +176,7 @@ def write(target: str | os.PathLike[str], manifest: Manifest, model: onnx.ModelP
                 raise BundleError(f"asset path {rel!r} escapes the bundle or clashes with a bundle file")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
-        files = {rel: File(sha256=digest.file(p), size=p.stat().st_size) for rel, p in sorted(_bundle_files(tmp).items())}
+        files = {rel: File(sha256=digest.file(p), size=p.stat().st_size) for rel, p in sorted(bundle_files(tmp).items())}
         model_entry = files[manifest.model.file]
         manifest = manifest.model_copy(update={
             "files": files,
@@ -184,7 +184,7 @@ def write(target: str | os.PathLike[str], manifest: Manifest, model: onnx.ModelP
         })
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
-        _place(tmp, target, overwrite)
+        place(tmp, target, overwrite)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{target}: cannot write the bundle ({e.strerror or e})") from e

@@ -27,8 +27,8 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     op_histogram: dict[str, dict[str, int]]
-    node_count: int
-    parameter_count: int
+    node_count: int | None  # None: the model is sealed and was not decrypted
+    parameter_count: int | None
     metadata: dict[str, str]
     external_data: tuple[str, ...]
     bundle: dict | None = field(default=None)
@@ -111,14 +111,37 @@ def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> Mode
     )
 
 
-def inspect(path: str | os.PathLike[str]) -> ModelInfo:
-    """Describe an ONNX file, or a bundle directory (whose files are verified against its manifest first)."""
+def _sealed(b) -> ModelInfo:
+    """What the manifest says of a sealed model that is not decrypted: no graph statistics."""
+    from .onnxfile import TensorSpec as Spec
+
+    m = b.manifest.model
+    return ModelInfo(str(b.model_path), m.size, m.ir_version, m.opset, m.producer,
+                     tuple(Spec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.inputs),
+                     tuple(Spec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.outputs),
+                     {}, None, None, dict(b.manifest.metadata), ())
+
+
+def inspect(path: str | os.PathLike[str], identity=None) -> ModelInfo:
+    """Describe an ONNX file, or a bundle directory (whose files are verified against its manifest first).
+
+    A sealed bundle's model is decrypted in memory with ``identity`` (see ``sealing.identities``); without
+    one, the model is described from the manifest alone.
+    """
     p = Path(path)
     if p.is_dir():
         from . import bundle
 
         b = bundle.read(p)
-        info = inspect(b.model_path)
+        if b.manifest.sealed is None:
+            info = inspect(b.model_path)
+        elif identity is not None:
+            from . import sealing
+
+            data = sealing.open_model(b, identity)
+            info = describe(onnxfile.parse(data, str(b.model_path)), str(b.model_path), len(data))
+        else:
+            info = _sealed(b)
         m = b.manifest
         summary = {
             "path": str(p),
@@ -132,6 +155,8 @@ def inspect(path: str | os.PathLike[str]) -> ModelInfo:
             "files": sorted(m.files),
             "steps": [s.name for s in m.steps],
             "parity": None if m.parity is None else {"passed": m.parity.passed},
+            "sealed": m.sealed is not None,
+            "signed": (p / bundle.SIGNATURE).is_file(),
         }
         return ModelInfo(**{**info.__dict__, "bundle": summary})
     model = onnxfile.load(p)

@@ -16,6 +16,7 @@ writing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,16 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)  # the umask may have narrowed it; never widened beyond ``mode``
+
+
+def existing(out_dir: str | os.PathLike[str]) -> KeyPaths | None:
+    """The key set ``generate`` wrote into ``out_dir``, or None when any of its files is missing."""
+    out = Path(out_dir)
+    paths = KeyPaths(out / PRIVATE_KEY, out / PUBLIC_KEY, out / AGE_IDENTITY, out / AGE_RECIPIENT, "")
+    if not all(p.is_file() for p in (paths.private_key, paths.public_key, paths.age_identity, paths.age_recipient)):
+        return None
+    recipient = paths.age_recipient.read_text(encoding="utf-8").strip()
+    return dataclasses.replace(paths, recipient=recipient)
 
 
 def generate(out_dir: str | os.PathLike[str]) -> KeyPaths:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import build, parity
+from . import build, keys, sealing, verify
 from .build import BuildOptions, BuildResult
 from .convert import ConvertOptions
 from .golden import GoldenSet
-from .progress import Progress, silent
+from .keys import KeyPaths
+from .progress import Event, Progress, silent
+from .verify import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class QuickstartResult:
     program: Path
     build: BuildResult
     predictions: tuple[Prediction, ...]
+    keys: KeyPaths
+    verify: VerifyReport
 
 
 def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
@@ -46,11 +51,21 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
                            golden_npz=golden_path, meta={"dataset": "sklearn digits", "test_accuracy": f"{accuracy:.4f}"},
                            overwrite=True, optimize="auto", quantize="auto", calibration=calibration,
                            bench_batch=32)
+    keys = _keys(workdir / "keys")
+    options = dataclasses.replace(options, sign_key=keys.private_key, recipients=(keys.recipient,))
     result = build.build(str(program), workdir / "bundle", options, progress)
-    sess = parity.session(result.bundle.model_bytes())
+    progress(Event("verify", "signature, hashes and the golden set on this runtime"))
+    report = verify.verify(result.bundle.path, keys.public_key, golden=True, identity=keys.age_identity)
+    progress(Event("verify", "passed" if report.passed else "FAILED", done=True))
+    sess = sealing.load_session(result.bundle, keys.age_identity)
     sample = data.x_test[-8:]
     logits = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
-    return QuickstartResult(accuracy, program, result, predictions)
+    return QuickstartResult(accuracy, program, result, predictions, keys, report)
+
+
+def _keys(directory: Path) -> KeyPaths:
+    """The example's signing key and age identity: made once, reused on later runs."""
+    return keys.existing(directory) or keys.generate(directory)

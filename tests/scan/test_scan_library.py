@@ -140,16 +140,24 @@ def test_findings_per_check_are_capped(tmp_path):
     assert any("450 more" in f.message for f in report.findings)
 
 
-def test_signature_seam(tmp_path):
+def test_signature_is_verified_with_the_public_key(tmp_path):
+    from onnxguard import keys, signing
+
     root = small_bundle(tmp_path)
+    k = keys.generate(tmp_path / "keys")
+    pem = k.public_key.read_bytes()
     assert [f.check for f in scan(root).findings] == []
-    unsigned = scan(root, public_key=b"-----BEGIN PUBLIC KEY-----")
+    unsigned = scan(root, public_key=pem)
     assert [(f.check, f.severity) for f in unsigned.findings] == [("bundle.signature", Severity.HIGH)]
+    signing.sign(root, k.private_key)
+    assert [(f.check, f.severity) for f in scan(root).findings] == [("bundle.signature", Severity.INFO)]
+    assert scan(root, public_key=pem).findings == ()
+    other = keys.generate(tmp_path / "other")
+    wrong = scan(root, public_key=other.public_key.read_bytes())
+    assert [(f.check, f.severity) for f in wrong.findings] == [("bundle.signature", Severity.HIGH)]
     (root / "model.sig").write_bytes(b"{}")
-    present = scan(root)
-    assert [(f.check, f.severity) for f in present.findings] == [("bundle.signature", Severity.INFO)]
-    unverifiable = scan(root, public_key=b"-----BEGIN PUBLIC KEY-----")
-    assert [(f.check, f.severity) for f in unverifiable.findings] == [("bundle.signature", Severity.MEDIUM)]
+    garbage = scan(root, public_key=pem)
+    assert [(f.check, f.severity) for f in garbage.findings] == [("bundle.signature", Severity.HIGH)]
 
 
 def test_signature_verifier_plugs_in(tmp_path, monkeypatch):

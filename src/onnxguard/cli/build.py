@@ -44,6 +44,9 @@ def build(
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size at which candidates are timed.")] = 1,
     threads: Annotated[int, typer.Option("--threads", help="Threads at which candidates are timed (0: all cores).")] = 0,
+    sign_key: Annotated[Path | None, typer.Option("--sign-key", help="Sign the bundle with this private key (PEM; see keygen).")] = None,
+    recipient: Annotated[list[str] | None, typer.Option("--recipient", help="Seal the model and golden set to this age recipient "
+                                                        "(age1..., ssh-ed25519 ...); repeatable.")] = None,
     scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Security-scan the chosen model before bundling it.")] = True,
     policy: Annotated[Path | None, typer.Option("--policy", help="Scan policy TOML (default: the built-in default profile).")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="Scan policy profile: default | strict.")] = None,
@@ -53,7 +56,7 @@ def build(
     json: options.Json = False,
 ) -> None:
     """Convert, check parity against the source framework, optimize and quantize behind the accuracy gate,
-    keep the fastest variant that passes, and write a bundle."""
+    keep the fastest variant that passes, scan it, and write a bundle (sealed, then signed, when asked)."""
     if optimize not in build_lib.OPTIMIZE_CHOICES or quantize not in build_lib.QUANTIZE_CHOICES:
         raise InputError(f"--optimize must be one of {', '.join(build_lib.OPTIMIZE_CHOICES)}; "
                          f"--quantize one of {', '.join(build_lib.QUANTIZE_CHOICES)}")
@@ -65,7 +68,8 @@ def build(
         tolerance=options.tolerance(atol, rtol, min_cosine, min_label_agreement), overwrite=overwrite,
         optimize=optimize, quantize=quantize, calibration=calibration, calibration_method=calibration_method,
         gate=options.gate(gate_min_cosine, gate_min_label_agreement), force=force,
-        bench_batch=batch_size, bench_threads=threads, scan=scan, policy=_policy(policy, profile), fail_on=fail_on)
+        bench_batch=batch_size, bench_threads=threads, scan=scan, policy=_policy(policy, profile), fail_on=fail_on,
+        sign_key=sign_key, recipients=tuple(recipient or ()))
     with render.progress_display(not json) as progress:
         result = build_lib.build(source, output, opts, progress)
     if json:

@@ -13,9 +13,16 @@ from . import app, options, render
 def inspect(
     path: Annotated[Path, typer.Argument(help="An .onnx file or a bundle directory.")],
     json: options.Json = False,
+    identity: Annotated[Path | None, typer.Option("--identity", help="age identity: describe a sealed bundle's model "
+                                                  "(decrypted in memory only).")] = None,
 ) -> None:
     """Opset, IR version, producer, inputs and outputs, op histogram, parameters, size, metadata."""
-    info = inspect_lib.inspect(path)
+    ids = None
+    if identity is not None:
+        from .. import sealing
+
+        ids = sealing.identities(identity)
+    info = inspect_lib.inspect(path, ids)
     if json:
         render.print_json(info.to_dict())
     else:

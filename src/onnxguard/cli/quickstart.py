@@ -24,7 +24,7 @@ def quickstart(
     render.parity_report(result.build.parity, "parity of the export, ONNX Runtime vs PyTorch")
     if result.build.selection:
         candidates(result.build.selection)
-    render.model_info(inspect_lib.inspect(result.build.bundle.path))
+    render.model_info(inspect_lib.inspect(result.build.bundle.path, result.keys.age_identity))
     t = Table(title="predictions on test images", title_justify="left")
     for col in ("true", "predicted", "confidence", ""):
         t.add_column(col)
@@ -32,4 +32,11 @@ def quickstart(
         t.add_row(p.truth, p.label, f"{p.confidence:.1%}", "[green]ok[/]" if p.label == p.truth else "[red]wrong[/]")
     render.out.print(t)
     summary(result.build)
-    render.out.print(f"bundle: [bold]{result.build.bundle.path.resolve()}[/]  (try: onnxguard inspect {result.build.bundle.path})")
+    v = result.verify
+    render.out.print(f"verify (signature, every hash, golden set on this runtime): "
+                     f"{'[green]PASSED[/]' if v.passed else '[red]FAILED[/]'}  keys: {result.keys.private_key.parent}")
+    b, k = result.build.bundle.path, result.keys
+    render.out.print(f"bundle: [bold]{b.resolve()}[/] (sealed and signed)\n"
+                     f"try:   onnxguard inspect {b} --identity {k.age_identity}\n"
+                     f"       onnxguard verify {b} --public-key {k.public_key} --golden --identity {k.age_identity}\n"
+                     f"       model_signing verify key --signature {b}/model.sig --public_key {k.public_key} {b}")

@@ -52,14 +52,18 @@ def model_info(info: ModelInfo) -> None:
         t.add_row("steps", ", ".join(b["steps"]))
         t.add_row("parity", "n/a" if b["parity"] is None else ("passed" if b["parity"]["passed"] else "FAILED"))
         t.add_row("files", ", ".join(b["files"]))
+        t.add_row("sealed / signed", f"{'yes' if b.get('sealed') else 'no'} / {'yes' if b.get('signed') else 'no'}")
         out.print(t)
     t = Table(title=f"model {info.path}", show_header=False, title_justify="left")
     t.add_row("file size", size(info.file_size))
     t.add_row("IR version", str(info.ir_version))
     t.add_row("opset", ", ".join(f"{d} {v}" for d, v in info.opset.items()))
     t.add_row("producer", info.producer or "-")
-    t.add_row("parameters", f"{info.parameter_count:,}")
-    t.add_row("nodes", str(info.node_count))
+    if info.node_count is None:
+        t.add_row("graph", "sealed: give --identity to decrypt it in memory and count nodes and parameters")
+    else:
+        t.add_row("parameters", f"{info.parameter_count:,}")
+        t.add_row("nodes", str(info.node_count))
     for x in info.inputs:
         t.add_row("input", f"{x.name}: {x.dtype} {shape(x.shape)}")
     for x in info.outputs:

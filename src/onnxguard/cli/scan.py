@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -7,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import scan as scan_lib
+from .. import sealing, signing
 from ..errors import CheckFailed, InputError
 from ..scan import formats, policy as policy_lib
 from ..scan.interface import Severity
@@ -25,6 +27,9 @@ def scan(
     fail_on: Annotated[str, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this severity: "
                                          + " | ".join(SEVERITIES) + ".")] = "medium",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here instead of stdout.")] = None,
+    public_key: Annotated[Path | None, typer.Option("--public-key", help="Verify the bundle's signature with this PEM key.")] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="age identity file: scan a sealed bundle's model in "
+                                                  "memory (default: $ONNXGUARD_AGE_IDENTITY).")] = None,
 ) -> None:
     """Security scan of a model or bundle against a policy: exit 0 clean, 1 findings at or above --fail-on."""
     if fmt not in formats.FORMATS:
@@ -33,7 +38,12 @@ def scan(
         raise InputError(f"--fail-on {fail_on!r}: use one of {', '.join(SEVERITIES)}")
     pol = policy_lib.load(policy, profile) if policy is not None else policy_lib.for_profile(profile or "default")
     with render.progress_display(enabled=render.err.is_terminal) as progress:
-        report = scan_lib.scan(path, pol, progress)
+        key = None
+        if public_key is not None:
+            signing.load_public_key(public_key)  # a missing or malformed key is a usage error, not a finding
+            key = public_key.read_bytes()
+        ids = sealing.identities(identity) if identity is not None or os.environ.get(sealing.IDENTITY_ENV) else None
+        report = scan_lib.scan(path, pol, progress, public_key=key, identity=ids)
     color = fmt == "text" and output is None and sys.stdout.isatty()
     text = formats.render(report, fmt, color=color)
     if output is None:

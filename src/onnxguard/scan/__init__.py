@@ -35,10 +35,12 @@ MAX_FINDINGS_PER_CHECK = 50
 
 
 def scan(path: str | os.PathLike[str], policy: Policy | None = None, progress: Progress = silent,
-         public_key: bytes | None = None, checks: tuple[Check, ...] = ALL_CHECKS) -> ScanReport:
+         public_key: bytes | None = None, checks: tuple[Check, ...] = ALL_CHECKS, identity=None) -> ScanReport:
     """Scan an ``.onnx`` file or a bundle directory against ``policy`` (default: the ``default`` profile).
 
-    ``public_key`` (PEM) is passed to the bundle signature check.
+    ``public_key`` (PEM) is passed to the bundle signature check. A sealed bundle's model is decrypted in
+    memory with ``identity`` (see ``sealing.identities``) and scanned from there; without one, only the
+    bundle itself is scanned, and an info finding says so.
     """
     policy = policy or for_profile("default")
     p = Path(path)
@@ -52,7 +54,9 @@ def scan(path: str | os.PathLike[str], policy: Policy | None = None, progress: P
         findings += _run(ctx, [c for c in checks if c.scope == "bundle"], progress)
         rel = view.manifest.model.file if view.manifest else bundle_lib.MODEL
         model_path = _bundle_model(p, rel)
-        if model_path is not None:
+        if view.manifest is not None and view.manifest.sealed is not None:
+            findings += _scan_sealed(p, rel, identity, policy, checks, progress)
+        elif model_path is not None:
             findings += _scan_file(model_path, str(p / rel), policy, checks, progress)
     else:
         kind = "model"
@@ -85,6 +89,23 @@ def _bundle_model(root: Path, rel: str) -> Path | None:
     return p if st is not None and stat.S_ISREG(st.st_mode) else None
 
 
+def _scan_sealed(root: Path, rel: str, identity, policy: Policy, checks: tuple[Check, ...],
+                 progress: Progress) -> list[Finding]:
+    """A sealed model is scanned from its plaintext in memory, never from disk; without an identity, not at all."""
+    if identity is None:
+        return [Finding("scan.sealed", Severity.INFO, f"{rel} is sealed: the model itself was not scanned (give the "
+                        "age identity to scan it in memory)", Location(str(root / rel)))]
+    from .. import bundle as bundle_mod
+    from .. import sealing
+
+    data = sealing.open_model(bundle_mod.read(root), identity)
+    ctx = _context(data, str(root / rel), policy, root.absolute(), len(data))
+    found = _run(ctx, [c for c in checks if c.scope == "file"], progress)
+    if ctx.model is not None:
+        found += _run(ctx, [c for c in checks if c.scope == "model" and c is not CHECK_ERROR], progress)
+    return found
+
+
 def _scan_file(path: Path, display: str, policy: Policy, checks: tuple[Check, ...], progress: Progress) -> list[Finding]:
     ctx = _load(path, display, policy)
     found = _run(ctx, [c for c in checks if c.scope == "file"], progress)
@@ -101,14 +122,19 @@ def _load(path: Path, display: str, policy: Policy) -> ScanContext:
         raise InputError(f"{path}: cannot read ({e.strerror})") from e
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path}: not a regular file; give an .onnx file or a bundle directory")
-    base = dict(policy=policy, path=path, display=display, model_dir=path.absolute().parent, file_size=st.st_size)
     try:
         with open(path, "rb") as f:
             data = f.read(HEAD_BYTES if st.st_size > policy.max_file_bytes else policy.max_file_bytes + 1)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    return _context(data, display, policy, path.absolute().parent, st.st_size, path)
+
+
+def _context(data: bytes, display: str, policy: Policy, model_dir: Path, size: int, path: Path | None = None) -> ScanContext:
+    """Parse ``data`` (the file's head only, when it is over the size limit) into a scan context."""
+    base = dict(policy=policy, path=path, display=display, model_dir=model_dir, file_size=size)
     head = data[:HEAD_BYTES]
-    if st.st_size > policy.max_file_bytes or len(data) > policy.max_file_bytes:
+    if size > policy.max_file_bytes or len(data) > policy.max_file_bytes:
         return ScanContext(**base, head=head, load_state="too-large")
     if not data:
         return ScanContext(**base, head=head, load_state="empty", load_detail="the file is empty")

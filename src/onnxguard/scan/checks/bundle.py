@@ -4,9 +4,8 @@ and the signature.
 Nothing here trusts the manifest's paths: only entries found by walking the bundle directory (without
 following symlinks) are ever opened, and only regular files.
 
-The signature seam: ``ScanContext.public_key`` carries a PEM public key when the caller has one.
-:meth:`Signature.verify` is where signature verification plugs in; until it exists, a present signature is
-noted (info) and, when a key was given, reported as unverifiable (medium), never as verified.
+The signature: ``ScanContext.public_key`` carries a PEM public key when the caller has one; the signature
+is then verified with the OpenSSF model-signing library. Without a key, a present signature is only noted.
 """
 
 from __future__ import annotations
@@ -97,10 +96,12 @@ class Hashes(BaseCheck):
                 yield self.finding(ctx, f"{quote(rel)} does not match its sha256 in the manifest: the bundle was "
                                         "modified", file=where)
         model = manifest.model
+        # model.sha256 is the plaintext's; a sealed bundle lists the ciphertext in files and the plaintext in sealed.
+        plain = manifest.sealed.files.get(model.file) if manifest.sealed else manifest.files.get(model.file)
         if model.file not in manifest.files:
             yield self.finding(ctx, f"the model file {quote(model.file)} is not among the manifest's files",
                                file=str(root / MANIFEST))
-        elif manifest.files[model.file].sha256 != model.sha256:
+        elif plain is None or plain.sha256 != model.sha256:
             yield self.finding(ctx, f"the manifest's model sha256 and its files entry for {quote(model.file)} differ",
                                file=str(root / MANIFEST))
 
@@ -127,14 +128,12 @@ class Signature(BaseCheck):
         if verdict is False:
             yield self.finding(ctx, f"{SIGNATURE} does not verify with the given public key", severity=Severity.HIGH,
                                file=where)
-        elif verdict is None:
-            yield self.finding(ctx, f"cannot verify {SIGNATURE}: signature verification is not part of scan yet",
-                               severity=Severity.MEDIUM, file=where)
 
-    def verify(self, root: Path, public_key: bytes) -> bool | None:
-        """True when the bundle's signature verifies with ``public_key``, False when it does not, None when
-        the scanner cannot decide. The seam for signature verification: it cannot decide yet."""
-        return None
+    def verify(self, root: Path, public_key: bytes) -> bool:
+        """True when the bundle's OpenSSF signature verifies with ``public_key`` (PEM)."""
+        from ... import signing
+
+        return signing.verify(root, public_key).passed
 
 
 CHECKS = (Manifest(), Symlinks(), UnexpectedFiles(), Hashes(), Signature())
