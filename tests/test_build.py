@@ -35,7 +35,7 @@ def test_json_output(cli, sklearn_files, tmp_path):
     report = json.loads(r.out)  # nothing but JSON on stdout
     assert report["bundle"] == str(out)
     names = [s["name"] for s in report["stages"]]
-    assert names[:3] == ["convert", "golden", "parity"] and names[-1] == "bundle"
+    assert names[:3] == ["convert", "golden", "parity"] and names[-4:] == ["bundle", "seal", "sign", "publish"]
     assert all(s["seconds"] >= 0 and isinstance(s["detail"], str) for s in report["stages"])
     on_disk = json.loads((out / "manifest.json").read_text())
     assert report["manifest"] == on_disk and on_disk["name"] == "diabetes-rf"

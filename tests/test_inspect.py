@@ -52,9 +52,9 @@ def test_json_on_a_bundle(cli, sklearn_bundle, sklearn_files):
     assert "ai.onnx.ml" in info["op_histogram"] and "LinearClassifier" in info["op_histogram"]["ai.onnx.ml"]
     assert info["producer"].startswith("skl2onnx")
     assert [o["name"] for o in info["outputs"]] == ["label", "probabilities"]
-    # skl2onnx leaves the batch axis unnamed (null): dynamic, but not a fixed int
-    assert info["outputs"][1]["dtype"] == "float32" and info["outputs"][1]["shape"] == [None, 10]
-    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 64]}]
+    # skl2onnx leaves the batch axis unnamed; onnxguard names it "batch"
+    assert info["outputs"][1]["dtype"] == "float32" and info["outputs"][1]["shape"] == ["batch", 10]
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 64]}]
     assert info["parameter_count"] == 64 * 10 + 10  # coefficients and intercepts
     assert info["metadata"]["owner"] == "ml-team"
     b = info["bundle"]

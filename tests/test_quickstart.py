@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxguard import bundle
+from onnxguard import bundle, sealing
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,10 @@ def test_quickstart_bundle_reads_back_and_classifies_digits(quickstart):
     assert (workdir / "digits_cnn.pt2").is_file()
     # independent of onnxguard's own numbers: the shipped model on the held-out digits
     data = digits.load_data()
-    sess = ort.InferenceSession(b.model_bytes(), providers=["CPUExecutionProvider"])
+    assert m.sealed is not None and (workdir / "bundle" / "model.sig").is_file()  # sealed, then signed
+    assert "verify (signature, every hash, golden set on this runtime): PASSED" in r.out
+    model = sealing.open_model(b, workdir / "keys" / "age-identity.txt")  # decrypted in memory
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
     assert (logits.argmax(1) == data.y_test).mean() > 0.95
     assert np.isfinite(logits).all()

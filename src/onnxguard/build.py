@@ -276,7 +276,11 @@ def stage_bundle(state: BuildState) -> str:
     """Write the bundle to a staging directory beside the target; ``publish`` moves it into place."""
     state.progress(Event("bundle", f"writing {state.target}"))
     manifest = make_manifest(state)
-    state.bundle = bundle.write(state.staging, manifest, state.model, state.golden, state.source.assets)
+    try:
+        state.bundle = bundle.write(state.staging, manifest, state.model, state.golden, state.source.assets)
+    except InputError as e:  # name the bundle the user asked for, not the staging directory
+        cause = e.__cause__.strerror if isinstance(e.__cause__, OSError) and e.__cause__.strerror else e
+        raise InputError(f"{state.target}: cannot write the bundle ({cause})") from e
     return f"{len(state.bundle.manifest.files)} files"
 
 

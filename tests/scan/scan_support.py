@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SARIF_SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
-# The real entry point, with the scan verb imported first: cli/__init__.py registers it once it imports
-# onnxguard.cli.scan; until then this is the same main() with the same argv handling.
-HARNESS = "import onnxguard.cli.scan, onnxguard.cli as cli; cli.main()"
+# The real entry point: the console script installed next to this interpreter.
+ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 # Fixtures (conftest.py) holding the ordinary models: none may produce a finding at or above medium.
 ORDINARY = ["torch_cnn", "torch_cond", "hf_onnx", "hf_optimized", "hf_quantized", "sklearn_logreg", "sklearn_forest",
             "built_bundle"]
@@ -28,8 +27,8 @@ class Run:
 
 
 def run_scan(*args: str | os.PathLike[str]) -> Run:
-    """``onnxguard scan ARGS...`` as a real process through the CLI's main function."""
+    """``onnxguard scan ARGS...`` as a real process, through the console script."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONWARNINGS": ""}
-    proc = subprocess.run([sys.executable, "-c", HARNESS, "scan", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([str(ONNXGUARD), "scan", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     return Run(proc.returncode, proc.stdout, proc.stderr)

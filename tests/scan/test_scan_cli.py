@@ -1,7 +1,6 @@
 """``onnxguard scan`` as a real process: exit codes 0 / 1 / 2, formats, --output, --fail-on, --policy.
 
-The command runs through ``onnxguard.cli.main`` with real argv (see scan_support.HARNESS): the harness imports
-``onnxguard.cli.scan`` first, which is what cli/__init__.py does once the verb is registered there.
+The command runs as a real process through the installed console script (scan_support.run_scan).
 """
 
 from __future__ import annotations

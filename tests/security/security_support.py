@@ -12,11 +12,8 @@ from pathlib import Path
 from onnxguard import digest
 from onnxguard.bundle import MANIFEST
 
-# The real entry point with the security verbs imported first: cli/__init__.py registers them once it imports
-# these modules; until then this is the same main() with the same argv handling. Once registered, the imports
-# are no-ops and the tests run unchanged.
-HARNESS = ("import onnxguard.cli.keygen, onnxguard.cli.sign, onnxguard.cli.seal, onnxguard.cli.verify; "
-           "import onnxguard.cli as c, sys; c.main(sys.argv[1:])")
+# The real entry point: the console script installed next to this interpreter.
+ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 MODEL_SIGNING = Path(sys.executable).parent / "model_signing"
 
 
@@ -43,9 +40,9 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def og(*args: str | os.PathLike[str], extra_env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
-    """``onnxguard ARGS...`` as a real process through the CLI's main function."""
+    """``onnxguard ARGS...`` as a real process, through the console script."""
     argv = tuple(str(a) for a in args)
-    proc = subprocess.run([sys.executable, "-c", HARNESS, *argv], capture_output=True, text=True,
+    proc = subprocess.run([str(ONNXGUARD), *argv], capture_output=True, text=True,
                           env=env(**(extra_env or {})), cwd=cwd, timeout=300, check=False)
     return Run(argv, proc.returncode, proc.stdout, proc.stderr)
 
@@ -53,7 +50,7 @@ def og(*args: str | os.PathLike[str], extra_env: dict[str, str] | None = None, c
 # Several command lines through the same main() in one process (saves the interpreter start per command):
 # each runs with its own captured stdout/stderr; SystemExit gives the exit code, anything else escaping main()
 # is reported as exit 99 with its traceback on stderr.
-BATCH = HARNESS.split(" import onnxguard.cli as c")[0] + r"""
+BATCH = r"""
 import contextlib, io, json, sys, traceback
 import onnxguard.cli as c
 results = []
