@@ -139,7 +139,7 @@ def read(path: str | os.PathLike[str]) -> Bundle:
 def place(tmp: Path, target: Path, overwrite: bool) -> None:
     if target.exists():
         if not overwrite:
-            raise InputError(f"{target}: already exists; choose another output or pass --force")
+            raise InputError(f"{target}: already exists; choose another output or pass --overwrite")
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         target.rename(old / target.name)
         tmp.rename(target)
@@ -151,7 +151,7 @@ def place(tmp: Path, target: Path, overwrite: bool) -> None:
 def check_writable(target: Path, overwrite: bool) -> None:
     """Fail early, before any long work, if ``target`` cannot become a bundle."""
     if target.exists() and not overwrite:
-        raise InputError(f"{target}: already exists; choose another output or pass --force")
+        raise InputError(f"{target}: already exists; choose another output or pass --overwrite")
     parent = target.absolute().parent
     if not parent.is_dir():
         raise InputError(f"{parent}: no such directory for the output bundle")

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import bundle
+from .. import target as target_lib
+from . import app, render
+
+
+@app.command()
+def target(
+    source: Annotated[Path, typer.Argument(help="The bundle.")],
+    to: Annotated[str, typer.Option("--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The target directory to create.")],
+    identity: Annotated[Path | None, typer.Option("--identity", help="age identity for a sealed bundle.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
+) -> None:
+    """The bundle's model for a mobile or edge runtime, checked against the source on the golden set."""
+    ids = None
+    if identity is not None:
+        from .. import sealing
+
+        ids = sealing.identities(identity)
+    parent = bundle.read(source)
+    with render.progress_display() as progress:
+        result = target_lib.make(parent, to, output, ids, overwrite, progress)
+    t = Table(title=f"{to} target {result.path}", show_header=False, title_justify="left")
+    for name, size in result.files.items():
+        t.add_row(name, render.size(size))
+    for domain, ops in result.operators.items():
+        t.add_row(f"ops {domain}", ", ".join(ops))
+    render.out.print(t)
+    render.parity_report(result.parity, "golden set on the ORT format model vs the source framework")

@@ -1,0 +1,72 @@
+"""onnxguard target --to mobile|edge: ORT format files that load and pass the golden set, with provenance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxguard import bundle, digest, keys, parity, sealing
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory):
+    from onnxguard import build
+    from onnxguard.build import BuildOptions
+    from onnxguard.convert import ConvertOptions
+    from onnxguard.examples import digits
+    from onnxguard.golden import GoldenSet
+
+    root = tmp_path_factory.mktemp("target-src")
+    data = digits.load_data()
+    model, _ = digits.train(data, epochs=2)
+    digits.save_program(model, root / "cnn.pt2")
+    GoldenSet(tuple(digits.golden_batches(data))).save(root / "golden.npz")
+    k = keys.generate(root / "keys")
+    plain = build.build(str(root / "cnn.pt2"), root / "plain", BuildOptions(
+        convert=ConvertOptions(task="classification"), golden_npz=root / "golden.npz", optimize="none")).bundle.path
+    sealed = build.build(str(root / "cnn.pt2"), root / "sealed", BuildOptions(
+        convert=ConvertOptions(task="classification"), golden_npz=root / "golden.npz", optimize="none",
+        recipients=(k.recipient,))).bundle.path
+    return plain, sealed, k
+
+
+@pytest.mark.parametrize("kind", ["mobile", "edge"])
+def test_target_makes_ort_files_that_pass_the_golden_set(cli, digits_bundle, tmp_path, kind):
+    plain, _, _ = digits_bundle
+    out = tmp_path / kind
+    r = cli("target", plain, "--to", kind, "-o", out)
+    assert r.code == 0, r
+    assert "PASSED" in r.out and "ort_format_model" not in r.out + r.err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.ort", "model.with_runtime_opt.ort",
+                                                      "required_operators.config", "runtime_opt.required_operators.config"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "onnxguard-target/1" and m["kind"] == kind
+    assert m["parent"]["manifest_sha256"] == digest.file(plain / bundle.MANIFEST)
+    assert all(m["files"][n]["sha256"] == digest.file(out / n) for n in m["files"])
+    assert "ai.onnx" in m["operators"] and all(s["passed"] for s in m["parity"].values())
+    config = (out / "required_operators.config").read_text()
+    assert "ai.onnx;" in config and str(tmp_path) not in config
+    b = bundle.read(plain)
+    for name in ("model.ort", "model.with_runtime_opt.ort"):  # each loads in the Python runtime and agrees
+        outs = parity.run(parity.session((out / name).read_bytes()), b.golden().inputs)
+        report = parity.compare(b.golden().references, outs, {"output": parity.SCORES})
+        assert report.passed, report
+    assert [p.name for p in tmp_path.iterdir()] == [kind]  # nothing left beside it
+
+
+def test_sealed_bundle_needs_its_identity_and_leaves_no_plaintext_outside(cli, expect_err, digits_bundle, tmp_path):
+    _, sealed, k = digits_bundle
+    expect_err(cli("target", sealed, "--to", "mobile", "-o", tmp_path / "t"), 2, "--identity")
+    r = cli("target", sealed, "--to", "mobile", "-o", tmp_path / "t", "--identity", k.age_identity)
+    assert r.code == 0, r
+    plaintext = sealing.open_model(bundle.read(sealed), k.age_identity)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert all(p.read_bytes() != plaintext for p in (tmp_path / "t").iterdir())
+
+
+def test_bad_kind_and_existing_output(cli, expect_err, digits_bundle, tmp_path):
+    plain, _, _ = digits_bundle
+    expect_err(cli("target", plain, "--to", "toaster", "-o", tmp_path / "t"), 2, "toaster")
+    (tmp_path / "exists").mkdir()
+    expect_err(cli("target", plain, "--to", "edge", "-o", tmp_path / "exists"), 2, "exists", "--overwrite")
