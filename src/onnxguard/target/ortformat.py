@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .. import bundle, digest, parity
+from .. import bundle, digest, onnxfile, parity
+from ..consistency import kind_of
 from ..bundle import Bundle
 from ..errors import CheckFailed, InputError, ModelError
 from ..parity import Tolerance
@@ -122,6 +123,7 @@ def make(parent: Bundle, kind: str, out: Path, identity, overwrite: bool, progre
             "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
             "optimization_styles": {style: FILES[style] for style in FILES},
             "platform": PLATFORM[kind] or "any",
+            "precision": kind_of(onnxfile.parse(data)),
             "operators": operators,
             "parity": {style: {"passed": r.passed, "outputs": {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
                                                                           "label_agreement": o.label_agreement}

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import bundle
+from .. import consistency as consistency_lib
+from ..errors import CheckFailed
+from . import app, options, render
+
+
+@app.command()
+def consistency(
+    source: Annotated[Path, typer.Argument(help="The bundle whose golden set is the contract.")],
+    targets: Annotated[list[Path] | None, typer.Argument(help="Target directories, other bundles, .onnx files.")] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="age identity for sealed bundles.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the drift per target to this PNG.")] = None,
+    json: options.Json = False,
+) -> None:
+    """Run the golden set through every variant and target; exit 1 when any drifts past its thresholds."""
+    ids = None
+    if identity is not None:
+        from .. import sealing
+
+        ids = sealing.identities(identity)
+    report = consistency_lib.check(bundle.read(source), list(targets or ()), ids)
+    if plot is not None:
+        consistency_lib.plot(report, plot)
+    if json:
+        render.print_json(report.to_dict())
+    else:
+        t = Table(title=f"consistency vs the source framework: {'PASSED' if report.passed else 'FAILED'} "
+                        f"({report.items} golden examples)", title_justify="left")
+        for col in ("target", "kind", "max |diff|", "mean |diff|", "KL", "top-1", "ms/item", "result"):
+            t.add_column(col, justify="left" if col in ("target", "kind", "result") else "right")
+        for d in report.targets:
+            t.add_row(d.name, d.kind, f"{d.max_abs:.3g}", f"{d.mean_abs:.3g}", "-" if d.kl is None else f"{d.kl:.2g}",
+                      "-" if d.top1 is None else f"{d.top1:.2%}", f"{d.ms_per_item:.3f}",
+                      "[green]ok[/]" if d.passed else "[red]" + "; ".join(d.failures) + "[/]")
+        render.out.print(t)
+        limits = ", ".join(f"{k}: |diff| <= {v.max_abs:g}, KL <= {v.max_kl:g}, top-1 >= {v.min_top1:.0%}"
+                           for k, v in consistency_lib.THRESHOLDS.items())
+        render.out.print(f"thresholds: {limits}")
+    if not report.passed:
+        raise CheckFailed("a target drifts from the source's outputs past its thresholds")

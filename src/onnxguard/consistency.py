@@ -1,0 +1,203 @@
+"""``consistency.check(bundle, targets) -> ConsistencyReport``: one golden set across every variant and target.
+
+Each model given (the bundle's own, other bundles' models, ``.onnx`` files, the ``.ort`` files of
+``onnxguard target`` directories) runs the bundle's golden inputs on this machine's ONNX Runtime and is
+compared with the SOURCE framework's reference outputs: max and mean |diff|, the KL divergence of the
+softmax outputs and top-1 agreement for classifiers, and the latency per item. Thresholds depend on the
+kind of model (FP32 strict, FP16 and INT8 looser), and any drift past them fails the check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import bundle, onnxfile, parity
+from .bundle import Bundle
+from .errors import InputError
+from .golden import GoldenSet
+from .parity import SCORES
+
+INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+            "QLinearConv", "QLinearMatMul", "QAttention", "MatMulIntegerToFloat"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Drift allowed against the source's reference outputs, per kind of model."""
+
+    max_abs: float
+    max_kl: float
+    min_top1: float
+
+
+# FP32 must reproduce the source up to float rounding; reduced precision may move numbers, not answers.
+THRESHOLDS = {
+    "fp32": Thresholds(max_abs=1e-3, max_kl=1e-6, min_top1=1.0),
+    "fp16": Thresholds(max_abs=5e-2, max_kl=1e-3, min_top1=0.99),
+    "int8": Thresholds(max_abs=1.0, max_kl=1e-2, min_top1=0.99),
+}
+
+
+@dataclass(frozen=True)
+class TargetDrift:
+    name: str
+    path: str
+    kind: str  # fp32 | fp16 | int8
+    max_abs: float
+    mean_abs: float
+    kl: float | None  # mean KL(softmax(ref) || softmax(out)) over classifier outputs
+    top1: float | None
+    ms_per_item: float
+    passed: bool
+    failures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    bundle: str
+    items: int
+    targets: tuple[TargetDrift, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.targets)
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle, "items": self.items, "passed": self.passed,
+                "thresholds": {k: asdict(v) for k, v in THRESHOLDS.items()},
+                "targets": [asdict(t) for t in self.targets]}
+
+
+def kind_of(model: onnx.ModelProto) -> str:
+    ops = {n.op_type for n in model.graph.node}
+    if ops & INT8_OPS:
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _kl(ref: np.ndarray, out: np.ndarray, probabilities: bool) -> float:
+    p = ref if probabilities else _softmax(ref)
+    q = out if probabilities else _softmax(out)
+    p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
+    return float(np.mean(np.sum(p * np.log(p / q), axis=-1)))
+
+
+def drift(name: str, path: str, data: bytes, kind: str, golden: GoldenSet, roles: dict[str, str]) -> TargetDrift:
+    """Run ``golden`` through the model bytes (ONNX or ORT format) and measure drift from the references."""
+    sess = parity.session(data)
+    parity.run(sess, golden.inputs[:1])  # warm-up, not timed
+    start = time.perf_counter()
+    outs = parity.run(sess, golden.inputs)
+    ms = (time.perf_counter() - start) * 1e3 / max(golden.items, 1)
+    report = parity.compare(golden.references, outs, roles)
+    numeric = [o for o in report.outputs if o.role != parity.LABELS]
+    max_abs = max((o.max_abs for o in numeric), default=0.0)
+    mean_abs = max((o.mean_abs for o in numeric), default=0.0)
+    scores = [o.name for o in report.outputs if o.role == SCORES]
+    kl = top1 = None
+    if scores:
+        kls, agree = [], []
+        for n in scores:
+            ref = np.concatenate([r[n].reshape(len(r[n]), -1) for r in golden.references]).astype(np.float64)
+            out = np.concatenate([o[n].reshape(len(o[n]), -1) for o in outs]).astype(np.float64)
+            probabilities = bool(np.all(ref >= 0) and np.allclose(ref.sum(-1), 1.0, atol=1e-3))
+            kls.append(_kl(ref, out, probabilities))
+            agree.append(float((ref.argmax(-1) == out.argmax(-1)).mean()))
+        kl, top1 = max(kls), min(agree)
+    t = THRESHOLDS[kind]
+    failures = []
+    if max_abs > t.max_abs:
+        failures.append(f"max |diff| {max_abs:.3g} > {t.max_abs:g}")
+    if kl is not None and kl > t.max_kl:
+        failures.append(f"KL {kl:.3g} > {t.max_kl:g}")
+    if top1 is not None and top1 < t.min_top1:
+        failures.append(f"top-1 agreement {top1:.2%} < {t.min_top1:.0%}")
+    failures += [f"{o.name}: {', '.join(o.failures)}" for o in report.outputs if o.role == parity.LABELS and not o.passed
+                 and (o.label_agreement or 0) < t.min_top1]
+    return TargetDrift(name, path, kind, max_abs, mean_abs, kl, top1, ms, not failures, tuple(failures))
+
+
+def _model_bytes(b: Bundle, identity) -> bytes:
+    if b.manifest.sealed is None:
+        return b.model_bytes()
+    if identity is None:
+        raise InputError(f"{b.path}: the bundle is sealed; give --identity to decrypt it in memory")
+    from . import sealing
+
+    return sealing.open_model(b, identity)
+
+
+def _models(path: Path, identity=None) -> list[tuple[str, str, bytes, str]]:
+    """(name, path, bytes, kind) for everything a path holds: a bundle, a target directory, an .onnx file."""
+    if path.is_file():
+        model = onnxfile.load(path)
+        return [(path.name, str(path), path.read_bytes(), kind_of(model))]
+    manifest = path / bundle.MANIFEST
+    if not manifest.is_file():
+        raise InputError(f"{path}: not an .onnx file, a bundle or a target directory")
+    data = json.loads(manifest.read_text())
+    if data.get("format", "").startswith("onnxguard-target/"):
+        return [(f"{path.name}/{name} ({data.get('kind')})", str(path / name), (path / name).read_bytes(),
+                 data.get("precision", "fp32")) for name in data.get("optimization_styles", {}).values()]
+    b = bundle.read(path)
+    model_bytes = _model_bytes(b, identity)
+    return [(f"{b.manifest.name} ({path.name})", str(b.model_path), model_bytes, kind_of(onnxfile.parse(model_bytes)))]
+
+
+def check(parent: Bundle, targets: list[Path] = (), identity=None) -> ConsistencyReport:
+    """The bundle's own model and every target, against the bundle's golden set (decrypted in memory when sealed)."""
+    if parent.manifest.sealed is None:
+        golden = parent.golden()
+    elif identity is None:
+        raise InputError(f"{parent.path}: the bundle is sealed; give --identity to decrypt it in memory")
+    else:
+        from . import sealing
+
+        golden = sealing.open_golden(parent, identity)
+    if golden.references is None:
+        raise InputError(f"{parent.path}: the golden set has no reference outputs")
+    roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
+    entries = _models(parent.path, identity) + [m for t in targets for m in _models(Path(t), identity)]
+    drifts = tuple(drift(name, path, data, kind, golden, roles) for name, path, data, kind in entries)
+    return ConsistencyReport(str(parent.path), golden.items, drifts)
+
+
+def plot(report: ConsistencyReport, path: str | Path) -> None:
+    """Drift per target: max |diff| and KL divergence (log scale), with each kind's threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t.name for t in report.targets]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 2), squeeze=False)
+    for ax, (label, values, limit) in zip(axes[0], (
+            ("max |diff| vs the source", [t.max_abs for t in report.targets], lambda t: THRESHOLDS[t.kind].max_abs),
+            ("KL(softmax) vs the source", [t.kl or 0.0 for t in report.targets],
+             lambda t: THRESHOLDS[t.kind].max_kl)), strict=True):
+        colors = ["tab:green" if t.passed else "tab:red" for t in report.targets]
+        ax.barh(range(len(names)), [max(v, 1e-12) for v in values], color=colors)
+        for i, t in enumerate(report.targets):
+            ax.plot([limit(t)] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.invert_yaxis()
+    fig.suptitle("drift per target (bar: measured, black line: threshold for its kind)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

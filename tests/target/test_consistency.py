@@ -1,0 +1,59 @@
+"""onnxguard consistency: the bundle's golden set through every variant and target, against the source."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from onnxguard import bundle
+
+
+def _int8(cli, plain, tmp_path):
+    out = tmp_path / "int8.onnx"
+    b = bundle.read(plain)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, image=np.concatenate([x["image"] for x in b.golden().inputs]))
+    assert cli("quantize", plain / "model.onnx", "-o", out, "--mode", "static", "--calibration", calib).code == 0
+    return out
+
+
+def test_every_target_within_its_thresholds(cli, digits_bundle, tmp_path):
+    plain, _, _ = digits_bundle
+    assert cli("target", plain, "--to", "mobile", "-o", tmp_path / "mobile").code == 0
+    int8 = _int8(cli, plain, tmp_path)
+    plot = tmp_path / "drift.png"
+    r = cli("consistency", plain, tmp_path / "mobile", int8, "--json", "--plot", plot)
+    assert r.code == 0, r
+    report = json.loads(r.out)
+    kinds = {t["name"]: t["kind"] for t in report["targets"]}
+    assert len(kinds) == 4 and kinds["int8.onnx"] == "int8"
+    assert sum(k == "fp32" for k in kinds.values()) == 3  # the bundle's model and the two ORT format files
+    for t in report["targets"]:
+        assert t["passed"] and t["kl"] is not None and t["ms_per_item"] > 0
+        assert t["top1"] == 1.0 if t["kind"] == "fp32" else t["top1"] >= 0.99
+    fp32 = [t for t in report["targets"] if t["kind"] == "fp32"]
+    assert max(t["max_abs"] for t in fp32) < 1e-3 < next(t["max_abs"] for t in report["targets"] if t["kind"] == "int8")
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_tampered_variant_is_caught(cli, digits_bundle, tmp_path):
+    plain, _, _ = digits_bundle
+    model = onnx.load(plain / "model.onnx")
+    weight = next(i for i in model.graph.initializer if len(i.dims) == 4)  # a conv kernel
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr.flat[0] += 0.5  # one weight nudged: a corrupted or tampered file
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, tmp_path / "tampered.onnx")
+    r = cli("consistency", plain, tmp_path / "tampered.onnx")
+    assert r.code == 1, r
+    assert "FAILED" in r.out and "tampered.onnx" in r.out and "max |diff|" in r.out
+    assert r.err_lines[-1] == "onnxguard: error: a target drifts from the source's outputs past its thresholds"
+
+
+def test_sealed_bundle_needs_its_identity(cli, expect_err, digits_bundle):
+    _, sealed, k = digits_bundle
+    expect_err(cli("consistency", sealed), 2, "--identity")
+    r = cli("consistency", sealed, "--identity", k.age_identity)
+    assert r.code == 0 and "PASSED" in r.out, r
