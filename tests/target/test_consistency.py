@@ -57,3 +57,20 @@ def test_sealed_bundle_needs_its_identity(cli, expect_err, digits_bundle):
     expect_err(cli("consistency", sealed), 2, "--identity")
     r = cli("consistency", sealed, "--identity", k.age_identity)
     assert r.code == 0 and "PASSED" in r.out, r
+
+
+def test_verify_golden_runs_the_same_check_on_targets(cli, expect_err, digits_bundle, tmp_path):
+    plain, _, _ = digits_bundle
+    assert cli("target", plain, "--to", "edge", "-o", tmp_path / "edge").code == 0
+    r = cli("verify", plain, "--golden", "--target", tmp_path / "edge", "--json")
+    assert r.code == 0, r
+    report = json.loads(r.out)
+    assert report["consistency"]["passed"] and len(report["consistency"]["targets"]) == 3
+    model = onnx.load(plain / "model.onnx")
+    weight = next(i for i in model.graph.initializer if len(i.dims) == 4)
+    arr = onnx.numpy_helper.to_array(weight).copy() * 1.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, tmp_path / "tampered.onnx")
+    r = cli("verify", plain, "--golden", "--target", tmp_path / "tampered.onnx")
+    assert r.code == 1 and "drifts" in r.err_lines[-1], r
+    expect_err(cli("verify", plain, "--target", tmp_path / "edge"), 2, "--golden")

@@ -32,17 +32,21 @@ def consistency(
     if json:
         render.print_json(report.to_dict())
     else:
-        t = Table(title=f"consistency vs the source framework: {'PASSED' if report.passed else 'FAILED'} "
-                        f"({report.items} golden examples)", title_justify="left")
-        for col in ("target", "kind", "max |diff|", "mean |diff|", "KL", "top-1", "ms/item", "result"):
-            t.add_column(col, justify="left" if col in ("target", "kind", "result") else "right")
-        for d in report.targets:
-            t.add_row(d.name, d.kind, f"{d.max_abs:.3g}", f"{d.mean_abs:.3g}", "-" if d.kl is None else f"{d.kl:.2g}",
-                      "-" if d.top1 is None else f"{d.top1:.2%}", f"{d.ms_per_item:.3f}",
-                      "[green]ok[/]" if d.passed else "[red]" + "; ".join(d.failures) + "[/]")
-        render.out.print(t)
-        limits = ", ".join(f"{k}: |diff| <= {v.max_abs:g}, KL <= {v.max_kl:g}, top-1 >= {v.min_top1:.0%}"
-                           for k, v in consistency_lib.THRESHOLDS.items())
-        render.out.print(f"thresholds: {limits}")
+        show(report)
     if not report.passed:
         raise CheckFailed("a target drifts from the source's outputs past its thresholds")
+
+
+def show(report: consistency_lib.ConsistencyReport) -> None:
+    t = Table(title=f"consistency vs the source framework: {'PASSED' if report.passed else 'FAILED'} "
+                    f"({report.items} golden examples)", title_justify="left")
+    for col in ("target", "kind", "max |diff|", "mean |diff|", "KL", "top-1", "ms/item", "result"):
+        t.add_column(col, justify="left" if col in ("target", "kind", "result") else "right")
+    for d in report.targets:
+        t.add_row(d.name, d.kind, f"{d.max_abs:.3g}", f"{d.mean_abs:.3g}", "-" if d.kl is None else f"{d.kl:.2g}",
+                  "-" if d.top1 is None else f"{d.top1:.2%}", f"{d.ms_per_item:.3f}",
+                  "[green]ok[/]" if d.passed else "[red]" + "; ".join(d.failures) + "[/]")
+    render.out.print(t)
+    limits = ", ".join(f"{k}: |diff| <= {v.max_abs:g}, KL <= {v.max_kl:g}, top-1 >= {v.min_top1:.0%}"
+                       for k, v in consistency_lib.THRESHOLDS.items())
+    render.out.print(f"thresholds: {limits}")

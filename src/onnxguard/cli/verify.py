@@ -8,8 +8,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import verify as verify_lib
-from ..errors import CheckFailed
+from ..errors import CheckFailed, InputError
 from . import app, options, render
+from .consistency import show
 from .seal import PassphraseEnv
 from .sign import env_secret
 
@@ -52,16 +53,32 @@ def verify(
     sigstore_identity: Annotated[str | None, typer.Option("--sigstore-identity", help="Check a Sigstore "
                                  "signature for this signer identity (needs --sigstore-issuer and a network).")] = None,
     sigstore_issuer: Annotated[str | None, typer.Option("--sigstore-issuer", help="The signer's OIDC issuer.")] = None,
+    target: Annotated[list[Path] | None, typer.Option("--target", help="With --golden: also run the golden set "
+                                                      "through this target directory or variant (repeatable).")] = None,
     json: options.Json = False,
 ) -> None:
-    """Check the signature, every hash and, with --golden, drift on this runtime; exit 1 on any failure."""
+    """Check the signature, every hash and, with --golden, drift on this runtime (and on each --target);
+    exit 1 on any failure."""
+    if target and not golden:
+        raise InputError("--target needs --golden: targets are checked against the golden set")
     with render.progress_display(enabled=not json and render.err.is_terminal) as progress:
         report = verify_lib.verify(bundle, public_key, golden, identity,
                                    env_secret(passphrase_env, "--passphrase-env"), certificate_chain or None,
                                    sigstore_identity, sigstore_issuer, progress)
+    drift = None
+    if target and report.passed:
+        from .. import bundle as bundle_lib
+        from .. import consistency, sealing
+
+        ids = sealing.identities(identity) if identity is not None else None
+        drift = consistency.check(bundle_lib.read(bundle), list(target), ids)
     if json:
-        render.print_json(report.to_dict())
+        render.print_json({**report.to_dict(), **({"consistency": drift.to_dict()} if drift else {})})
     else:
         _print(report)
+        if drift is not None:
+            show(drift)
     if not report.passed:
         raise CheckFailed(f"{bundle}: verification failed: {'; '.join(report.failures)}")
+    if drift is not None and not drift.passed:
+        raise CheckFailed(f"{bundle}: a target drifts from the source's outputs past its thresholds")
