@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import onnx
 from . import bundle, onnxfile, parity
 from .bundle import Bundle
 from .errors import InputError
-from .golden import GoldenSet
+from .golden import Batch, GoldenSet
 from .parity import SCORES
 
 INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -96,13 +97,38 @@ def _kl(ref: np.ndarray, out: np.ndarray, probabilities: bool) -> float:
     return float(np.mean(np.sum(p * np.log(p / q), axis=-1)))
 
 
-def drift(name: str, path: str, data: bytes, kind: str, golden: GoldenSet, roles: dict[str, str]) -> TargetDrift:
-    """Run ``golden`` through the model bytes (ONNX or ORT format) and measure drift from the references."""
-    sess = parity.session(data)
-    parity.run(sess, golden.inputs[:1])  # warm-up, not timed
-    start = time.perf_counter()
-    outs = parity.run(sess, golden.inputs)
-    ms = (time.perf_counter() - start) * 1e3 / max(golden.items, 1)
+Runner = Callable[[GoldenSet], tuple[list[Batch], float]]  # golden set -> (outputs per batch, ms per item)
+
+
+def on_cpu(data: bytes) -> Runner:
+    """Run model bytes (ONNX or ORT format) on this machine's ONNX Runtime."""
+    def run(golden: GoldenSet) -> tuple[list[Batch], float]:
+        sess = parity.session(data)
+        parity.run(sess, golden.inputs[:1])  # warm-up, not timed
+        start = time.perf_counter()
+        outs = parity.run(sess, golden.inputs)
+        return outs, (time.perf_counter() - start) * 1e3 / max(golden.items, 1)
+
+    return run
+
+
+def in_browser(directory: Path) -> Runner:
+    """Run a web target's page in headless Chromium; the page runs the golden set it was made with."""
+    def run(golden: GoldenSet) -> tuple[list[Batch], float]:
+        from . import browser
+        from .target import web
+
+        if (directory / "golden.json").read_text() != web.golden_text(golden):
+            raise InputError(f"{directory / 'golden.json'}: not this bundle's golden set; make the target again from it")
+        result = browser.run_page(directory)
+        return web.decode_outputs(result["outputs"]), float(result["ms_per_item"])
+
+    return run
+
+
+def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles: dict[str, str]) -> TargetDrift:
+    """Run ``golden`` through one model and measure its drift from the source framework's references."""
+    outs, ms = run(golden)
     report = parity.compare(golden.references, outs, roles)
     numeric = [o for o in report.outputs if o.role != parity.LABELS]
     max_abs = max((o.max_abs for o in numeric), default=0.0)
@@ -141,21 +167,24 @@ def _model_bytes(b: Bundle, identity) -> bytes:
     return sealing.open_model(b, identity)
 
 
-def _models(path: Path, identity=None) -> list[tuple[str, str, bytes, str]]:
-    """(name, path, bytes, kind) for everything a path holds: a bundle, a target directory, an .onnx file."""
+def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
+    """(name, path, runner, kind) for everything a path holds: a bundle, a target directory, an .onnx file."""
     if path.is_file():
         model = onnxfile.load(path)
-        return [(path.name, str(path), path.read_bytes(), kind_of(model))]
+        return [(path.name, str(path), on_cpu(path.read_bytes()), kind_of(model))]
     manifest = path / bundle.MANIFEST
     if not manifest.is_file():
         raise InputError(f"{path}: not an .onnx file, a bundle or a target directory")
     data = json.loads(manifest.read_text())
+    if data.get("format", "").startswith("onnxguard-target/") and data.get("kind") == "web":
+        return [(f"{path.name} (web, Chromium WASM)", str(path / "index.html"), in_browser(path), data["precision"])]
     if data.get("format", "").startswith("onnxguard-target/"):
-        return [(f"{path.name}/{name} ({data.get('kind')})", str(path / name), (path / name).read_bytes(),
+        return [(f"{path.name}/{name} ({data.get('kind')})", str(path / name), on_cpu((path / name).read_bytes()),
                  data.get("precision", "fp32")) for name in data.get("optimization_styles", {}).values()]
     b = bundle.read(path)
     model_bytes = _model_bytes(b, identity)
-    return [(f"{b.manifest.name} ({path.name})", str(b.model_path), model_bytes, kind_of(onnxfile.parse(model_bytes)))]
+    return [(f"{b.manifest.name} ({path.name})", str(b.model_path), on_cpu(model_bytes),
+             kind_of(onnxfile.parse(model_bytes)))]
 
 
 def check(parent: Bundle, targets: list[Path] = (), identity=None) -> ConsistencyReport:
@@ -172,7 +201,7 @@ def check(parent: Bundle, targets: list[Path] = (), identity=None) -> Consistenc
         raise InputError(f"{parent.path}: the golden set has no reference outputs")
     roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
     entries = _models(parent.path, identity) + [m for t in targets for m in _models(Path(t), identity)]
-    drifts = tuple(drift(name, path, data, kind, golden, roles) for name, path, data, kind in entries)
+    drifts = tuple(drift(name, path, run, kind, golden, roles) for name, path, run, kind in entries)
     return ConsistencyReport(str(parent.path), golden.items, drifts)
 
 

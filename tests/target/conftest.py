@@ -1,10 +1,10 @@
-"""Fixtures for the target and consistency tests: the digits CNN as a plain and a sealed bundle."""
+"""Fixtures for the target and consistency tests: the digits CNN (plain and sealed) and a DistilBERT bundle."""
 
 from __future__ import annotations
 
 import pytest
 
-from onnxguard import keys
+from onnxguard import browser, keys
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,22 @@ def digits_bundle(tmp_path_factory):
         convert=ConvertOptions(task="classification"), golden_npz=root / "golden.npz", optimize="none",
         recipients=(k.recipient,))).bundle.path
     return plain, sealed, k
+
+
+@pytest.fixture(scope="session")
+def distilbert_bundle(tmp_path_factory, hf_model, texts_file):
+    """A random-weight DistilBERT classifier (2 layers, hidden 32), with the transformer fusions (com.microsoft ops)."""
+    from onnxguard import build
+    from onnxguard.build import BuildOptions
+    from onnxguard.convert import ConvertOptions
+
+    out = tmp_path_factory.mktemp("target-text") / "distilbert"
+    build.build(str(hf_model("distilbert", "text-classification")), out,
+                BuildOptions(convert=ConvertOptions(max_length=64), texts=texts_file, optimize="fusions"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium is required here: `make test` installs it (Debian: chromium, chromium-driver)."""
+    browser.executables()  # raises, naming the missing package

@@ -14,12 +14,12 @@ from . import app, render
 @app.command()
 def target(
     source: Annotated[Path, typer.Argument(help="The bundle.")],
-    to: Annotated[str, typer.Option("--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU).")],
+    to: Annotated[str, typer.Option("--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU) | web (onnxruntime-web, WASM).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The target directory to create.")],
     identity: Annotated[Path | None, typer.Option("--identity", help="age identity for a sealed bundle.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
 ) -> None:
-    """The bundle's model for a mobile or edge runtime, checked against the source on the golden set."""
+    """The bundle's model for a phone, a small board or a browser, with its golden set and provenance."""
     ids = None
     if identity is not None:
         from .. import sealing
@@ -34,4 +34,7 @@ def target(
     for domain, ops in result.operators.items():
         t.add_row(f"ops {domain}", ", ".join(ops))
     render.out.print(t)
-    render.parity_report(result.parity, "golden set on the ORT format model vs the source framework")
+    if result.parity is not None:
+        render.parity_report(result.parity, "golden set on the ORT format model vs the source framework")
+    for note in result.notes:
+        render.out.print(note)

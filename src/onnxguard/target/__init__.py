@@ -1,10 +1,12 @@
 """``target.make(bundle, kind, out) -> TargetResult``: the bundle's model for another place it runs.
 
 One module per kind of target: ``ortformat.py`` makes ``mobile`` and ``edge`` targets (ONNX Runtime's
-ORT format, with the required-operators configuration a reduced ONNX Runtime build needs). Each target
-directory gets a ``manifest.json`` that names its parent bundle by the sha256 of the parent's
-``manifest.json``, so its provenance is clear and the parent's signature still covers the model it came from.
-A target is accepted only if it passes the parent's golden set against the SOURCE framework's references.
+ORT format, with the required-operators configuration a reduced ONNX Runtime build needs); ``web.py`` makes
+a static folder that runs the model in the browser with onnxruntime-web. ``operators.py`` refuses, first, a
+model with ops a target's runtime cannot run. Each target directory gets a ``manifest.json`` that names its
+parent bundle by the sha256 of the parent's ``manifest.json``, so its provenance is clear and the parent's
+signature still covers the model it came from. A sealed bundle is decrypted in memory; its plaintext is
+written only inside the target directory.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import bundle, sealing
 from ..bundle import Bundle
 from ..errors import InputError
 from ..progress import Progress, silent
 from .interface import TARGET_FORMAT, TargetResult
 
-KINDS = ("mobile", "edge")
+KINDS = ("mobile", "edge", "web")
 
 __all__ = ["KINDS", "TARGET_FORMAT", "TargetResult", "make"]
 
@@ -27,6 +30,17 @@ def make(parent: Bundle, kind: str, out: str | os.PathLike[str], identity=None, 
     """Make the ``kind`` target of ``parent`` in the directory ``out``; sealed bundles need ``identity``."""
     if kind not in KINDS:
         raise InputError(f"--to {kind!r}: use one of {', '.join(KINDS)}")
+    out = Path(out)
+    bundle.check_writable(out, overwrite)
+    if parent.manifest.sealed is not None and identity is None:
+        raise InputError(f"{parent.path}: the bundle is sealed; give --identity to decrypt its model for the target")
+    data, golden = sealing.open_model(parent, identity), sealing.open_golden(parent, identity)
+    if golden.references is None:
+        raise InputError(f"{parent.path}: the golden set has no reference outputs to check the target against")
+    if kind == "web":
+        from . import web
+
+        return web.make(parent, data, golden, out, overwrite, progress)
     from . import ortformat
 
-    return ortformat.make(parent, kind, Path(out), identity, overwrite, progress)
+    return ortformat.make(parent, data, golden, kind, out, overwrite, progress)

@@ -16,5 +16,5 @@ class TargetResult:
     kind: str
     files: dict[str, int]  # file -> size in bytes
     operators: dict[str, list[str]]  # domain -> ops the reduced runtime must include
-    parity: ParityReport
+    parity: ParityReport | None  # the golden set on this machine's runtime; None where it runs elsewhere (web)
     notes: tuple[str, ...] = field(default=())

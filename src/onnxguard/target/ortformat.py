@@ -22,32 +22,16 @@ import onnxruntime as ort
 from .. import bundle, digest, onnxfile, parity
 from ..consistency import kind_of
 from ..bundle import Bundle
-from ..errors import CheckFailed, InputError, ModelError
+from ..errors import CheckFailed, ModelError
+from ..golden import GoldenSet
 from ..parity import Tolerance
 from ..progress import Event, Progress
+from . import operators
 from .interface import TARGET_FORMAT, TargetResult
 
 PLATFORM = {"mobile": "arm", "edge": None}
 FILES = {"Fixed": "model.ort", "Runtime": "model.with_runtime_opt.ort"}
 CONFIG = "required_operators.config"
-
-
-def _model_bytes(parent: Bundle, identity) -> bytes:
-    if parent.manifest.sealed is None:
-        return parent.model_bytes()
-    if identity is None:
-        raise InputError(f"{parent.path}: the bundle is sealed; give --identity to decrypt its model for the target")
-    from .. import sealing
-
-    return sealing.open_model(parent, identity)
-
-
-def _golden(parent: Bundle, identity):
-    if parent.manifest.sealed is None:
-        return parent.golden()
-    from .. import sealing
-
-    return sealing.open_golden(parent, identity)
 
 
 def _operators(config: Path) -> dict[str, list[str]]:
@@ -81,10 +65,9 @@ def _convert(model: Path, out: Path, kind: str) -> None:
             lg.setLevel(lv)
 
 
-def make(parent: Bundle, kind: str, out: Path, identity, overwrite: bool, progress: Progress) -> TargetResult:
-    bundle.check_writable(out, overwrite)
-    data = _model_bytes(parent, identity)
-    golden = _golden(parent, identity)
+def make(parent: Bundle, data: bytes, golden: GoldenSet, kind: str, out: Path, overwrite: bool,
+         progress: Progress) -> TargetResult:
+    operators.check(onnxfile.parse(data), kind, f"onnxruntime {ort.__version__}, ORT format")
     roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
     tolerance = Tolerance(**parent.manifest.parity.tolerance) if parent.manifest.parity else Tolerance()
     # Everything, the plaintext model included, is written inside a directory beside ``out`` and renamed to it.
@@ -113,7 +96,7 @@ def make(parent: Bundle, kind: str, out: Path, identity, overwrite: bool, progre
         if failed:
             raise CheckFailed(f"the ORT format model drifts from the source's outputs ({' | '.join(failed)}); "
                               f"nothing written to {out}")
-        operators = _operators(stage / CONFIG)
+        required = _operators(stage / CONFIG)
         files = {p.name: p.stat().st_size for p in sorted(stage.iterdir())}
         manifest = {
             "format": TARGET_FORMAT, "kind": kind, "runtime": f"onnxruntime {ort.__version__} (ORT format)",
@@ -124,7 +107,7 @@ def make(parent: Bundle, kind: str, out: Path, identity, overwrite: bool, progre
             "optimization_styles": {style: FILES[style] for style in FILES},
             "platform": PLATFORM[kind] or "any",
             "precision": kind_of(onnxfile.parse(data)),
-            "operators": operators,
+            "operators": required,
             "parity": {style: {"passed": r.passed, "outputs": {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
                                                                           "label_agreement": o.label_agreement}
                                                                for o in r.outputs}} for style, r in reports.items()},
@@ -133,4 +116,4 @@ def make(parent: Bundle, kind: str, out: Path, identity, overwrite: bool, progre
         bundle.place(stage, out, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return TargetResult(out, kind, files, operators, report)
+    return TargetResult(out, kind, files, required, report)

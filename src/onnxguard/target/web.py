@@ -1,0 +1,179 @@
+"""``web`` target: a static folder that runs the model and its golden set in the browser (onnxruntime-web, WASM).
+
+The folder holds ``index.html`` and ``app.mjs`` (the page), ``model.onnx``, ``golden.json`` (the golden
+inputs and the SOURCE framework's reference outputs), ``manifest.json``, and in ``ort/`` the files of
+onnxruntime-web's WASM backend. Those come from the npm registry through the ``package-lock.json`` beside
+this module (``npm ci`` checks each package's sha512), are installed once into a cache directory, and are
+copied into every target: nothing is fetched when the page runs. Any static file server on the page's own
+origin can host it; see docs/endpoints.md for the MIME type and headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import bundle, digest, onnxfile
+from ..bundle import Bundle
+from ..consistency import THRESHOLDS, kind_of
+from ..errors import InputError
+from ..golden import Batch, GoldenSet
+from ..progress import Event, Progress
+from . import operators
+from .interface import TARGET_FORMAT, TargetResult
+
+HERE = Path(__file__).parent / "web"
+PAGE = ("index.html", "app.mjs")
+# The WASM backend only (no WebGL/WebGPU): its loader module, its Emscripten glue, and the engine.
+RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+RUNTIME_ENV = "ONNXGUARD_ORT_WEB"  # a directory holding RUNTIME_FILES, instead of the npm install
+
+
+def runtime_version() -> str:
+    lock = json.loads((HERE / "package-lock.json").read_text())
+    return lock["packages"]["node_modules/onnxruntime-web"]["version"]
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "onnxguard"
+
+
+def runtime_dir(progress: Progress) -> Path:
+    """The directory holding onnxruntime-web's WASM files: ``$ONNXGUARD_ORT_WEB`` or the pinned npm install."""
+    if os.environ.get(RUNTIME_ENV):
+        found = Path(os.environ[RUNTIME_ENV])
+        where = f"${RUNTIME_ENV}={found}"
+    else:
+        lock = (HERE / "package-lock.json").read_bytes()
+        home = _cache_root() / f"onnxruntime-web-{runtime_version()}-{hashlib.sha256(lock).hexdigest()[:12]}"
+        found = home / "node_modules" / "onnxruntime-web" / "dist"
+        where = str(found)
+        if not all((found / f).is_file() for f in RUNTIME_FILES):
+            _npm_ci(home, progress)
+    missing = [f for f in RUNTIME_FILES if not (found / f).is_file()]
+    if missing:
+        raise InputError(f"{where}: no {missing[0]}; point {RUNTIME_ENV} at onnxruntime-web's dist directory")
+    return found
+
+
+def _npm_ci(home: Path, progress: Progress) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InputError(f"the web target needs onnxruntime-web {runtime_version()} from the npm registry and npm is "
+                         f"not installed: install Node.js and npm, or set {RUNTIME_ENV} to its dist directory")
+    progress(Event("target", f"installing onnxruntime-web {runtime_version()} from the npm registry (once)"))
+    home.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(HERE / name, work / name)
+        # --ignore-scripts: no install script of any package runs; npm ci checks every tarball's sha512 in the lock.
+        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+                              cwd=work, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise InputError(f"npm ci for onnxruntime-web {runtime_version()} failed: {last}")
+        if home.exists():
+            shutil.rmtree(home)
+        work.rename(home)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _tensor(a: np.ndarray) -> dict:
+    if a.dtype.kind in "OUS":
+        return {"dtype": "string", "shape": list(a.shape), "data": [str(v) for v in a.ravel()]}
+    dtype = "bool" if a.dtype == np.bool_ else a.dtype.name
+    data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+    return {"dtype": dtype, "shape": list(a.shape), "data": base64.b64encode(data).decode("ascii")}
+
+
+def golden_json(golden: GoldenSet) -> dict:
+    """The golden set for the page: each array as dtype, shape and little-endian bytes in base64."""
+    def batch(b: Batch) -> dict:
+        return {k: _tensor(v) for k, v in b.items()}
+
+    return {"format": "onnxguard-golden-json/1", "items": golden.items,
+            "batches": [{"inputs": batch(i), "references": batch(r)}
+                        for i, r in zip(golden.inputs, golden.references, strict=True)]}
+
+
+def golden_text(golden: GoldenSet) -> str:
+    return json.dumps(golden_json(golden), separators=(",", ":"))
+
+
+def decode_outputs(batches: list[dict]) -> list[Batch]:
+    """The page's outputs (the same encoding as ``golden_json``) back to arrays."""
+    def array(t: dict) -> np.ndarray:
+        if t["dtype"] == "string":
+            return np.array(t["data"], dtype=object).reshape(t["shape"])
+        dtype = np.dtype(np.bool_ if t["dtype"] == "bool" else t["dtype"]).newbyteorder("<")
+        return np.frombuffer(base64.b64decode(t["data"]), dtype=dtype).reshape(t["shape"])
+
+    return [{k: array(v) for k, v in b.items()} for b in batches]
+
+
+def _check_outputs(model) -> None:
+    for o in model.graph.output:
+        if o.type.WhichOneof("value") != "tensor_type":
+            raise InputError(f"output {o.name!r} is a {o.type.WhichOneof('value')}, and onnxruntime-web returns tensors "
+                             "only; rebuild the bundle without ZipMap (scikit-learn: the default)")
+
+
+def make(parent: Bundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool, progress: Progress) -> TargetResult:
+    model = onnxfile.parse(data)
+    runtime = f"onnxruntime-web {runtime_version()} (WASM)"
+    operators.check(model, "web", runtime)
+    _check_outputs(model)
+    dist = runtime_dir(progress)
+    precision = kind_of(model)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.target-", dir=out.absolute().parent))
+    try:
+        stage = work / out.name
+        (stage / "ort").mkdir(parents=True)
+        progress(Event("target", "writing the page, the model and the golden set"))
+        (stage / "model.onnx").write_bytes(data)
+        (stage / "golden.json").write_text(golden_text(golden))
+        for name in PAGE:
+            shutil.copyfile(HERE / name, stage / name)
+        for name in RUNTIME_FILES:
+            shutil.copyfile(dist / name, stage / "ort" / name)
+        if (dist.parent / "LICENSE").is_file():
+            shutil.copyfile(dist.parent / "LICENSE", stage / "ort" / "LICENSE")
+        files = {p.relative_to(stage).as_posix(): p.stat().st_size for p in sorted(stage.rglob("*")) if p.is_file()}
+        m = parent.manifest
+        manifest = {
+            "format": TARGET_FORMAT, "kind": "web", "runtime": runtime,
+            "parent": {"name": m.name, "version": m.version, "manifest_sha256": digest.file(parent.path / bundle.MANIFEST),
+                       "model_sha256": m.model.sha256},
+            "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
+            "model": {"inputs": [t.model_dump() for t in m.model.inputs],
+                      "outputs": [t.model_dump() for t in m.model.outputs]},
+            "precision": precision,
+            "thresholds": vars(THRESHOLDS[precision]),
+            "operators": {(d or "ai.onnx"): ops for d, ops in _ops(model).items()},
+            "page": "index.html",
+        }
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        bundle.place(stage, out, overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    notes = (f"serve {out} from any static host (application/wasm for .wasm; COOP/COEP headers for threads) and "
+             "open index.html; `onnxguard consistency` runs it in headless Chromium",)
+    return TargetResult(out, "web", files, manifest["operators"], None, notes)
+
+
+def _ops(model) -> dict[str, list[str]]:
+    found: dict[str, set[str]] = {}
+    for node in operators.nodes(model.graph):
+        found.setdefault(node.domain, set()).add(node.op_type)
+    return {d: sorted(v) for d, v in sorted(found.items())}

@@ -1,0 +1,106 @@
+"""onnxguard target --to web: a static page that runs the golden set with onnxruntime-web, in real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from onnxguard import browser, bundle, digest, sealing
+
+RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs"]
+
+
+def _tamper(path):
+    model = onnx.load(path)
+    weight = max(model.graph.initializer, key=lambda i: len(i.dims))  # a conv kernel or a weight matrix
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr.flat[: max(1, arr.size // 8)] *= 1.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def digits_web(digits_bundle, tmp_path_factory, cli, chromium):
+    plain, _, _ = digits_bundle
+    out = tmp_path_factory.mktemp("web") / "digits-web"
+    r = cli("target", plain, "--to", "web", "-o", out)
+    assert r.code == 0, r
+    return out
+
+
+def test_web_target_is_a_static_folder_with_provenance(digits_bundle, digits_web):
+    plain, _, _ = digits_bundle
+    files = sorted(p.relative_to(digits_web).as_posix() for p in digits_web.rglob("*") if p.is_file())
+    assert files == sorted(["app.mjs", "golden.json", "index.html", "manifest.json", "model.onnx", *RUNTIME])
+    m = json.loads((digits_web / "manifest.json").read_text())
+    assert m["format"] == "onnxguard-target/1" and m["kind"] == "web" and m["runtime"].startswith("onnxruntime-web 1.30.0")
+    assert m["parent"]["manifest_sha256"] == digest.file(plain / bundle.MANIFEST)
+    assert m["files"]["model.onnx"]["sha256"] == bundle.read(plain).manifest.model.sha256
+    assert all(m["files"][n]["sha256"] == digest.file(digits_web / n) for n in m["files"])
+    assert m["precision"] == "fp32" and m["thresholds"]["max_abs"] == 1e-3
+    page = (digits_web / "index.html").read_text() + (digits_web / "app.mjs").read_text()
+    assert "http://" not in page.replace("http://127.0.0.1", "") and "https://" not in page  # no CDN, no network
+
+
+def test_page_in_headless_chromium_reports_parity(digits_bundle, digits_web, cli):
+    plain, _, _ = digits_bundle
+    result = browser.run_page(digits_web)
+    assert result["status"] == "done" and result["passed"] and result["items"] == 133
+    assert result["metrics"]["top1"] == 1 and result["metrics"]["max_abs"] < 1e-4 and result["ms_per_item"] > 0
+    text = result["text"]  # what a person sees
+    assert "PASSED: 133 golden examples" in text and "top-1 agreement\t100.00 %" in text
+    assert "Try one image" in text and "Tokenization happens outside" not in text
+    # consistency runs the same page and measures its outputs as it measures every other target
+    r = cli("consistency", plain, digits_web, "--json")
+    assert r.code == 0, r
+    web = next(t for t in json.loads(r.out)["targets"] if "Chromium" in t["name"])
+    assert web["passed"] and web["kind"] == "fp32" and web["top1"] == 1.0
+    assert abs(web["max_abs"] - result["metrics"]["max_abs"]) < 1e-6  # the page and Python measure alike
+
+
+def test_a_tampered_web_model_is_caught_in_the_browser(digits_bundle, digits_web, cli, tmp_path):
+    plain, _, _ = digits_bundle
+    broken = tmp_path / "broken-web"
+    shutil.copytree(digits_web, broken)
+    _tamper(broken / "model.onnx")
+    assert "FAILED" in browser.run_page(broken)["text"]
+    r = cli("consistency", plain, broken)
+    assert r.code == 1 and "broken-web" in r.out and "FAILED" in r.out, r
+    assert r.err_lines[-1] == "onnxguard: error: a target drifts from the source's outputs past its thresholds"
+
+
+def test_a_target_of_another_golden_set_is_refused(digits_bundle, digits_web, cli, expect_err, tmp_path):
+    plain, _, _ = digits_bundle
+    other = tmp_path / "other-web"
+    shutil.copytree(digits_web, other)
+    data = json.loads((other / "golden.json").read_text())
+    data["batches"] = data["batches"][:-1]
+    (other / "golden.json").write_text(json.dumps(data))
+    expect_err(cli("consistency", plain, other), 2, "golden.json", "not this bundle's golden set")
+
+
+def test_sealed_bundle_web_target_keeps_plaintext_inside(digits_bundle, cli, expect_err, tmp_path, chromium):
+    _, sealed, k = digits_bundle
+    expect_err(cli("target", sealed, "--to", "web", "-o", tmp_path / "w"), 2, "--identity")
+    r = cli("target", sealed, "--to", "web", "-o", tmp_path / "w", "--identity", k.age_identity)
+    assert r.code == 0, r
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]
+    assert (tmp_path / "w" / "model.onnx").read_bytes() == sealing.open_model(bundle.read(sealed), k.age_identity)
+
+
+@pytest.mark.parametrize("kind", ["web", "mobile", "edge"])
+def test_ops_the_target_cannot_run_are_named(digits_bundle, cli, expect_err, tmp_path, kind):
+    plain, _, _ = digits_bundle
+    b = bundle.read(plain)
+    model = onnx.load(plain / "model.onnx")
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "FastRelu", "com.example.ops"  # a custom-op library the target would need
+    model.opset_import.append(onnx.helper.make_opsetid("com.example.ops", 1))
+    custom = tmp_path / "custom"
+    bundle.write(custom, b.manifest, model, b.golden())
+    expect_err(cli("target", custom, "--to", kind, "-o", tmp_path / "t"), 2,
+               "op com.example.ops::FastRelu (opset 1)", f"the {kind} target")
+    assert not (tmp_path / "t").exists()
