@@ -18,11 +18,18 @@ venv: $(BIN)/onnxguard
 quickstart: venv
 	$(BIN)/onnxguard quickstart
 
-# The `age` command-line tool, for the encryption interop tests (Debian package; root installs it).
+# Debian packages the tests use: `age` (encryption interop), npm (fetches the pinned onnxruntime-web for the
+# web target) and headless Chromium with its driver (the web target's check). Root installs what is missing;
+# anyone else is told what to install.
 system-deps:
-	@command -v age >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get install -y -qq age >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq age)); } || \
-	  echo "note: install the 'age' package to run the age interop tests"
+	@missing=""; command -v age >/dev/null || missing="age"; \
+	  command -v npm >/dev/null || missing="$$missing npm"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }; }; } || \
+	  { echo "install the Debian packages:$$missing (the tests need them)"; exit 1; }
 
 test: venv system-deps
 	$(BIN)/python -m pytest

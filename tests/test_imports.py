@@ -32,7 +32,8 @@ def plain_onnx(tmp_path_factory) -> Path:
 def test_core_modules_import_no_framework():
     code = ("import json, sys\n"
             "import onnxguard, onnxguard.inspect, onnxguard.bundle, onnxguard.parity, onnxguard.golden, onnxguard.cli\n"
-            "import onnxguard.convert, onnxguard.build, onnxguard.manifest\n"
+            "import onnxguard.convert, onnxguard.build, onnxguard.manifest, onnxguard.consistency, onnxguard.browser\n"
+            "import onnxguard.target, onnxguard.target.web, onnxguard.target.ortformat, onnxguard.target.operators\n"
             "print(json.dumps(sorted(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = json.loads(proc.stdout)

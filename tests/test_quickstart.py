@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -57,3 +58,26 @@ def test_quickstart_bundle_reads_back_and_classifies_digits(quickstart):
     logits = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
     assert (logits.argmax(1) == data.y_test).mean() > 0.95
     assert np.isfinite(logits).all()
+
+
+def test_quickstart_ends_with_every_target_consistent(quickstart, cli):
+    workdir, r = quickstart
+    assert r.code == 0, str(r)
+    table = r.out[r.out.index("consistency vs the source framework: PASSED"):]
+    for row in ("digits-cnn (bundle)", "digits-cnn.int8.onnx", "mobile/model.ort", "web/index.html (Chromium, WASM)"):
+        assert re.search(re.escape(row) + r"[^\n]*│ ok", table), row
+    assert "skipped" not in r.out
+    targets = workdir / "targets"
+    assert (targets / "web" / "index.html").is_file() and (targets / "mobile" / "model.ort").is_file()
+    # the same check from the command line, then on a tampered copy of the INT8 variant
+    identity = workdir / "keys" / "age-identity.txt"
+    ok = cli("consistency", workdir / "bundle", targets / "digits-cnn.int8.onnx", "--identity", identity)
+    assert ok.code == 0 and "PASSED" in ok.out, ok
+    model = onnx.load(targets / "digits-cnn.int8.onnx")
+    weight = max(model.graph.initializer, key=lambda i: np.prod(i.dims))  # the INT8 weights of the widest layer
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr.flat[::3] = arr.flat[::3][::-1]  # a third of them shuffled
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, targets.parent / "tampered.int8.onnx")
+    bad = cli("consistency", workdir / "bundle", targets.parent / "tampered.int8.onnx", "--identity", identity)
+    assert bad.code == 1 and "FAILED" in bad.out, bad

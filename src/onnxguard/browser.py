@@ -73,8 +73,9 @@ def executables() -> tuple[str, str]:
         (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
     driver = os.environ.get("ONNXGUARD_CHROMEDRIVER") or shutil.which("chromedriver")
     if not chromium or not driver:
-        missing = " and ".join(n for n, p in (("chromium", chromium), ("chromedriver", driver)) if not p)
-        raise BrowserUnavailable(f"headless Chromium is needed to check a web target, and {missing} is not installed "
+        missing = [n for n, p in (("chromium", chromium), ("chromedriver", driver)) if not p]
+        raise BrowserUnavailable(f"headless Chromium is needed to check a web target, and {' and '.join(missing)} "
+                                 f"{'is' if len(missing) == 1 else 'are'} not installed "
                                  "(Debian: apt install chromium chromium-driver)")
     return chromium, driver
 
@@ -88,9 +89,10 @@ def available() -> bool:
     return True
 
 
-def run_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Load ``directory/index.html`` in headless Chromium; return ``window.onnxguardResult`` once it is done,
-    with the text the page shows a person under ``text``."""
+@contextlib.contextmanager
+def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S):
+    """Load ``directory/index.html`` in headless Chromium and wait until the page reports; yields the
+    Selenium driver (for a caller that also uses the page), and quits Chromium afterwards."""
     chromium, driver_path = executables()
     try:
         from selenium import webdriver
@@ -119,10 +121,17 @@ def run_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEO
                 logs = [e["message"] for e in driver.get_log("browser")]
                 raise ModelError(f"the page did not finish within {timeout_s:.0f} s"
                                  + (f": {logs[0]}" if logs else "")) from None
-            result = driver.execute_script("return window.onnxguardResult")
-            text = driver.execute_script("return document.body.innerText")
+            yield driver
         finally:
             driver.quit()
+
+
+def run_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+    """Load ``directory/index.html`` in headless Chromium; return ``window.onnxguardResult`` once it is done,
+    with the text the page shows a person under ``text``."""
+    with open_page(directory, timeout_s) as driver:
+        result = driver.execute_script("return window.onnxguardResult")
+        text = driver.execute_script("return document.body.innerText")
     if not isinstance(result, dict) or result.get("status") != "done":
         error = result.get("error") if isinstance(result, dict) else result
         raise ModelError(f"the page failed in Chromium: {error}")

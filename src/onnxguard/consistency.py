@@ -177,9 +177,9 @@ def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
         raise InputError(f"{path}: not an .onnx file, a bundle or a target directory")
     data = json.loads(manifest.read_text())
     if data.get("format", "").startswith("onnxguard-target/") and data.get("kind") == "web":
-        return [(f"{path.name} (web, Chromium WASM)", str(path / "index.html"), in_browser(path), data["precision"])]
+        return [(f"{path.name}/index.html (Chromium, WASM)", str(path / "index.html"), in_browser(path), data["precision"])]
     if data.get("format", "").startswith("onnxguard-target/"):
-        return [(f"{path.name}/{name} ({data.get('kind')})", str(path / name), on_cpu((path / name).read_bytes()),
+        return [(f"{path.name}/{name}", str(path / name), on_cpu((path / name).read_bytes()),
                  data.get("precision", "fp32")) for name in data.get("optimization_styles", {}).values()]
     b = bundle.read(path)
     model_bytes = _model_bytes(b, identity)

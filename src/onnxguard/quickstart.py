@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, keys, sealing, verify
+from . import browser, build, consistency, keys, onnxfile, quantize, sealing, target, verify
 from .build import BuildOptions, BuildResult
+from .consistency import ConsistencyReport
+from .errors import InputError
 from .convert import ConvertOptions
 from .golden import GoldenSet
 from .keys import KeyPaths
@@ -32,6 +34,8 @@ class QuickstartResult:
     predictions: tuple[Prediction, ...]
     keys: KeyPaths
     verify: VerifyReport
+    consistency: ConsistencyReport
+    browser_skipped: str | None  # why the web target was not checked in a browser, where it was not
 
 
 def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
@@ -63,7 +67,33 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
-    return QuickstartResult(accuracy, program, result, predictions, keys, report)
+    drift, skipped = _targets(result.bundle, workdir / "targets", keys, progress)
+    return QuickstartResult(accuracy, program, result, predictions, keys, report, drift, skipped)
+
+
+def _targets(bundle, out: Path, keys: KeyPaths, progress: Progress) -> tuple[ConsistencyReport, str | None]:
+    """An INT8 variant, the mobile target and the web target of the bundle, and one golden set across them all."""
+    out.mkdir(exist_ok=True)
+    int8 = out / "digits-cnn.int8.onnx"
+    progress(Event("targets", "dynamic INT8 variant"))
+    model = onnxfile.parse(sealing.open_model(bundle, keys.age_identity))
+    int8.write_bytes(quantize.quantize(model, quantize.QuantizeOptions(mode="dynamic")).model.SerializeToString())
+    progress(Event("targets", "mobile target"))
+    target.make(bundle, "mobile", out / "mobile", keys.age_identity, overwrite=True, progress=progress)
+    checked, skipped = [int8, out / "mobile"], None
+    progress(Event("targets", "web target"))
+    try:
+        target.make(bundle, "web", out / "web", keys.age_identity, overwrite=True, progress=progress)
+    except InputError as e:  # no npm, or no registry to fetch onnxruntime-web from
+        skipped = f"no web target: {e}"
+    else:
+        if browser.available():
+            checked.append(out / "web")
+        else:
+            skipped = ("no headless Chromium here, so the web target was not run in a browser "
+                       "(apt install chromium chromium-driver; `make test` installs them)")
+    progress(Event("consistency", "golden set on every variant and target" + ("" if skipped else ", Chromium included")))
+    return consistency.check(bundle, checked, keys.age_identity), skipped
 
 
 def _keys(directory: Path) -> KeyPaths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 
@@ -104,3 +105,44 @@ def test_ops_the_target_cannot_run_are_named(digits_bundle, cli, expect_err, tmp
     expect_err(cli("target", custom, "--to", kind, "-o", tmp_path / "t"), 2,
                "op com.example.ops::FastRelu (opset 1)", f"the {kind} target")
     assert not (tmp_path / "t").exists()
+
+
+def test_try_one_image_in_the_page(digits_bundle, digits_web, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    plain, _, _ = digits_bundle
+    b = bundle.read(plain)
+    image = b.golden().inputs[1]["image"][3, 0]  # 8x8 in [0, 1], light ink on dark
+    png = tmp_path / "digit.png"
+    Image.fromarray(np.round(255 * (1 - image)).astype(np.uint8), "L").save(png)  # as paper: dark ink on light
+    expected = int(b.golden().references[1]["output"][3].argmax())
+    with browser.open_page(digits_web) as page:
+        page.find_element(By.ID, "image-file").send_keys(str(png))
+        shown = WebDriverWait(page, 30).until(lambda d: d.find_element(By.ID, "try-result").text)
+    assert shown.startswith(f"output: class {expected} ")
+
+
+def test_tabular_model_offers_one_row(sklearn_bundle, cli, tmp_path, chromium):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    r = cli("target", sklearn_bundle, "--to", "web", "-o", tmp_path / "web")
+    assert r.code == 0, r
+    b = bundle.read(sklearn_bundle)
+    row, label = b.golden().inputs[0]["input"][0], b.golden().references[0]["label"][0]
+    with browser.open_page(tmp_path / "web") as page:
+        result = page.execute_script("return window.onnxguardResult")
+        assert result["passed"] and result["metrics"]["label_agreement"] == 1
+        assert "Try one row" in page.find_element(By.TAG_NAME, "body").text
+        box = page.find_element(By.ID, "row")
+        box.clear()
+        box.send_keys(", ".join(f"{v:g}" for v in row))
+        page.find_element(By.ID, "run-row").click()
+        shown = WebDriverWait(page, 30).until(lambda d: d.find_element(By.ID, "try-result").text)
+        assert shown.splitlines()[0] == f"label: {label}"
+        box.clear()
+        box.send_keys("1, 2")
+        page.find_element(By.ID, "run-row").click()
+        WebDriverWait(page, 30).until(lambda d: "enter 64 numbers" in d.find_element(By.ID, "try-result").text)

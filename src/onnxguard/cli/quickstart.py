@@ -10,6 +10,7 @@ from .. import inspect as inspect_lib
 from .. import quickstart as quickstart_lib
 from . import app, render
 from .build import candidates, summary
+from .consistency import show as show_consistency
 
 
 @app.command()
@@ -35,8 +36,12 @@ def quickstart(
     v = result.verify
     render.out.print(f"verify (signature, every hash, golden set on this runtime): "
                      f"{'[green]PASSED[/]' if v.passed else '[red]FAILED[/]'}  keys: {result.keys.private_key.parent}")
+    show_consistency(result.consistency)
+    if result.browser_skipped:
+        render.out.print(f"[yellow]skipped[/]: {result.browser_skipped}")
     b, k = result.build.bundle.path, result.keys
     render.out.print(f"bundle: [bold]{b.resolve()}[/] (sealed and signed)\n"
                      f"try:   onnxguard inspect {b} --identity {k.age_identity}\n"
                      f"       onnxguard verify {b} --public-key {k.public_key} --golden --identity {k.age_identity}\n"
-                     f"       model_signing verify key --signature {b}/model.sig --public_key {k.public_key} {b}")
+                     f"       model_signing verify key --signature {b}/model.sig --public_key {k.public_key} {b}\n"
+                     f"       onnxguard consistency {b} {b.parent / 'targets'}/* --identity {k.age_identity}")
