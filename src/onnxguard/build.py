@@ -172,7 +172,7 @@ def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[
 
 def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
     r = quantize.quantize(model, opts)
-    return r.model, Step(name="quantize", settings=opts.settings(),
+    return r.model, Step(name="quantize", settings=r.options.settings(),
                          figures={"size_before": r.size_before, "size_after": r.size_after, "preprocessed": r.preprocessed})
 
 

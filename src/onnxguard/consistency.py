@@ -175,16 +175,32 @@ def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
     manifest = path / bundle.MANIFEST
     if not manifest.is_file():
         raise InputError(f"{path}: not an .onnx file, a bundle or a target directory")
-    data = json.loads(manifest.read_text())
-    if data.get("format", "").startswith("onnxguard-target/") and data.get("kind") == "web":
-        return [(f"{path.name}/index.html (Chromium, WASM)", str(path / "index.html"), in_browser(path), data["precision"])]
-    if data.get("format", "").startswith("onnxguard-target/"):
-        return [(f"{path.name}/{name}", str(path / name), on_cpu((path / name).read_bytes()),
-                 data.get("precision", "fp32")) for name in data.get("optimization_styles", {}).values()]
+    try:
+        data = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{manifest}: not valid JSON ({e})") from e
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("onnxguard-target/"):
+        return _target(path, data)
     b = bundle.read(path)
     model_bytes = _model_bytes(b, identity)
     return [(f"{b.manifest.name} ({path.name})", str(b.model_path), on_cpu(model_bytes),
              kind_of(onnxfile.parse(model_bytes)))]
+
+
+def _target(path: Path, data: dict) -> list[tuple[str, str, Runner, str]]:
+    precision = data.get("precision")
+    if precision not in THRESHOLDS:
+        raise InputError(f"{path / bundle.MANIFEST}: no precision (one of {', '.join(THRESHOLDS)}); make the target again")
+    if data.get("kind") == "web":
+        if not (path / "golden.json").is_file():
+            raise InputError(f"{path / 'golden.json'}: missing from the web target")
+        return [(f"{path.name}/index.html (Chromium, WASM)", str(path / "index.html"), in_browser(path), precision)]
+    entries = []
+    for name in dict(data.get("optimization_styles") or {}).values():
+        if not (path / name).is_file():
+            raise InputError(f"{path / name}: named in the target's manifest but missing")
+        entries.append((f"{path.name}/{name}", str(path / name), on_cpu((path / name).read_bytes()), precision))
+    return entries
 
 
 def check(parent: Bundle, targets: list[Path] = (), identity=None) -> ConsistencyReport:

@@ -30,16 +30,19 @@ def digits_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def distilbert_bundle(tmp_path_factory, hf_model, texts_file):
-    """A random-weight DistilBERT classifier (2 layers, hidden 32), with the transformer fusions (com.microsoft ops)."""
+def distilbert_bundle(tmp_path_factory, hf_model, texts_file, cli):
+    """A random-weight DistilBERT classifier (2 layers, hidden 32), its graph with the transformer fusions
+    (com.microsoft ops), so that targets run those too."""
     from onnxguard import build
     from onnxguard.build import BuildOptions
     from onnxguard.convert import ConvertOptions
 
-    out = tmp_path_factory.mktemp("target-text") / "distilbert"
-    build.build(str(hf_model("distilbert", "text-classification")), out,
-                BuildOptions(convert=ConvertOptions(max_length=64), texts=texts_file, optimize="fusions"))
-    return out
+    root = tmp_path_factory.mktemp("target-text")
+    build.build(str(hf_model("distilbert", "text-classification")), root / "plain",
+                BuildOptions(convert=ConvertOptions(max_length=64), texts=texts_file, optimize="none"))
+    r = cli("optimize", root / "plain", "-o", root / "distilbert", "--fusions")
+    assert r.code == 0, r
+    return root / "distilbert"
 
 
 @pytest.fixture(scope="session")

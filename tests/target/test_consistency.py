@@ -73,3 +73,15 @@ def test_verify_golden_runs_the_same_check_on_targets(cli, expect_err, digits_bu
     r = cli("verify", plain, "--golden", "--target", tmp_path / "tampered.onnx")
     assert r.code == 1 and "drifts" in r.err_lines[-1], r
     expect_err(cli("verify", plain, "--target", tmp_path / "edge"), 2, "--golden")
+
+
+def test_a_broken_target_directory_is_one_clear_error(cli, expect_err, digits_bundle, tmp_path):
+    plain, _, _ = digits_bundle
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "manifest.json").write_text('{"format": "onnxguard-target/1", "kind": "web"}')
+    expect_err(cli("consistency", plain, t), 2, "manifest.json", "no precision")
+    (t / "manifest.json").write_text('{"format": "onnxguard-target/1", "kind": "web", "precision": "fp32"}')
+    expect_err(cli("consistency", plain, t), 2, "golden.json", "missing")
+    (t / "manifest.json").write_text("{not json")
+    expect_err(cli("consistency", plain, t), 2, "manifest.json", "not valid JSON")

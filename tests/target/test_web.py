@@ -11,7 +11,7 @@ import pytest
 
 from onnxguard import browser, bundle, digest, sealing
 
-RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs"]
+RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs", "ort/package.json"]
 
 
 def _tamper(path):
@@ -146,3 +146,15 @@ def test_tabular_model_offers_one_row(sklearn_bundle, cli, tmp_path, chromium):
         box.send_keys("1, 2")
         page.find_element(By.ID, "run-row").click()
         WebDriverWait(page, 30).until(lambda d: "enter 64 numbers" in d.find_element(By.ID, "try-result").text)
+
+
+def test_non_tensor_outputs_are_refused_for_the_web(digits_bundle, cli, expect_err, tmp_path):
+    plain, _, _ = digits_bundle
+    b = bundle.read(plain)
+    model = onnx.load(plain / "model.onnx")
+    out = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("SequenceConstruct", [out.name], ["scores_seq"]))
+    model.graph.output.append(onnx.helper.make_tensor_sequence_value_info("scores_seq", onnx.TensorProto.FLOAT, None))
+    seq = tmp_path / "seq"
+    bundle.write(seq, b.manifest, model, b.golden())
+    expect_err(cli("target", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'", "sequence_type", "tensors only")

@@ -38,6 +38,9 @@ def quantize(
     calibration: options.Calibration = None,
     method: options.CalibrationMethod = "minmax",
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
+    reduce_range: Annotated[bool | None, typer.Option(
+        "--reduce-range/--full-range", help="INT8: 7-bit weights, for x86 CPUs without VNNI, whose INT8 kernels saturate "
+                                            "(default: detected on this CPU).")] = None,
     golden_npz: GoldenRefs = None,
     gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
@@ -48,11 +51,11 @@ def quantize(
     onnx_model, parent = load_model(model)
     calib = _calibration(calibration, parent) if mode == "static" else ()
     opts = quantize_lib.QuantizeOptions(mode=mode, per_channel=per_channel, calibration=calib, method=method,
-                                        keep_io_types=keep_io_types)
+                                        keep_io_types=keep_io_types, reduce_range=reduce_range)
     result = quantize_lib.quantize(onnx_model, opts)
     render.out.print(f"quantize ({mode}): {render.size(result.size_before)} -> {render.size(result.size_after)}"
                      + (" (after ONNX Runtime pre-processing)" if result.preprocessed else ""))
-    step = Step(name="quantize", settings=opts.settings(),
+    step = Step(name="quantize", settings=result.options.settings(),
                 figures={"size_before": result.size_before, "size_after": result.size_after, "preprocessed": result.preprocessed})
     finish(result.model, parent, step, output, golden_npz, force, overwrite,
            options.gate(gate_min_cosine, gate_min_label_agreement))

@@ -147,8 +147,8 @@ def make(parent: Bundle, data: bytes, golden: GoldenSet, out: Path, overwrite: b
             shutil.copyfile(HERE / name, stage / name)
         for name in RUNTIME_FILES:
             shutil.copyfile(dist / name, stage / "ort" / name)
-        if (dist.parent / "LICENSE").is_file():
-            shutil.copyfile(dist.parent / "LICENSE", stage / "ort" / "LICENSE")
+        if (dist.parent / "package.json").is_file():  # its name, version and license, beside its files
+            shutil.copyfile(dist.parent / "package.json", stage / "ort" / "package.json")
         files = {p.relative_to(stage).as_posix(): p.stat().st_size for p in sorted(stage.rglob("*")) if p.is_file()}
         m = parent.manifest
         manifest = {
