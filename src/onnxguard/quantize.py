@@ -87,12 +87,12 @@ class _Reader:
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def saturating_cpu() -> bool:
-    """True on an x86-64 Linux CPU whose /proc/cpuinfo shows none of VNNI_FLAGS."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+def saturating_cpu(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> bool:
+    """True on an x86-64 Linux CPU whose ``cpuinfo`` shows none of VNNI_FLAGS."""
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
         return False
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        flags = set(cpuinfo.read_text().split())
     except OSError:
         return False
     return not flags.intersection(VNNI_FLAGS)

@@ -97,3 +97,15 @@ def test_cli_quantize_an_onnx_file_with_npz_calibration(cli, digits_bundle, tmp_
     assert r.code == 0, r
     assert "accuracy gate vs the reference outputs: PASSED" in r.out
     assert golden.load(refs).references is not None
+
+
+def test_int8_weights_are_7_bit_where_the_cpu_saturates(cli, digits_bundle, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t: fpu sse2 avx2 fma\n")
+    assert quantize.saturating_cpu(info, "x86_64") and not quantize.saturating_cpu(info, "aarch64")
+    info.write_text("flags\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not quantize.saturating_cpu(info, "x86_64")
+    assert cli("quantize", digits_bundle, "-o", tmp_path / "auto", "--mode", "dynamic").code == 0
+    assert bundle.read(tmp_path / "auto").manifest.steps[-1].settings["reduce_range"] is quantize.saturating_cpu()
+    assert cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range").code == 0
+    assert bundle.read(tmp_path / "full").manifest.steps[-1].settings["reduce_range"] is False
