@@ -158,3 +158,11 @@ def test_non_tensor_outputs_are_refused_for_the_web(digits_bundle, cli, expect_e
     seq = tmp_path / "seq"
     bundle.write(seq, b.manifest, model, b.golden())
     expect_err(cli("target", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'", "sequence_type", "tensors only")
+
+
+def test_verify_golden_runs_the_web_target_in_the_browser(digits_bundle, digits_web, cli):
+    plain, _, _ = digits_bundle
+    r = cli("verify", plain, "--golden", "--target", digits_web, "--json")
+    assert r.code == 0, r
+    targets = json.loads(r.out)["consistency"]["targets"]
+    assert [t["name"] for t in targets][-1] == "digits-web/index.html (Chromium, WASM)" and all(t["passed"] for t in targets)
