@@ -158,6 +158,7 @@ def make(parent: Bundle, data: bytes, golden: GoldenSet, out: Path, overwrite: b
             "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
             "model": {"inputs": [t.model_dump() for t in m.model.inputs],
                       "outputs": [t.model_dump() for t in m.model.outputs]},
+            "labels": m.labels,
             "precision": precision,
             "thresholds": vars(THRESHOLDS[precision]),
             "operators": {(d or "ai.onnx"): ops for d, ops in _ops(model).items()},

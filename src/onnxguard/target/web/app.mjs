@@ -63,7 +63,8 @@ function kl(p, q) {
 
 // The drift of every output over every batch: max and mean |diff|, KL of the softmax and top-1 for scores,
 // agreement for labels.
-function measure(references, outputs, roles) {
+function measure(references, outputs, roles, labels) {
+  const labelOf = (i) => (labels && labels[i] !== undefined ? String(labels[i]) : String(i));
   const per = {};
   references.forEach((batch, b) => {
     for (const [name, ref] of Object.entries(batch)) {
@@ -98,7 +99,7 @@ function measure(references, outputs, roles) {
       });
       m.kl = Math.max(m.kl ?? 0, klSum / Math.max(o.ref.length, 1));
       m.top1 = Math.min(m.top1 ?? 1, agree / Math.max(o.ref.length, 1));
-      m.predictions = o.ref.map((r, i) => ({ reference: String(argmax(r)), browser: String(argmax(o.out[i])) }));
+      m.predictions = o.ref.map((r, i) => ({ reference: labelOf(argmax(r)), browser: labelOf(argmax(o.out[i])) }));
     }
   }
   return m;
@@ -143,21 +144,21 @@ function showPredictions(predictions) {
   $('predictions-section').hidden = false;
 }
 
-function describe(outputs, roles) {
+function describe(outputs, roles, labels) {
   return Object.entries(outputs).map(([name, t]) => {
     const values = t.type === 'string' ? Array.from(t.data) : numbers(t);
     if (roles[name] === 'scores') {
       const p = values.every((v) => v >= 0) && Math.abs(values.reduce((a, b) => a + b, 0) - 1) <= 1e-3 ? values : softmax(values);
       const top = p.map((v, i) => [i, v]).sort((a, b) => b[1] - a[1]).slice(0, 3);
-      return `${name}: ` + top.map(([i, v]) => `class ${i} ${(100 * v).toFixed(1)} %`).join(', ');
+      return `${name}: ` + top.map(([i, v]) => `class ${labels?.[i] ?? i} ${(100 * v).toFixed(1)} %`).join(', ');
     }
     return `${name}: ${values.slice(0, 10).map(String).join(', ')}${values.length > 10 ? ', …' : ''}`;
   }).join('\n');
 }
 
-async function tryOne(session, name, dims, values, roles) {
+async function tryOne(session, name, dims, values, roles, labels) {
   const outputs = await session.run({ [name]: new ort.Tensor('float32', Float32Array.from(values), dims) });
-  $('try-result').textContent = describe(outputs, roles);
+  $('try-result').textContent = describe(outputs, roles, labels);
   $('try-result').hidden = false;
 }
 
@@ -192,7 +193,7 @@ function offerTry(session, manifest, golden, roles) {
           data[k * h * w + i] = lo + v * (hi - lo);
         }
       }
-      await tryOne(session, name, [1, c, h, w], data, roles);
+      await tryOne(session, name, [1, c, h, w], data, roles, manifest.labels);
     });
   } else if (sample.shape.length === 2) {
     const width = sample.shape[1];
@@ -205,7 +206,7 @@ function offerTry(session, manifest, golden, roles) {
         $('try-result').hidden = false;
         return;
       }
-      await tryOne(session, name, [1, width], row, roles);
+      await tryOne(session, name, [1, width], row, roles, manifest.labels);
     });
   }
 }
@@ -234,7 +235,7 @@ async function main() {
   const start = performance.now();
   for (const feeds of inputs) outputs.push(await session.run(feeds, wanted));
   const msPerItem = (performance.now() - start) / Math.max(golden.items, 1);
-  const metrics = measure(references, outputs, roles);
+  const metrics = measure(references, outputs, roles, manifest.labels);
   const passed = showParity(metrics, manifest.thresholds, msPerItem, golden.items);
   showPredictions(metrics.predictions);
   offerTry(session, manifest, golden, roles);
