@@ -90,7 +90,7 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S):
+def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S, query: str = ""):
     """Load ``directory/index.html`` in headless Chromium and wait until the page reports; yields the
     Selenium driver (for a caller that also uses the page), and quits Chromium afterwards."""
     chromium, driver_path = executables()
@@ -113,7 +113,7 @@ def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIME
         except WebDriverException as e:
             raise BrowserUnavailable(f"Chromium did not start: {(e.msg or str(e)).strip().splitlines()[0]}") from e
         try:
-            driver.get(url + "index.html")
+            driver.get(url + "index.html" + query)
             try:
                 WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(
                     lambda d: d.execute_script("return document.body && document.body.dataset.status"))
@@ -126,10 +126,10 @@ def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIME
             driver.quit()
 
 
-def run_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+def run_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S, query: str = "") -> dict:
     """Load ``directory/index.html`` in headless Chromium; return ``window.onnxguardResult`` once it is done,
     with the text the page shows a person under ``text``."""
-    with open_page(directory, timeout_s) as driver:
+    with open_page(directory, timeout_s, query) as driver:
         result = driver.execute_script("return window.onnxguardResult")
         text = driver.execute_script("return document.body.innerText")
     if not isinstance(result, dict) or result.get("status") != "done":

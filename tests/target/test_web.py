@@ -166,3 +166,9 @@ def test_verify_golden_runs_the_web_target_in_the_browser(digits_bundle, digits_
     assert r.code == 0, r
     targets = json.loads(r.out)["consistency"]["targets"]
     assert [t["name"] for t in targets][-1] == "digits-web/index.html (Chromium, WASM)" and all(t["passed"] for t in targets)
+
+
+def test_page_repeats_the_golden_set_for_benchmarks(digits_web):
+    result = browser.run_page(digits_web, query="?repeat=3")
+    samples = result["samples_ms_per_item"]
+    assert len(samples) == 3 and all(s > 0 for s in samples) and result["ms_per_item"] == sorted(samples)[1]

@@ -31,7 +31,8 @@ def target(
     t = Table(title=f"{to} target {result.path}", show_header=False, title_justify="left")
     for name, size in result.files.items():
         t.add_row(name, render.size(size))
-    t.add_row("op types", f"{sum(len(ops) for ops in result.operators.values())} (the set a reduced runtime needs)")
+    reduced = " (the set a reduced ONNX Runtime build needs)" if result.kind != "web" else ""
+    t.add_row("op types", f"{sum(len(ops) for ops in result.operators.values())}{reduced}")
     for domain, ops in result.operators.items():
         t.add_row(f"ops {domain}", ", ".join(ops))
     render.out.print(t)

@@ -218,6 +218,7 @@ async function main() {
     `model sha256 ${manifest.files['model.onnx'].sha256} · ${manifest.runtime}`;
   // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages (COOP + COEP headers).
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  ort.env.wasm.proxy = true; // inference in a worker: the page stays responsive while a large model runs
   $('threads-note').textContent = self.crossOriginIsolated
     ? `Cross-origin isolated: ${ort.env.wasm.numThreads} WASM threads.`
     : 'Not cross-origin isolated: one WASM thread. Serve with the headers Cross-Origin-Opener-Policy: same-origin and ' +
@@ -230,18 +231,30 @@ async function main() {
   const references = golden.batches.map((b) => Object.fromEntries(Object.entries(b.references).map(([k, v]) => [k, decode(v)])));
   const wanted = Object.keys(golden.batches[0].references);
   $('status').textContent = `running ${golden.items} golden examples…`;
-  await session.run(inputs[0], wanted); // warm-up, not timed
-  const outputs = [];
-  const start = performance.now();
-  for (const feeds of inputs) outputs.push(await session.run(feeds, wanted));
-  const msPerItem = (performance.now() - start) / Math.max(golden.items, 1);
+  // The proxy worker takes each input's buffer; every run gets its own copies, made before the clock starts.
+  const fresh = (feeds) => Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k,
+    t.type === 'string' ? new ort.Tensor('string', [...t.data], t.dims) : new ort.Tensor(t.type, t.data.slice(), t.dims)]));
+  await session.run(fresh(inputs[0]), wanted); // warm-up, not timed
+  // ?repeat=N times the golden set N times (benchmarks/targets.py) and reports the median pass.
+  const repeat = Math.max(1, Math.min(1000, Number(new URLSearchParams(location.search).get('repeat')) || 1));
+  let outputs = [];
+  const samples = [];
+  for (let r = 0; r < repeat; r += 1) {
+    outputs = [];
+    const pass = inputs.map(fresh);
+    const start = performance.now();
+    for (const feeds of pass) outputs.push(await session.run(feeds, wanted));
+    samples.push((performance.now() - start) / Math.max(golden.items, 1));
+  }
+  const msPerItem = [...samples].sort((a, b) => a - b)[Math.floor(samples.length / 2)];
   const metrics = measure(references, outputs, roles, manifest.labels);
   const passed = showParity(metrics, manifest.thresholds, msPerItem, golden.items);
   showPredictions(metrics.predictions);
   offerTry(session, manifest, golden, roles);
   $('status').textContent = `onnxruntime-web ${ort.env.versions?.web ?? ''} · WASM backend · ${ort.env.wasm.numThreads} thread(s)`;
   window.onnxguardResult = {
-    status: 'done', passed, items: golden.items, ms_per_item: msPerItem, threads: ort.env.wasm.numThreads,
+    status: 'done', passed, items: golden.items, ms_per_item: msPerItem, samples_ms_per_item: samples,
+    threads: ort.env.wasm.numThreads,
     metrics: { max_abs: metrics.max_abs, mean_abs: metrics.mean_abs, kl: metrics.kl, top1: metrics.top1,
                label_agreement: metrics.label_agreement },
     outputs: outputs.map((batch) => Object.fromEntries(Object.entries(batch).map(([k, t]) => [k, encode(t)]))),
