@@ -27,7 +27,7 @@ from ..golden import GoldenSet
 from ..parity import Tolerance
 from ..progress import Event, Progress
 from . import operators
-from .interface import TARGET_FORMAT, TargetResult
+from .interface import TARGET_FORMAT, TargetResult, provenance
 
 PLATFORM = {"mobile": "arm", "edge": None}
 FILES = {"Fixed": "model.ort", "Runtime": "model.with_runtime_opt.ort"}
@@ -100,9 +100,7 @@ def make(parent: Bundle, data: bytes, golden: GoldenSet, kind: str, out: Path, o
         files = {p.name: p.stat().st_size for p in sorted(stage.iterdir())}
         manifest = {
             "format": TARGET_FORMAT, "kind": kind, "runtime": f"onnxruntime {ort.__version__} (ORT format)",
-            "parent": {"name": parent.manifest.name, "version": parent.manifest.version,
-                       "manifest_sha256": digest.file(parent.path / bundle.MANIFEST),
-                       "model_sha256": parent.manifest.model.sha256},
+            "parent": provenance(parent),
             "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
             "optimization_styles": {style: FILES[style] for style in FILES},
             "platform": PLATFORM[kind] or "any",

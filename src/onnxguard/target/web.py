@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..golden import Batch, GoldenSet
 from ..progress import Event, Progress
 from . import operators
-from .interface import TARGET_FORMAT, TargetResult
+from .interface import TARGET_FORMAT, TargetResult, provenance
 
 HERE = Path(__file__).parent / "web"
 PAGE = ("index.html", "app.mjs")
@@ -153,8 +153,7 @@ def make(parent: Bundle, data: bytes, golden: GoldenSet, out: Path, overwrite: b
         m = parent.manifest
         manifest = {
             "format": TARGET_FORMAT, "kind": "web", "runtime": runtime,
-            "parent": {"name": m.name, "version": m.version, "manifest_sha256": digest.file(parent.path / bundle.MANIFEST),
-                       "model_sha256": m.model.sha256},
+            "parent": provenance(parent),
             "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
             "model": {"inputs": [t.model_dump() for t in m.model.inputs],
                       "outputs": [t.model_dump() for t in m.model.outputs]},
