@@ -172,3 +172,14 @@ def test_page_repeats_the_golden_set_for_benchmarks(digits_web):
     result = browser.run_page(digits_web, query="?repeat=3")
     samples = result["samples_ms_per_item"]
     assert len(samples) == 3 and all(s > 0 for s in samples) and result["ms_per_item"] == sorted(samples)[1]
+
+
+def test_quickstart_says_why_it_skips_the_browser(digits_bundle, tmp_path, monkeypatch):
+    from onnxguard import quickstart
+
+    plain, _, k = digits_bundle
+    monkeypatch.setattr(browser, "available", lambda: False)
+    report, skipped = quickstart._targets(bundle.read(plain), tmp_path / "targets", k, lambda event: None)
+    assert skipped.startswith("no headless Chromium here") and "apt install chromium chromium-driver" in skipped
+    assert report.passed and not any("Chromium" in t.name for t in report.targets)
+    assert (tmp_path / "targets" / "web" / "index.html").is_file()  # made, only not run

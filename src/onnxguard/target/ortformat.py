@@ -10,11 +10,13 @@ without platform-specific fusions, for any small Linux board. The required-opera
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnxruntime as ort
@@ -53,9 +55,13 @@ def _convert(model: Path, out: Path, kind: str) -> None:
         lg.setLevel(logging.ERROR)
     chatter = io.StringIO()  # the converter prints its progress to stdout; the caller's display is the one to show
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.chdir(model.parent):
+        # The converter's ORT model reader opens each .ort file without closing it (ort_model_processor.py);
+        # the files are collected here, inside the filter, instead of warning in the caller's process later.
+        with contextlib.redirect_stdout(chatter), contextlib.chdir(model.parent), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
             convert_onnx_models_to_ort(model, out, [OptimizationStyle.Fixed, OptimizationStyle.Runtime],
                                        target_platform=PLATFORM[kind])
+            gc.collect()
     # The converter raises whatever session creation raises (Fail, InvalidGraph, NotImplemented, ...): each
     # means "this model cannot become an ORT format model", reported with its first line.
     except Exception as e:  # noqa: BLE001
