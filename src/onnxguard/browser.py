@@ -80,6 +80,11 @@ def executables() -> tuple[str, str]:
     return chromium, driver
 
 
+def _first_line(e: Exception) -> str:
+    text = (getattr(e, "msg", None) or str(e) or type(e).__name__).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def available() -> bool:
     try:
         executables()
@@ -95,6 +100,7 @@ def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIME
     Selenium driver (for a caller that also uses the page), and quits Chromium afterwards."""
     chromium, driver_path = executables()
     try:
+        import urllib3
         from selenium import webdriver
         from selenium.common.exceptions import TimeoutException, WebDriverException
         from selenium.webdriver.chrome.service import Service
@@ -111,16 +117,19 @@ def open_page(directory: str | os.PathLike[str], timeout_s: float = DEFAULT_TIME
         try:
             driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
         except WebDriverException as e:
-            raise BrowserUnavailable(f"Chromium did not start: {(e.msg or str(e)).strip().splitlines()[0]}") from e
+            raise BrowserUnavailable(f"Chromium did not start: {_first_line(e)}") from e
         try:
-            driver.get(url + "index.html" + query)
             try:
+                driver.get(url + "index.html" + query)
                 WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(
                     lambda d: d.execute_script("return document.body && document.body.dataset.status"))
             except TimeoutException:
                 logs = [e["message"] for e in driver.get_log("browser")]
                 raise ModelError(f"the page did not finish within {timeout_s:.0f} s"
                                  + (f": {logs[0]}" if logs else "")) from None
+            # Chromium crashed, or stopped answering its driver (a renderer busy past the driver's read timeout)
+            except (WebDriverException, urllib3.exceptions.HTTPError) as e:
+                raise ModelError(f"Chromium stopped answering while the page ran: {_first_line(e)}") from e
             yield driver
         finally:
             driver.quit()

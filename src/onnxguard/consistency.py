@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import bundle, onnxfile, parity
+from . import bundle, onnxfile, parity, sealing
 from .bundle import Bundle
 from .errors import InputError
 from .golden import Batch, GoldenSet
@@ -157,16 +157,6 @@ def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles
     return TargetDrift(name, path, kind, max_abs, mean_abs, kl, top1, ms, not failures, tuple(failures))
 
 
-def _model_bytes(b: Bundle, identity) -> bytes:
-    if b.manifest.sealed is None:
-        return b.model_bytes()
-    if identity is None:
-        raise InputError(f"{b.path}: the bundle is sealed; give --identity to decrypt it in memory")
-    from . import sealing
-
-    return sealing.open_model(b, identity)
-
-
 def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
     """(name, path, runner, kind) for everything a path holds: a bundle, a target directory, an .onnx file."""
     if path.is_file():
@@ -182,7 +172,8 @@ def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
     if isinstance(data, dict) and str(data.get("format", "")).startswith("onnxguard-target/"):
         return _target(path, data)
     b = bundle.read(path)
-    model_bytes = _model_bytes(b, identity)
+    sealing.require_identity(b, identity)
+    model_bytes = sealing.open_model(b, identity)
     return [(f"{b.manifest.name} ({path.name})", str(b.model_path), on_cpu(model_bytes),
              kind_of(onnxfile.parse(model_bytes)))]
 
@@ -205,14 +196,8 @@ def _target(path: Path, data: dict) -> list[tuple[str, str, Runner, str]]:
 
 def check(parent: Bundle, targets: list[Path] = (), identity=None) -> ConsistencyReport:
     """The bundle's own model and every target, against the bundle's golden set (decrypted in memory when sealed)."""
-    if parent.manifest.sealed is None:
-        golden = parent.golden()
-    elif identity is None:
-        raise InputError(f"{parent.path}: the bundle is sealed; give --identity to decrypt it in memory")
-    else:
-        from . import sealing
-
-        golden = sealing.open_golden(parent, identity)
+    sealing.require_identity(parent, identity)
+    golden = sealing.open_golden(parent, identity)
     if golden.references is None:
         raise InputError(f"{parent.path}: the golden set has no reference outputs")
     roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}

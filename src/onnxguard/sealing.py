@@ -379,6 +379,12 @@ def check(source: Bundle | PathLike, identity: IdentitySource = None, passphrase
     return [_decrypt(b, rel, ids, _Discard()).plaintext for rel in b.manifest.sealed.files]
 
 
+def require_identity(b: Bundle, identity: IdentitySource, purpose: str = "decrypt it in memory") -> None:
+    """Refuse, with the flag to give, a sealed bundle opened without an identity (the CLI's --identity)."""
+    if b.manifest.sealed is not None and identity is None:
+        raise InputError(f"{b.path}: the bundle is sealed; give --identity to {purpose}")
+
+
 def open_file(source: Bundle | PathLike, rel: str, identity: IdentitySource = None,
               passphrase: str | None = None) -> bytes:
     """The plaintext of the bundle file ``rel`` (``model.onnx``, ``golden.npz``, or their ``.age`` names), in memory."""

@@ -183,3 +183,14 @@ def test_quickstart_says_why_it_skips_the_browser(digits_bundle, tmp_path, monke
     assert skipped.startswith("no headless Chromium here") and "apt install chromium chromium-driver" in skipped
     assert report.passed and not any("Chromium" in t.name for t in report.targets)
     assert (tmp_path / "targets" / "web" / "index.html").is_file()  # made, only not run
+
+
+def test_no_place_to_install_the_web_runtime_is_one_clear_line(digits_bundle, cli, expect_err, tmp_path, monkeypatch):
+    plain, _, _ = digits_bundle
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "onnxguard").write_text("")  # onnxguard's cache directory is a file
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("ONNXGUARD_ORT_WEB", raising=False)
+    expect_err(cli("target", plain, "--to", "web", "-o", tmp_path / "w"), 2,
+               "cannot install onnxruntime-web there", "ONNXGUARD_ORT_WEB")
+    assert not (tmp_path / "w").exists()

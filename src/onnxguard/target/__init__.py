@@ -32,8 +32,7 @@ def make(parent: Bundle, kind: str, out: str | os.PathLike[str], identity=None, 
         raise InputError(f"--to {kind!r}: use one of {', '.join(KINDS)}")
     out = Path(out)
     bundle.check_writable(out, overwrite)
-    if parent.manifest.sealed is not None and identity is None:
-        raise InputError(f"{parent.path}: the bundle is sealed; give --identity to decrypt its model for the target")
+    sealing.require_identity(parent, identity, "decrypt its model for the target")
     data, golden = sealing.open_model(parent, identity), sealing.open_golden(parent, identity)
     if golden.references is None:
         raise InputError(f"{parent.path}: the golden set has no reference outputs to check the target against")

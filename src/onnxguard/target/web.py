@@ -35,6 +35,7 @@ PAGE = ("index.html", "app.mjs")
 # The WASM backend only (no WebGL/WebGPU): its loader module, its Emscripten glue, and the engine.
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 RUNTIME_ENV = "ONNXGUARD_ORT_WEB"  # a directory holding RUNTIME_FILES, instead of the npm install
+NPM_TIMEOUT_S = 600
 
 
 def runtime_version() -> str:
@@ -71,20 +72,27 @@ def _npm_ci(home: Path, progress: Progress) -> None:
         raise InputError(f"the web target needs onnxruntime-web {runtime_version()} from the npm registry and npm is "
                          f"not installed: install Node.js and npm, or set {RUNTIME_ENV} to its dist directory")
     progress(Event("target", f"installing onnxruntime-web {runtime_version()} from the npm registry (once)"))
-    home.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+    try:
+        home.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+    except OSError as e:
+        raise InputError(f"{home.parent}: cannot install onnxruntime-web there ({e.strerror or e}); "
+                         f"set XDG_CACHE_HOME or {RUNTIME_ENV}") from e
     try:
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(HERE / name, work / name)
         # --ignore-scripts: no install script of any package runs; npm ci checks every tarball's sha512 in the lock.
         done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                              cwd=work, capture_output=True, text=True, timeout=600, check=False)
+                              cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
             raise InputError(f"npm ci for onnxruntime-web {runtime_version()} failed: {last}")
         if home.exists():
             shutil.rmtree(home)
         work.rename(home)
+    except subprocess.TimeoutExpired as e:
+        raise InputError(f"npm ci for onnxruntime-web {runtime_version()} took over {NPM_TIMEOUT_S} s; "
+                         "is the npm registry reachable?") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -172,8 +172,10 @@ function offerTry(session, manifest, golden, roles) {
   const name = inputs[0].name;
   const sample = golden.batches[0].inputs[name];
   const values = Array.from(decode(sample).data);
-  const lo = Math.min(...golden.batches.flatMap((b) => Array.from(decode(b.inputs[name]).data)));
-  const hi = Math.max(...golden.batches.flatMap((b) => Array.from(decode(b.inputs[name]).data)));
+  let lo = Infinity, hi = -Infinity; // the golden inputs' value range, decoded once
+  for (const b of golden.batches) {
+    for (const v of decode(b.inputs[name]).data) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  }
   if (sample.shape.length === 4 && [1, 3].includes(sample.shape[1])) {
     const [, c, h, w] = sample.shape;
     $('try-image').hidden = false;
