@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from common import CACHE, agreement, onnxguard, save
-from onnxguard import bench, bundle, convert, quantize
+from onnxguard.speed import bench, quantize
+from onnxguard import bundle, convert
 from onnxguard.examples import digits
-from onnxguard.golden import GoldenSet
+from onnxguard.bundle.golden import GoldenSet
 
 
 class CifarCNN(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxguard import bench
+from onnxguard.speed import bench
 
 HERE = Path(__file__).parent
 CACHE = HERE / ".cache"  # generated models and bundles (git-ignored)

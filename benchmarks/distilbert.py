@@ -16,7 +16,8 @@ import argparse
 import numpy as np
 
 from common import CACHE, agreement, onnxguard, save
-from onnxguard import bench, bundle, convert, optimize, quantize
+from onnxguard.speed import bench, optimize, quantize
+from onnxguard import bundle, convert
 from onnxguard.convert import ConvertOptions
 from onnxguard.examples.text import save_random_model
 

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from common import agreement, save
-from onnxguard import bench
+from onnxguard.speed import bench
 
 X, y = load_digits(return_X_y=True)
 xtr, xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0)

@@ -20,9 +20,13 @@ import statistics
 import time
 
 from common import CACHE, RESULTS, onnxguard
-from onnxguard import browser, bundle, consistency, convert, onnxfile, parity, quantize
+from onnxguard.target.web import browser
+from onnxguard import bundle, convert
+from onnxguard.accuracy import consistency, parity
+from onnxguard.model import onnxfile
+from onnxguard.speed import quantize
 from onnxguard.convert import ConvertOptions
-from onnxguard.golden import GoldenSet
+from onnxguard.bundle.golden import GoldenSet
 from onnxguard.target import web
 
 

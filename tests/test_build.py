@@ -13,8 +13,8 @@ from onnxguard.build import STAGES, BuildOptions, BuildState
 
 BUNDLE = [name for name, _ in STAGES].index("bundle")  # stages inserted here run before the manifest is written
 from onnxguard.errors import InputError
-from onnxguard.manifest import Step
-from onnxguard.parity import Tolerance
+from onnxguard.bundle.manifest import Step
+from onnxguard.accuracy.parity import Tolerance
 
 
 def test_meta_name_version_in_onnx_and_manifest(sklearn_bundle):
@@ -71,7 +71,7 @@ def test_stage_that_raises_leaves_nothing(sklearn_files, tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(sklearn_files, tmp_path, monkeypatch):
-    from onnxguard.golden import GoldenSet
+    from onnxguard.bundle.golden import GoldenSet
 
     def half_written(self, path):
         with open(path, "wb") as f:

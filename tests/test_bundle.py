@@ -12,10 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxguard import bundle, manifest
+from onnxguard import bundle
+from onnxguard.bundle import manifest
 from onnxguard.errors import BundleError, InputError
-from onnxguard.golden import GoldenSet
-from onnxguard.manifest import Golden, Manifest, Model, Source, Tensor
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.manifest import Golden, Manifest, Model, Source, Tensor
 
 
 def tiny_model() -> onnx.ModelProto:

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from onnxguard import golden
+from onnxguard.bundle import golden
 from onnxguard.errors import InputError
-from onnxguard.golden import GoldenSet
+from onnxguard.bundle.golden import GoldenSet
 
 
 def _npz(**arrays) -> bytes:

@@ -31,8 +31,8 @@ def plain_onnx(tmp_path_factory) -> Path:
 
 def test_core_modules_import_no_framework():
     code = ("import json, sys\n"
-            "import onnxguard, onnxguard.inspect, onnxguard.bundle, onnxguard.parity, onnxguard.golden, onnxguard.cli\n"
-            "import onnxguard.convert, onnxguard.build, onnxguard.manifest, onnxguard.consistency, onnxguard.browser\n"
+            "import onnxguard, onnxguard.model.info, onnxguard.bundle, onnxguard.accuracy.parity, onnxguard.bundle.golden, onnxguard.cli\n"
+            "import onnxguard.convert, onnxguard.build, onnxguard.bundle.manifest, onnxguard.accuracy.consistency, onnxguard.target.web.browser\n"
             "import onnxguard.target, onnxguard.target.web, onnxguard.target.ortformat, onnxguard.target.operators\n"
             "print(json.dumps(sorted(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -80,7 +80,7 @@ def test_console_script_importtime(plain_onnx):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["op_histogram"] == {"ai.onnx": {"Relu": 1}}
     imported = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    assert "onnxruntime" in imported and "onnxguard.inspect" in imported
+    assert "onnxruntime" in imported and "onnxguard.model.info" in imported
     assert _frameworks(imported) == set(), _frameworks(imported)
 
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxguard import inspect
+from onnxguard.model import info as inspect
 
 FIELDS = {"path", "file_size", "ir_version", "opset", "producer", "inputs", "outputs", "op_histogram", "node_count",
           "parameter_count", "metadata", "external_data", "bundle"}

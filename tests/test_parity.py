@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxguard import parity
+from onnxguard.accuracy import parity
 from onnxguard.errors import InputError
-from onnxguard.golden import GoldenSet
-from onnxguard.parity import LABELS, SCORES, VALUES, Tolerance
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.accuracy.parity import LABELS, SCORES, VALUES, Tolerance
 
 REPORT_FIELDS = {"outputs", "tolerance", "batches", "items", "notes", "passed"}
 OUTPUT_FIELDS = {"name", "role", "items", "max_abs", "mean_abs", "min_cosine", "label_agreement", "passed", "failures"}

@@ -9,7 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxguard import bundle, sealing
+from onnxguard import bundle
+from onnxguard.trust import sealing
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,3 @@
-from .cli import main
+from onnxguard.cli import main
 
 main()

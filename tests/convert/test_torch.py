@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from onnxguard import bundle, inspect
+from onnxguard import bundle
+from onnxguard.model import info as inspect
 
 
 def _nets(path):
@@ -150,7 +151,7 @@ def test_build_from_factory_spec(cli, torch_nets, tmp_path):
     ("4,7:float16", "x", ("batch", 7), "float16"),
 ])
 def test_parse_input_shape(text, name, dims, dtype):
-    from onnxguard.convert.torch import parse_input_shape
+    from onnxguard.convert.pytorch import parse_input_shape
 
     spec = parse_input_shape(text, "x")
     assert (spec.name, spec.dims, spec.dtype) == (name, dims, dtype)

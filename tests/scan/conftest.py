@@ -25,7 +25,8 @@ def torch_cnn(ordinary_dir) -> Path:
     """The digits CNN (untrained weights), saved as an ExportedProgram and exported by onnxguard (dynamo)."""
     import torch
 
-    from onnxguard import convert, onnxfile
+    from onnxguard import convert
+    from onnxguard.model import onnxfile
     from onnxguard.examples import digits
 
     torch.manual_seed(0)
@@ -38,7 +39,7 @@ def torch_cond(ordinary_dir) -> Path:
     """A module with data-dependent control flow (torch.cond), exported by the dynamo exporter: an If node."""
     import torch
 
-    from onnxguard.convert.torch import quiet_exporter
+    from onnxguard.convert.pytorch import quiet_exporter
 
     class Cond(torch.nn.Module):
         def forward(self, x):
@@ -122,7 +123,7 @@ def built_bundle(ordinary_dir, iris) -> Path:
 
 
 def _save(model, path: Path) -> Path:
-    from onnxguard import onnxfile
+    from onnxguard.model import onnxfile
 
     onnxfile.save(model, path)
     return path

@@ -285,7 +285,7 @@ def control_characters(d: Path) -> Path:
 def small_bundle(d: Path) -> Path:
     """A valid bundle written by onnxguard's own bundle writer, around a tiny model."""
     from onnxguard import __version__, bundle
-    from onnxguard.manifest import Manifest, Model, Source, now
+    from onnxguard.bundle.manifest import Manifest, Model, Source, now
 
     m = relu_model(doc_string="aaaaaaaa")
     manifest = Manifest(name="tiny", version="0.1.0", created=now(), onnxguard_version=__version__,

@@ -141,7 +141,7 @@ def test_findings_per_check_are_capped(tmp_path):
 
 
 def test_signature_is_verified_with_the_public_key(tmp_path):
-    from onnxguard import keys, signing
+    from onnxguard.trust import keys, signing
 
     root = small_bundle(tmp_path)
     k = keys.generate(tmp_path / "keys")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxguard import keys, sealing
+from onnxguard.trust import keys, sealing
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxguard import digest
+from onnxguard.bundle import digest
 from onnxguard.bundle import MANIFEST
 
 # The real entry point: the console script installed next to this interpreter.

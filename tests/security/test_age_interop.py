@@ -9,7 +9,8 @@ import sys
 import pytest
 from security_support import relist
 
-from onnxguard import bundle, sealing
+from onnxguard import bundle
+from onnxguard.trust import sealing
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(AGE is None, reason="the age command line is not installed (Debian package age)")

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from onnxguard import bundle, sealing
+from onnxguard import bundle
+from onnxguard.trust import sealing
 
 from security_support import MODEL_SIGNING
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from security_support import og, one_error
 
-from onnxguard import keys
+from onnxguard.trust import keys
 from onnxguard.errors import InputError
 
 

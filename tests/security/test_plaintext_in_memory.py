@@ -142,7 +142,7 @@ def test_library_open_never_opens_a_file_for_writing(sealed_copy, keyset, monkey
     import builtins
     import io
 
-    from onnxguard import sealing
+    from onnxguard.trust import sealing
 
     real_open, real_os_open = builtins.open, os.open
     refused = []

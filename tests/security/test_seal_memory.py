@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxguard import bundle, manifest
-from onnxguard.manifest import Manifest, Model, Source
+from onnxguard import bundle
+from onnxguard.bundle import manifest
+from onnxguard.bundle.manifest import Manifest, Model, Source
 
 SIZE_MB = 300
 

@@ -11,7 +11,10 @@ import pyrage
 import pytest
 from security_support import flip_byte, og, og_many, one_error, reference_verify, relist
 
-from onnxguard import bundle, digest, golden, parity, sealing, signing
+from onnxguard import bundle
+from onnxguard.bundle import digest, golden
+from onnxguard.accuracy import parity
+from onnxguard.trust import sealing, signing
 from onnxguard.bundle import SIGNATURE
 from onnxguard.errors import BundleError, InputError
 
@@ -33,7 +36,7 @@ def test_seal_in_place(built, bundle_copy, keyset):
     assert m.sealed.recipients == [keyset.recipient] and not m.sealed.passphrase and m.sealed.key_file is None
     assert m.sealed.files["golden.npz.age"].sha256 == digest.data(gold)
     assert built.marker.encode() not in (bundle_copy / "model.onnx.age").read_bytes()
-    with pytest.raises(BundleError, match="sealed.*open it in memory with onnxguard.sealing"):
+    with pytest.raises(BundleError, match="sealed.*open it in memory with onnxguard.trust.sealing"):
         b.model_bytes()
     with pytest.raises(BundleError, match="sealed"):
         b.golden()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from security_support import MODEL_SIGNING, env, flip_byte, og, og_many, one_error, reference_verify
 
-from onnxguard import sealing, signing
+from onnxguard.trust import sealing, signing
 from onnxguard.bundle import SIGNATURE
 from onnxguard.errors import BundleError, CheckFailed, InputError
 

@@ -8,7 +8,8 @@ import os
 import pytest
 from security_support import flip_byte, og, og_many, one_error, relist
 
-from onnxguard import golden, signing, verify
+from onnxguard.bundle import golden
+from onnxguard.trust import signing, verify
 from onnxguard.errors import InputError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxguard.golden import GoldenSet
+from onnxguard.bundle.golden import GoldenSet
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,8 @@ def tiny_text_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_onnx(tiny_text_dir, tmp_path_factory) -> Path:
     """The tiny DistilBERT exported with TorchScript (the graph onnxruntime's fusions recognise)."""
-    from onnxguard import convert, onnxfile
+    from onnxguard import convert
+    from onnxguard.model import onnxfile
     from onnxguard.convert import ConvertOptions
 
     path = tmp_path_factory.mktemp("hf_onnx") / "model.onnx"

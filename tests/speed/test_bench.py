@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from onnxguard import bench
+from onnxguard.speed import bench
 
 
 def test_bench_compare_runs_the_source_interleaved_and_writes_a_plot(cli, digits_bundle, tmp_path):

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import onnx
 
-from onnxguard import onnxfile, optimize
-from onnxguard.inspect import op_histogram
+from onnxguard.model import onnxfile
+from onnxguard.speed import optimize
+from onnxguard.model.info import op_histogram
 
 
 def test_fusions_on_a_transformer_declare_their_domain_and_leave_the_input_alone(tiny_text_onnx):

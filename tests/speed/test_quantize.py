@@ -6,7 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxguard import bundle, golden, onnxfile, optimize, quantize
+from onnxguard import bundle
+from onnxguard.bundle import golden
+from onnxguard.model import onnxfile
+from onnxguard.speed import optimize, quantize
 from onnxguard.errors import ModelError
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from onnxguard import browser, keys
+from onnxguard.target.web import browser
+from onnxguard.trust import keys
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +14,7 @@ def digits_bundle(tmp_path_factory):
     from onnxguard.build import BuildOptions
     from onnxguard.convert import ConvertOptions
     from onnxguard.examples import digits
-    from onnxguard.golden import GoldenSet
+    from onnxguard.bundle.golden import GoldenSet
 
     root = tmp_path_factory.mktemp("target-src")
     data = digits.load_data()

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from onnxguard import bundle, digest, parity, sealing
+from onnxguard import bundle
+from onnxguard.bundle import digest
+from onnxguard.accuracy import parity
+from onnxguard.trust import sealing
 
 
 @pytest.mark.parametrize("kind", ["mobile", "edge"])

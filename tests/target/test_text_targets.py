@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from onnxguard import browser
+from onnxguard.target.web import browser
 
 
 def test_distilbert_through_every_target(distilbert_bundle, cli, tmp_path, chromium):

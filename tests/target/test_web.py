@@ -9,7 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxguard import browser, bundle, digest, sealing
+from onnxguard.target.web import browser
+from onnxguard import bundle
+from onnxguard.bundle import digest
+from onnxguard.trust import sealing
 
 RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs", "ort/package.json"]
 
@@ -175,7 +178,7 @@ def test_page_repeats_the_golden_set_for_benchmarks(digits_web):
 
 
 def test_quickstart_says_why_it_skips_the_browser(digits_bundle, tmp_path, monkeypatch):
-    from onnxguard import quickstart
+    from onnxguard.examples import quickstart
 
     plain, _, k = digits_bundle
     monkeypatch.setattr(browser, "available", lambda: False)

@@ -11,8 +11,8 @@ import traceback
 
 import typer
 
-from .. import __version__
-from ..errors import OnnxguardError
+from onnxguard import __version__
+from onnxguard.errors import OnnxguardError
 
 app = typer.Typer(
     name="onnxguard",
@@ -39,7 +39,7 @@ def _root(
 
 
 # Registering the verbs: each module adds its command(s) to ``app``.
-from . import bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign, target, verify  # noqa: E402,F401,E501
+from onnxguard.cli import bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign, target, verify  # noqa: E402,F401,E501
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,13 +7,16 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .. import bench as bench_lib
-from .. import bundle, convert, golden, onnxfile, variants
-from ..convert import ConvertOptions
-from ..errors import InputError
-from ..golden import Batch
-from . import app, options, render
-from .variant_common import is_bundle
+from onnxguard.speed import bench as bench_lib
+from onnxguard import bundle, convert
+from onnxguard.bundle import golden
+from onnxguard.model import onnxfile
+from onnxguard.speed import select as variants
+from onnxguard.convert import ConvertOptions
+from onnxguard.errors import InputError
+from onnxguard.bundle.golden import Batch
+from onnxguard.cli import app, options, render
+from onnxguard.cli.variant_common import is_bundle
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

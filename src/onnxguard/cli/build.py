@@ -6,11 +6,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import build as build_lib
-from ..build import BuildResult
-from ..errors import InputError
-from ..variants import GATE, Selection
-from . import app, options, render
+from onnxguard import build as build_lib
+from onnxguard.build import BuildResult
+from onnxguard.errors import InputError
+from onnxguard.speed.select import GATE, Selection
+from onnxguard.cli import app, options, render
 
 _DT = options.DEFAULT_TOLERANCE
 
@@ -101,7 +101,7 @@ def candidates(sel: Selection) -> None:
 
 
 def _policy(path: Path | None, profile: str | None):
-    from .. import scan as scanner
+    from onnxguard import scan as scanner
 
     if path is not None:
         return scanner.load_policy(path, profile)

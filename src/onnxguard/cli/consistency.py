@@ -6,10 +6,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import bundle
-from .. import consistency as consistency_lib
-from ..errors import CheckFailed
-from . import app, options, render
+from onnxguard import bundle
+from onnxguard.accuracy import consistency as consistency_lib
+from onnxguard.errors import CheckFailed
+from onnxguard.cli import app, options, render
 
 
 @app.command()
@@ -23,7 +23,7 @@ def consistency(
     """Run the golden set through every variant and target; exit 1 when any drifts past its thresholds."""
     ids = None
     if identity is not None:
-        from .. import sealing
+        from onnxguard.trust import sealing
 
         ids = sealing.identities(identity)
     report = consistency_lib.check(bundle.read(source), list(targets or ()), ids)

@@ -5,9 +5,9 @@ from typing import Annotated
 
 import typer
 
-from .. import convert as convert_lib
-from .. import onnxfile
-from . import app, options, render
+from onnxguard import convert as convert_lib
+from onnxguard.model import onnxfile
+from onnxguard.cli import app, options, render
 
 
 @app.command()

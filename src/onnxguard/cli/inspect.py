@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from .. import inspect as inspect_lib
-from . import app, options, render
+from onnxguard.model import info as inspect_lib
+from onnxguard.cli import app, options, render
 
 
 @app.command()
@@ -19,7 +19,7 @@ def inspect(
     """Opset, IR version, producer, inputs and outputs, op histogram, parameters, size, metadata."""
     ids = None
     if identity is not None:
-        from .. import sealing
+        from onnxguard.trust import sealing
 
         ids = sealing.identities(identity)
     info = inspect_lib.inspect(path, ids)

@@ -6,12 +6,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import optimize as optimize_lib
-from ..manifest import Step
-from . import app, options, render
+from onnxguard.speed import optimize as optimize_lib
+from onnxguard.bundle.manifest import Step
+from onnxguard.cli import app, options, render
 
 _DT = options.DEFAULT_TOLERANCE
-from .variant_common import finish, load_model
+from onnxguard.cli.variant_common import finish, load_model
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
 Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails the accuracy gate (recorded).")]

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..convert import ConvertOptions
-from ..errors import InputError
-from ..parity import Tolerance
+from onnxguard.convert import ConvertOptions
+from onnxguard.errors import InputError
+from onnxguard.accuracy.parity import Tolerance
 
 Opset = Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's, 18).")]
 Exporter = Annotated[str, typer.Option("--exporter", help="PyTorch exporter: auto (dynamo, then TorchScript), dynamo, torchscript.")]
@@ -50,7 +50,7 @@ def tolerance(atol: float, rtol: float, min_cosine: float, min_agreement: float)
 
 
 def gate(min_cosine: float, min_agreement: float) -> Tolerance:
-    from ..variants import GATE
+    from onnxguard.speed.select import GATE
 
     return tolerance(GATE.atol, GATE.rtol, min_cosine, min_agreement)
 

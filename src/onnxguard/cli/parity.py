@@ -5,12 +5,14 @@ from typing import Annotated
 
 import typer
 
-from .. import bundle, convert, golden, onnxfile
-from .. import parity as parity_lib
-from ..errors import CheckFailed, InputError
-from ..golden import GoldenSet
-from ..progress import Event
-from . import app, options, render
+from onnxguard import bundle, convert
+from onnxguard.bundle import golden
+from onnxguard.model import onnxfile
+from onnxguard.accuracy import parity as parity_lib
+from onnxguard.errors import CheckFailed, InputError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.progress import Event
+from onnxguard.cli import app, options, render
 
 _DT = options.DEFAULT_TOLERANCE
 

@@ -5,14 +5,14 @@ from typing import Annotated
 
 import typer
 
-from .. import golden
-from .. import quantize as quantize_lib
-from ..errors import InputError
-from ..manifest import Step
-from ..variants import GATE
-from . import app, options, render
-from .optimize import Force, GoldenRefs, Overwrite
-from .variant_common import finish, load_model
+from onnxguard.bundle import golden
+from onnxguard.speed import quantize as quantize_lib
+from onnxguard.errors import InputError
+from onnxguard.bundle.manifest import Step
+from onnxguard.speed.select import GATE
+from onnxguard.cli import app, options, render
+from onnxguard.cli.optimize import Force, GoldenRefs, Overwrite
+from onnxguard.cli.variant_common import finish, load_model
 
 
 def _calibration(path: Path | None, parent) -> tuple:
@@ -24,7 +24,7 @@ def _calibration(path: Path | None, parent) -> tuple:
         return golden.load(path).inputs
     if parent is None or parent.manifest.preprocessing is None:
         raise InputError(f"{path}: a texts file needs a bundle with a tokenizer; give an .npz for an .onnx model")
-    from ..convert.hf import tokenize_with_bundle
+    from onnxguard.convert.hf import tokenize_with_bundle
 
     return tuple(tokenize_with_bundle(parent, golden.read_texts(path)))
 

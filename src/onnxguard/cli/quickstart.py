@@ -6,11 +6,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import inspect as inspect_lib
-from .. import quickstart as quickstart_lib
-from . import app, render
-from .build import candidates, summary
-from .consistency import show as show_consistency
+from onnxguard.model import info as inspect_lib
+from onnxguard.examples import quickstart as quickstart_lib
+from onnxguard.cli import app, render
+from onnxguard.cli.build import candidates, summary
+from onnxguard.cli.consistency import show as show_consistency
 
 
 @app.command()

@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..inspect import ModelInfo
-from ..parity import ParityReport
-from ..progress import Event
+from onnxguard.model.info import ModelInfo
+from onnxguard.accuracy.parity import ParityReport
+from onnxguard.progress import Event
 
 out = Console(highlight=False)
 if not out.is_terminal:

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from .. import scan as scan_lib
-from .. import sealing, signing
-from ..errors import CheckFailed, InputError
-from ..scan import formats, policy as policy_lib
-from ..scan.interface import Severity
-from . import app, render
+from onnxguard import scan as scan_lib
+from onnxguard.trust import sealing, signing
+from onnxguard.errors import CheckFailed, InputError
+from onnxguard.scan import formats, policy as policy_lib
+from onnxguard.scan.interface import Severity
+from onnxguard.cli import app, render
 
 SEVERITIES = tuple(s.label for s in Severity)
 

@@ -5,10 +5,10 @@ from typing import Annotated
 
 import typer
 
-from .. import sealing
-from ..errors import InputError
-from . import app, options, render
-from .sign import env_secret
+from onnxguard.trust import sealing
+from onnxguard.errors import InputError
+from onnxguard.cli import app, options, render
+from onnxguard.cli.sign import env_secret
 
 PassphraseEnv = Annotated[str | None, typer.Option("--passphrase-env", help="Name of the environment variable "
                                                    "holding the passphrase.")]

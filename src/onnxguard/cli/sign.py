@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from .. import signing
-from ..errors import InputError
-from . import app, options, render
+from onnxguard.trust import signing
+from onnxguard.errors import InputError
+from onnxguard.cli import app, options, render
 
 
 def env_secret(var: str | None, option: str) -> str | None:

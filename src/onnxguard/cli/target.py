@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import bundle
-from .. import target as target_lib
-from . import app, render
+from onnxguard import bundle
+from onnxguard import target as target_lib
+from onnxguard.cli import app, render
 
 
 @app.command()
@@ -22,7 +22,7 @@ def target(
     """The bundle's model for a phone, a small board or a browser, with its golden set and provenance."""
     ids = None
     if identity is not None:
-        from .. import sealing
+        from onnxguard.trust import sealing
 
         ids = sealing.identities(identity)
     parent = bundle.read(source)

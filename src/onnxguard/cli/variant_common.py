@@ -6,12 +6,15 @@ from pathlib import Path
 
 import onnx
 
-from .. import bundle, golden, onnxfile, variants
-from ..errors import CheckFailed, InputError
-from ..golden import GoldenSet
-from ..manifest import Step
-from ..parity import Tolerance
-from . import render
+from onnxguard import bundle
+from onnxguard.bundle import golden
+from onnxguard.model import onnxfile
+from onnxguard.speed import select as variants
+from onnxguard.errors import CheckFailed, InputError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.manifest import Step
+from onnxguard.accuracy.parity import Tolerance
+from onnxguard.cli import render
 
 
 def is_bundle(path: Path) -> bool:

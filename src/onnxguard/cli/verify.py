@@ -7,12 +7,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import verify as verify_lib
-from ..errors import CheckFailed, InputError
-from . import app, options, render
-from .consistency import show
-from .seal import PassphraseEnv
-from .sign import env_secret
+from onnxguard.trust import verify as verify_lib
+from onnxguard.errors import CheckFailed, InputError
+from onnxguard.cli import app, options, render
+from onnxguard.cli.consistency import show
+from onnxguard.cli.seal import PassphraseEnv
+from onnxguard.cli.sign import env_secret
 
 
 def _print(report: verify_lib.VerifyReport) -> None:
@@ -67,8 +67,9 @@ def verify(
                                    sigstore_identity, sigstore_issuer, progress)
     drift = None
     if target and report.passed:
-        from .. import bundle as bundle_lib
-        from .. import consistency, sealing
+        from onnxguard import bundle as bundle_lib
+        from onnxguard.accuracy import consistency
+        from onnxguard.trust import sealing
 
         ids = sealing.identities(identity) if identity is not None else None
         drift = consistency.check(bundle_lib.read(bundle), list(target), ids)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import onnx
 
-from ..progress import Event, Progress, silent
-from .interface import ConversionError, ConvertOptions, Exported, Source
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported, Source
 
 __all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata"]
 
@@ -73,18 +73,18 @@ def load(spec: str, options: ConvertOptions = ConvertOptions()) -> Source:
     kind = detect(spec)
     try:
         if kind == "torch-module":
-            from . import torch as torch_source
+            from onnxguard.convert import pytorch as torch_source
 
             return torch_source.load_module(spec, options)
         if kind == "torch-program":
-            from . import torch as torch_source
+            from onnxguard.convert import pytorch as torch_source
 
             return torch_source.load_program(Path(spec), options)
         if kind == "transformers":
-            from . import hf
+            from onnxguard.convert import hf
 
             return hf.load(spec, options)
-        from . import sklearn as sklearn_source
+        from onnxguard.convert import sklearn as sklearn_source
 
         return sklearn_source.load(Path(spec), options)
     except ModuleNotFoundError as e:

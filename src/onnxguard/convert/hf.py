@@ -23,11 +23,11 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from ..golden import Batch
-from ..parity import SCORES, VALUES
-from ..progress import Progress
-from .interface import ConversionError, ConvertOptions, Exported
-from .torch import InputSpec, export_module
+from onnxguard.bundle.golden import Batch
+from onnxguard.accuracy.parity import SCORES, VALUES
+from onnxguard.progress import Progress
+from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
+from onnxguard.convert.pytorch import InputSpec, export_module
 
 TASKS = ("text-classification", "feature-extraction")
 POOLINGS = ("mean", "cls")

@@ -13,9 +13,9 @@ from typing import Protocol
 
 import onnx
 
-from ..errors import ConversionError
-from ..golden import Batch
-from ..progress import Progress
+from onnxguard.errors import ConversionError
+from onnxguard.bundle.golden import Batch
+from onnxguard.progress import Progress
 
 __all__ = ["ConversionError", "ConvertOptions", "Exported", "Source"]
 

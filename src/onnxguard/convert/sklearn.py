@@ -22,10 +22,10 @@ import sklearn
 import skl2onnx
 from skl2onnx.common.data_types import FloatTensorType
 
-from ..golden import Batch
-from ..parity import LABELS, SCORES, VALUES
-from ..progress import Event, Progress
-from .interface import ConversionError, ConvertOptions, Exported
+from onnxguard.bundle.golden import Batch
+from onnxguard.accuracy.parity import LABELS, SCORES, VALUES
+from onnxguard.progress import Event, Progress
+from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 
 DEFAULT_OPSET = 18
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..progress import Event, Progress, silent
+from onnxguard.progress import Event, Progress, silent
 
 LABELS = [str(i) for i in range(10)]
 

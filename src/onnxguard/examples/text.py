@@ -55,7 +55,7 @@ def save_random_model(path: str | Path, arch: str = "distilbert", size: str = "t
         raise ValueError(f"unknown architecture {arch!r}")
     torch.manual_seed(seed)
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
-    from ..convert.hf import no_progress_bars
+    from onnxguard.convert.hf import no_progress_bars
 
     with no_progress_bars():
         auto.from_config(config).eval().save_pretrained(path)

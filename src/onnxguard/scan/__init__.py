@@ -16,15 +16,15 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .. import bundle as bundle_lib
-from ..errors import BundleError, InputError
-from ..progress import Event, Progress, silent
-from .checks import ALL_CHECKS, CHECK_ERROR
-from .checks.external_data import resolve
-from .checks.file import HEAD_BYTES
-from .interface import BundleView, Check, Finding, Location, ScanContext, ScanReport, Severity
-from .policy import Policy, for_profile
-from .policy import load as load_policy
+from onnxguard import bundle as bundle_lib
+from onnxguard.errors import BundleError, InputError
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.scan.checks import ALL_CHECKS, CHECK_ERROR
+from onnxguard.scan.checks.external_data import resolve
+from onnxguard.scan.checks.file import HEAD_BYTES
+from onnxguard.scan.interface import BundleView, Check, Finding, Location, ScanContext, ScanReport, Severity
+from onnxguard.scan.policy import Policy, for_profile
+from onnxguard.scan.policy import load as load_policy
 
 __all__ = ["ALL_CHECKS", "Check", "Finding", "Location", "Policy", "ScanReport", "Severity", "for_profile",
            "load_policy", "scan"]
@@ -95,8 +95,8 @@ def _scan_sealed(root: Path, rel: str, identity, policy: Policy, checks: tuple[C
     if identity is None:
         return [Finding("scan.sealed", Severity.INFO, f"{rel} is sealed: the model itself was not scanned (give the "
                         "age identity to scan it in memory)", Location(str(root / rel)))]
-    from .. import bundle as bundle_mod
-    from .. import sealing
+    from onnxguard import bundle as bundle_mod
+    from onnxguard.trust import sealing
 
     data = sealing.open_model(bundle_mod.read(root), identity)
     ctx = _context(data, str(root / rel), policy, root.absolute(), len(data))

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import onnx
 
-    from ..manifest import Manifest
-    from .policy import Policy
+    from onnxguard.bundle.manifest import Manifest
+    from onnxguard.scan.policy import Policy
 
 # Names taken from a model are shown quoted and cut to this length, so a hostile name cannot flood a report.
 NAME_SHOWN = 80

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..errors import InputError
+from onnxguard.errors import InputError
 
 # --- security limits: each one answers a threat -------------------------------------------------------------
 

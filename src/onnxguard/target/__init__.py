@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import bundle, sealing
-from ..bundle import Bundle
-from ..errors import InputError
-from ..progress import Progress, silent
-from .interface import TARGET_FORMAT, TargetResult
+from onnxguard import bundle
+from onnxguard.trust import sealing
+from onnxguard.bundle import Bundle
+from onnxguard.errors import InputError
+from onnxguard.progress import Progress, silent
+from onnxguard.target.interface import TARGET_FORMAT, TargetResult
 
 KINDS = ("mobile", "edge", "web")
 
@@ -37,9 +38,9 @@ def make(parent: Bundle, kind: str, out: str | os.PathLike[str], identity=None, 
     if golden.references is None:
         raise InputError(f"{parent.path}: the golden set has no reference outputs to check the target against")
     if kind == "web":
-        from . import web
+        from onnxguard.target import web
 
         return web.make(parent, data, golden, out, overwrite, progress)
-    from . import ortformat
+    from onnxguard.target import ortformat
 
     return ortformat.make(parent, data, golden, kind, out, overwrite, progress)

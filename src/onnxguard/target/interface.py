@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import bundle, digest
-from ..bundle import Bundle
-from ..parity import ParityReport
+from onnxguard import bundle
+from onnxguard.bundle import digest
+from onnxguard.bundle import Bundle
+from onnxguard.accuracy.parity import ParityReport
 
 TARGET_FORMAT = "onnxguard-target/1"
 

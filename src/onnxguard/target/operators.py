@@ -14,7 +14,7 @@ import functools
 
 import onnx
 
-from ..errors import InputError
+from onnxguard.errors import InputError
 
 # Domains a stock ONNX Runtime build (native or WASM) has kernels for; "" is ai.onnx.
 STANDARD_DOMAINS = ("", "ai.onnx.ml", "com.microsoft")

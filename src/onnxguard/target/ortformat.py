@@ -21,15 +21,18 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .. import bundle, digest, onnxfile, parity
-from ..consistency import kind_of
-from ..bundle import Bundle
-from ..errors import CheckFailed, ModelError
-from ..golden import GoldenSet
-from ..parity import Tolerance
-from ..progress import Event, Progress
-from . import operators
-from .interface import TARGET_FORMAT, TargetResult, provenance
+from onnxguard import bundle
+from onnxguard.bundle import digest
+from onnxguard.model import onnxfile
+from onnxguard.accuracy import parity
+from onnxguard.accuracy.consistency import kind_of
+from onnxguard.bundle import Bundle
+from onnxguard.errors import CheckFailed, ModelError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.accuracy.parity import Tolerance
+from onnxguard.progress import Event, Progress
+from onnxguard.target import operators
+from onnxguard.target.interface import TARGET_FORMAT, TargetResult, provenance
 
 PLATFORM = {"mobile": "arm", "edge": None}
 FILES = {"Fixed": "model.ort", "Runtime": "model.with_runtime_opt.ort"}

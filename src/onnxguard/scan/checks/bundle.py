@@ -15,9 +15,9 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ... import digest
-from ...bundle import MANIFEST, SIGNATURE, UNLISTED
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.bundle import digest
+from onnxguard.bundle import MANIFEST, SIGNATURE, UNLISTED
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
 
 
 def entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -131,7 +131,7 @@ class Signature(BaseCheck):
 
     def verify(self, root: Path, public_key: bytes) -> bool:
         """True when the bundle's OpenSSF signature verifies with ``public_key`` (PEM)."""
-        from ... import signing
+        from onnxguard.trust import signing
 
         return signing.verify(root, public_key).passed
 

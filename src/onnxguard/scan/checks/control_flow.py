@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity
-from ..policy import CONTROL_FLOW_OPS, STANDARD_DOMAINS
-from ..walk import bodies
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity
+from onnxguard.scan.policy import CONTROL_FLOW_OPS, STANDARD_DOMAINS
+from onnxguard.scan.walk import bodies
 
 
 class Nesting(BaseCheck):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..policy import ALLOWED_DOMAINS, RUNTIME_DOMAINS
-from ..walk import bodies, node_label
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.policy import ALLOWED_DOMAINS, RUNTIME_DOMAINS
+from onnxguard.scan.walk import bodies, node_label
 
 
 def local_functions(ctx: ScanContext) -> set[tuple[str, str]]:

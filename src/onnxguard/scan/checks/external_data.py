@@ -17,10 +17,10 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import onnx
 
-from .. import tensors
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..policy import EXTERNAL_DATA_CVES
-from ..walk import StoredTensor, stored_tensors
+from onnxguard.scan import tensors
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.policy import EXTERNAL_DATA_CVES
+from onnxguard.scan.walk import StoredTensor, stored_tensors
 
 CVES = ", ".join(EXTERNAL_DATA_CVES[:3]) + " and later"
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import onnx
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity
-from . import external_data
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity
+from onnxguard.scan.checks import external_data
 
 # Leading bytes of formats that are often passed off as a model. A pickle runs code when loaded, archives
 # may hold anything (including pickles: torch.save writes a zip).

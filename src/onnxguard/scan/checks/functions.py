@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import onnx
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..policy import STANDARD_DOMAINS
-from ..walk import bodies, function_key
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.policy import STANDARD_DOMAINS
+from onnxguard.scan.walk import bodies, function_key
 
 Key = tuple[str, str, str]
 

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 
 import onnx
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..walk import Body, bodies, node_label, subgraphs, visible
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.walk import Body, bodies, node_label, subgraphs, visible
 
 
 def free_names(graph: onnx.GraphProto) -> set[str]:

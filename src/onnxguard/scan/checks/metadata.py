@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 import onnx
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
 
 # Whitespace that free text such as doc strings legitimately holds.
 TEXT_WHITESPACE = "\t\n\r"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..walk import bodies, node_label
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.walk import bodies, node_label
 
 
 def matches(entries: tuple[str, ...], domain: str, op_type: str) -> bool:

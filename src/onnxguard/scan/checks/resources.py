@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import tensors
-from ..interface import BaseCheck, Finding, ScanContext, Severity, quote
-from ..walk import Body, bodies, node_label, stored_tensors
+from onnxguard.scan import tensors
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
+from onnxguard.scan.walk import Body, bodies, node_label, stored_tensors
 
 # Constants larger than this are never shape arguments; they are not converted to arrays.
 SHAPE_ARGUMENT_MAX_ELEMENTS = 4096

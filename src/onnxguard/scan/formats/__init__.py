@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..interface import ScanReport
-from . import json, sarif, text
+from onnxguard.scan.interface import ScanReport
+from onnxguard.scan.formats import json_format as json, sarif, text
 
 FORMATS = ("text", "json", "sarif")
 

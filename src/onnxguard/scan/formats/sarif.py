@@ -11,8 +11,8 @@ import json
 import urllib.parse
 from pathlib import Path
 
-from ... import __version__
-from ..interface import Finding, ScanReport, Severity
+from onnxguard import __version__
+from onnxguard.scan.interface import Finding, ScanReport, Severity
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 LEVELS = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",

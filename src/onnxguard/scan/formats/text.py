@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..interface import ScanReport, Severity, printable
+from onnxguard.scan.interface import ScanReport, Severity, printable
 
 STYLES = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan",
           Severity.INFO: "dim"}

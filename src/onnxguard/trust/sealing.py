@@ -35,13 +35,13 @@ from pathlib import Path
 
 import pyrage
 
-from . import bundle as bundle_lib
-from . import digest, golden
-from .bundle import MANIFEST, SIGNATURE, Bundle
-from .errors import BundleError, InputError
-from .golden import GoldenSet
-from .manifest import File, Manifest, Sealed, SealedFile
-from .progress import Event, Progress, silent
+from onnxguard import bundle as bundle_lib
+from onnxguard.bundle import digest, golden
+from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle
+from onnxguard.errors import BundleError, InputError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.manifest import File, Manifest, Sealed, SealedFile
+from onnxguard.progress import Event, Progress, silent
 
 PathLike = str | os.PathLike[str]
 SUFFIX = ".age"
@@ -419,7 +419,7 @@ def open_golden(source: Bundle | PathLike, identity: IdentitySource = None, pass
 def load_session(source: Bundle | PathLike, identity: IdentitySource = None, passphrase: str | None = None,
                  threads: int = 0):
     """An ONNX Runtime CPU session over the bundle's model, built from bytes in memory."""
-    from . import parity
+    from onnxguard.accuracy import parity
 
     return parity.session(open_model(source, identity, passphrase), threads)
 

@@ -25,8 +25,8 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .errors import InputError
-from .manifest import now
+from onnxguard.errors import InputError
+from onnxguard.bundle.manifest import now
 
 PRIVATE_KEY = "signing-key.pem"
 PUBLIC_KEY = "signing-key.pub.pem"

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import onnxfile
-from .errors import ModelError
-from .golden import Batch
-from .progress import Event, Progress, silent
+from onnxguard.model import onnxfile
+from onnxguard.errors import ModelError
+from onnxguard.bundle.golden import Batch
+from onnxguard.progress import Event, Progress, silent
 
 MODES = ("dynamic", "static", "fp16")
 METHODS = ("minmax", "entropy", "percentile")

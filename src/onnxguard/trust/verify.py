@@ -25,13 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bundle as bundle_lib
-from . import digest, parity, sealing, signing
-from .bundle import MANIFEST, UNLISTED
-from .errors import BundleError, InputError, ModelError
-from .manifest import Manifest
-from .parity import ParityReport, Tolerance
-from .progress import Event, Progress, silent
+from onnxguard import bundle as bundle_lib
+from onnxguard.bundle import digest
+from onnxguard.accuracy import parity
+from onnxguard.trust import sealing, signing
+from onnxguard.bundle import MANIFEST, UNLISTED
+from onnxguard.errors import BundleError, InputError, ModelError
+from onnxguard.bundle.manifest import Manifest
+from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.progress import Event, Progress, silent
 
 PathLike = str | os.PathLike[str]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from onnxguard.errors import InputError
 
 Batch = dict[str, np.ndarray]
 _KEY = re.compile(r"^b(\d+):(in|out):(.+)$")

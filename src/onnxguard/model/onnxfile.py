@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import InputError, ModelError
+from onnxguard.errors import InputError, ModelError
 
 # Protobuf cannot serialise a message of 2 GiB or more; larger models must use external data.
 PROTOBUF_LIMIT = 2**31 - 1

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .errors import InputError, ModelError
+from onnxguard.errors import InputError, ModelError
 
 # Without the background-networking flags Chromium opens connections that a closed network refuses, many at
 # a time, and looks up Google's hosts at every start. Root (as in CI containers) needs --no-sandbox.

@@ -23,10 +23,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from . import onnxfile
-from .errors import ModelError
-from .inspect import graphs, op_histogram
-from .progress import Event, Progress, silent
+from onnxguard.model import onnxfile
+from onnxguard.errors import ModelError
+from onnxguard.model.info import graphs, op_histogram
+from onnxguard.progress import Event, Progress, silent
 
 LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import onnx
 
-from . import bench, bundle, parity
-from .bundle import Bundle
-from .errors import CheckFailed
-from .golden import Batch, GoldenSet
-from .manifest import Step
-from .parity import ParityReport, Tolerance
-from .progress import Event, Progress, silent
+from onnxguard.speed import bench
+from onnxguard import bundle
+from onnxguard.accuracy import parity
+from onnxguard.bundle import Bundle
+from onnxguard.errors import CheckFailed
+from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.bundle.manifest import Step
+from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.progress import Event, Progress, silent
 
 # Defaults for the gate on quantized variants: they may move numbers, not answers. FP32 variants (fused,
 # optimized, re-exported) must keep the strict parity of the export: a fused graph that is exact on
@@ -132,7 +134,7 @@ def derive(parent: Bundle, model: onnx.ModelProto, step: Step, report: ParityRep
            forced: bool = False, overwrite: bool = False) -> Bundle:
     """A new bundle holding ``model`` in place of the parent's, with the parent's golden set and assets,
     the step appended to the manifest, and ``report`` (the gate against the source) as its parity."""
-    from .build import parity_summary
+    from onnxguard.build import parity_summary
 
     m = parent.manifest
     data = model.SerializeToString()

@@ -8,15 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import browser, build, consistency, keys, onnxfile, quantize, sealing, target, verify
-from .build import BuildOptions, BuildResult
-from .consistency import ConsistencyReport
-from .errors import InputError
-from .convert import ConvertOptions
-from .golden import GoldenSet
-from .keys import KeyPaths
-from .progress import Event, Progress, silent
-from .verify import VerifyReport
+from onnxguard.target.web import browser
+from onnxguard import build, target
+from onnxguard.accuracy import consistency
+from onnxguard.trust import keys, sealing, verify
+from onnxguard.model import onnxfile
+from onnxguard.speed import quantize
+from onnxguard.build import BuildOptions, BuildResult
+from onnxguard.accuracy.consistency import ConsistencyReport
+from onnxguard.errors import InputError
+from onnxguard.convert import ConvertOptions
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.trust.keys import KeyPaths
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.trust.verify import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class QuickstartResult:
 
 
 def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
-    from .examples import digits
+    from onnxguard.examples import digits
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

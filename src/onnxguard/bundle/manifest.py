@@ -1,7 +1,7 @@
 """The bundle manifest (``manifest.json``), format ``onnxguard-bundle/1``: the wire format, in pydantic.
 
 The JSON Schema shipped in ``schemas/manifest-1.schema.json`` is generated from these models
-(``python -m onnxguard.manifest > src/onnxguard/schemas/manifest-1.schema.json``); a test keeps the two equal.
+(``python -m onnxguard.bundle.manifest > src/onnxguard/schemas/manifest-1.schema.json``); a test keeps the two equal.
 Readers in other languages validate against that file.
 """
 

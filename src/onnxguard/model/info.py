@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 
-from . import onnxfile
-from .onnxfile import TensorSpec
+from onnxguard.model import onnxfile
+from onnxguard.model.onnxfile import TensorSpec
 
 STANDARD_DOMAIN = "ai.onnx"
 
@@ -113,7 +113,7 @@ def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> Mode
 
 def _sealed(b) -> ModelInfo:
     """What the manifest says of a sealed model that is not decrypted: no graph statistics."""
-    from .onnxfile import TensorSpec as Spec
+    from onnxguard.model.onnxfile import TensorSpec as Spec
 
     m = b.manifest.model
     return ModelInfo(str(b.model_path), m.size, m.ir_version, m.opset, m.producer,
@@ -130,13 +130,13 @@ def inspect(path: str | os.PathLike[str], identity=None) -> ModelInfo:
     """
     p = Path(path)
     if p.is_dir():
-        from . import bundle
+        from onnxguard import bundle
 
         b = bundle.read(p)
         if b.manifest.sealed is None:
             info = inspect(b.model_path)
         elif identity is not None:
-            from . import sealing
+            from onnxguard.trust import sealing
 
             data = sealing.open_model(b, identity)
             info = describe(onnxfile.parse(data, str(b.model_path)), str(b.model_path), len(data))

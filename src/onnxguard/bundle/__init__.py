@@ -29,10 +29,10 @@ import jsonschema
 import onnx
 from pydantic import ValidationError
 
-from . import digest, golden
-from .errors import BundleError, InputError
-from .golden import GoldenSet
-from .manifest import File, Manifest
+from onnxguard.bundle import digest, golden
+from onnxguard.errors import BundleError, InputError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.manifest import File, Manifest
 
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -59,7 +59,7 @@ class Bundle:
     def _refuse_sealed(self, what: str) -> None:
         if self.sealed:
             raise BundleError(f"{self.path}: the bundle is sealed, its {what} is age-encrypted; open it in memory with "
-                              "onnxguard.sealing (open_model, open_golden, load_session) and an identity, "
+                              "onnxguard.trust.sealing (open_model, open_golden, load_session) and an identity, "
                               "or `onnxguard unseal` it to a new directory")
 
     def model_bytes(self) -> bytes:

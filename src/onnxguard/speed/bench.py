@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import InputError
-from .golden import Batch
-from .progress import Event, Progress, silent
+from onnxguard.errors import InputError
+from onnxguard.bundle.golden import Batch
+from onnxguard.progress import Event, Progress, silent
 
 
 @dataclass(frozen=True)

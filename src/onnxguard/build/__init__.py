@@ -17,17 +17,21 @@ from pathlib import Path
 
 import onnx
 
-from . import __version__, bundle, convert, digest, golden, onnxfile, optimize, parity, quantize, variants
-from . import scan as scanner
-from .bundle import Bundle
-from .convert import ConvertOptions, Source
-from .errors import CheckFailed, ConversionError, InputError, ModelError
-from .golden import GoldenSet
-from .manifest import Golden, Manifest, Model, Parity, Step, Tensor, now
-from .manifest import Source as SourceInfo
-from .parity import ParityReport, Tolerance
-from .progress import Event, Progress, silent
-from .variants import GATE, Candidate, Selection
+from onnxguard import __version__, bundle, convert
+from onnxguard.bundle import digest, golden
+from onnxguard.model import onnxfile
+from onnxguard.speed import optimize, quantize, select as variants
+from onnxguard.accuracy import parity
+from onnxguard import scan as scanner
+from onnxguard.bundle import Bundle
+from onnxguard.convert import ConvertOptions, Source
+from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.manifest import Golden, Manifest, Model, Parity, Step, Tensor, now
+from onnxguard.bundle.manifest import Source as SourceInfo
+from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.speed.select import GATE, Candidate, Selection
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,7 @@ def stage_seal(state: BuildState) -> str:
     """Encrypt the model and golden set at rest (age): before signing, so the signature covers the ciphertext."""
     if not state.options.recipients:
         return "skipped (no --recipient)"
-    from . import sealing
+    from onnxguard.trust import sealing
 
     result = sealing.seal(state.staging, state.options.recipients, progress=state.progress)
     state.bundle = bundle.read(state.staging)
@@ -299,7 +303,7 @@ def stage_sign(state: BuildState) -> str:
     """Sign every file of the bundle (OpenSSF model signing); verifiable without any decryption key."""
     if state.options.sign_key is None:
         return "skipped (no --sign-key)"
-    from . import signing
+    from onnxguard.trust import signing
 
     signing.sign(state.staging, state.options.sign_key, state.options.sign_password, progress=state.progress)
     return f"{bundle.SIGNATURE} over {len(state.bundle.manifest.files) + 1} files"

@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 import torch
 
-from ..golden import Batch
-from ..parity import SCORES, VALUES
-from ..progress import Event, Progress
-from .interface import ConversionError, ConvertOptions, Exported
+from onnxguard.bundle.golden import Batch
+from onnxguard.accuracy.parity import SCORES, VALUES
+from onnxguard.progress import Event, Progress
+from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")

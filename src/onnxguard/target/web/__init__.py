@@ -21,14 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import bundle, digest, onnxfile
-from ..bundle import Bundle
-from ..consistency import THRESHOLDS, kind_of
-from ..errors import InputError
-from ..golden import Batch, GoldenSet
-from ..progress import Event, Progress
-from . import operators
-from .interface import TARGET_FORMAT, TargetResult, provenance
+from onnxguard import bundle
+from onnxguard.bundle import digest
+from onnxguard.model import onnxfile
+from onnxguard.bundle import Bundle
+from onnxguard.accuracy.consistency import THRESHOLDS, kind_of
+from onnxguard.errors import InputError
+from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.progress import Event, Progress
+from onnxguard.target import operators
+from onnxguard.target.interface import TARGET_FORMAT, TargetResult, provenance
 
 HERE = Path(__file__).parent / "web"
 PAGE = ("index.html", "app.mjs")

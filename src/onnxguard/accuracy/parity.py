@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import InputError, ModelError
-from .golden import Batch, GoldenSet
+from onnxguard.errors import InputError, ModelError
+from onnxguard.bundle.golden import Batch, GoldenSet
 
 # Output roles: how an output is judged.
 SCORES = "scores"  # logits or probabilities over classes: label agreement is argmax over the last axis

@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import bundle
-from .bundle import SIGNATURE
-from .errors import CheckFailed, InputError, OnnxguardError
-from .progress import Event, Progress, silent
+from onnxguard import bundle
+from onnxguard.bundle import SIGNATURE
+from onnxguard.errors import CheckFailed, InputError, OnnxguardError
+from onnxguard.progress import Event, Progress, silent
 
 PathLike = str | os.PathLike[str]
 KEY = "key"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..interface import ScanReport
+from onnxguard.scan.interface import ScanReport
 
 
 def render(report: ScanReport) -> str:

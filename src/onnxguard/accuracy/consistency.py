@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import bundle, onnxfile, parity, sealing
-from .bundle import Bundle
-from .errors import InputError
-from .golden import Batch, GoldenSet
-from .parity import SCORES
+from onnxguard import bundle
+from onnxguard.model import onnxfile
+from onnxguard.accuracy import parity
+from onnxguard.trust import sealing
+from onnxguard.bundle import Bundle
+from onnxguard.errors import InputError
+from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.accuracy.parity import SCORES
 
 INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
             "QLinearConv", "QLinearMatMul", "QAttention", "MatMulIntegerToFloat"}
@@ -115,8 +118,8 @@ def on_cpu(data: bytes) -> Runner:
 def in_browser(directory: Path) -> Runner:
     """Run a web target's page in headless Chromium; the page runs the golden set it was made with."""
     def run(golden: GoldenSet) -> tuple[list[Batch], float]:
-        from . import browser
-        from .target import web
+        from onnxguard.target.web import browser
+        from onnxguard.target import web
 
         if (directory / "golden.json").read_text() != web.golden_text(golden):
             raise InputError(f"{directory / 'golden.json'}: not this bundle's golden set; make the target again from it")
