@@ -40,7 +40,7 @@ def hook(event, args):
 
 sys.addaudithook(hook)
 import numpy as np
-from onnxguard import sealing
+from onnxguard.trust import sealing
 if mode == "load":
     sess = sealing.load_session(bundle_dir, identity)
     inp = sess.get_inputs()[0]

@@ -19,7 +19,7 @@ SIZE_MB = 300
 CHILD = r"""
 import json, sys, time
 import pyrage
-from onnxguard import sealing
+from onnxguard.trust import sealing
 
 def peak():
     # VmHWM: this process's own peak RSS (ru_maxrss would carry the parent's high-water mark across exec)

@@ -17,11 +17,13 @@ build never leaves a half-written bundle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,23 +31,31 @@ import jsonschema
 import onnx
 from pydantic import ValidationError
 
-from onnxguard.bundle import digest, golden
-from onnxguard.errors import BundleError, InputError
+from onnxguard.bundle import digest, files, golden
+from onnxguard.bundle.files import MANIFEST, SIGNATURE, UNLISTED
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import File, Manifest
+from onnxguard.errors import BundleError, InputError, Remedy
 
-MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 GOLDEN = "golden.npz"
-SIGNATURE = "model.sig"
-# Files that are not listed in the manifest's ``files``: the manifest itself, and the signature over it.
-UNLISTED = (MANIFEST, SIGNATURE)
+
+__all__ = ["GOLDEN", "MANIFEST", "MODEL", "SIGNATURE", "UNLISTED", "Bundle", "parse_manifest", "read",
+           "read_manifest", "write"]
 
 
 @dataclass(frozen=True)
 class Bundle:
+    """A bundle whose every file matched its manifest when it was read, with the bytes that were hashed.
+
+    ``data`` holds each listed file's bytes exactly as read and hashed; nothing here reads the disk again.
+    ``digest`` is the sha256 of ``manifest.json`` as read: the bundle's identity, which its signature covers.
+    """
+
     path: Path
     manifest: Manifest
+    digest: str
+    data: Mapping[str, bytes] = field(repr=False)
 
     @property
     def model_path(self) -> Path:
@@ -58,82 +68,96 @@ class Bundle:
 
     def _refuse_sealed(self, what: str) -> None:
         if self.sealed:
-            raise BundleError(f"{self.path}: the bundle is sealed, its {what} is age-encrypted; open it in memory with "
-                              "onnxguard.trust.sealing (open_model, open_golden, load_session) and an identity, "
-                              "or `onnxguard unseal` it to a new directory")
+            raise BundleError(f"{self.path}: the bundle is sealed, its {what} is age-encrypted",
+                              hint="open it through onnxguard.trust.open_bundle with the age identity",
+                              remedy=Remedy.IDENTITY)
 
     def model_bytes(self) -> bytes:
+        """The model's bytes as hashed when the bundle was read (plain bundles only)."""
         self._refuse_sealed(f"model ({self.manifest.model.file})")
-        return self.model_path.read_bytes()
+        return bytes(self.data[self.manifest.model.file])
 
     def golden(self) -> GoldenSet:
+        """The golden set parsed from the bytes hashed when the bundle was read (plain bundles only)."""
         if self.manifest.golden is None:
             raise BundleError(f"{self.path}: the bundle has no golden set")
         self._refuse_sealed(f"golden set ({self.manifest.golden.file})")
-        return golden.load(self.path / self.manifest.golden.file)
+        return golden.from_bytes(self.data[self.manifest.golden.file], str(self.path / self.manifest.golden.file))
 
 
 def _schema() -> dict:
     return json.loads(resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text())
 
 
-def bundle_files(root: Path) -> dict[str, Path]:
-    """Every entry under ``root`` by POSIX relative path; a symlink anywhere is refused."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if p.is_symlink():
-                raise BundleError(f"{p}: is a symlink; a bundle holds only regular files")
-            if p.is_file():
-                found[rel] = p
-    return found
-
-
-def load_manifest(path: Path) -> Manifest:
-    mfile = path / MANIFEST
-    if not path.is_dir():
-        raise InputError(f"{path}: no such bundle directory")
-    if not mfile.is_file():
-        raise BundleError(f"{mfile}: missing; {path} is not a bundle (build one with `onnxguard build`)")
+def parse_manifest(data: bytes, where: Path) -> Manifest:
+    """A manifest from the bytes of ``manifest.json``: JSON, the shipped schema, then the pydantic model."""
     try:
-        data = json.loads(mfile.read_text(encoding="utf-8"))
+        parsed = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mfile}: not valid JSON ({e})") from e
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
+        raise BundleError(f"{where}: not valid JSON ({e})") from e
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(parsed))
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise BundleError(f"{mfile}: does not match the manifest schema at {where}: {error.message}")
+        at = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise BundleError(f"{where}: does not match the manifest schema at {at}: {error.message}")
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(parsed)
     except ValidationError as e:
-        raise BundleError(f"{mfile}: invalid manifest: {e.errors()[0]['msg']}") from e
+        raise BundleError(f"{where}: invalid manifest: {e.errors()[0]['msg']}") from e
+
+
+def read_manifest(path: Path) -> tuple[Manifest, str]:
+    """The manifest of the bundle at ``path`` and the sha256 of its bytes, read once (``InputError`` when
+    ``path`` is no bundle directory; ``BundleError`` when the manifest is damaged)."""
+    if not path.is_dir():
+        what = "no such bundle directory" if not os.path.lexists(path) else "not a bundle directory"
+        raise InputError(f"{path}: {what}")
+    mfile = path / MANIFEST
+    if not os.path.lexists(mfile):
+        raise BundleError(f"{mfile}: missing; {path} is not a bundle", hint="build one with onnxguard build")
+    try:
+        read_ = files.read_regular(mfile, files.MAX_METADATA_BYTES)
+    except InputError as e:
+        raise BundleError(str(e)) from e
+    return parse_manifest(read_.data, mfile), read_.sha256
+
+
+def _consistency(root: Path, manifest: Manifest) -> None:
+    m = manifest
+    if m.model.file not in m.files:
+        raise BundleError(f"{root / MANIFEST}: the model file {m.model.file!r} is not among its files")
+    if m.sealed is None:
+        if m.files[m.model.file].sha256 != m.model.sha256:
+            raise BundleError(f"{root / MANIFEST}: model.sha256 and the files entry of {m.model.file!r} differ")
+        return
+    wanted = [m.model.file] + ([m.golden.file] if m.golden else [])
+    for rel in [*m.sealed.files, *wanted]:
+        if rel not in m.files or rel not in m.sealed.files:
+            raise BundleError(f"{root / MANIFEST}: sealed file {rel!r} is not both among its files and its sealed files")
+    if m.sealed.files[m.model.file].sha256 != m.model.sha256:
+        raise BundleError(f"{root / MANIFEST}: model.sha256 and the sealed model's plaintext sha256 differ")
+
+
+def consistency(root: Path, manifest: Manifest) -> list[str]:
+    """The manifest's own promises (the model file is listed; the model's sha256 agrees), as failures."""
+    try:
+        _consistency(root, manifest)
+    except BundleError as e:
+        return [str(e)]
+    return []
 
 
 def read(path: str | os.PathLike[str]) -> Bundle:
-    """Read a bundle and verify every file against its manifest."""
+    """Read a bundle: every file read once, hashed and checked against the manifest (``BundleError`` naming the
+    first that does not match). The bytes that were hashed are kept in the result."""
     root = Path(path)
-    manifest = load_manifest(root)
-    present = bundle_files(root)
-    for rel, entry in manifest.files.items():
-        p = root / rel
-        if rel not in present:
-            raise BundleError(f"{p}: listed in the manifest but missing from the bundle")
-        if p.stat().st_size != entry.size or digest.file(p) != entry.sha256:
-            raise BundleError(f"{p}: does not match the sha256 in the manifest; the bundle was modified")
-    extra = sorted(set(present) - set(manifest.files) - set(UNLISTED))
-    if extra:
-        raise BundleError(f"{root / extra[0]}: not listed in the manifest; remove it or rebuild the bundle")
-    if manifest.model.file not in manifest.files:
-        raise BundleError(f"{root / MANIFEST}: the model file {manifest.model.file!r} is not among its files")
-    if manifest.sealed is not None:
-        sealed = manifest.sealed.files
-        wanted = [manifest.model.file] + ([manifest.golden.file] if manifest.golden else [])
-        for rel in [*sealed, *wanted]:
-            if rel not in manifest.files or rel not in sealed:
-                raise BundleError(f"{root / MANIFEST}: sealed file {rel!r} is not both among its files and its sealed files")
-    return Bundle(root, manifest)
+    manifest, manifest_sha = read_manifest(root)
+    contents = files.check(root, manifest)
+    if not contents.ok:
+        bad = next(c for c in contents.checks if not c.ok)
+        raise BundleError(f"{root / bad.file}: {bad.detail}; the bundle was modified",
+                          hint="rebuild the bundle, or restore it from its source")
+    _consistency(root, manifest)
+    return Bundle(root, manifest, manifest_sha, contents.data)
 
 
 def place(tmp: Path, target: Path, overwrite: bool) -> None:
@@ -176,10 +200,10 @@ def write(target: str | os.PathLike[str], manifest: Manifest, model: onnx.ModelP
                 raise BundleError(f"asset path {rel!r} escapes the bundle or clashes with a bundle file")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
-        files = {rel: File(sha256=digest.file(p), size=p.stat().st_size) for rel, p in sorted(bundle_files(tmp).items())}
-        model_entry = files[manifest.model.file]
+        listed = {rel: File(sha256=digest.file(p), size=p.stat().st_size) for rel, p in sorted(files.regular_files(tmp).items())}
+        model_entry = listed[manifest.model.file]
         manifest = manifest.model_copy(update={
-            "files": files,
+            "files": listed,
             "model": manifest.model.model_copy(update={"sha256": model_entry.sha256, "size": model_entry.size}),
         })
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -237,7 +237,7 @@ def _tmpdir(target: Path) -> Path:
 
 def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool, mode: int = 0o755) -> Bundle:
     files = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
-             for rel, p in sorted(bundle_lib.bundle_files(tmp).items()) if rel != MANIFEST}
+             for rel, p in sorted(bundle_lib.files.regular_files(tmp).items()) if rel != MANIFEST}
     manifest = manifest.model_copy(update={"files": files})
     (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.chmod(tmp, mode)

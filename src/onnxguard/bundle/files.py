@@ -1,0 +1,182 @@
+"""A bundle's files against its manifest: the one check, reading each file once and hashing what it read.
+
+``read_regular`` is how any untrusted file is read: opened without following a symlink and without blocking
+(a FIFO can never stall a reader), ``fstat`` on the open descriptor so the file checked is the file read,
+regular files only, the size compared with the limit before a single byte is read, then read once.
+
+``check`` walks a bundle directory (never following symlinks), reads every file the manifest lists exactly
+once, hashes those bytes and compares them with the manifest. It reports every problem (a changed, missing,
+unexpected, symlinked or non-regular file) and hands back the bytes it hashed, so whoever uses them uses what
+was checked, not a later read of the disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxguard.bundle.manifest import Manifest
+from onnxguard.errors import InputError
+
+# Files that are not listed in the manifest's ``files``: the manifest itself, and the signature over it.
+MANIFEST = "manifest.json"
+SIGNATURE = "model.sig"
+UNLISTED = (MANIFEST, SIGNATURE)
+
+# manifest.json and model.sig are small (kilobytes); anything far larger is hostile, and is not read.
+MAX_METADATA_BYTES = 16 << 20
+# One bundle file: protobuf caps a single-file ONNX model at 2 GiB, and a sealed one adds age's overhead
+# (16 bytes per 64 KiB chunk and a header); the golden set and tokenizer are far smaller.
+MAX_FILE_BYTES = (2 << 30) + (64 << 20)
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@dataclass(frozen=True)
+class Read:
+    """A file's bytes as read once, and their sha256."""
+
+    data: bytes
+    sha256: str
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int) -> Read:
+    """Read a regular file once, within ``max_bytes``; ``InputError`` naming the file for anything else."""
+    p = Path(path)
+    try:
+        fd = os.open(p, _OPEN_FLAGS)
+    except FileNotFoundError as e:
+        raise InputError(f"{p}: no such file") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{p}: is a symlink; only regular files are read") from e
+        raise InputError(f"{p}: cannot open ({e.strerror or e})") from e
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: is {kind_of(st.st_mode)}; only regular files are read")
+        if st.st_size > max_bytes:
+            raise InputError(f"{p}: {st.st_size:,} bytes, over the limit of {max_bytes:,}; not read")
+        chunks, h, size = [], hashlib.sha256(), 0
+        while chunk := f.read(min(1 << 20, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            h.update(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise InputError(f"{p}: grew past the limit of {max_bytes:,} bytes while it was read; not read")
+    return Read(b"".join(chunks), h.hexdigest())
+
+
+class FileStatus(enum.Enum):
+    OK = "ok"
+    CHANGED = "changed"
+    MISSING = "missing"
+    UNEXPECTED = "unexpected"
+    SYMLINK = "symlink"
+    NOT_REGULAR = "not regular"
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    file: str
+    status: FileStatus
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is FileStatus.OK
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "status": self.status.value, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What ``check`` found: every file's verdict, and the bytes of each file that matched the manifest."""
+
+    checks: tuple[FileCheck, ...]
+    data: dict[str, bytes]  # relative path -> bytes exactly as hashed; only files whose check is OK
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c.file}: {c.detail}" for c in self.checks if not c.ok]
+
+
+def entries(root: Path) -> dict[str, os.stat_result]:
+    """Every entry under ``root`` by POSIX relative path with its lstat; symlinked directories are not entered."""
+    found: dict[str, os.stat_result] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            try:
+                found[p.relative_to(root).as_posix()] = os.lstat(p)
+            except FileNotFoundError:
+                continue  # removed while walking: it is not there
+    return found
+
+
+def check(root: Path, manifest: Manifest) -> Contents:
+    """Every file of the bundle at ``root`` against ``manifest``, all reported; listed files read once."""
+    checks: list[FileCheck] = []
+    data: dict[str, bytes] = {}
+    found = entries(root)
+    for rel, st in found.items():
+        if stat.S_ISLNK(st.st_mode):
+            checks.append(FileCheck(rel, FileStatus.SYMLINK, "is a symlink; a bundle holds only regular files"))
+        elif not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
+            checks.append(FileCheck(rel, FileStatus.NOT_REGULAR, f"is {kind_of(st.st_mode)}"))
+        elif stat.S_ISREG(st.st_mode) and rel not in manifest.files and rel not in UNLISTED:
+            checks.append(FileCheck(rel, FileStatus.UNEXPECTED, "not listed in the manifest; remove it or rebuild the bundle"))
+    flagged = {c.file for c in checks}
+    for rel, entry in sorted(manifest.files.items()):
+        st = found.get(rel)
+        if rel in flagged:
+            continue
+        if st is None:
+            checks.append(FileCheck(rel, FileStatus.MISSING, "listed in the manifest but missing from the bundle"))
+            continue
+        if st.st_size != entry.size:
+            checks.append(FileCheck(rel, FileStatus.CHANGED, f"does not match the sha256 in the manifest ({st.st_size:,} "
+                                                          f"bytes, the manifest says {entry.size:,})"))
+            continue
+        try:
+            read = read_regular(root / rel, min(entry.size, MAX_FILE_BYTES))
+        except InputError as e:
+            checks.append(FileCheck(rel, FileStatus.UNREADABLE, str(e).removeprefix(f"{root / rel}: ")))
+            continue
+        if read.sha256 != entry.sha256:
+            checks.append(FileCheck(rel, FileStatus.CHANGED, "does not match the sha256 in the manifest"))
+        else:
+            checks.append(FileCheck(rel, FileStatus.OK))
+            data[rel] = read.data
+    return Contents(tuple(sorted(checks, key=lambda c: (c.ok, c.file))), data)
+
+
+def regular_files(root: Path) -> dict[str, Path]:
+    """Every regular file under ``root`` (a directory being written) by POSIX relative path; symlinks refused."""
+    found: dict[str, Path] = {}
+    for rel, st in entries(root).items():
+        if stat.S_ISLNK(st.st_mode):
+            raise InputError(f"{root / rel}: is a symlink; a bundle holds only regular files")
+        if stat.S_ISREG(st.st_mode):
+            found[rel] = root / rel
+    return found
