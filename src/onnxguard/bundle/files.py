@@ -112,6 +112,7 @@ class Contents:
 
     checks: tuple[FileCheck, ...]
     data: dict[str, bytes]  # relative path -> bytes exactly as hashed; only files whose check is OK
+    digests: dict[str, str]  # relative path -> sha256 of every regular file that was read (OK, changed, unexpected)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +139,7 @@ def check(root: Path, manifest: Manifest) -> Contents:
     """Every file of the bundle at ``root`` against ``manifest``, all reported; listed files read once."""
     checks: list[FileCheck] = []
     data: dict[str, bytes] = {}
+    digests: dict[str, str] = {}
     found = entries(root)
     for rel, st in found.items():
         if stat.S_ISLNK(st.st_mode):
@@ -146,6 +148,10 @@ def check(root: Path, manifest: Manifest) -> Contents:
             checks.append(FileCheck(rel, FileStatus.NOT_REGULAR, f"is {kind_of(st.st_mode)}"))
         elif stat.S_ISREG(st.st_mode) and rel not in manifest.files and rel not in UNLISTED:
             checks.append(FileCheck(rel, FileStatus.UNEXPECTED, "not listed in the manifest; remove it or rebuild the bundle"))
+            try:  # its digest lets a signature check name it as unsigned
+                digests[rel] = read_regular(root / rel, MAX_FILE_BYTES).sha256
+            except InputError:
+                pass  # already a failure; too large or gone to be named in the signature check too
     flagged = {c.file for c in checks}
     for rel, entry in sorted(manifest.files.items()):
         st = found.get(rel)
@@ -163,12 +169,13 @@ def check(root: Path, manifest: Manifest) -> Contents:
         except InputError as e:
             checks.append(FileCheck(rel, FileStatus.UNREADABLE, str(e).removeprefix(f"{root / rel}: ")))
             continue
+        digests[rel] = read.sha256
         if read.sha256 != entry.sha256:
             checks.append(FileCheck(rel, FileStatus.CHANGED, "does not match the sha256 in the manifest"))
         else:
             checks.append(FileCheck(rel, FileStatus.OK))
             data[rel] = read.data
-    return Contents(tuple(sorted(checks, key=lambda c: (c.ok, c.file))), data)
+    return Contents(tuple(sorted(checks, key=lambda c: (c.ok, c.file))), data, digests)
 
 
 def regular_files(root: Path) -> dict[str, Path]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import onnx
 
+    from onnxguard.bundle.files import FileCheck
     from onnxguard.bundle.manifest import Manifest
     from onnxguard.scan.policy import Policy
 
@@ -118,11 +119,14 @@ Scope = Literal["file", "model", "bundle"]
 
 @dataclass(frozen=True)
 class BundleView:
-    """A bundle directory as the scanner sees it, without trusting it: the manifest may be absent or invalid."""
+    """What the bundle door found in a bundle directory, for the bundle checks to report: the manifest (or why
+    it could not be read), every file's verdict against it, and the signature step's status and detail."""
 
     root: Path
     manifest: Manifest | None
     manifest_error: str | None
+    files: tuple[FileCheck, ...] = ()
+    signature: tuple[str, str] | None = None  # (status: passed | failed | not checked | waived, detail)
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,7 @@ class ScanContext:
     """What the checks read. ``model`` is ``None`` when the file could not be parsed (the file checks say why).
 
     ``load_state`` is one of ``ok``, ``too-large``, ``empty``, ``decode-error``, ``not-a-model``, ``missing``
-    and ``load_detail`` carries the parser's message. ``public_key`` is the seam for signature verification:
-    a PEM public key given by the caller, or ``None``.
+    and ``load_detail`` carries the parser's message.
     """
 
     policy: Policy
@@ -144,7 +147,6 @@ class ScanContext:
     load_detail: str = ""
     model: onnx.ModelProto | None = None
     bundle: BundleView | None = None
-    public_key: bytes | None = None
 
 
 @runtime_checkable

@@ -24,17 +24,19 @@ A bundle is checked against its manifest before it is signed: a modified bundle 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from onnxguard import bundle
-from onnxguard.bundle import SIGNATURE
+from onnxguard.bundle import MANIFEST, SIGNATURE, files
 from onnxguard.errors import CheckFailed, InputError, OnnxguardError
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.trust.policy import Certificates, PublicKeys, SignatureRule, SigstoreIdentity
 
 PathLike = str | os.PathLike[str]
 KEY = "key"
@@ -251,37 +253,122 @@ def _explain(error: Exception) -> str:
     return f"does not verify ({type(error).__name__}{': ' + first if first else ''})"
 
 
-def _verify(bundle_dir: PathLike, method: str, configure) -> SignatureReport:
-    root = Path(bundle_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such bundle directory")
-    sig = root / SIGNATURE
-    if not sig.is_file() or sig.is_symlink():
-        return SignatureReport(str(root), str(sig), method, False, f"the bundle is not signed ({SIGNATURE} is missing)")
+class _SignatureText:
+    """The bytes of ``model.sig`` as read once, offered to model-signing's reader, which wants a path."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.data.decode(encoding)
+
+
+# What model-signing may leave out of a signature: the signature itself and the git paths it ignores by default.
+_IGNORABLE = {SIGNATURE, ".git", ".gitattributes", ".github", ".gitignore"}
+
+
+def method(rule: SignatureRule) -> str:
+    """How a rule checks a signature: ``key``, ``certificate`` or ``sigstore``."""
+    return KEY if isinstance(rule, PublicKeys) else CERTIFICATE if isinstance(rule, Certificates) else SIGSTORE
+
+
+def _configure(rule: SignatureRule, key: Path | None = None):
     import model_signing
 
-    config = configure(model_signing.verifying.Config()).set_hashing_config(_hashing_config())
+    config = model_signing.verifying.Config()
+    if isinstance(rule, PublicKeys):
+        return config.use_elliptic_key_verifier(public_key=key)
+    if isinstance(rule, Certificates):
+        return config.use_certificate_verifier(certificate_chain=list(rule.chain))
+    return config.use_sigstore_verifier(identity=rule.identity, oidc_issuer=rule.issuer, use_staging=rule.staging)
+
+
+def _signed_digests(signature: bytes, config) -> tuple[dict[str, str], dict]:
+    """The per-file sha256 digests a signature vouches for, after its envelope verified.
+
+    model-signing 1.1.1 (pinned) verifies a signature only against a directory it hashes itself; onnxguard
+    hashes each bundle file once as it reads it, so it asks the library's verifier for the signed manifest and
+    compares that with its own digests. (Private attributes of the pinned version; the reference
+    ``model_signing verify`` command agrees, see tests/security/test_signing.py.)
+    """
+    from model_signing._signing import sign_sigstore, sign_sigstore_pb
+
+    reader = sign_sigstore.Signature if config._uses_sigstore else sign_sigstore_pb.Signature
+    signed = config._verifier.verify(reader.read(_SignatureText(signature)))
+    digests = {rd.identifier: rd.digest.digest_hex for rd in signed.resource_descriptors()}
+    return digests, dict(signed.serialization_type)
+
+
+def _compare(signed: dict[str, str], serialization: dict, digests: Mapping[str, str]) -> str | None:
+    """Why the signed digests do not describe these files, or None when they do."""
+    if serialization.get("method") != "files" or serialization.get("hash_type") != "sha256":
+        return f"the signature uses a serialization onnxguard does not check ({serialization.get('method')}, " \
+               f"{serialization.get('hash_type')}); sign with onnxguard sign"
+    extra = set(serialization.get("ignore_paths", ())) - _IGNORABLE
+    if extra:
+        return f"the signature leaves out files it should cover ({', '.join(sorted(extra))})"
+    parts = [f"changed: {rel}" for rel in sorted(set(signed) & set(digests)) if signed[rel] != digests[rel]]
+    parts += [f"unsigned: {rel}" for rel in sorted(set(digests) - set(signed))]
+    parts += [f"missing: {rel}" for rel in sorted(set(signed) - set(digests))]
+    return "the bundle does not match its signature (" + "; ".join(parts) + ")" if parts else None
+
+
+def check(signature: bytes, digests: Mapping[str, str], rule: SignatureRule, where: PathLike) -> SignatureReport:
+    """Does ``signature`` (the bytes of ``model.sig``) vouch, under ``rule``, for exactly these ``digests``
+    (relative path -> sha256 of every bundle file but ``model.sig``, as read)?
+
+    Never raises for a signature that does not verify: the report says why (fail closed, whatever the library
+    raises). ``InputError`` only when the rule itself is unusable (a key that is not an EC public key).
+    """
+    sig = str(Path(where) / SIGNATURE)
+    keys: tuple[Path | bytes | None, ...] = rule.keys if isinstance(rule, PublicKeys) else (None,)
+    detail = "no key"
+    for key in keys:
+        with tempfile.TemporaryDirectory(prefix="onnxguard-pub-") as d:
+            path = None
+            if isinstance(key, bytes):
+                path = Path(d) / "public.pem"
+                path.write_bytes(key)
+            elif key is not None:
+                path = Path(key)
+            if path is not None:
+                load_public_key(path)
+            config = _configure(rule, path)
+            try:
+                signed, serialization = _signed_digests(signature, config)
+            except Exception as e:  # noqa: BLE001 - whatever model-signing raises, the signature did not verify
+                detail = _explain(e)
+                continue
+        why = _compare(signed, serialization, digests)
+        if why is not None:
+            return SignatureReport(str(where), sig, method(rule), False, why)
+        return SignatureReport(str(where), sig, method(rule), True, "verified")
+    return SignatureReport(str(where), sig, method(rule), False, detail)
+
+
+def _verify(bundle_dir: PathLike, rule: SignatureRule) -> SignatureReport:
+    """Read the bundle's files once (the same reader as ``trust.open_bundle``) and check its signature."""
+    root = Path(bundle_dir)
+    manifest, manifest_sha = bundle.read_manifest(root)
+    contents = files.check(root, manifest)
+    sig = root / SIGNATURE
+    if not os.path.lexists(sig):
+        return SignatureReport(str(root), str(sig), method(rule), False,
+                               f"the bundle is not signed ({SIGNATURE} is missing)")
     try:
-        config.set_ignore_unsigned_files(False).verify(root, sig)
-    except Exception as e:  # noqa: BLE001 - whatever model-signing raises, the signature did not verify (fail closed)
-        return SignatureReport(str(root), str(sig), method, False, _explain(e))
-    return SignatureReport(str(root), str(sig), method, True, "verified")
+        signature = files.read_regular(sig, files.MAX_METADATA_BYTES).data
+    except InputError as e:
+        return SignatureReport(str(root), str(sig), method(rule), False, str(e))
+    return check(signature, {**contents.digests, MANIFEST: manifest_sha}, rule, root)
 
 
 def verify(bundle_dir: PathLike, public_key: PathLike | bytes) -> SignatureReport:
     """Check ``BUNDLE/model.sig`` with an EC public key: a path to a PEM file, or the PEM bytes themselves.
 
     Returns a report (``passed`` False with the reason when the signature is missing or does not match);
-    raises ``InputError`` only when the check cannot run (no such bundle, a key that is not an EC public key).
+    raises only when the check cannot run (no such bundle, a key that is not an EC public key).
     """
-    if isinstance(public_key, bytes):
-        with tempfile.TemporaryDirectory(prefix="onnxguard-pub-") as d:
-            path = Path(d) / "public.pem"
-            path.write_bytes(public_key)
-            load_public_key(path)
-            return _verify(bundle_dir, KEY, lambda c: c.use_elliptic_key_verifier(public_key=path))
-    load_public_key(public_key)
-    return _verify(bundle_dir, KEY, lambda c: c.use_elliptic_key_verifier(public_key=Path(public_key)))
+    return _verify(bundle_dir, PublicKeys((public_key if isinstance(public_key, bytes) else Path(public_key),)))
 
 
 def verify_certificate(bundle_dir: PathLike, certificate_chain: Sequence[PathLike] = ()) -> SignatureReport:
@@ -289,14 +376,22 @@ def verify_certificate(bundle_dir: PathLike, certificate_chain: Sequence[PathLik
     for path in certificate_chain:
         if b"-----BEGIN CERTIFICATE-----" not in _read(path, "a PEM certificate"):
             raise InputError(f"{path}: not a PEM X.509 certificate")
-    return _verify(bundle_dir, CERTIFICATE,
-                   lambda c: c.use_certificate_verifier(certificate_chain=[Path(p) for p in certificate_chain]))
+    return _verify(bundle_dir, Certificates(tuple(Path(p) for p in certificate_chain)))
 
 
 def verify_sigstore(bundle_dir: PathLike, identity: str, oidc_issuer: str, use_staging: bool = False) -> SignatureReport:
     """Check a Sigstore keyless signature for ``identity`` issued by ``oidc_issuer``. Needs a network."""
-    return _verify(bundle_dir, SIGSTORE, lambda c: c.use_sigstore_verifier(identity=identity, oidc_issuer=oidc_issuer,
-                                                                             use_staging=use_staging))
+    return _verify(bundle_dir, SigstoreIdentity(identity, oidc_issuer, use_staging))
+
+
+def fingerprint(public_key: Path | bytes) -> str:
+    """``sha256:`` of the key's DER SubjectPublicKeyInfo: how a signer is named in reports and attestations."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = load_public_key(public_key) if not isinstance(public_key, bytes) else \
+        serialization.load_pem_public_key(public_key)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def is_signed(bundle_dir: PathLike) -> bool:

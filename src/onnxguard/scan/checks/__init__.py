@@ -7,19 +7,35 @@ from onnxguard.scan.checks import bundle, control_flow, domains, external_data, 
 
 
 class CheckError(BaseCheck):
-    """Not a check of its own: the id under which a check that crashed is reported (the model is not passed)."""
+    """Not a check of its own: the id under which a check that crashed is reported. CRITICAL, so the model
+    fails at every ``fail_on`` level: a crash inside any check, the external-data CVE check included, can
+    never pass a model."""
 
     id = "scan.error"
-    severity = Severity.HIGH
+    severity = Severity.CRITICAL
     title = "a check could not finish on this model; the model is not passed"
 
     def run(self, ctx):
         return ()
 
 
+class NotScanned(BaseCheck):
+    """Not a check of its own: the id under which a model that could not be scanned is reported (a sealed
+    bundle opened without its identity). CRITICAL unless the caller's policy waives it (then INFO)."""
+
+    id = "scan.not-scanned"
+    severity = Severity.CRITICAL
+    title = "the model could not be scanned; it is not passed"
+    scope = "bundle"
+
+    def run(self, ctx):
+        return ()
+
+
 CHECK_ERROR = CheckError()
+NOT_SCANNED = NotScanned()
 
 ALL_CHECKS: tuple[Check, ...] = (
     *file.CHECKS, *external_data.CHECKS, *domains.CHECKS, *operators.CHECKS, *functions.CHECKS,
-    *control_flow.CHECKS, *resources.CHECKS, *graph.CHECKS, *metadata.CHECKS, *bundle.CHECKS, CHECK_ERROR,
+    *control_flow.CHECKS, *resources.CHECKS, *graph.CHECKS, *metadata.CHECKS, *bundle.CHECKS, CHECK_ERROR, NOT_SCANNED,
 )

@@ -1,0 +1,177 @@
+"""``seal.seal(bundle, recipients)``: a bundle's model and golden set encrypted at rest (age), streaming;
+``seal.unseal``: the plaintext copy, for operators, into an explicit new directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyrage
+
+from onnxguard import bundle as bundle_lib
+from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle, digest
+from onnxguard.bundle.manifest import File, Manifest, Sealed, SealedFile
+from onnxguard.errors import InputError
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.trust.sealing.decrypt import SUFFIX, decrypt_to
+from onnxguard.trust.sealing.identities import IdentitySource, identities_for
+from onnxguard.trust.sealing.recipients import parse_recipient
+
+PathLike = str | os.PathLike[str]
+KEY_FILE = "passphrase-identity.age"
+
+
+@dataclass(frozen=True)
+class SealResult:
+    bundle: Bundle
+    recipients: tuple[str, ...]
+    passphrase: bool
+    files: tuple[tuple[str, str], ...]  # (plaintext name, sealed name)
+    dropped_signature: bool = False  # sealed into a new directory: the source's model.sig does not apply there
+
+    def to_dict(self) -> dict:
+        return {"bundle": str(self.bundle.path), "recipients": list(self.recipients), "passphrase": self.passphrase,
+                "files": {plain: sealed for plain, sealed in self.files}, "dropped_signature": self.dropped_signature}
+
+
+
+def _tmpdir(target: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.absolute().parent))
+
+
+def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool, mode: int = 0o755) -> Bundle:
+    files = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
+             for rel, p in sorted(bundle_lib.files.regular_files(tmp).items()) if rel != MANIFEST}
+    manifest = manifest.model_copy(update={"files": files})
+    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.chmod(tmp, mode)
+    bundle_lib.place(tmp, target, overwrite)
+    return bundle_lib.read(target)
+
+
+def _copy_assets(b: Bundle, tmp: Path, skip: set[str]) -> None:
+    for rel in b.manifest.files:
+        if rel not in skip:
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(b.data[rel])  # the bytes hashed when the bundle was read, not a second read
+
+
+def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike | None = None,
+         passphrase: str | None = None, progress: Progress = silent) -> SealResult:
+    """Encrypt the model and golden set of a bundle to ``recipients`` (and/or a passphrase), streaming.
+
+    In place when ``out_dir`` is None (refused for a signed bundle: seal first, then sign); otherwise a new
+    sealed bundle is written to ``out_dir`` and the source is left as it was. Either way the sealed bundle is
+    built beside its target and renamed into place, so a failure leaves nothing half-sealed.
+    """
+    b = bundle_lib.read(bundle_dir)
+    if b.sealed:
+        raise InputError(f"{b.path}: is already sealed (to {', '.join(b.manifest.sealed.recipients) or 'a passphrase'})")
+    parsed: dict[str, object] = {}
+    for r in recipients:
+        obj, canonical = parse_recipient(r)
+        parsed.setdefault(canonical, obj)
+    if passphrase is not None and not passphrase:
+        raise InputError("the passphrase is empty; give a non-empty passphrase")
+    if not parsed and passphrase is None:
+        raise InputError("no recipient: give --recipient age1... (or an ssh public key), --recipients-file, "
+                         "or a passphrase")
+    signed = (b.path / SIGNATURE).exists()
+    target = b.path if out_dir is None else Path(out_dir)
+    if out_dir is None and signed:
+        raise InputError(f"{b.path / SIGNATURE}: the bundle is signed and sealing changes its files, voiding the "
+                         "signature; seal first, then sign: seal into a new directory (-o DIR) or delete model.sig, "
+                         "then sign the sealed bundle")
+    if out_dir is not None:
+        bundle_lib.check_writable(target, overwrite=False)
+
+    to = list(parsed.values())
+    key_text = None
+    if passphrase is not None:
+        ephemeral = pyrage.x25519.Identity.generate()
+        to.append(ephemeral.to_public())
+        key_text = pyrage.passphrase.encrypt(
+            f"# onnxguard: the key of a passphrase-sealed bundle\n{ephemeral}\n".encode(), passphrase)
+
+    m = b.manifest
+    plain = [m.model.file] + ([m.golden.file] if m.golden else [])
+    expected = {m.model.file: m.model.sha256, **{rel: m.files[rel].sha256 for rel in plain[1:]}}
+    tmp = _tmpdir(target)
+    try:
+        sealed_files: dict[str, SealedFile] = {}
+        for i, rel in enumerate(plain):
+            progress(Event("seal", f"encrypting {rel} ({m.files[rel].size:,} bytes)", i, len(plain)))
+            with open(tmp / (rel + SUFFIX), "wb") as dst:
+                try:
+                    pyrage.encrypt_io(io.BytesIO(b.data[rel]), dst, to)  # the bytes hashed when the bundle was read
+                except pyrage.EncryptError as e:
+                    raise InputError(f"{b.path / rel}: cannot encrypt ({e})") from e
+            sealed_files[rel + SUFFIX] = SealedFile(plaintext=rel, sha256=expected[rel], size=len(b.data[rel]))
+        if key_text is not None:
+            (tmp / KEY_FILE).write_bytes(key_text)
+        _copy_assets(b, tmp, set(plain))
+        sealed = Sealed(recipients=list(parsed), passphrase=passphrase is not None,
+                        key_file=KEY_FILE if key_text is not None else None, files=sealed_files)
+        manifest = m.model_copy(update={
+            "sealed": sealed,
+            "model": m.model.model_copy(update={"file": m.model.file + SUFFIX}),
+            "golden": m.golden.model_copy(update={"file": m.golden.file + SUFFIX}) if m.golden else None,
+        })
+        result = _finish(tmp, manifest, target, overwrite=out_dir is None)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{target}: cannot write the sealed bundle ({e.strerror or e})") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(Event("seal", f"sealed {', '.join(plain)} to {len(parsed)} recipient(s)"
+                           f"{' and a passphrase' if passphrase is not None else ''}", done=True))
+    return SealResult(result, tuple(parsed), passphrase is not None, tuple((rel, rel + SUFFIX) for rel in plain),
+                      dropped_signature=signed and out_dir is not None)
+
+
+def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLike, passphrase: str | None = None,
+           progress: Progress = silent) -> Bundle:
+    """Write a plaintext copy of a sealed bundle to ``out_dir`` (a new directory, mode 0700): for operators only.
+
+    The copy is not signed (its manifest differs from the signed one); sign it again if it is shipped.
+    """
+    b = source if isinstance(source, Bundle) else bundle_lib.read(source)
+    if not b.sealed:
+        raise InputError(f"{b.path}: is not sealed; there is nothing to unseal")
+    if out_dir is None or str(out_dir) == "":
+        raise InputError("unseal writes plaintext to an explicit new directory only: give -o OUT_DIR")
+    target = Path(out_dir)
+    if target.absolute() == b.path.absolute():
+        raise InputError(f"{target}: unseal into a new directory, not into the sealed bundle itself")
+    bundle_lib.check_writable(target, overwrite=False)
+    ids = identities_for(b.path, b.manifest, identity, passphrase)
+    m, sealed = b.manifest, b.manifest.sealed
+    tmp = _tmpdir(target)
+    try:
+        for i, (rel, entry) in enumerate(sealed.files.items()):
+            progress(Event("unseal", f"decrypting {rel}", i, len(sealed.files)))
+            with open(tmp / entry.plaintext, "wb") as out:
+                decrypt_to(b, rel, ids, out)
+        _copy_assets(b, tmp, set(sealed.files) | ({sealed.key_file} if sealed.key_file else set()))
+        plain = {rel: e.plaintext for rel, e in sealed.files.items()}
+        manifest = m.model_copy(update={
+            "sealed": None,
+            "model": m.model.model_copy(update={"file": plain[m.model.file]}),
+            "golden": m.golden.model_copy(update={"file": plain[m.golden.file]}) if m.golden else None,
+        })
+        result = _finish(tmp, manifest, target, overwrite=False, mode=0o700)  # plaintext: its owner only
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{target}: cannot write the unsealed bundle ({e.strerror or e})") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(Event("unseal", f"unsealed to {target}", done=True))
+    return result
