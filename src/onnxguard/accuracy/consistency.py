@@ -10,42 +10,25 @@ kind of model (FP32 strict, FP16 and INT8 looser), and any drift past them fails
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from onnxguard import bundle
-from onnxguard.model import onnxfile
+from onnxguard import bundle, runtime
 from onnxguard.accuracy import parity
-from onnxguard.trust import sealing
-from onnxguard.bundle import Bundle
-from onnxguard.errors import InputError
-from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.accuracy.parity import SCORES
+from onnxguard.accuracy.thresholds import THRESHOLDS, kind_of
+from onnxguard.bundle import files
+from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.errors import InputError
+from onnxguard.model import onnxfile
+from onnxguard.trust import OpenedBundle, TrustPolicy, open_bundle
+from onnxguard.trust.sealing.identities import IdentitySource
 
-INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-            "QLinearConv", "QLinearMatMul", "QAttention", "MatMulIntegerToFloat"}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Drift allowed against the source's reference outputs, per kind of model."""
-
-    max_abs: float
-    max_kl: float
-    min_top1: float
-
-
-# FP32 must reproduce the source up to float rounding; reduced precision may move numbers, not answers.
-THRESHOLDS = {
-    "fp32": Thresholds(max_abs=1e-3, max_kl=1e-6, min_top1=1.0),
-    "fp16": Thresholds(max_abs=5e-2, max_kl=1e-3, min_top1=0.99),
-    "int8": Thresholds(max_abs=1.0, max_kl=1e-2, min_top1=0.99),
-}
 
 
 @dataclass(frozen=True)
@@ -78,15 +61,6 @@ class ConsistencyReport:
                 "targets": [asdict(t) for t in self.targets]}
 
 
-def kind_of(model: onnx.ModelProto) -> str:
-    ops = {n.op_type for n in model.graph.node}
-    if ops & INT8_OPS:
-        return "int8"
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -103,13 +77,13 @@ def _kl(ref: np.ndarray, out: np.ndarray, probabilities: bool) -> float:
 Runner = Callable[[GoldenSet], tuple[list[Batch], float]]  # golden set -> (outputs per batch, ms per item)
 
 
-def on_cpu(data: bytes) -> Runner:
-    """Run model bytes (ONNX or ORT format) on this machine's ONNX Runtime."""
+def on_cpu(data: bytes, model_dir: Path | None = None) -> Runner:
+    """Run model bytes (ONNX or ORT format) on this machine's ONNX Runtime; external data only from ``model_dir``."""
     def run(golden: GoldenSet) -> tuple[list[Batch], float]:
-        sess = parity.session(data)
-        parity.run(sess, golden.inputs[:1])  # warm-up, not timed
+        sess = runtime.session(data, model_dir=model_dir)
+        runtime.run(sess, golden.inputs[:1])  # warm-up, not timed
         start = time.perf_counter()
-        outs = parity.run(sess, golden.inputs)
+        outs = runtime.run(sess, golden.inputs)
         return outs, (time.perf_counter() - start) * 1e3 / max(golden.items, 1)
 
     return run
@@ -160,52 +134,78 @@ def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles
     return TargetDrift(name, path, kind, max_abs, mean_abs, kl, top1, ms, not failures, tuple(failures))
 
 
-def _models(path: Path, identity=None) -> list[tuple[str, str, Runner, str]]:
-    """(name, path, runner, kind) for everything a path holds: a bundle, a target directory, an .onnx file."""
-    if path.is_file():
-        model = onnxfile.load(path)
-        return [(path.name, str(path), on_cpu(path.read_bytes()), kind_of(model))]
-    manifest = path / bundle.MANIFEST
-    if not manifest.is_file():
+Entry = tuple[str, str, Runner, str]  # (name, path, runner, kind)
+
+
+def _own(opened: OpenedBundle) -> Entry:
+    data = opened.model_bytes
+    model = onnxfile.parse(data, str(opened.path / opened.model_name))
+    return f"{opened.manifest.name} ({opened.path.name})", str(opened.path / opened.model_name), on_cpu(data), \
+        kind_of(model)
+
+
+def _models(path: Path, parent: OpenedBundle, policy: TrustPolicy, identity: IdentitySource) -> list[Entry]:
+    """Everything a path holds: a bundle (opened through the door under ``policy``), a target directory made
+    from ``parent``, an .onnx file."""
+    if not path.is_dir():
+        data = onnxfile.read_file(path, what="an .onnx file, a bundle or a target directory")
+        model = onnxfile.parse(data, str(path))
+        return [(path.name, str(path), on_cpu(data, path.absolute().parent), kind_of(model))]
+    mfile = path / bundle.MANIFEST
+    if not mfile.is_file():
         raise InputError(f"{path}: not an .onnx file, a bundle or a target directory")
+    raw = files.read_regular(mfile, files.MAX_METADATA_BYTES).data
     try:
-        data = json.loads(manifest.read_text())
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{manifest}: not valid JSON ({e})") from e
+        raise InputError(f"{mfile}: not valid JSON ({e})") from e
     if isinstance(data, dict) and str(data.get("format", "")).startswith("onnxguard-target/"):
-        return _target(path, data)
-    b = bundle.read(path)
-    sealing.require_identity(b, identity)
-    model_bytes = sealing.open_model(b, identity)
-    return [(f"{b.manifest.name} ({path.name})", str(b.model_path), on_cpu(model_bytes),
-             kind_of(onnxfile.parse(model_bytes)))]
+        return _target(path, data, parent)
+    return [_own(open_bundle(path, policy, identity))]
 
 
-def _target(path: Path, data: dict) -> list[tuple[str, str, Runner, str]]:
+def _target_file(path: Path, name: str, data: dict) -> bytes:
+    """A target's file, read once and checked against the sha256 the target's manifest lists for it."""
+    listed = (data.get("files") or {}).get(name)
+    if not isinstance(listed, dict) or "sha256" not in listed:
+        raise InputError(f"{path / name}: not listed with a sha256 in the target's manifest; make the target again")
+    read = files.read_regular(path / name, files.MAX_FILE_BYTES)
+    if read.sha256 != listed["sha256"]:
+        raise InputError(f"{path / name}: does not match the sha256 in the target's manifest; the target was "
+                         "modified", hint="make the target again from its bundle")
+    return read.data
+
+
+def _target(path: Path, data: dict, parent: OpenedBundle) -> list[Entry]:
+    where = path / bundle.MANIFEST
     precision = data.get("precision")
     if precision not in THRESHOLDS:
-        raise InputError(f"{path / bundle.MANIFEST}: no precision (one of {', '.join(THRESHOLDS)}); make the target again")
+        raise InputError(f"{where}: no precision (one of {', '.join(THRESHOLDS)})", hint="make the target again")
+    made_from = (data.get("parent") or {}).get("manifest_sha256")
+    if made_from != parent.digest:
+        raise InputError(f"{where}: made from another bundle (manifest sha256 {str(made_from)[:16]}...), not from "
+                         f"{parent.path} ({parent.digest[:16]}...)", hint="make the target again from this bundle")
     if data.get("kind") == "web":
         if not (path / "golden.json").is_file():
             raise InputError(f"{path / 'golden.json'}: missing from the web target")
         return [(f"{path.name}/index.html (Chromium, WASM)", str(path / "index.html"), in_browser(path), precision)]
     entries = []
     for name in dict(data.get("optimization_styles") or {}).values():
-        if not (path / name).is_file():
+        if not os.path.lexists(path / name):
             raise InputError(f"{path / name}: named in the target's manifest but missing")
-        entries.append((f"{path.name}/{name}", str(path / name), on_cpu((path / name).read_bytes()), precision))
+        entries.append((f"{path.name}/{name}", str(path / name), on_cpu(_target_file(path, name, data)), precision))
     return entries
 
 
-def check(parent: Bundle, targets: list[Path] = (), identity=None) -> ConsistencyReport:
-    """The bundle's own model and every target, against the bundle's golden set (decrypted in memory when sealed)."""
-    sealing.require_identity(parent, identity)
-    golden = sealing.open_golden(parent, identity)
+def check(parent: OpenedBundle, targets: Sequence[Path], policy: TrustPolicy,
+          identity: IdentitySource = None) -> ConsistencyReport:
+    """The opened bundle's own model and every target, against the bundle's golden set. Targets that are
+    bundles are opened through the door under ``policy``; target directories must name ``parent`` as theirs."""
+    golden = parent.golden()
     if golden.references is None:
         raise InputError(f"{parent.path}: the golden set has no reference outputs")
-    roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
-    entries = _models(parent.path, identity) + [m for t in targets for m in _models(Path(t), identity)]
-    drifts = tuple(drift(name, path, run, kind, golden, roles) for name, path, run, kind in entries)
+    entries = [_own(parent)] + [e for t in targets for e in _models(Path(t), parent, policy, identity)]
+    drifts = tuple(drift(name, path, run, kind, golden, parent.roles) for name, path, run, kind in entries)
     return ConsistencyReport(str(parent.path), golden.items, drifts)
 
 

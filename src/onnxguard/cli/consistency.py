@@ -6,27 +6,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxguard import bundle
 from onnxguard.accuracy import consistency as consistency_lib
+from onnxguard.accuracy.thresholds import THRESHOLDS
+from onnxguard.cli import app, options, render, trusting
 from onnxguard.errors import CheckFailed
-from onnxguard.cli import app, options, render
+from onnxguard.trust import TrustPolicy, open_bundle
 
 
 @app.command()
 def consistency(
     source: Annotated[Path, typer.Argument(help="The bundle whose golden set is the contract.")],
     targets: Annotated[list[Path] | None, typer.Argument(help="Target directories, other bundles, .onnx files.")] = None,
-    identity: Annotated[Path | None, typer.Option("--identity", help="age identity for sealed bundles.")] = None,
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the drift per target to this PNG.")] = None,
     json: options.Json = False,
 ) -> None:
-    """Run the golden set through every variant and target; exit 1 when any drifts past its thresholds."""
-    ids = None
-    if identity is not None:
-        from onnxguard.trust import sealing
+    """Run the golden set through every variant and target; exit 1 when any drifts past its thresholds.
 
-        ids = sealing.identities(identity)
-    report = consistency_lib.check(bundle.read(source), list(targets or ()), ids)
+    Bundles (the source and any bundle among the targets) are opened through the trust checks first."""
+    policy = TrustPolicy(trusting.signature_policy(public_key, allow_unsigned), trusting.scan_rule(False))
+    ids = trusting.identity_source(identity)
+    with render.progress_display(enabled=not json and render.err.is_terminal) as progress:
+        opened = open_bundle(source, policy, ids, trusting.passphrase(passphrase_env), progress)
+        report = consistency_lib.check(opened, list(targets or ()), policy, ids)
     if plot is not None:
         consistency_lib.plot(report, plot)
     if json:
@@ -48,5 +53,5 @@ def show(report: consistency_lib.ConsistencyReport) -> None:
                   "[green]ok[/]" if d.passed else "[red]" + "; ".join(d.failures) + "[/]")
     render.out.print(t)
     limits = ", ".join(f"{k}: |diff| <= {v.max_abs:g}, KL <= {v.max_kl:g}, top-1 >= {v.min_top1:.0%}"
-                       for k, v in consistency_lib.THRESHOLDS.items())
+                       for k, v in THRESHOLDS.items())
     render.out.print(f"thresholds: {limits}")

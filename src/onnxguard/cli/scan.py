@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -8,11 +7,12 @@ from typing import Annotated
 import typer
 
 from onnxguard import scan as scan_lib
-from onnxguard.trust import sealing, signing
+from onnxguard.cli import app, render, trusting
 from onnxguard.errors import CheckFailed, InputError
-from onnxguard.scan import formats, policy as policy_lib
+from onnxguard.scan import formats
+from onnxguard.scan import policy as policy_lib
 from onnxguard.scan.interface import Severity
-from onnxguard.cli import app, render
+from onnxguard.trust import PublicKeys, scan_bundle
 
 SEVERITIES = tuple(s.label for s in Severity)
 
@@ -27,23 +27,28 @@ def scan(
     fail_on: Annotated[str, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this severity: "
                                          + " | ".join(SEVERITIES) + ".")] = "medium",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here instead of stdout.")] = None,
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="Verify the bundle's signature with this PEM key.")] = None,
-    identity: Annotated[Path | None, typer.Option("--identity", help="age identity file: scan a sealed bundle's model in "
-                                                  "memory (default: $ONNXGUARD_AGE_IDENTITY).")] = None,
+    public_key: trusting.PublicKey = None,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
+    allow_unscanned: trusting.AllowUnscanned = False,
 ) -> None:
-    """Security scan of a model or bundle against a policy: exit 0 clean, 1 findings at or above --fail-on."""
+    """Security scan of a model or bundle against a policy: exit 0 clean, 1 findings at or above --fail-on.
+
+    A bundle is read through the trust checks: its files against the manifest, its signature (checked with
+    --public-key, else reported as not checked), and its model decrypted in memory when sealed. A sealed
+    model that cannot be decrypted is a critical finding (not scanned) unless --allow-unscanned."""
     if fmt not in formats.FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(formats.FORMATS)}")
     if fail_on not in SEVERITIES:
         raise InputError(f"--fail-on {fail_on!r}: use one of {', '.join(SEVERITIES)}")
     pol = policy_lib.load(policy, profile) if policy is not None else policy_lib.for_profile(profile or "default")
     with render.progress_display(enabled=render.err.is_terminal) as progress:
-        key = None
-        if public_key is not None:
-            signing.load_public_key(public_key)  # a missing or malformed key is a usage error, not a finding
-            key = public_key.read_bytes()
-        ids = sealing.identities(identity) if identity is not None or os.environ.get(sealing.IDENTITY_ENV) else None
-        report = scan_lib.scan(path, pol, progress, public_key=key, identity=ids)
+        if path.is_dir() and not path.is_symlink():
+            rule = trusting.scan_rule(allow_unscanned, pol, Severity.parse(fail_on))
+            report = scan_bundle(path, rule, PublicKeys(tuple(public_key)) if public_key else None,
+                                 trusting.identity_source(identity), trusting.passphrase(passphrase_env), progress)
+        else:
+            report = scan_lib.scan(path, pol, progress)
     color = fmt == "text" and output is None and sys.stdout.isatty()
     text = formats.render(report, fmt, color=color)
     if output is None:

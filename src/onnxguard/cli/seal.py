@@ -8,6 +8,7 @@ import typer
 from onnxguard.trust import sealing
 from onnxguard.errors import InputError
 from onnxguard.cli import app, options, render
+from onnxguard.cli import trusting
 from onnxguard.cli.sign import env_secret
 
 PassphraseEnv = Annotated[str | None, typer.Option("--passphrase-env", help="Name of the environment variable "
@@ -56,13 +57,12 @@ def seal(
 def unseal(
     bundle: Annotated[Path, typer.Argument(help="The sealed bundle directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the plaintext bundle.")],
-    identity: Annotated[Path | None, typer.Option("--identity", "-i", help="age identity file or ssh private key "
-                                                  f"(default: ${sealing.IDENTITY_ENV}).")] = None,
+    identity: trusting.Identity = None,
     passphrase_env: PassphraseEnv = None,
     json: options.Json = False,
 ) -> None:
     """Decrypt a sealed bundle into a new directory, for operators (serving decrypts in memory instead)."""
-    result = sealing.unseal(bundle, identity, output, env_secret(passphrase_env, "--passphrase-env"))
+    result = sealing.unseal(bundle, trusting.identity_source(identity), output, trusting.passphrase(passphrase_env))
     if json:
         render.print_json({"bundle": str(result.path), "files": sorted(result.manifest.files)})
         return

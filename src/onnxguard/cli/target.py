@@ -6,9 +6,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxguard import bundle
 from onnxguard import target as target_lib
-from onnxguard.cli import app, render
+from onnxguard.cli import app, render, trusting
 
 
 @app.command()
@@ -16,18 +15,19 @@ def target(
     source: Annotated[Path, typer.Argument(help="The bundle.")],
     to: Annotated[str, typer.Option("--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU) | web (onnxruntime-web, WASM).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The target directory to create.")],
-    identity: Annotated[Path | None, typer.Option("--identity", help="age identity for a sealed bundle.")] = None,
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
 ) -> None:
-    """The bundle's model for a phone, a small board or a browser, with its golden set and provenance."""
-    ids = None
-    if identity is not None:
-        from onnxguard.trust import sealing
+    """The bundle's model for a phone, a small board or a browser, with its golden set and provenance.
 
-        ids = sealing.identities(identity)
-    parent = bundle.read(source)
+    The bundle is opened through the trust checks first (signature, files, sealed plaintext, scan)."""
     with render.progress_display() as progress:
-        result = target_lib.make(parent, to, output, ids, overwrite, progress)
+        parent = trusting.open_from_cli(source, public_key=public_key, allow_unsigned=allow_unsigned,
+                                        identity=identity, passphrase_env=passphrase_env, progress=progress)
+        result = target_lib.make(parent, to, output, overwrite, progress)
     t = Table(title=f"{to} target {result.path}", show_header=False, title_justify="left")
     for name, size in result.files.items():
         t.add_row(name, render.size(size))

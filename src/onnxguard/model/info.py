@@ -1,4 +1,5 @@
-"""``inspect.inspect(path) -> ModelInfo``: what an ONNX model or bundle is, without running it."""
+"""``info.inspect(path) -> ModelInfo``: what an ONNX model is, without running it; ``describe_bundle`` for an
+opened bundle."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
+from onnxguard.errors import InputError
 from onnxguard.model import onnxfile
 from onnxguard.model.onnxfile import TensorSpec
+
+if TYPE_CHECKING:
+    from onnxguard.trust.opening import OpenedBundle
 
 STANDARD_DOMAIN = "ai.onnx"
 
@@ -111,53 +117,50 @@ def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> Mode
     )
 
 
-def _sealed(b) -> ModelInfo:
-    """What the manifest says of a sealed model that is not decrypted: no graph statistics."""
-    from onnxguard.model.onnxfile import TensorSpec as Spec
-
-    m = b.manifest.model
-    return ModelInfo(str(b.model_path), m.size, m.ir_version, m.opset, m.producer,
-                     tuple(Spec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.inputs),
-                     tuple(Spec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.outputs),
-                     {}, None, None, dict(b.manifest.metadata), ())
+def _from_manifest(opened: OpenedBundle) -> ModelInfo:
+    """What the manifest says of a sealed model that was not decrypted: no graph statistics."""
+    m = opened.manifest.model
+    return ModelInfo(str(opened.path / m.file), m.size, m.ir_version, m.opset, m.producer,
+                     tuple(TensorSpec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.inputs),
+                     tuple(TensorSpec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)) for t in m.outputs),
+                     {}, None, None, dict(opened.manifest.metadata), ())
 
 
-def inspect(path: str | os.PathLike[str], identity=None) -> ModelInfo:
-    """Describe an ONNX file, or a bundle directory (whose files are verified against its manifest first).
+def describe_bundle(opened: OpenedBundle) -> ModelInfo:
+    """Describe a bundle opened through the bundle door: its model (from the bytes the door hashed, or from the
+    manifest when it is sealed and was opened without its identity) and a summary of the manifest."""
+    name = str(opened.path / opened.model_name)
+    if opened.model_name in opened.contents:
+        data = opened.model_bytes
+        info = describe(onnxfile.parse(data, name), name, len(data))
+    else:
+        info = _from_manifest(opened)
+    m = opened.manifest
+    summary = {
+        "path": str(opened.path),
+        "format": m.format,
+        "name": m.name,
+        "version": m.version,
+        "created": m.created,
+        "digest": opened.digest,
+        "source": m.source.model_dump(),
+        "task": m.source.task,
+        "labels": m.labels,
+        "files": sorted(m.files),
+        "steps": [s.name for s in m.steps],
+        "parity": None if m.parity is None else {"passed": m.parity.passed},
+        "sealed": m.sealed is not None,
+        "signed": os.path.lexists(opened.path / "model.sig"),
+        "signature": {"status": opened.report.steps[2].status.value, "detail": opened.report.steps[2].detail},
+    }
+    return ModelInfo(**{**info.__dict__, "bundle": summary})
 
-    A sealed bundle's model is decrypted in memory with ``identity`` (see ``sealing.identities``); without
-    one, the model is described from the manifest alone.
-    """
+
+def inspect(path: str | os.PathLike[str]) -> ModelInfo:
+    """Describe an ONNX file. (A bundle is opened through ``trust.open_bundle`` and described by
+    ``describe_bundle``: the command line does both for a directory.)"""
     p = Path(path)
     if p.is_dir():
-        from onnxguard import bundle
-
-        b = bundle.read(p)
-        if b.manifest.sealed is None:
-            info = inspect(b.model_path)
-        elif identity is not None:
-            from onnxguard.trust import sealing
-
-            data = sealing.open_model(b, identity)
-            info = describe(onnxfile.parse(data, str(b.model_path)), str(b.model_path), len(data))
-        else:
-            info = _sealed(b)
-        m = b.manifest
-        summary = {
-            "path": str(p),
-            "format": m.format,
-            "name": m.name,
-            "version": m.version,
-            "created": m.created,
-            "source": m.source.model_dump(),
-            "task": m.source.task,
-            "labels": m.labels,
-            "files": sorted(m.files),
-            "steps": [s.name for s in m.steps],
-            "parity": None if m.parity is None else {"passed": m.parity.passed},
-            "sealed": m.sealed is not None,
-            "signed": (p / bundle.SIGNATURE).is_file(),
-        }
-        return ModelInfo(**{**info.__dict__, "bundle": summary})
+        raise InputError(f"{p}: a directory; describe a bundle with describe_bundle after trust.open_bundle")
     model = onnxfile.load(p)
     return describe(model, str(p), p.stat().st_size)

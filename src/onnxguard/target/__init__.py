@@ -14,27 +14,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from onnxguard import bundle
-from onnxguard.trust import sealing
-from onnxguard.bundle import Bundle
+from onnxguard import staging
 from onnxguard.errors import InputError
 from onnxguard.progress import Progress, silent
 from onnxguard.target.interface import TARGET_FORMAT, TargetResult
+from onnxguard.trust.opening import OpenedBundle
 
 KINDS = ("mobile", "edge", "web")
 
 __all__ = ["KINDS", "TARGET_FORMAT", "TargetResult", "make"]
 
 
-def make(parent: Bundle, kind: str, out: str | os.PathLike[str], identity=None, overwrite: bool = False,
+def make(parent: OpenedBundle, kind: str, out: str | os.PathLike[str], overwrite: bool = False,
          progress: Progress = silent) -> TargetResult:
-    """Make the ``kind`` target of ``parent`` in the directory ``out``; sealed bundles need ``identity``."""
+    """Make the ``kind`` target of the opened bundle ``parent`` in the directory ``out``.
+
+    The model and golden set are the bytes the bundle door hashed (decrypted in memory when sealed: the bundle
+    must have been opened with its identity). ``out`` is checked before any work: never the bundle itself,
+    inside it or around it, never a system directory."""
     if kind not in KINDS:
-        raise InputError(f"--to {kind!r}: use one of {', '.join(KINDS)}")
+        raise InputError(f"target kind {kind!r}: use one of {', '.join(KINDS)}")
     out = Path(out)
-    bundle.check_writable(out, overwrite)
-    sealing.require_identity(parent, identity, "decrypt its model for the target")
-    data, golden = sealing.open_model(parent, identity), sealing.open_golden(parent, identity)
+    staging.check_output(out, inputs=[parent.path], overwrite=overwrite)
+    data, golden = parent.model_bytes, parent.golden()
     if golden.references is None:
         raise InputError(f"{parent.path}: the golden set has no reference outputs to check the target against")
     if kind == "web":

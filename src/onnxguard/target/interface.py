@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from onnxguard import bundle
-from onnxguard.bundle import digest
-from onnxguard.bundle import Bundle
 from onnxguard.accuracy.parity import ParityReport
+
+if TYPE_CHECKING:
+    from onnxguard.trust.opening import OpenedBundle
 
 TARGET_FORMAT = "onnxguard-target/1"
 
@@ -23,9 +24,8 @@ class TargetResult:
     notes: tuple[str, ...] = field(default=())
 
 
-def provenance(parent: Bundle) -> dict:
-    """The ``parent`` entry of a target manifest: the bundle it came from, by the sha256 of its manifest
-    (which its signature covers) and of its model."""
+def provenance(parent: OpenedBundle) -> dict:
+    """The ``parent`` entry of a target manifest: the bundle it came from, by its digest (the sha256 of its
+    manifest, which its signature covers) and the sha256 of its model."""
     m = parent.manifest
-    return {"name": m.name, "version": m.version, "manifest_sha256": digest.file(parent.path / bundle.MANIFEST),
-            "model_sha256": m.model.sha256}
+    return {"name": m.name, "version": m.version, "manifest_sha256": parent.digest, "model_sha256": m.model.sha256}

@@ -24,15 +24,15 @@ import numpy as np
 from onnxguard import bundle
 from onnxguard.bundle import digest
 from onnxguard.model import onnxfile
-from onnxguard.bundle import Bundle
-from onnxguard.accuracy.consistency import THRESHOLDS, kind_of
+from onnxguard.trust.opening import OpenedBundle
+from onnxguard.accuracy.thresholds import THRESHOLDS, kind_of
 from onnxguard.errors import InputError
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.progress import Event, Progress
 from onnxguard.target import operators
 from onnxguard.target.interface import TARGET_FORMAT, TargetResult, provenance
 
-HERE = Path(__file__).parent / "web"
+HERE = Path(__file__).parent  # the page, its script and the pinned package-lock live beside this module
 PAGE = ("index.html", "app.mjs")
 # The WASM backend only (no WebGL/WebGPU): its loader module, its Emscripten glue, and the engine.
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -139,7 +139,7 @@ def _check_outputs(model) -> None:
                              "only; rebuild the bundle without ZipMap (scikit-learn: the default)")
 
 
-def make(parent: Bundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool, progress: Progress) -> TargetResult:
+def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool, progress: Progress) -> TargetResult:
     model = onnxfile.parse(data)
     runtime = f"onnxruntime-web {runtime_version()} (WASM)"
     operators.check(model, "web", runtime)
