@@ -22,7 +22,8 @@ import time
 from common import CACHE, RESULTS, onnxguard
 from onnxguard.target.web import browser
 from onnxguard import bundle, convert
-from onnxguard.accuracy import consistency, parity
+from onnxguard.accuracy import consistency
+from onnxguard import runtime
 from onnxguard.model import onnxfile
 from onnxguard.speed import quantize
 from onnxguard.convert import ConvertOptions
@@ -60,8 +61,8 @@ def measure(label: str, spec: str, options: ConvertOptions, bundle_dir, repeat: 
            (f"{label}: ORT format (edge target)", (CACHE / f"{label}-edge" / "model.ort").read_bytes(), "fp32")]
     for name, data, kind in cpu:
         def timed(g: GoldenSet, data: bytes = data) -> tuple[list, float]:
-            sess = parity.session(data)
-            ms, outs = _median_pass(lambda batch: parity.run(sess, [batch])[0], g, repeat)
+            sess = runtime.session(data)
+            ms, outs = _median_pass(lambda batch: runtime.run(sess, [batch])[0], g, repeat)
             return outs, ms
         rows.append(_row(consistency.drift(name, "", timed, kind, golden, roles), source_ms))
     page = browser.run_page(CACHE / f"{label}-web", query=f"?repeat={repeat}")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from onnxguard import bundle
+from onnxguard import bundle, runtime
 from onnxguard.bundle import digest
 from onnxguard.accuracy import parity
 from onnxguard.trust import sealing
@@ -30,7 +30,7 @@ def test_target_makes_ort_files_that_pass_the_golden_set(cli, digits_bundle, tmp
     assert "ai.onnx;" in config and str(tmp_path) not in config
     b = bundle.read(plain)
     for name in ("model.ort", "model.with_runtime_opt.ort"):  # each loads in the Python runtime and agrees
-        outs = parity.run(parity.session((out / name).read_bytes()), b.golden().inputs)
+        outs = runtime.run(runtime.session((out / name).read_bytes()), b.golden().inputs)
         report = parity.compare(b.golden().references, outs, {"output": parity.SCORES})
         assert report.passed, report
     assert [p.name for p in tmp_path.iterdir()] == [kind]  # nothing left beside it

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from onnxguard.errors import InputError, ModelError
+from onnxguard import runtime
+from onnxguard.errors import InputError
 from onnxguard.bundle.golden import Batch, GoldenSet
 
 # Output roles: how an output is judged.
@@ -60,36 +60,6 @@ class ParityReport:
         d = asdict(self)
         d["passed"] = self.passed
         return d
-
-
-def session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; ``threads=0`` lets the runtime choose."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
-        raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
-
-
-def run(sess: ort.InferenceSession, batches: tuple[Batch, ...] | list[Batch]) -> list[Batch]:
-    """Run every batch; string outputs come back as numpy unicode arrays (never object arrays)."""
-    wanted = {i.name for i in sess.get_inputs()}
-    names = [o.name for o in sess.get_outputs()]
-    results = []
-    for i, batch in enumerate(batches):
-        missing = wanted - batch.keys()
-        if missing:
-            raise InputError(f"golden batch {i} lacks model input(s) {sorted(missing)}; it has {sorted(batch)}")
-        try:
-            values = sess.run(names, {k: batch[k] for k in wanted})
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
-            raise InputError(f"golden batch {i} does not fit the model: {str(e).splitlines()[0]}") from e
-        results.append({n: (v.astype(str) if v.dtype == object else v) for n, v in zip(names, values, strict=True)})
-    return results
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -150,10 +120,10 @@ def compare(references: list[Batch] | tuple[Batch, ...], outputs: list[Batch], r
     return ParityReport(report, tolerance, len(references), items, notes)
 
 
-def parity(model: onnx.ModelProto | bytes | str, golden: GoldenSet, roles: dict[str, str],
+def parity(model: onnx.ModelProto | bytes, golden: GoldenSet, roles: dict[str, str],
            tolerance: Tolerance = Tolerance(), notes: tuple[str, ...] = ()) -> ParityReport:
-    """Run ``golden``'s inputs through ONNX Runtime and compare with its reference outputs."""
+    """Run ``golden``'s inputs through ONNX Runtime (see :mod:`onnxguard.runtime`) and compare with its reference outputs."""
     if golden.references is None:
         raise InputError("the golden set has no reference outputs; run the source framework first")
-    outputs = run(session(model), golden.inputs)
+    outputs = runtime.run(runtime.session(model), golden.inputs)
     return compare(golden.references, outputs, roles, tolerance, notes)
