@@ -3,7 +3,12 @@ no traceback unless --debug."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+from conftest import Result, expect_error
 
 
 @pytest.fixture
@@ -148,7 +153,7 @@ def test_texts_for_a_model_without_tokenizer(cli, sklearn_files, texts_file, tmp
     r = cli("build", sklearn_files.classifier, "-o", tmp_path / "b", "--texts", texts_file)
     assert r.code == 2 and "Traceback" not in r.err, str(r)
     assert r.err_lines[-1].startswith("onnxguard: error: ") and "digits.skops" in r.err_lines[-1], str(r)
-    assert "--golden" in r.err_lines[-1]
+    assert ".npz" in r.err_lines[-1]  # what to give instead
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -173,9 +178,129 @@ def test_version_and_help(cli):
 @pytest.mark.parametrize(("args", "says"), [(("inspect",), "Missing argument"),
                                            (("inspect", "x.onnx", "--no-such-option"), "No such option"),
                                            (("no-such-verb",), "No such command"),
-                                           (("convert", "model.skops"), "Missing option")])
-def test_usage_errors_exit_2_without_traceback(cli, args, says):
-    r = cli(*args)
+                                           (("convert", "model.skops"), "Missing option"),
+                                           (("bench", "x.onnx", "--runs", "many"), "'--runs'")])
+def test_usage_errors_are_one_line_with_the_usage(cli, args, says):
+    """Not click's five-line box: one line, the problem first, then the verb's usage."""
+    line = expect_error(cli(*args), 2, says, "usage: onnxguard")
+    assert "Usage:" not in line and "╭" not in line
+
+
+def test_misspelled_verb_suggests_the_verb(cli):
+    line = expect_error(cli("verfy", "x"), 2, "'verfy'")
+    assert "did you mean 'verify'" in line.lower(), line
+    line = expect_error(cli("inspekt", "x.onnx"), 2, "'inspekt'")
+    assert "did you mean 'inspect'" in line.lower(), line
+
+
+BUG = """
+import sys
+from onnxguard.model import info
+def broken(path):
+    raise RuntimeError("an unexpected bug\\nsecond line of the message")
+info.inspect = broken
+from onnxguard.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _with_a_bug(*args) -> Result:
+    """The real entry point (``cli.main``) with a library function replaced by one that has a bug."""
+    proc = subprocess.run([sys.executable, "-c", BUG, *args], capture_output=True, text=True, timeout=300, check=False)
+    return Result(args, proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_an_unexpected_exception_is_an_internal_error_exit_2(tmp_path):
+    """A bug is not a failed check (exit 1): exit 2, one line naming the exception, how to get the traceback."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    r = _with_a_bug("inspect", str(model))
     assert r.code == 2, str(r)
-    assert "Traceback" not in r.err + r.out, str(r)
-    assert says in r.err and "Usage: onnxguard" in r.err, str(r)
+    assert "Traceback" not in r.err, str(r)
+    assert r.err_lines == ["onnxguard: internal error: RuntimeError: an unexpected bug; rerun with --debug for the "
+                           "traceback"], str(r)
+    r = _with_a_bug("--debug", "inspect", str(model))
+    assert r.code == 2 and "Traceback" in r.err and "second line of the message" in r.err, str(r)
+    assert r.err_lines[-1].startswith("onnxguard: internal error: RuntimeError"), str(r)
+
+
+def test_a_remedy_is_named_by_the_flag_of_the_verb(cli, sklearn_files, tmp_path):
+    """The library says what is missing (a Remedy); the CLI names its flag, after the message."""
+    target = tmp_path / "b"
+    target.mkdir()
+    line = expect_error(cli("build", sklearn_files.classifier, "-o", target), 2)
+    assert line == f"onnxguard: error: {target}: already exists; pass --overwrite", line
+    line = expect_error(cli("convert", sklearn_files.pickle, "-o", tmp_path / "x.onnx"), 2, "digits.pkl")
+    assert line.endswith("; pass --trust-pickle"), line
+
+
+def test_a_verb_without_the_flag_gets_the_hint():
+    import typer.main
+
+    from onnxguard.cli import app, render
+    from onnxguard.errors import InputError, Remedy
+
+    verbs = typer.main.get_command(app).commands
+    e = InputError("x: already exists", hint="choose another output", remedy=Remedy.OVERWRITE)
+    assert render.error_line(e, verbs["build"]) == "onnxguard: error: x: already exists; pass --overwrite"
+    assert render.error_line(e, verbs["keygen"]) == "onnxguard: error: x: already exists; choose another output"
+    e = InputError("y: sealed", remedy=Remedy.IDENTITY)
+    assert render.error_line(e, verbs["parity"]).startswith("onnxguard: error: y: sealed; give --identity FILE")
+    assert render.error_line(e, verbs["keygen"]).startswith("onnxguard: error: y: sealed; needs the age identity")
+    assert set(render.REMEDY_FLAGS) == set(Remedy)  # every remedy has its flag
+
+
+# -- inputs that are not regular files, or far too large ------------------------------------------------------
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo.onnx"
+    os.mkfifo(path)  # nobody ever writes to it: opening it for reading the usual way blocks forever
+    return path
+
+
+@pytest.fixture
+def huge(tmp_path):
+    path = tmp_path / "huge.onnx"
+    with open(path, "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB that take no disk and must take no memory either
+    return path
+
+
+MODEL_READERS = [("inspect", "{m}"), ("optimize", "{m}", "-o", "{out}/o.onnx"), ("quantize", "{m}", "-o", "{out}/q.onnx"),
+                 ("parity", "{src}", "{m}"), ("bench", "{m}")]
+
+
+@pytest.mark.parametrize("args", MODEL_READERS, ids=lambda a: a[0])
+def test_a_fifo_is_refused_at_once(cli, fifo, sklearn_files, tmp_path, args):
+    args = [a.format(m=fifo, out=tmp_path, src=sklearn_files.classifier) for a in args]
+    expect_error(cli(*args, timeout=120), 2, str(fifo), "is a FIFO")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.onnx"]
+
+
+@pytest.mark.parametrize("args", MODEL_READERS, ids=lambda a: a[0])
+def test_a_file_over_2_gib_is_refused_unread(cli, huge, sklearn_files, tmp_path, args):
+    args = [a.format(m=huge, out=tmp_path, src=sklearn_files.classifier) for a in args]
+    expect_error(cli(*args, timeout=120), 2, str(huge), "3.0 GiB", "2.0 GiB limit", "not read")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_a_model_that_is_not_a_regular_file_says_what_it_is(cli, tmp_path, mlp_onnx, sklearn_files, kind):
+    path = tmp_path / "m.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(mlp_onnx)
+    says = {"fifo": "is a FIFO", "directory": "is a directory", "symlink": "is a symlink"}[kind]
+    line = expect_error(cli("parity", sklearn_files.classifier, path, timeout=120), 2, str(path), says)
+    assert "no such file" not in line
+
+
+@pytest.mark.parametrize("suffix", [".skops", ".pt2"])
+def test_convert_refuses_a_fifo_source_as_a_fifo(cli, tmp_path, suffix):
+    source = tmp_path / f"model{suffix}"
+    os.mkfifo(source)
+    line = expect_error(cli("convert", source, "-o", tmp_path / "x.onnx", timeout=120), 2, str(source), "is a FIFO")
+    assert "no such file" not in line

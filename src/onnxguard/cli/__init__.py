@@ -10,6 +10,9 @@ import sys
 import traceback
 
 import typer
+import typer.main
+from typer import exceptions as typer_errors
+from typer._click import exceptions as usage_errors  # typer ships its own click: its exceptions, not click's
 
 from onnxguard import __version__
 from onnxguard.errors import OnnxguardError
@@ -39,16 +42,55 @@ def _root(
 
 
 # Registering the verbs: each module adds its command(s) to ``app``.
+from onnxguard.cli import render  # noqa: E402
 from onnxguard.cli import bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign, target, verify  # noqa: E402,F401,E501
 
 
+def _verb(group, argv: list[str]):
+    """The command that ``argv`` names (after the root's own flags), for naming its flags in errors."""
+    command = group
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("-"):
+            continue
+        if token not in getattr(command, "commands", {}):
+            break
+        command = command.commands[token]
+    return None if command is group else command
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the command; every error ends here as one line on stderr with its exit code (2 could not run,
+    1 a check failed); ``--debug`` adds the traceback. A bug is an internal error, exit 2, never exit 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    group = None
     try:
-        # Standalone mode: the parser's own usage errors exit 2 with its message (typer ships its own click).
-        app(args=argv, prog_name="onnxguard", standalone_mode=True)
-    except OnnxguardError as e:
-        if "--debug" in argv:
-            traceback.print_exc()
-        print(f"onnxguard: error: {e}", file=sys.stderr)
+        group = typer.main.get_command(app)
+        code = group.main(args=argv, prog_name="onnxguard", standalone_mode=False)
+    except usage_errors.NoArgsIsHelpError as e:
+        e.show()
         sys.exit(e.exit_code)
+    except usage_errors.UsageError as e:
+        print(render.usage_error_line(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer_errors.TyperException as e:
+        print(f"onnxguard: error: {render.one_line(e.format_message())}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer_errors.Abort:
+        print("onnxguard: error: aborted", file=sys.stderr)
+        sys.exit(2)
+    except OnnxguardError as e:
+        if debug:
+            traceback.print_exc()
+        print(render.error_line(e, _verb(group, argv) if group is not None else None), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 -- the one top-level handler: a bug is one line and exit 2, not exit 1
+        if debug:
+            traceback.print_exc()
+        print(render.internal_error_line(e), file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -13,12 +13,70 @@ from rich.table import Table
 
 from onnxguard.model.info import ModelInfo
 from onnxguard.accuracy.parity import ParityReport
+from onnxguard.errors import OnnxguardError, Remedy
 from onnxguard.progress import Event
 
 out = Console(highlight=False)
 if not out.is_terminal:
     out = Console(highlight=False, width=120)  # piped or captured: wide enough for the report tables
 err = Console(stderr=True, highlight=False)
+
+
+# How the command line names each Remedy the library asks for: (what to do, the flag). The one place where a
+# Remedy becomes a flag; a verb that has no such flag gets the error's hint instead.
+REMEDY_FLAGS: dict[Remedy, tuple[str, str]] = {
+    Remedy.IDENTITY: ("give", "--identity FILE (or set ONNXGUARD_AGE_IDENTITY)"),
+    Remedy.PASSPHRASE: ("give", "--passphrase-env VAR"),
+    Remedy.PUBLIC_KEY: ("give", "--public-key PEM (or --allow-unsigned to accept it unchecked)"),
+    Remedy.ALLOW_UNSIGNED: ("pass", "--allow-unsigned"),
+    Remedy.ALLOW_NOT_SCANNED: ("pass", "--allow-unscanned"),
+    Remedy.OVERWRITE: ("pass", "--overwrite"),
+    Remedy.TRUST_PICKLE: ("pass", "--trust-pickle"),
+    Remedy.FORCE: ("pass", "--force"),
+    Remedy.OUTPUT: ("choose another", "-o/--output"),
+}
+
+
+def _has_option(command, flag: str) -> bool:
+    return any(p.param_type_name == "option" and (flag in p.opts or flag in p.secondary_opts) for p in command.params)
+
+
+def remedy_text(remedy: Remedy, command=None) -> str | None:
+    """``give --identity FILE``: the flag of ``command`` for ``remedy``; None when the verb has no such flag."""
+    verb, flag = REMEDY_FLAGS[remedy]
+    long_flag = flag.split()[0].split("/")[-1]
+    if command is not None and not _has_option(command, long_flag):
+        return None
+    return f"{verb} {flag}"
+
+
+def error_line(e: OnnxguardError, command=None) -> str:
+    """``onnxguard: error: MESSAGE; WHAT TO DO``: one line, the message first, then the flag for its remedy
+    (of the verb that ran) or else its hint."""
+    tail = remedy_text(e.remedy, command) if e.remedy is not None else None
+    tail = tail or e.hint or (f"needs {e.remedy.value}" if e.remedy is not None else None)
+    return one_line(f"onnxguard: error: {e.message}" + (f"; {tail}" if tail else ""))
+
+
+def internal_error_line(e: BaseException) -> str:
+    """A bug, not a usage problem: the exception's type and first line, and how to see the traceback."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return one_line(f"onnxguard: internal error: {type(e).__name__}: {first}; rerun with --debug for the traceback")
+
+
+def usage_error_line(e) -> str:
+    """Click's usage box (usage, hint, framed error) as one line: the error, then the verb's usage."""
+    message = one_line(e.format_message()).rstrip(".")
+    usage = ""
+    if e.ctx is not None:
+        usage = one_line(e.ctx.get_usage()).removeprefix("Usage: ")
+    where = f"; usage: {usage} (--help for more)" if usage else ""
+    return f"onnxguard: error: {message}{where}"
+
+
+def one_line(text: str) -> str:
+    """Collapse the line breaks of a multi-line message (an exception's text) into one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def print_json(data: dict) -> None:

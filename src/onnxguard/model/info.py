@@ -162,5 +162,5 @@ def inspect(path: str | os.PathLike[str]) -> ModelInfo:
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{p}: a directory; describe a bundle with describe_bundle after trust.open_bundle")
-    model = onnxfile.load(p)
-    return describe(model, str(p), p.stat().st_size)
+    data = onnxfile.read_file(p)  # one read: never blocks on a FIFO, refuses a file over 2 GiB unread
+    return describe(onnxfile.parse(data, str(p)), str(p), len(data))
