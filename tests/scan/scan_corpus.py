@@ -380,3 +380,24 @@ if __name__ == "__main__":
         target = out / case.name
         target.mkdir(parents=True, exist_ok=False)
         print(f"{case.name}: {case.build(target)} -> expect {case.check}")
+
+
+def small_sklearn(d: Path) -> Path:
+    """A scikit-learn model saved the way its users save it (.skops), for a real build."""
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    path = d / "logreg.skops"
+    sio.dump(LogisticRegression(max_iter=500).fit(x, y), path)
+    return path
+
+
+def scan_any(path: Path, policy=None):
+    """What ``onnxguard scan PATH`` does: a file through the scanner, a bundle through the bundle door."""
+    from onnxguard import scan, trust
+
+    if path.is_dir():
+        return trust.scan_bundle(path, trust.ScanRule(policy) if policy is not None else None)
+    return scan.scan(path, policy)

@@ -41,7 +41,7 @@ def test_usage_errors_exit_2(tmp_path):
     bad_policy.write_text("max_nodes = 3\n")
     for args, fragment in [
         ((tmp_path / "absent.onnx",), "no such file"),
-        ((tmp_path,), "without manifest.json"),
+        ((tmp_path,), "manifest.json: missing"),
         ((model, "--policy", bad_policy), "unknown key 'max_nodes'"),
         ((model, "--policy", tmp_path / "none.toml"), "no such policy file"),
         ((model, "--format", "xml"), "--format 'xml'"),

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from scan_corpus import control_characters, custom_domain_node, relu_model, save, small_bundle
+from scan_corpus import control_characters, custom_domain_node, relu_model, save, small_bundle, small_sklearn
 
 from onnxguard.errors import InputError
 from onnxguard.scan import ALL_CHECKS, ScanReport, Severity, policy, scan
-from onnxguard.scan.checks.bundle import Signature
 from onnxguard.scan.formats import render, sarif
 from onnxguard.scan.interface import BaseCheck
 
@@ -74,7 +73,7 @@ def test_allow_list_and_domain_qualified_deny(tmp_path):
 def test_missing_path_and_plain_directory_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         scan(tmp_path / "absent.onnx")
-    with pytest.raises(InputError, match="without manifest.json"):
+    with pytest.raises(InputError, match="a directory"):
         scan(tmp_path)
 
 
@@ -128,10 +127,36 @@ class Chatty(BaseCheck):
             yield self.finding(ctx, f"finding {i}")
 
 
-def test_a_crashing_check_fails_closed(tmp_path):
+def test_a_crashing_check_fails_closed_at_every_level(tmp_path):
     report = scan(save(relu_model(), tmp_path / "m.onnx"), checks=(Crashing(),))
-    assert [(f.check, f.severity) for f in report.findings] == [("scan.error", Severity.HIGH)]
+    assert [(f.check, f.severity) for f in report.findings] == [("scan.error", Severity.CRITICAL)]
     assert "test.crash" in report.findings[0].message and "boom" in report.findings[0].message
+    assert report.at_or_above(Severity.CRITICAL)  # fails even under --fail-on critical
+
+
+def _crash_the_external_data_check(monkeypatch):
+    from onnxguard.scan.checks import external_data
+
+    def boom(self, ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(external_data.Location, "run", boom)
+
+
+def test_a_crash_in_the_cve_check_fails_scan_and_build_at_fail_on_critical(tmp_path, monkeypatch, capsys):
+    from onnxguard import build, cli
+    from onnxguard.errors import CheckFailed
+
+    model = save(relu_model(), tmp_path / "m.onnx")
+    assert scan(model).findings == ()
+    _crash_the_external_data_check(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["scan", str(model), "--fail-on", "critical"])
+    assert e.value.code == 1 and "scan.error" in capsys.readouterr().err
+    skops = small_sklearn(tmp_path)
+    with pytest.raises(CheckFailed, match="scan.error"):
+        build.build(str(skops), tmp_path / "b", build.BuildOptions(fail_on="critical"))
+    assert not (tmp_path / "b").exists()
 
 
 def test_findings_per_check_are_capped(tmp_path):
@@ -141,40 +166,53 @@ def test_findings_per_check_are_capped(tmp_path):
 
 
 def test_signature_is_verified_with_the_public_key(tmp_path):
-    from onnxguard.trust import keys, signing
+    from onnxguard.trust import PublicKeys, keys, scan_bundle, signing
 
     root = small_bundle(tmp_path)
     k = keys.generate(tmp_path / "keys")
-    pem = k.public_key.read_bytes()
-    assert [f.check for f in scan(root).findings] == []
-    unsigned = scan(root, public_key=pem)
+    key = PublicKeys((k.public_key,))
+    assert [(f.check, f.severity) for f in scan_bundle(root).findings] == [("bundle.signature", Severity.INFO)]
+    unsigned = scan_bundle(root, signature=key)
     assert [(f.check, f.severity) for f in unsigned.findings] == [("bundle.signature", Severity.HIGH)]
     signing.sign(root, k.private_key)
-    assert [(f.check, f.severity) for f in scan(root).findings] == [("bundle.signature", Severity.INFO)]
-    assert scan(root, public_key=pem).findings == ()
+    assert [(f.check, f.severity) for f in scan_bundle(root).findings] == [("bundle.signature", Severity.INFO)]
+    assert scan_bundle(root, signature=key).findings == ()
     other = keys.generate(tmp_path / "other")
-    wrong = scan(root, public_key=other.public_key.read_bytes())
+    wrong = scan_bundle(root, signature=PublicKeys((other.public_key,)))
     assert [(f.check, f.severity) for f in wrong.findings] == [("bundle.signature", Severity.HIGH)]
     (root / "model.sig").write_bytes(b"{}")
-    garbage = scan(root, public_key=pem)
+    garbage = scan_bundle(root, signature=key)
     assert [(f.check, f.severity) for f in garbage.findings] == [("bundle.signature", Severity.HIGH)]
 
 
-def test_signature_verifier_plugs_in(tmp_path, monkeypatch):
+def test_a_sealed_bundle_scanned_without_identity_is_not_scanned(tmp_path):
+    from onnxguard.trust import ScanRule, UnsafeUnscanned, keys, scan_bundle, sealing
+
     root = small_bundle(tmp_path)
-    (root / "model.sig").write_bytes(b"{}")
-    monkeypatch.setattr(Signature, "verify", lambda self, root, key: False)
-    assert [f.severity for f in scan(root, public_key=b"k").findings] == [Severity.HIGH]
-    monkeypatch.setattr(Signature, "verify", lambda self, root, key: True)
-    assert scan(root, public_key=b"k").findings == ()
+    k = keys.generate(tmp_path / "keys")
+    sealing.seal(root, [k.recipient])
+    report = scan_bundle(root)
+    assert [(f.check, f.severity) for f in report.findings if f.check != "bundle.signature"] == [
+        ("scan.not-scanned", Severity.CRITICAL)]
+    waived = scan_bundle(root, UnsafeUnscanned(ScanRule().policy))
+    assert ("scan.not-scanned", Severity.INFO) in [(f.check, f.severity) for f in waived.findings]
+    opened = scan_bundle(root, identity=sealing.identities(k.age_identity))
+    assert not [f for f in opened.findings if f.severity > Severity.INFO]
+
+
+def test_a_bundle_directory_is_scanned_through_the_door(tmp_path):
+    with pytest.raises(InputError, match="a directory"):
+        scan(small_bundle(tmp_path))
 
 
 def test_bundle_model_symlink_is_reported_and_not_followed(tmp_path):
     root = small_bundle(tmp_path)
     (root / "model.onnx").unlink()
     (root / "model.onnx").symlink_to(save(relu_model(), tmp_path / "elsewhere.onnx"))
-    checks = {f.check for f in scan(root).findings}
-    assert {"bundle.symlink", "bundle.hash"} <= checks
+    from onnxguard.trust import scan_bundle
+
+    checks = {f.check for f in scan_bundle(root).findings}
+    assert {"bundle.symlink"} <= checks and "scan.not-scanned" in checks
     assert not any(c.startswith("file.") for c in checks)
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from onnxguard import bundle
+from onnxguard import bundle, runtime
 from onnxguard.trust import sealing
 
 from security_support import MODEL_SIGNING
@@ -42,7 +42,7 @@ def test_build_scans_seals_then_signs(cli, skops_model, keyset, tmp_path):
     assert ref.returncode == 0, ref.stdout + ref.stderr
     v = cli("verify", out, "--public-key", keyset.public_key, "--golden", "--identity", keyset.age_identity)
     assert v.code == 0, v
-    sess = sealing.load_session(bundle.read(out), keyset.age_identity)
+    sess = runtime.session(sealing.open_model(bundle.read(out), keyset.age_identity))
     assert [o.name for o in sess.get_outputs()] == ["label", "probabilities"]
     assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no staging directory left
 

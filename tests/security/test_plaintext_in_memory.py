@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from security_support import env
 
-from onnxguard import bundle
+from onnxguard import bundle, runtime
+from onnxguard.trust import TrustPolicy, UnsafeUnsigned, open_bundle, sealing
 
 CHILD = r"""
 import json, os, sys
@@ -40,9 +41,11 @@ def hook(event, args):
 
 sys.addaudithook(hook)
 import numpy as np
-from onnxguard.trust import sealing
-if mode == "load":
-    sess = sealing.load_session(bundle_dir, identity)
+from onnxguard import runtime
+from onnxguard.trust import TrustPolicy, UnsafeUnsigned, open_bundle, sealing
+if mode == "load":  # the bundle door (files, decryption, scan in memory), then a session from the bytes
+    opened = open_bundle(bundle_dir, TrustPolicy(UnsafeUnsigned()), sealing.identities(identity))
+    sess = runtime.session(opened.model_bytes)
     inp = sess.get_inputs()[0]
     outputs = sess.run(None, {inp.name: np.zeros((2, inp.shape[1]), np.float32)})
     assert len(outputs) == len(sess.get_outputs())
@@ -138,7 +141,7 @@ def test_the_detectors_catch_a_plaintext_write(built, sealed_copy, keyset, tmp_p
 
 
 def test_library_open_never_opens_a_file_for_writing(sealed_copy, keyset, monkeypatch):
-    """In process too: with every write-mode open refused, open_model and load_session still work."""
+    """In process too: with every write-mode open refused, the door and a session from its bytes still work."""
     import builtins
     import io
 
@@ -163,5 +166,6 @@ def test_library_open_never_opens_a_file_for_writing(sealed_copy, keyset, monkey
     monkeypatch.setattr(io, "open", no_write_open)
     monkeypatch.setattr(os, "open", no_write_os_open)
     data = sealing.open_model(sealed_copy, keyset.age_identity)
-    sess = sealing.load_session(sealed_copy, keyset.age_identity)
-    assert data and sess.get_outputs() and refused == []
+    opened = open_bundle(sealed_copy, TrustPolicy(UnsafeUnsigned()), sealing.identities(keyset.age_identity))
+    sess = runtime.session(opened.model_bytes)
+    assert data == opened.model_bytes and sess.get_outputs() and refused == []

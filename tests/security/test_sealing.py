@@ -13,10 +13,11 @@ from security_support import flip_byte, og, og_many, one_error, reference_verify
 
 from onnxguard import bundle
 from onnxguard.bundle import digest, golden
-from onnxguard.accuracy import parity
+from onnxguard import runtime
+from onnxguard.cli import trusting
 from onnxguard.trust import sealing, signing
 from onnxguard.bundle import SIGNATURE
-from onnxguard.errors import BundleError, InputError
+from onnxguard.errors import BundleError, InputError, Remedy
 
 
 def test_seal_in_place(built, bundle_copy, keyset):
@@ -36,24 +37,25 @@ def test_seal_in_place(built, bundle_copy, keyset):
     assert m.sealed.recipients == [keyset.recipient] and not m.sealed.passphrase and m.sealed.key_file is None
     assert m.sealed.files["golden.npz.age"].sha256 == digest.data(gold)
     assert built.marker.encode() not in (bundle_copy / "model.onnx.age").read_bytes()
-    with pytest.raises(BundleError, match="sealed.*open it in memory with onnxguard.trust.sealing"):
+    with pytest.raises(BundleError, match="sealed.*age-encrypted") as e:
         b.model_bytes()
+    assert e.value.remedy is Remedy.IDENTITY
     with pytest.raises(BundleError, match="sealed"):
         b.golden()
     assert sealing.open_model(b, keyset.age_identity) == model
     assert sealing.open_golden(bundle_copy, keyset.age_identity).to_bytes() == golden.from_bytes(gold).to_bytes()
 
 
-def test_load_session_runs_the_model(built, sealed_copy, keyset):
+def test_sealed_model_runs_from_memory(built, sealed_copy, keyset):
     plain = bundle.read(built.path)
-    sess = sealing.load_session(sealed_copy, keyset.age_identity)
+    sess = runtime.session(sealing.open_model(sealed_copy, keyset.age_identity))
     g = plain.golden()
-    ours = parity.run(sess, g.inputs)
-    ref = parity.run(parity.session(plain.model_bytes()), g.inputs)
+    ours = runtime.run(sess, g.inputs)
+    ref = runtime.run(runtime.session(plain.model_bytes()), g.inputs)
     for a, b in zip(ours, ref, strict=True):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
-    assert sealing.load_session(built.path, None).get_inputs()[0].name  # a plain bundle loads the same way
+    assert runtime.session(sealing.open_model(built.path)).get_inputs()[0].name  # a plain bundle: no identity
 
 
 def test_identity_sources(sealed_copy, keyset, monkeypatch):
@@ -61,13 +63,11 @@ def test_identity_sources(sealed_copy, keyset, monkeypatch):
     secret = next(s for s in keyset.age_identity.read_text().splitlines() if s.startswith("AGE-SECRET-KEY-1"))
     assert sealing.open_model(sealed_copy, secret) == model  # the key itself
     assert sealing.open_model(sealed_copy, sealing.identities(keyset.age_identity)) == model  # parsed identities
-    monkeypatch.setenv(sealing.IDENTITY_ENV, str(keyset.age_identity))
-    assert sealing.open_model(sealed_copy) == model  # env: a path
-    monkeypatch.setenv(sealing.IDENTITY_ENV, secret)
-    assert sealing.open_model(sealed_copy) == model  # env: the key
-    monkeypatch.delenv(sealing.IDENTITY_ENV)
-    with pytest.raises(InputError, match=f"no age identity.*{sealing.IDENTITY_ENV}"):
+    # The library never reads the environment: only the command line does (tests/security/test_sealing CLI cases).
+    monkeypatch.setenv("ONNXGUARD_AGE_IDENTITY", str(keyset.age_identity))
+    with pytest.raises(InputError, match="no age identity was given") as e:
         sealing.open_model(sealed_copy)
+    assert e.value.remedy is Remedy.IDENTITY
 
 
 def test_several_recipients_and_ssh_keys(bundle_copy, keyset, other_keyset, ssh_keys):
@@ -91,9 +91,6 @@ def test_passphrase(bundle_copy, keyset, monkeypatch):
     assert sealing.open_model(b, keyset.age_identity) == model  # recipients still work
     with pytest.raises(InputError, match="wrong passphrase"):
         sealing.open_model(b, passphrase="wrong")
-    monkeypatch.setenv(sealing.PASSPHRASE_ENV, "correct horse")
-    assert sealing.open_model(b) == model
-    monkeypatch.delenv(sealing.PASSPHRASE_ENV)
     # a passphrase alone; unseal drops the key file
     plain = sealing.unseal(b, keyset.age_identity, bundle_copy.parent / "plain")
     assert sealing.KEY_FILE not in plain.manifest.files
@@ -168,7 +165,7 @@ def test_seal_is_atomic(bundle_copy, keyset, monkeypatch):
             raise OSError(28, "No space left on device")
         return pyrage.encrypt_io(reader, writer, recipients)
 
-    monkeypatch.setattr(sealing.pyrage, "encrypt_io", failing)
+    monkeypatch.setattr(sealing.seal.__globals__["pyrage"], "encrypt_io", failing)
     with pytest.raises(InputError, match="No space left"):
         sealing.seal(bundle_copy, [keyset.recipient])
     assert {p.name: p.read_bytes() for p in bundle_copy.iterdir()} == before
@@ -189,7 +186,7 @@ def test_seal_and_unseal_cli(built, bundle_copy, keyset, other_keyset, ssh_keys,
     runs = og_many(("unseal", bundle_copy, "-i", ssh_keys.ed25519, "-o", tmp_path / "u1"),
                    ("unseal", bundle_copy, "-o", tmp_path / "u2", "--passphrase-env", "PW"),
                    ("unseal", bundle_copy, "-o", tmp_path / "u3"),
-                   extra_env={"PW": "pw", sealing.IDENTITY_ENV: str(other_keyset.age_identity)})
+                   extra_env={"PW": "pw", trusting.IDENTITY_ENV: str(other_keyset.age_identity)})
     for run in runs:
         assert run.code == 0 and "unsealed" in run.out, str(run)
     for n in ("u1", "u2", "u3"):
@@ -234,7 +231,7 @@ def test_unseal_bad_inputs(sealed_copy, keyset, other_keyset, tmp_path):
         (("unseal", sealed_copy, "-i", tmp_path / "junk.txt", "-o", out), (tmp_path / "junk.txt", "not an age identity"), 2),
         (("unseal", sealed_copy, "-i", tmp_path / "pub.txt", "-o", out), (tmp_path / "pub.txt", "a recipient (public)"), 2),
         (("unseal", sealed_copy, "-i", tmp_path / "none.txt", "-o", out), (tmp_path / "none.txt", "no such identity file"), 2),
-        (("unseal", sealed_copy, "-o", out), ("no age identity", sealing.IDENTITY_ENV), 2),
+        (("unseal", sealed_copy, "-o", out), ("no age identity", trusting.IDENTITY_ENV), 2),
         (("unseal", sealed_copy, "-i", keyset.age_identity, "-o", out, "--passphrase-env", "UNSET_VAR"), ("UNSET_VAR",), 2),
         (("unseal", sealed_copy, "-i", keyset.age_identity, "-o", sealed_copy), ("not into the sealed bundle",), 2),
         (("unseal", damaged, "-i", keyset.age_identity, "-o", out), (damaged / "golden.npz.age", "sha256"), 2),

@@ -1,4 +1,5 @@
-"""verify: signature, every manifest hash, sealed plaintext, and golden drift on this machine's runtime."""
+"""verify: the bundle door's numbered steps (manifest, files, signature, sealed plaintext, scan), all reported,
+and golden drift on this machine's runtime; fail closed."""
 
 from __future__ import annotations
 
@@ -9,27 +10,54 @@ import pytest
 from security_support import flip_byte, og, og_many, one_error, relist
 
 from onnxguard.bundle import golden
-from onnxguard.trust import signing, verify
 from onnxguard.errors import InputError
+from onnxguard.trust import PublicKeys, Status, Step, TrustPolicy, UnsafeUnscanned, UnsafeUnsigned, signing, verify
+
+UNSIGNED = TrustPolicy(UnsafeUnsigned())
 
 
-def test_plain_unsigned_bundle(bundle_copy):
-    report = verify.verify(bundle_copy)
-    assert report.passed and report.signature == verify.UNSIGNED and report.plaintext.startswith("n/a")
-    assert [f.status for f in report.files] == ["ok", "ok"] and report.golden_status == "not requested"
+def _key(keyset) -> TrustPolicy:
+    return TrustPolicy(PublicKeys((keyset.public_key,)))
+
+
+def test_plain_unsigned_bundle_passes_only_under_unsafe_unsigned(bundle_copy):
+    report = verify.verify(bundle_copy, UNSIGNED)
+    assert report.passed and report.trust.step(Step.SIGNATURE).status is Status.WAIVED
+    assert report.trust.step(Step.PLAINTEXT).status is Status.NOT_APPLICABLE
+    assert [f.status.value for f in report.trust.files] == ["ok", "ok"]
+    assert report.golden_status is verify.GoldenStatus.NOT_REQUESTED and report.trust.waivers == ("UnsafeUnsigned",)
+    no_rule = verify.verify(bundle_copy, TrustPolicy(None))
+    assert not no_rule.passed and no_rule.trust.step(Step.SIGNATURE).status is Status.NOT_CHECKED
+
+
+def test_signed_bundle_without_a_key_is_not_checked_and_fails(sealed_copy, keyset):
+    signing.sign(sealed_copy, keyset.private_key)
+    report = verify.verify(sealed_copy, TrustPolicy(None), identity=keyset.age_identity)
+    assert not report.passed
+    assert report.trust.step(Step.SIGNATURE).status is Status.NOT_CHECKED
+    assert any("signature" in f and "no key was given" in f for f in report.failures)
 
 
 def test_signed_sealed_bundle_everything_checked(sealed_copy, keyset):
     signing.sign(sealed_copy, keyset.private_key)
-    report = verify.verify(sealed_copy)
-    assert report.passed and report.signature == verify.NOT_CHECKED  # present, no key: reported, not a failure
-    report = verify.verify(sealed_copy, keyset.public_key, golden=True, identity=keyset.age_identity)
+    report = verify.verify(sealed_copy, _key(keyset), golden=True, identity=keyset.age_identity)
     assert report.passed, report.failures
-    assert report.signature == verify.VERIFIED and report.plaintext == "checked" and report.golden_status == "passed"
-    assert {o.name for o in report.golden.outputs} == set(report.build_max_abs)
+    assert [s.status for s in report.trust.steps] == [Status.PASSED] * 5
+    assert report.trust.signer.startswith("key sha256:") and report.golden_status is verify.GoldenStatus.PASSED
     d = report.to_dict()
-    assert d["passed"] and d["signature"] == {"status": "verified", "method": "key", "detail": "verified"}
-    assert d["golden"]["tolerance"] == {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999, "min_label_agreement": 1.0}
+    assert d["passed"] and [s["name"] for s in d["steps"]] == ["manifest", "files", "signature", "plaintext", "scan"]
+    assert d["golden"]["passed"] and d["golden"]["targets"][0]["kind"] == "fp32"
+
+
+def test_sealed_bundle_without_identity_fails_unless_waived(sealed_copy, keyset):
+    signing.sign(sealed_copy, keyset.private_key)
+    report = verify.verify(sealed_copy, _key(keyset))
+    assert not report.passed
+    assert report.trust.step(Step.PLAINTEXT).status is Status.NOT_CHECKED
+    assert report.trust.step(Step.SCAN).status is Status.NOT_CHECKED
+    waived = verify.verify(sealed_copy, TrustPolicy(PublicKeys((keyset.public_key,)), UnsafeUnscanned()))
+    assert waived.passed and waived.trust.step(Step.SCAN).status is Status.WAIVED
+    assert waived.trust.waivers == ("UnsafeUnscanned",)
 
 
 def test_every_problem_is_reported_at_once(sealed_copy, keyset, other_keyset):
@@ -38,14 +66,15 @@ def test_every_problem_is_reported_at_once(sealed_copy, keyset, other_keyset):
     (sealed_copy / "model.onnx.age").unlink()
     (sealed_copy / "notes.txt").write_text("x")
     os.symlink("/etc/passwd", sealed_copy / "link")
-    report = verify.verify(sealed_copy, other_keyset.public_key, golden=True, identity=keyset.age_identity)
+    report = verify.verify(sealed_copy, _key(other_keyset), golden=True, identity=keyset.age_identity)
     assert not report.passed
-    assert {(f.file, f.status) for f in report.files} == {
+    assert {(f.file, f.status.value) for f in report.trust.files} == {
         ("golden.npz.age", "changed"), ("model.onnx.age", "missing"), ("notes.txt", "unexpected"), ("link", "symlink")}
-    assert report.signature == verify.FAILED and report.golden_status.startswith("skipped")
+    assert report.trust.step(Step.SIGNATURE).status is Status.FAILED
+    assert report.golden_status is verify.GoldenStatus.SKIPPED
     text = " | ".join(report.failures)
-    for fragment in ("signature:", "golden.npz.age: changed", "model.onnx.age: missing", "notes.txt: unexpected",
-                     "link: symlink", "golden: not run"):
+    for fragment in ("signature:", "golden.npz.age: does not match", "model.onnx.age: listed in the manifest but missing",
+                     "notes.txt: not listed", "link: is a symlink", "golden: not run"):
         assert fragment in text
 
 
@@ -59,15 +88,15 @@ def _drift(bundle, factor: float) -> None:
 
 def test_golden_drift_fails(bundle_copy):
     _drift(bundle_copy, 1.05)
-    report = verify.verify(bundle_copy, golden=True)
-    assert not report.passed and report.golden_status == "failed"
-    assert any("drifted from the source's reference outputs" in f and "probabilities" in f for f in report.failures)
-    assert [f.status for f in report.files] == ["ok", "ok"]  # the hashes agree: only the outputs tell
+    report = verify.verify(bundle_copy, UNSIGNED, golden=True)
+    assert not report.passed and report.golden_status is verify.GoldenStatus.FAILED
+    assert any("drifted from the source's reference outputs" in f and "max |diff|" in f for f in report.failures)
+    assert [f.status.value for f in report.trust.files] == ["ok", "ok"]  # the hashes agree: only the outputs tell
 
 
 def test_golden_within_tolerance_passes(bundle_copy):
     _drift(bundle_copy, 1.0 + 1e-6)
-    assert verify.verify(bundle_copy, golden=True).passed
+    assert verify.verify(bundle_copy, UNSIGNED, golden=True).passed
 
 
 def test_replaced_sealed_file_is_a_failed_check(sealed_copy, keyset):
@@ -76,18 +105,16 @@ def test_replaced_sealed_file_is_a_failed_check(sealed_copy, keyset):
     (sealed_copy / "golden.npz.age").write_bytes(
         pyrage.encrypt(b"other", [pyrage.x25519.Recipient.from_str(keyset.recipient)]))
     relist(sealed_copy, "golden.npz.age")
-    report = verify.verify(sealed_copy, identity=keyset.age_identity)
-    assert not report.passed and report.plaintext == "failed"
+    report = verify.verify(sealed_copy, UNSIGNED, identity=keyset.age_identity)
+    assert not report.passed and report.trust.step(Step.PLAINTEXT).status is Status.FAILED
     assert any("sealed file was replaced" in f for f in report.failures)
 
 
 def test_sealed_golden_needs_an_identity(sealed_copy, other_keyset):
-    with pytest.raises(InputError, match="no age identity"):
-        verify.verify(sealed_copy, golden=True)
     with pytest.raises(InputError, match="none of the given identities"):
-        verify.verify(sealed_copy, golden=True, identity=other_keyset.age_identity)
-    report = verify.verify(sealed_copy)  # hashes only: fine without an identity
-    assert report.passed and report.plaintext.startswith("not checked")
+        verify.verify(sealed_copy, UNSIGNED, golden=True, identity=other_keyset.age_identity)
+    report = verify.verify(sealed_copy, UNSIGNED, golden=True)  # nothing opens the golden set: not run, a failure
+    assert not report.passed and report.golden_status is verify.GoldenStatus.SKIPPED
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------
@@ -95,21 +122,32 @@ def test_sealed_golden_needs_an_identity(sealed_copy, other_keyset):
 def test_verify_cli_pass_and_fail(sealed_copy, keyset):
     signing.sign(sealed_copy, keyset.private_key)
     ok = og("verify", sealed_copy, "--public-key", keyset.public_key, "--golden", "-i", keyset.age_identity)
-    assert ok.code == 0 and "PASSED" in ok.out and "verified (key)" in ok.out, str(ok)
+    assert ok.code == 0 and "PASSED" in ok.out and "verified (key sha256:" in ok.out, str(ok)
     flip_byte(sealed_copy / "manifest.json", 40)
     runs = og_many(("verify", sealed_copy, "--public-key", keyset.public_key),
                    ("verify", sealed_copy, "--public-key", keyset.public_key, "--json"))
     line = one_error(runs[0], 1, str(sealed_copy), "verification failed", "signature")
     assert "FAILED" in runs[0].out and line  # the report first, on stdout; then one line on stderr
     report = json.loads(runs[1].out)
-    assert runs[1].code == 1 and not report["passed"] and report["signature"]["status"] == "failed"
-    assert set(report) == {"bundle", "name", "version", "passed", "signature", "files", "sealed", "plaintext",
-                           "golden_status", "golden", "failures"}
+    assert runs[1].code == 1 and not report["passed"]
+    assert {s["name"]: s["status"] for s in report["steps"]}["signature"] == "failed"
+    assert set(report) == {"bundle", "name", "version", "passed", "digest", "signer", "waivers", "steps", "files",
+                           "scan", "golden_status", "golden", "failures"}
+
+
+def test_verify_cli_signed_bundle_without_key_exits_1(sealed_copy, keyset):
+    signing.sign(sealed_copy, keyset.private_key)
+    r = og("verify", sealed_copy, "-i", keyset.age_identity)
+    line = one_error(r, 1, str(sealed_copy), "signature", "no key was given")
+    assert "--public-key" in line and "--allow-unsigned" in line
+    assert og("verify", sealed_copy, "-i", keyset.age_identity, "--allow-unsigned").code == 0
+    assert og("verify", sealed_copy, "--public-key", keyset.public_key).code == 1  # sealed: not decrypted, not scanned
+    assert og("verify", sealed_copy, "--public-key", keyset.public_key, "--allow-unscanned").code == 0
 
 
 def test_verify_cli_golden_drift_exit_1(bundle_copy):
     _drift(bundle_copy, 2.0)
-    r = og("verify", bundle_copy, "--golden", "--json")
+    r = og("verify", bundle_copy, "--golden", "--json", "--allow-unsigned")
     assert r.code == 1 and json.loads(r.out)["golden"]["passed"] is False, str(r)
     one_error(r, 1, "drifted")
 
@@ -128,11 +166,12 @@ def test_verify_cli_bad_inputs(built, sealed_copy, keyset, other_keyset, tmp_pat
     cases = [
         (("verify", tmp_path / "nope"), (tmp_path / "nope", "no such bundle"), 2),
         (("verify", keyset.public_key.parent), ("manifest.json", "not a bundle"), 2),
-        (("verify", sealed_copy, "--golden"), ("no age identity",), 2),
+        (("verify", sealed_copy, "--golden", "--allow-unsigned"), ("opened without its identity", "--identity"), 1),
         (("verify", sealed_copy, "--golden", "-i", other_keyset.age_identity),
          (sealed_copy / "model.onnx.age", "none of the given identities"), 2),
         (("verify", sealed_copy, "--golden", "-i", tmp_path / "none"), (tmp_path / "none", "no such identity file"), 2),
-        (("verify", no_golden, "--golden"), (no_golden, "no golden set"), 2),
+        (("verify", no_golden, "--golden", "--allow-unsigned"), (no_golden, "no golden set"), 2),
+        (("verify", built.path, "--allow-unsigned", "--public-key", keyset.public_key), ("--allow-unsigned",), 2),
         (("verify", built.path, "--sigstore-identity", "me@example.com"), ("issuer",), 2),
         (("verify", built.path, "--public-key", keyset.public_key, "--certificate-chain", keyset.public_key),
          ("not several",), 2),

@@ -17,12 +17,10 @@ build never leaves a half-written bundle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,6 +34,7 @@ from onnxguard.bundle.files import MANIFEST, SIGNATURE, UNLISTED
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import File, Manifest
 from onnxguard.errors import BundleError, InputError, Remedy
+from onnxguard import staging
 
 MODEL = "model.onnx"
 GOLDEN = "golden.npz"
@@ -75,14 +74,19 @@ class Bundle:
     def model_bytes(self) -> bytes:
         """The model's bytes as hashed when the bundle was read (plain bundles only)."""
         self._refuse_sealed(f"model ({self.manifest.model.file})")
-        return bytes(self.data[self.manifest.model.file])
+        return self._kept(self.manifest.model.file)
+
+    def _kept(self, rel: str) -> bytes:
+        if rel not in self.data:
+            raise BundleError(f"{self.path / rel}: the bundle was read without keeping its files' bytes")
+        return bytes(self.data[rel])
 
     def golden(self) -> GoldenSet:
         """The golden set parsed from the bytes hashed when the bundle was read (plain bundles only)."""
         if self.manifest.golden is None:
             raise BundleError(f"{self.path}: the bundle has no golden set")
         self._refuse_sealed(f"golden set ({self.manifest.golden.file})")
-        return golden.from_bytes(self.data[self.manifest.golden.file], str(self.path / self.manifest.golden.file))
+        return golden.from_bytes(self._kept(self.manifest.golden.file), str(self.path / self.manifest.golden.file))
 
 
 def _schema() -> dict:
@@ -146,12 +150,14 @@ def consistency(root: Path, manifest: Manifest) -> list[str]:
     return []
 
 
-def read(path: str | os.PathLike[str]) -> Bundle:
+def read(path: str | os.PathLike[str], keep: bool | Callable[[str], bool] = True) -> Bundle:
     """Read a bundle: every file read once, hashed and checked against the manifest (``BundleError`` naming the
-    first that does not match). The bytes that were hashed are kept in the result."""
+    first that does not match). The bytes that were hashed are kept in the result; with ``keep=False`` the
+    files are only streamed through the check (constant memory: sealing a 2 GB model needs no 2 GB); ``keep``
+    may also name the files to keep."""
     root = Path(path)
     manifest, manifest_sha = read_manifest(root)
-    contents = files.check(root, manifest)
+    contents = files.check(root, manifest, keep=keep if callable(keep) else lambda rel: keep)
     if not contents.ok:
         bad = next(c for c in contents.checks if not c.ok)
         raise BundleError(f"{root / bad.file}: {bad.detail}; the bundle was modified",
@@ -161,58 +167,56 @@ def read(path: str | os.PathLike[str]) -> Bundle:
 
 
 def place(tmp: Path, target: Path, overwrite: bool) -> None:
-    if target.exists():
-        if not overwrite:
-            raise InputError(f"{target}: already exists; choose another output or pass --overwrite")
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        target.rename(old / target.name)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
+    """Rename the finished directory ``tmp`` to ``target``, replacing an existing one only with ``overwrite``.
+    Prefer :func:`onnxguard.staging.atomic_dir`, which stages, renames and cleans up in one place."""
+    staging.publish(tmp, target, overwrite)
 
 
-def check_writable(target: Path, overwrite: bool) -> None:
-    """Fail early, before any long work, if ``target`` cannot become a bundle."""
-    if target.exists() and not overwrite:
-        raise InputError(f"{target}: already exists; choose another output or pass --overwrite")
-    parent = target.absolute().parent
-    if not parent.is_dir():
-        raise InputError(f"{parent}: no such directory for the output bundle")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent}: not writable; choose a writable output path")
+def check_writable(target: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Fail early, before any long work, if ``target`` cannot become a bundle (see ``staging.check_output``):
+    a writable parent, not an existing path without ``overwrite``, and none of ``inputs``."""
+    staging.check_output(target, inputs=inputs, overwrite=overwrite, kind="directory")
+
+
+def fill(directory: Path, manifest: Manifest, model: onnx.ModelProto | bytes, golden_set: GoldenSet | None,
+         assets: Mapping[str, Path | bytes] | None = None) -> Manifest:
+    """Write a bundle's files into the empty ``directory`` (a staging directory); returns the manifest written,
+    with ``files`` and the model's sha256 and size filled in. An asset is a file to copy or the bytes to write."""
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    (directory / manifest.model.file).write_bytes(data)
+    if golden_set is not None:
+        golden_set.save(directory / GOLDEN)
+    for rel, src in (assets or {}).items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (*UNLISTED, GOLDEN, manifest.model.file):
+            raise BundleError(f"asset path {rel!r} escapes the bundle or clashes with a bundle file")
+        dest = directory / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(src, bytes):
+            dest.write_bytes(src)
+        else:
+            shutil.copyfile(src, dest)
+    listed = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
+              for rel, p in sorted(files.regular_files(directory).items())}
+    model_entry = listed[manifest.model.file]
+    manifest = manifest.model_copy(update={
+        "files": listed,
+        "model": manifest.model.model_copy(update={"sha256": model_entry.sha256, "size": model_entry.size}),
+    })
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
 
 
 def write(target: str | os.PathLike[str], manifest: Manifest, model: onnx.ModelProto | bytes,
-          golden_set: GoldenSet | None, assets: dict[str, Path] | None = None, overwrite: bool = False) -> Bundle:
-    """Write a bundle; ``manifest.files`` and the model's sha256 and size are filled in here."""
+          golden_set: GoldenSet | None, assets: Mapping[str, Path | bytes] | None = None, overwrite: bool = False,
+          inputs: Sequence[Path] = ()) -> Bundle:
+    """Write a bundle all at once (staged beside ``target``, renamed into place); ``manifest.files`` and the
+    model's sha256 and size are filled in here. ``inputs`` (what the bundle is made from) must not be replaced."""
     target = Path(target)
-    check_writable(target, overwrite)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.absolute().parent))
-    try:
-        (tmp / manifest.model.file).write_bytes(data)
-        if golden_set is not None:
-            golden_set.save(tmp / GOLDEN)
-        for rel, src in (assets or {}).items():
-            dest = tmp / rel
-            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (*UNLISTED, GOLDEN, manifest.model.file):
-                raise BundleError(f"asset path {rel!r} escapes the bundle or clashes with a bundle file")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
-        listed = {rel: File(sha256=digest.file(p), size=p.stat().st_size) for rel, p in sorted(files.regular_files(tmp).items())}
-        model_entry = listed[manifest.model.file]
-        manifest = manifest.model_copy(update={
-            "files": listed,
-            "model": manifest.model.model_copy(update={"sha256": model_entry.sha256, "size": model_entry.size}),
-        })
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        place(tmp, target, overwrite)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"{target}: cannot write the bundle ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_writable(target, overwrite, inputs)
+    with staging.atomic_dir(target, overwrite=overwrite) as tmp:
+        try:
+            fill(tmp, manifest, model, golden_set, assets)
+        except OSError as e:
+            raise InputError(f"{target}: cannot write the bundle ({e.strerror or e})",
+                             hint="free some space or choose a writable output path", remedy=Remedy.OUTPUT) from e
     return read(target)

@@ -17,8 +17,10 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from onnxguard.bundle.manifest import Manifest
 from onnxguard.errors import InputError
@@ -55,8 +57,10 @@ class Read:
     sha256: str
 
 
-def read_regular(path: str | os.PathLike[str], max_bytes: int) -> Read:
-    """Read a regular file once, within ``max_bytes``; ``InputError`` naming the file for anything else."""
+def open_regular(path: str | os.PathLike[str], max_bytes: int) -> tuple[BinaryIO, int]:
+    """Open a regular file for reading: without following a symlink, without blocking (a FIFO cannot stall it),
+    checked with ``fstat`` on the open descriptor (the file checked is the file read) and refused, before a
+    byte is read, when larger than ``max_bytes``. Returns the open file and its size."""
     p = Path(path)
     try:
         fd = os.open(p, _OPEN_FLAGS)
@@ -66,20 +70,45 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int) -> Read:
         if e.errno == errno.ELOOP:
             raise InputError(f"{p}: is a symlink; only regular files are read") from e
         raise InputError(f"{p}: cannot open ({e.strerror or e})") from e
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: is {kind_of(st.st_mode)}; only regular files are read")
-        if st.st_size > max_bytes:
-            raise InputError(f"{p}: {st.st_size:,} bytes, over the limit of {max_bytes:,}; not read")
-        chunks, h, size = [], hashlib.sha256(), 0
-        while chunk := f.read(min(1 << 20, max_bytes + 1 - size)):
-            chunks.append(chunk)
-            h.update(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise InputError(f"{p}: grew past the limit of {max_bytes:,} bytes while it was read; not read")
-    return Read(b"".join(chunks), h.hexdigest())
+    f = os.fdopen(fd, "rb", buffering=0)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise InputError(f"{p}: is {kind_of(st.st_mode)}; only regular files are read")
+    if st.st_size > max_bytes:
+        f.close()
+        raise InputError(f"{p}: {st.st_size:,} bytes, over the limit of {max_bytes:,}; not read")
+    return f, st.st_size
+
+
+class HashingReader:
+    """Reads through to a file, hashing and counting every byte read, refusing to go past ``max_bytes``."""
+
+    def __init__(self, f: BinaryIO, max_bytes: int, where: Path) -> None:
+        self.f, self.max_bytes, self.where = f, max_bytes, where
+        self.sha, self.size = hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.max_bytes + 1 - self.size if n is None or n < 0 else min(n, self.max_bytes + 1 - self.size)
+        data = self.f.read(max(want, 0)) or b""
+        self.sha.update(data)
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise InputError(f"{self.where}: grew past the limit of {self.max_bytes:,} bytes while it was read")
+        return data
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int, keep: bool = True) -> Read:
+    """Read a regular file once, within ``max_bytes``, hashing it as it is read; ``keep=False`` streams it (the
+    digest only, in constant memory). ``InputError`` naming the file for anything else."""
+    f, _ = open_regular(path, max_bytes)
+    with f:
+        reader = HashingReader(f, max_bytes, Path(path))
+        chunks = []
+        while chunk := reader.read(1 << 20):
+            if keep:
+                chunks.append(chunk)
+    return Read(b"".join(chunks), reader.sha.hexdigest())
 
 
 class FileStatus(enum.Enum):
@@ -111,7 +140,7 @@ class Contents:
     """What ``check`` found: every file's verdict, and the bytes of each file that matched the manifest."""
 
     checks: tuple[FileCheck, ...]
-    data: dict[str, bytes]  # relative path -> bytes exactly as hashed; only files whose check is OK
+    data: dict[str, bytes]  # relative path -> bytes exactly as hashed; files whose check is OK and that were kept
     digests: dict[str, str]  # relative path -> sha256 of every regular file that was read (OK, changed, unexpected)
 
     @property
@@ -135,8 +164,9 @@ def entries(root: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def check(root: Path, manifest: Manifest) -> Contents:
-    """Every file of the bundle at ``root`` against ``manifest``, all reported; listed files read once."""
+def check(root: Path, manifest: Manifest, keep: Callable[[str], bool] = lambda rel: True) -> Contents:
+    """Every file of the bundle at ``root`` against ``manifest``, all reported; listed files read once. The
+    bytes of the files ``keep`` names are kept; the others are streamed (hashed in constant memory)."""
     checks: list[FileCheck] = []
     data: dict[str, bytes] = {}
     digests: dict[str, str] = {}
@@ -165,7 +195,7 @@ def check(root: Path, manifest: Manifest) -> Contents:
                                                           f"bytes, the manifest says {entry.size:,})"))
             continue
         try:
-            read = read_regular(root / rel, min(entry.size, MAX_FILE_BYTES))
+            read = read_regular(root / rel, min(entry.size, MAX_FILE_BYTES), keep=keep(rel))
         except InputError as e:
             checks.append(FileCheck(rel, FileStatus.UNREADABLE, str(e).removeprefix(f"{root / rel}: ")))
             continue
@@ -174,7 +204,8 @@ def check(root: Path, manifest: Manifest) -> Contents:
             checks.append(FileCheck(rel, FileStatus.CHANGED, "does not match the sha256 in the manifest"))
         else:
             checks.append(FileCheck(rel, FileStatus.OK))
-            data[rel] = read.data
+            if keep(rel):
+                data[rel] = read.data
     return Contents(tuple(sorted(checks, key=lambda c: (c.ok, c.file))), data, digests)
 
 
@@ -186,4 +217,17 @@ def regular_files(root: Path) -> dict[str, Path]:
             raise InputError(f"{root / rel}: is a symlink; a bundle holds only regular files")
         if stat.S_ISREG(st.st_mode):
             found[rel] = root / rel
+    return found
+
+
+def digests(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` but the signature, each streamed once: what a signature is
+    checked against when there is no readable manifest to go by."""
+    found: dict[str, str] = {}
+    for rel, st in entries(root).items():
+        if stat.S_ISREG(st.st_mode) and rel != SIGNATURE:
+            try:
+                found[rel] = read_regular(root / rel, MAX_FILE_BYTES, keep=False).sha256
+            except InputError:
+                continue  # unreadable: it cannot match a signed digest, and the signature check says so
     return found

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from onnxguard import staging
 from onnxguard import target as target_lib
 from onnxguard.cli import app, render, trusting
 
@@ -24,6 +25,7 @@ def target(
     """The bundle's model for a phone, a small board or a browser, with its golden set and provenance.
 
     The bundle is opened through the trust checks first (signature, files, sealed plaintext, scan)."""
+    staging.check_output(output, inputs=[source], overwrite=overwrite)  # before any work
     with render.progress_display() as progress:
         parent = trusting.open_from_cli(source, public_key=public_key, allow_unsigned=allow_unsigned,
                                         identity=identity, passphrase_env=passphrase_env, progress=progress)

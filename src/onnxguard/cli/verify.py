@@ -10,7 +10,7 @@ from rich.table import Table
 from onnxguard.cli import app, options, render, trusting
 from onnxguard.cli.consistency import show
 from onnxguard.errors import CheckFailed, InputError
-from onnxguard.trust import Status, TrustPolicy
+from onnxguard.trust import Status, TrustPolicy, opening
 from onnxguard.trust import verify as verify_lib
 
 _STYLE = {Status.PASSED: "green", Status.FAILED: "red", Status.NOT_CHECKED: "red", Status.WAIVED: "yellow",
@@ -74,4 +74,5 @@ def verify(
     else:
         _print(report)
     if not report.passed:
-        raise CheckFailed(f"{bundle}: verification failed: {'; '.join(report.failures)}")
+        raise CheckFailed(f"{bundle}: verification failed: {'; '.join(report.failures)}",
+                          remedy=opening.remedy(report.trust))

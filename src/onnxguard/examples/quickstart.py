@@ -8,19 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxguard.target.web import browser
-from onnxguard import build, target
+from onnxguard import build, runtime, target
 from onnxguard.accuracy import consistency
-from onnxguard.trust import keys, sealing, verify
-from onnxguard.model import onnxfile
-from onnxguard.speed import quantize
-from onnxguard.build import BuildOptions, BuildResult
 from onnxguard.accuracy.consistency import ConsistencyReport
-from onnxguard.errors import InputError
-from onnxguard.convert import ConvertOptions
+from onnxguard.build import BuildOptions, BuildResult
 from onnxguard.bundle.golden import GoldenSet
-from onnxguard.trust.keys import KeyPaths
+from onnxguard.convert import ConvertOptions
+from onnxguard.errors import InputError
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.speed import quantize
+from onnxguard.target.web import browser
+from onnxguard.trust import OpenedBundle, PublicKeys, TrustPolicy, keys, open_bundle, sealing, verify
+from onnxguard.trust.keys import KeyPaths
 from onnxguard.trust.verify import VerifyReport
 
 
@@ -63,32 +63,36 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     keys = _keys(workdir / "keys")
     options = dataclasses.replace(options, sign_key=keys.private_key, recipients=(keys.recipient,))
     result = build.build(str(program), workdir / "bundle", options, progress)
-    progress(Event("verify", "signature, hashes and the golden set on this runtime"))
-    report = verify.verify(result.bundle.path, keys.public_key, golden=True, identity=keys.age_identity)
+    progress(Event("verify", "signature, hashes, scan and the golden set on this runtime"))
+    policy = TrustPolicy(PublicKeys((keys.public_key,)))
+    identity = sealing.identities(keys.age_identity)
+    report = verify.verify(result.bundle.path, policy, golden=True, identity=identity)
     progress(Event("verify", "passed" if report.passed else "FAILED", done=True))
-    sess = sealing.load_session(result.bundle, keys.age_identity)
+    opened = open_bundle(result.bundle.path, policy, identity)  # the door: signature, hashes, decrypt, scan
+    sess = runtime.session(opened.model_bytes)
     sample = data.x_test[-8:]
     logits = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
-    drift, skipped = _targets(result.bundle, workdir / "targets", keys, progress)
+    drift, skipped = _targets(opened, policy, workdir / "targets", progress)
     return QuickstartResult(accuracy, program, result, predictions, keys, report, drift, skipped)
 
 
-def _targets(bundle, out: Path, keys: KeyPaths, progress: Progress) -> tuple[ConsistencyReport, str | None]:
+def _targets(opened: OpenedBundle, policy: TrustPolicy, out: Path,
+             progress: Progress) -> tuple[ConsistencyReport, str | None]:
     """An INT8 variant, the mobile target and the web target of the bundle, and one golden set across them all."""
     out.mkdir(exist_ok=True)
     int8 = out / "digits-cnn.int8.onnx"
     progress(Event("targets", "dynamic INT8 variant"))
-    model = onnxfile.parse(sealing.open_model(bundle, keys.age_identity))
+    model = onnxfile.parse(opened.model_bytes, str(opened.path / opened.model_name))
     int8.write_bytes(quantize.quantize(model, quantize.QuantizeOptions(mode="dynamic")).model.SerializeToString())
     progress(Event("targets", "mobile target"))
-    target.make(bundle, "mobile", out / "mobile", keys.age_identity, overwrite=True, progress=progress)
+    target.make(opened, "mobile", out / "mobile", overwrite=True, progress=progress)
     checked, skipped = [int8, out / "mobile"], None
     progress(Event("targets", "web target"))
     try:
-        target.make(bundle, "web", out / "web", keys.age_identity, overwrite=True, progress=progress)
+        target.make(opened, "web", out / "web", overwrite=True, progress=progress)
     except InputError as e:  # no npm, or no registry to fetch onnxruntime-web from
         skipped = f"no web target: {e}"
     else:
@@ -98,7 +102,7 @@ def _targets(bundle, out: Path, keys: KeyPaths, progress: Progress) -> tuple[Con
             skipped = ("no headless Chromium here, so the web target was not run in a browser "
                        "(apt install chromium chromium-driver; `make test` installs them)")
     progress(Event("consistency", "golden set on every variant and target" + ("" if skipped else ", Chromium included")))
-    return consistency.check(bundle, checked, keys.age_identity), skipped
+    return consistency.check(opened, checked, policy), skipped
 
 
 def _keys(directory: Path) -> KeyPaths:

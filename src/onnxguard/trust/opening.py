@@ -108,19 +108,22 @@ class TrustReport:
                 "scan": self.scan.to_dict() if self.scan is not None else None}
 
 
+def remedy(report: TrustReport) -> Remedy | None:
+    """What the caller can supply to pass: for the first step that was not checked (and only when none failed),
+    the key or the identity it lacked."""
+    if any(s.status is Status.FAILED for s in report.steps):
+        return None
+    first = next((s.step for s in report.steps if s.status is Status.NOT_CHECKED), None)
+    return {Step.SIGNATURE: Remedy.PUBLIC_KEY, Step.PLAINTEXT: Remedy.IDENTITY, Step.SCAN: Remedy.IDENTITY}.get(first)
+
+
 class TrustFailed(CheckFailed):
     """The bundle did not pass the door under the policy (exit 1); ``report`` says which steps and why."""
 
     def __init__(self, report: TrustReport) -> None:
         first = report.failures[0] if report.failures else "not trusted"
         more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
-        remedy = None
-        for s in report.steps:
-            if s.status is Status.NOT_CHECKED:
-                remedy = {Step.SIGNATURE: Remedy.PUBLIC_KEY, Step.PLAINTEXT: Remedy.IDENTITY,
-                          Step.SCAN: Remedy.IDENTITY}.get(s.step)
-                break
-        super().__init__(f"{report.path}: {first}{more}", remedy=remedy)
+        super().__init__(f"{report.path}: {first}{more}", remedy=remedy(report))
         self.report = report
 
 
@@ -182,6 +185,9 @@ def _signature(root: Path, digests: dict[str, str], policy: TrustPolicy) -> tupl
     if isinstance(rule, UnsafeUnsigned):
         what = f"{SIGNATURE} is present but was not checked" if present else "the bundle is unsigned"
         return StepResult(Step.SIGNATURE, Status.WAIVED, f"{what} (UnsafeUnsigned)"), None
+    if rule is None:
+        what = f"{SIGNATURE} is present" if present else "the bundle is unsigned"
+        return StepResult(Step.SIGNATURE, Status.NOT_CHECKED, f"{what}; no key was given to check it"), None
     if not present:
         return StepResult(Step.SIGNATURE, Status.FAILED, f"the bundle is not signed ({SIGNATURE} is missing)"), None
     try:
@@ -255,7 +261,10 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
         if not root.is_dir() or not os.path.lexists(root / bundle_lib.MANIFEST):
             raise
         steps.append(StepResult(Step.MANIFEST, Status.FAILED, str(e)))
-        steps += [StepResult(s, Status.NOT_CHECKED, "the manifest could not be read") for s in list(Step)[1:]]
+        steps.append(StepResult(Step.FILES, Status.NOT_CHECKED, "the manifest could not be read"))
+        # The signature covers manifest.json too: checked against every regular file, it names what changed.
+        steps.append(_signature(root, files.digests(root), policy)[0])
+        steps += [StepResult(s, Status.NOT_CHECKED, "the manifest could not be read") for s in (Step.PLAINTEXT, Step.SCAN)]
         return TrustReport(str(root), tuple(steps), waivers=waivers), None
     ids = None
     if manifest.sealed is not None and (identity is not None or passphrase is not None):
@@ -264,7 +273,10 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
                             "; ".join(problems) or f"{manifest.name} {manifest.version}, sha256 {manifest_sha[:16]}..."))
 
     progress(Event("open", f"{root}: files", 1, len(Step)))
-    contents = files.check(root, manifest)
+    sealed_names = set(manifest.sealed.files) if manifest.sealed else set()
+    # Sealed files are hashed here in constant memory; with an identity, step 4 streams them through decryption,
+    # hashing the ciphertext again as it is read, so only the plaintext is ever held (once).
+    contents = files.check(root, manifest, keep=lambda rel: rel not in sealed_names)
     steps.append(StepResult(Step.FILES, Status.PASSED if contents.ok else Status.FAILED,
                             f"{len(contents.checks)} file(s) match the manifest" if contents.ok
                             else "; ".join(contents.failures())))
@@ -276,7 +288,8 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
     intact = contents.ok and not problems
     plain: dict[str, bytes] = {}
     if not intact:
-        steps.append(StepResult(Step.PLAINTEXT, Status.NOT_CHECKED, "skipped: the files do not match the manifest"))
+        steps.append(StepResult(Step.PLAINTEXT, Status.NOT_CHECKED, "skipped: the files do not match the manifest")
+                     if manifest.sealed is not None else StepResult(Step.PLAINTEXT, Status.NOT_APPLICABLE, "not sealed"))
         steps.append(StepResult(Step.SCAN, Status.NOT_CHECKED, "skipped: the files do not match the manifest"))
         scan_report = None
     else:
@@ -284,7 +297,6 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
         b = Bundle(root, manifest, manifest_sha, contents.data)
         step, decrypted = _plaintext(b, ids, policy)
         steps.append(step)
-        sealed_names = set(manifest.sealed.files) if manifest.sealed else set()
         plain = {rel: data for rel, data in contents.data.items() if rel not in sealed_names} | decrypted
         progress(Event("open", f"{root}: scan", 4, len(Step)))
         model_name = manifest.sealed.files[manifest.model.file].plaintext if manifest.sealed else manifest.model.file

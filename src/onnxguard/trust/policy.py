@@ -9,7 +9,8 @@ Two parts, each a rule or an explicit, loudly named waiver:
   accept a model that could not be scanned (a sealed bundle opened without its identity). Findings at or above
   ``fail_on`` fail under either.
 
-There is no default signature rule: a caller that does not say how the bundle is trusted cannot open it.
+There is no default signature rule: with ``signature=None`` the signature step is "not checked", a failure,
+so a caller that does not say how the bundle is trusted cannot open it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class UnsafeUnscanned(ScanRule):
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    signature: SignaturePolicy
+    signature: SignaturePolicy | None  # None: no rule given; the signature step is not checked, and fails
     scan: ScanRule = field(default_factory=ScanRule)
 
     @property

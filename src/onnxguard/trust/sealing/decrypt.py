@@ -11,7 +11,7 @@ from pathlib import Path
 import pyrage
 
 from onnxguard import bundle as bundle_lib
-from onnxguard.bundle import Bundle, golden
+from onnxguard.bundle import Bundle, files, golden
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import SealedFile
 from onnxguard.errors import BundleError, InputError, Remedy
@@ -25,7 +25,10 @@ _NO_MATCH = "No matching keys"
 
 
 def _bundle(source: Bundle | PathLike) -> Bundle:
-    return source if isinstance(source, Bundle) else bundle_lib.read(source)
+    """A bundle read without keeping the sealed files' bytes: they are streamed through decryption."""
+    if isinstance(source, Bundle):
+        return source
+    return bundle_lib.read(source, keep=lambda rel: not rel.endswith(SUFFIX))
 
 
 def _decrypt_error(path: Path, b: Bundle, e: Exception) -> InputError | BundleError:
@@ -63,19 +66,32 @@ def decrypt_to(b: Bundle, rel: str, ids: list[object], writer) -> SealedFile:
     entry = sealed.files[rel]
     path = b.path / rel
     w = _HashingWriter(writer)
+    if rel in b.data:  # the bytes hashed when the bundle was read
+        _decrypt_io(io.BytesIO(b.data[rel]), w, ids, path, b)
+    else:  # streamed from disk (constant memory), the ciphertext hashed as it is read and checked again
+        listed = b.manifest.files[rel]
+        f, _ = files.open_regular(path, listed.size)
+        with f:
+            reader = files.HashingReader(f, listed.size, path)
+            _decrypt_io(reader, w, ids, path, b)
+        if reader.sha.hexdigest() != listed.sha256 or reader.size != listed.size:
+            raise BundleError(f"{path}: changed after the bundle was read (its sha256 is no longer the manifest's)")
+    if w.sha.hexdigest() != entry.sha256 or w.size != entry.size:
+        raise BundleError(f"{path}: decrypts to a {entry.plaintext} whose sha256 is not the manifest's; the sealed file "
+                          "was replaced", hint="anyone with a recipient's public key can encrypt a file: check the "
+                          "bundle's signature")
+    return entry
+
+
+def _decrypt_io(reader, writer, ids: list[object], path: Path, b: Bundle) -> None:
     try:
-        pyrage.decrypt_io(io.BytesIO(b.data[rel]), w, ids)
+        pyrage.decrypt_io(reader, writer, ids)
     except pyrage.DecryptError as e:
         raise _decrypt_error(path, b, e) from e
     except OSError as e:
         if e.errno is not None:  # a real I/O error of the writer (disk full, ...), not pyrage's "decryption error"
             raise
         raise _decrypt_error(path, b, e) from e
-    if w.sha.hexdigest() != entry.sha256 or w.size != entry.size:
-        raise BundleError(f"{path}: decrypts to a {entry.plaintext} whose sha256 is not the manifest's; the sealed file "
-                          "was replaced", hint="anyone with a recipient's public key can encrypt a file: check the "
-                          "bundle's signature")
-    return entry
 
 
 class _Discard:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -14,9 +13,9 @@ from pathlib import Path
 import pyrage
 
 from onnxguard import bundle as bundle_lib
-from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle, digest
+from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle, digest, files
 from onnxguard.bundle.manifest import File, Manifest, Sealed, SealedFile
-from onnxguard.errors import InputError
+from onnxguard.errors import BundleError, InputError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.trust.sealing.decrypt import SUFFIX, decrypt_to
 from onnxguard.trust.sealing.identities import IdentitySource, identities_for
@@ -51,7 +50,7 @@ def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool, mode: 
     (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.chmod(tmp, mode)
     bundle_lib.place(tmp, target, overwrite)
-    return bundle_lib.read(target)
+    return bundle_lib.read(target, keep=False)  # checked, streamed: a 2 GB model needs no 2 GB of memory
 
 
 def _copy_assets(b: Bundle, tmp: Path, skip: set[str]) -> None:
@@ -70,7 +69,9 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
     sealed bundle is written to ``out_dir`` and the source is left as it was. Either way the sealed bundle is
     built beside its target and renamed into place, so a failure leaves nothing half-sealed.
     """
-    b = bundle_lib.read(bundle_dir)
+    m0 = bundle_lib.read_manifest(Path(bundle_dir))[0]
+    big = {m0.model.file} | ({m0.golden.file} if m0.golden else set())
+    b = bundle_lib.read(bundle_dir, keep=lambda rel: rel not in big)  # the model and golden set are streamed
     if b.sealed:
         raise InputError(f"{b.path}: is already sealed (to {', '.join(b.manifest.sealed.recipients) or 'a passphrase'})")
     parsed: dict[str, object] = {}
@@ -107,12 +108,16 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
         sealed_files: dict[str, SealedFile] = {}
         for i, rel in enumerate(plain):
             progress(Event("seal", f"encrypting {rel} ({m.files[rel].size:,} bytes)", i, len(plain)))
-            with open(tmp / (rel + SUFFIX), "wb") as dst:
+            src, _ = files.open_regular(b.path / rel, m.files[rel].size)
+            with src, open(tmp / (rel + SUFFIX), "wb") as dst:
+                reader = files.HashingReader(src, m.files[rel].size, b.path / rel)  # hashed as it is encrypted
                 try:
-                    pyrage.encrypt_io(io.BytesIO(b.data[rel]), dst, to)  # the bytes hashed when the bundle was read
+                    pyrage.encrypt_io(reader, dst, to)
                 except pyrage.EncryptError as e:
                     raise InputError(f"{b.path / rel}: cannot encrypt ({e})") from e
-            sealed_files[rel + SUFFIX] = SealedFile(plaintext=rel, sha256=expected[rel], size=len(b.data[rel]))
+            if reader.sha.hexdigest() != expected[rel]:
+                raise BundleError(f"{b.path / rel}: changed while it was being sealed; nothing was sealed")
+            sealed_files[rel + SUFFIX] = SealedFile(plaintext=rel, sha256=expected[rel], size=reader.size)
         if key_text is not None:
             (tmp / KEY_FILE).write_bytes(key_text)
         _copy_assets(b, tmp, set(plain))
@@ -142,7 +147,7 @@ def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLik
 
     The copy is not signed (its manifest differs from the signed one); sign it again if it is shipped.
     """
-    b = source if isinstance(source, Bundle) else bundle_lib.read(source)
+    b = source if isinstance(source, Bundle) else bundle_lib.read(source, keep=lambda rel: not rel.endswith(SUFFIX))
     if not b.sealed:
         raise InputError(f"{b.path}: is not sealed; there is nothing to unseal")
     if out_dir is None or str(out_dir) == "":
