@@ -130,3 +130,35 @@ def test_tolerance_reaches_the_manifest(sklearn_files, tmp_path):
     result = build.build(str(sklearn_files.classifier), tmp_path / "b", BuildOptions(tolerance=tol))
     assert result.parity.tolerance == tol and result.parity.passed
     assert result.bundle.manifest.parity.tolerance == tol.__dict__  # the record says what "passed" meant
+
+
+def test_a_killed_build_leaves_nothing_after_the_next_build(sklearn_files, tmp_path):
+    """SIGKILL cannot be cleaned up after; the next build into the same place removes what the dead one left."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import ONNXGUARD, _env
+
+    target = tmp_path / "b"
+    proc = subprocess.Popen([str(ONNXGUARD), "build", str(sklearn_files.classifier), "-o", str(target)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".b.staging-")]:
+        assert proc.poll() is None and time.monotonic() < deadline, "the build never staged its output"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left and all(name.startswith(".b.staging-") for name in left)  # what SIGKILL leaves behind
+    build.build(str(sklearn_files.classifier), target, BuildOptions())
+    assert os.listdir(tmp_path) == ["b"]
+    bundle.read(target)
+
+
+def test_the_output_is_never_an_input(cli, expect_err, sklearn_files, tmp_path):
+    source = tmp_path / "digits.skops"
+    source.write_bytes(sklearn_files.classifier.read_bytes())
+    expect_err(cli("build", source, "-o", source, "--overwrite"), 2, str(source), "is also an input")
+    expect_err(cli("build", source, "-o", tmp_path, "--overwrite"), 2, "contains the input")
+    assert source.read_bytes() == sklearn_files.classifier.read_bytes()

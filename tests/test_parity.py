@@ -81,14 +81,14 @@ def test_bundle_reruns_its_golden_set(cli, sklearn_bundle):
     from onnxguard import bundle
 
     m = bundle.read(sklearn_bundle).manifest
-    r = cli("parity", sklearn_bundle, "--json")
+    r = cli("parity", sklearn_bundle, "--json", "--allow-unsigned")
     assert r.code == 0, str(r)
     report = json.loads(r.out)
     assert report["passed"] is True
     assert (report["items"], report["batches"]) == (m.golden.items, m.golden.batches)
     assert {o["name"] for o in report["outputs"]} == {"label", "probabilities"}
     # it really compares: float32 against float64 references is not bit-exact, so zero tolerance fails
-    r = cli("parity", sklearn_bundle, "--atol", "0", "--rtol", "0", "--min-cosine", "1.0", "--json")
+    r = cli("parity", sklearn_bundle, "--atol", "0", "--rtol", "0", "--min-cosine", "1.0", "--json", "--allow-unsigned")
     assert r.code == 1, str(r)
     probs = next(o for o in json.loads(r.out)["outputs"] if o["name"] == "probabilities")
     assert probs["max_abs"] > 0 and not probs["passed"]
@@ -96,6 +96,48 @@ def test_bundle_reruns_its_golden_set(cli, sklearn_bundle):
 
 def test_bundle_takes_no_model_argument(cli, expect_err, sklearn_bundle, mlp_onnx):
     expect_err(cli("parity", sklearn_bundle, mlp_onnx), 2, str(sklearn_bundle), "do not give MODEL")
+
+
+def test_a_bundle_is_opened_through_the_trust_door(cli, expect_err, sklearn_bundle, copy_tree, tmp_path):
+    """Unsigned: refused unless waived by name; signed: checked against the key; sealed: opened with --identity."""
+    from onnxguard.trust import keys, sealing, signing
+
+    expect_err(cli("parity", sklearn_bundle), 1, "unsigned", "--public-key PEM", "--allow-unsigned")
+    k = keys.generate(tmp_path / "keys")
+    sealed = copy_tree(sklearn_bundle)
+    sealing.seal(sealed, [k.recipient])
+    signing.sign(sealed, k.private_key)
+    r = cli("parity", sealed, "--public-key", k.public_key, "--json")
+    assert r.code != 0 and "Traceback" not in r.err, str(r)
+    assert "--identity FILE" in r.err_lines[-1], str(r)  # the golden set and model are sealed: the remedy is named
+    r = cli("parity", sealed, "--public-key", k.public_key, "--identity", k.age_identity, "--json")
+    assert r.code == 0, str(r)
+    assert json.loads(r.out)["passed"] is True
+    assert not list(sealed.rglob("*.onnx")) and not list(sealed.rglob("golden.npz"))  # decrypted in memory only
+    other = keys.generate(tmp_path / "other")
+    r = cli("parity", sealed, "--public-key", other.public_key, "--identity", k.age_identity)
+    assert r.code == 1 and "signature" in r.err_lines[-1], str(r)
+
+
+def test_golden_from_source_is_shared_by_build_and_parity(sklearn_files):
+    """One function makes the golden set from the source: its inputs, and the source framework's outputs."""
+    from onnxguard import convert
+
+    src = convert.load(str(sklearn_files.classifier))
+    events = []
+    golden, origin = parity.golden_from_source(src, progress=events.append, stage="source")
+    assert origin == "signature" and golden.references is not None and len(golden.references) == len(golden.inputs)
+    assert all(e.stage == "source" for e in events) and len(events) == len(golden.inputs)
+    for batch, ref in zip(golden.inputs, golden.references, strict=True):
+        np.testing.assert_array_equal(ref["label"], src.run(batch)["label"])
+
+
+def test_summary_is_the_manifest_record_of_a_report():
+    report = parity.compare([{"y": np.ones((2, 3), np.float32)}], [{"y": np.ones((2, 3), np.float32)}], {},
+                            notes=("a note",))
+    s = parity.summary(report)
+    assert s.passed is True and s.items == 2 and s.batches == 1 and s.notes == ["a note"]
+    assert s.tolerance == Tolerance().__dict__ and s.outputs[0].name == "y"
 
 
 # -- the comparison itself -----------------------------------------------------------------------------

@@ -6,9 +6,9 @@ A later stage (optimize, quantize, scan, seal, sign) is one function added to th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,17 +17,17 @@ from pathlib import Path
 
 import onnx
 
-from onnxguard import __version__, bundle, convert
-from onnxguard.bundle import digest, golden
+from onnxguard import __version__, bundle, convert, staging
+from onnxguard.bundle import digest
 from onnxguard.model import onnxfile
 from onnxguard.speed import optimize, quantize, select as variants
 from onnxguard.accuracy import parity
 from onnxguard import scan as scanner
 from onnxguard.bundle import Bundle
 from onnxguard.convert import ConvertOptions, Source
-from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError
+from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, Remedy
 from onnxguard.bundle.golden import GoldenSet
-from onnxguard.bundle.manifest import Golden, Manifest, Model, Parity, Step, Tensor, now
+from onnxguard.bundle.manifest import Golden, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.progress import Event, Progress, silent
@@ -82,6 +82,7 @@ class BuildState:
     scan: scanner.ScanReport | None = None
     bundle: Bundle | None = None
     staging: Path | None = None  # where the bundle is written, sealed and signed before it is published
+    outbox: contextlib.ExitStack | None = None  # closing it publishes the staging directory as the target
 
 
 @dataclass(frozen=True)
@@ -109,19 +110,10 @@ def stage_convert(state: BuildState) -> str:
 
 
 def stage_golden(state: BuildState) -> str:
-    source, opts = state.source, state.options
-    if opts.golden_npz is not None:
-        inputs, state.golden_origin = list(golden.load(opts.golden_npz).inputs), "npz"
-    elif opts.texts is not None:
-        inputs, state.golden_origin = source.texts_inputs(golden.read_texts(opts.texts)), "texts"
-    else:
-        inputs = source.golden_inputs()
-    references = []
-    for i, batch in enumerate(inputs):
-        state.progress(Event("golden", f"running {source.framework} on batch {i + 1}/{len(inputs)}", i, len(inputs)))
-        references.append(source.run(batch))
-    state.golden = GoldenSet(tuple(inputs), tuple(references))
-    return f"{state.golden.items} examples in {len(inputs)} batches ({state.golden_origin})"
+    opts = state.options
+    state.golden, state.golden_origin = parity.golden_from_source(state.source, opts.golden_npz, opts.texts,
+                                                                 state.progress)
+    return f"{state.golden.items} examples in {len(state.golden.inputs)} batches ({state.golden_origin})"
 
 
 def stage_parity(state: BuildState) -> str:
@@ -130,7 +122,8 @@ def stage_parity(state: BuildState) -> str:
     state.parity = report
     if not report.passed:
         failures = "; ".join(f"{o.name}: {', '.join(o.failures)}" for o in report.outputs if not o.passed)
-        raise CheckFailed(f"parity failed against {state.source.framework} ({failures}); no bundle was written")
+        raise CheckFailed(f"parity failed against {state.source.framework} ({failures}); no bundle was written",
+                          hint="fix the model or the export, or loosen the tolerance if the difference is expected")
     worst = max(o.max_abs for o in report.outputs)
     state.steps.append(Step(name="parity", settings=report.tolerance.__dict__,
                             figures={o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
@@ -209,7 +202,7 @@ def stage_quantize(state: BuildState) -> str:
     the plain exports)."""
     choice = state.options.quantize
     if choice == "none":
-        return "skipped (--quantize none)"
+        return "skipped (no quantization asked for)"
     modes = ("dynamic", "static") if choice == "auto" else (choice,)
     if choice != "auto":
         for c in state.candidates:
@@ -230,12 +223,7 @@ def stage_quantize(state: BuildState) -> str:
 
 
 def _calibration(state: BuildState) -> tuple:
-    path = state.options.calibration
-    if path is None:
-        return state.golden.inputs
-    if path.suffix == ".npz":
-        return golden.load(path).inputs
-    return tuple(state.source.texts_inputs(golden.read_texts(path)))
+    return variants.calibration(state.options.calibration, state.golden, state.source.texts_inputs)
 
 
 def stage_select(state: BuildState) -> str:
@@ -256,7 +244,7 @@ def stage_select(state: BuildState) -> str:
 def stage_scan(state: BuildState) -> str:
     """The security scan of the chosen model, as `onnxguard scan` runs it, before it enters the bundle."""
     if not state.options.scan:
-        return "skipped (--no-scan)"
+        return "skipped (scan turned off)"
     with tempfile.TemporaryDirectory(prefix="onnxguard-scan-") as tmp:
         path = Path(tmp) / bundle.MODEL
         onnxfile.save(state.model, path)
@@ -277,21 +265,22 @@ def scan_summary(report: scanner.ScanReport, fail_on: str) -> dict:
 
 
 def stage_bundle(state: BuildState) -> str:
-    """Write the bundle to a staging directory beside the target; ``publish`` moves it into place."""
+    """Write the bundle's files into the staging directory beside the target; ``publish`` moves it into place."""
     state.progress(Event("bundle", f"writing {state.target}"))
     manifest = make_manifest(state)
     try:
-        state.bundle = bundle.write(state.staging, manifest, state.model, state.golden, state.source.assets)
-    except InputError as e:  # name the bundle the user asked for, not the staging directory
-        cause = e.__cause__.strerror if isinstance(e.__cause__, OSError) and e.__cause__.strerror else e
-        raise InputError(f"{state.target}: cannot write the bundle ({cause})") from e
+        bundle.fill(state.staging, manifest, state.model, state.golden, state.source.assets)
+    except OSError as e:  # name the bundle the user asked for, not the staging directory
+        raise InputError(f"{state.target}: cannot write the bundle ({e.strerror or e})",
+                         hint="free some space or choose a writable output path", remedy=Remedy.OUTPUT) from e
+    state.bundle = bundle.read(state.staging)
     return f"{len(state.bundle.manifest.files)} files"
 
 
 def stage_seal(state: BuildState) -> str:
     """Encrypt the model and golden set at rest (age): before signing, so the signature covers the ciphertext."""
     if not state.options.recipients:
-        return "skipped (no --recipient)"
+        return "skipped (no recipient)"
     from onnxguard.trust import sealing
 
     result = sealing.seal(state.staging, state.options.recipients, progress=state.progress)
@@ -302,7 +291,7 @@ def stage_seal(state: BuildState) -> str:
 def stage_sign(state: BuildState) -> str:
     """Sign every file of the bundle (OpenSSF model signing); verifiable without any decryption key."""
     if state.options.sign_key is None:
-        return "skipped (no --sign-key)"
+        return "skipped (no signing key)"
     from onnxguard.trust import signing
 
     signing.sign(state.staging, state.options.sign_key, state.options.sign_password, progress=state.progress)
@@ -310,7 +299,8 @@ def stage_sign(state: BuildState) -> str:
 
 
 def stage_publish(state: BuildState) -> str:
-    bundle.place(state.staging, state.target, state.options.overwrite)
+    """Rename the staging directory to the target (replacing it only when overwriting is allowed)."""
+    state.outbox.close()
     state.bundle = bundle.read(state.target)
     return str(state.target)
 
@@ -333,12 +323,6 @@ STAGES: list[tuple[str, Stage]] = [
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def parity_summary(report: ParityReport) -> Parity:
-    d = report.to_dict()
-    return Parity(passed=report.passed, tolerance=d["tolerance"], batches=report.batches, items=report.items,
-                  outputs=d["outputs"], notes=list(report.notes))
 
 
 def make_manifest(state: BuildState) -> Manifest:
@@ -365,7 +349,7 @@ def make_manifest(state: BuildState) -> Manifest:
         steps=state.steps,
         golden=Golden(file=bundle.GOLDEN, batches=len(state.golden.inputs), items=state.golden.items,
                       origin=state.golden_origin),
-        parity=parity_summary(_with_notes(state.selection.winner.gate, state.parity.notes)
+        parity=parity.summary(_with_notes(state.selection.winner.gate, state.parity.notes)
                               if state.selection else state.parity),
         scan=None if state.scan is None else scan_summary(state.scan, opts.fail_on),
         metadata=dict(opts.meta),
@@ -382,25 +366,33 @@ def _default_name(identifier: str) -> str:
     return stem.stem or stem.name or "model"
 
 
+def _inputs(spec: str | Source, options: BuildOptions) -> list[Path]:
+    """The files a build reads: the output must never be, hold or lie inside one of them."""
+    given = convert.spec_path(spec) if isinstance(spec, str) else None
+    files = [p for p in (given, options.golden_npz, options.texts, options.calibration, options.sign_key) if p]
+    return [p for p in files if os.path.lexists(p)]
+
+
 def build(spec: str | Source, target: str | Path, options: BuildOptions = BuildOptions(),
           progress: Progress = silent, stages: list[tuple[str, Stage]] | None = None) -> BuildResult:
-    """Run every stage in order; a stage that raises stops the build and nothing is written."""
+    """Run every stage in order, in a staging directory beside ``target`` that the ``publish`` stage renames
+    into place; a stage that raises stops the build and nothing is written."""
     target = Path(target)
     try:
         scanner.Severity.parse(options.fail_on)
     except ValueError as e:
-        raise InputError(f"--fail-on: {e}") from e
-    bundle.check_writable(target, options.overwrite)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.absolute().parent))
-    state = BuildState(spec, target, options, progress, staging=workdir / target.name)
+        raise InputError(f"scan fail level: {e}") from e
+    bundle.check_writable(target, options.overwrite, inputs=_inputs(spec, options))
     results = []
-    try:
+    with contextlib.ExitStack() as outbox:
+        work = outbox.enter_context(staging.atomic_dir(target, overwrite=options.overwrite))
+        state = BuildState(spec, target, options, progress, staging=work, outbox=outbox)
         for name, stage in stages or STAGES:
             start = time.perf_counter()
             progress(Event(name, "starting"))
             detail = stage(state)
             results.append(StageResult(name, time.perf_counter() - start, detail))
             progress(Event(name, detail, done=True))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # a failed build leaves nothing; a published one was moved out
+    if state.bundle is None or state.bundle.path != target:  # a stage list without "publish": published on exit
+        state.bundle = bundle.read(target)
     return BuildResult(state.bundle, state.parity, tuple(results), state.selection)

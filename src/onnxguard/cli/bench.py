@@ -7,16 +7,16 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from onnxguard.speed import bench as bench_lib
-from onnxguard import bundle, convert
+from onnxguard import convert
 from onnxguard.bundle import golden
-from onnxguard.model import onnxfile
-from onnxguard.speed import select as variants
+from onnxguard.bundle.golden import Batch
+from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli.variant_common import is_bundle
 from onnxguard.convert import ConvertOptions
 from onnxguard.errors import InputError
-from onnxguard.bundle.golden import Batch
-from onnxguard.cli import app, options, render
-from onnxguard.cli.variant_common import is_bundle
+from onnxguard.model import onnxfile
+from onnxguard.speed import bench as bench_lib
+from onnxguard.speed import select as variants
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -29,11 +29,11 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
-def _signature_inputs(path: Path) -> Batch:
+def _signature_inputs(model) -> Batch:
     """Random inputs from the model's declared inputs (symbolic dims: 1 for the batch axis, 16 otherwise)."""
     rng = np.random.default_rng(0)
     batch = {}
-    for spec in onnxfile.inputs(onnxfile.load(path)):
+    for spec in onnxfile.inputs(model):
         shape = [d if isinstance(d, int) else (1 if i == 0 else 16) for i, d in enumerate(spec.shape or ())]
         dtype = np.dtype(spec.dtype)
         batch[spec.name] = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
@@ -55,24 +55,29 @@ def bench(
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory per variant.")] = True,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write latency and throughput charts to this PNG.")] = None,
     json: options.Json = False,
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
 ) -> None:
     """Latency percentiles, throughput, size and peak memory, interleaved in one run, with ratios."""
     opts = bench_lib.BenchOptions(_ints(batch_sizes, "--batch-sizes"), _ints(threads, "--threads"), warmup, runs,
                                   max_seconds, memory)
-    variant_list, first_bundle, batch = [], None, None
+    variant_list, first_bundle, batch, first_model = [], None, None, None
     for path in models:
         if is_bundle(path):
-            b = bundle.read(path)
+            b = trusting.open_from_cli(path, public_key=public_key, allow_unsigned=allow_unsigned, identity=identity,
+                                       passphrase_env=passphrase_env)
             first_bundle = first_bundle or b
-            variant_list.append(bench_lib.onnx_variant(f"{b.manifest.name} ({path.name})", b.model_bytes()))
+            variant_list.append(bench_lib.onnx_variant(f"{b.manifest.name} ({path.name})", b.model_bytes))
             batch = batch or variants.measure_batch(b.golden(), 1)
-        elif path.is_file():
-            variant_list.append(bench_lib.onnx_variant(path.name, onnxfile.load(path)))
         else:
-            raise InputError(f"{path}: no such file or bundle")
+            model = onnxfile.load(path)
+            first_model = first_model or model
+            variant_list.append(bench_lib.onnx_variant(path.name, model))
     if inputs is not None:
         batch = golden.load(inputs).inputs[0]
-    batch = batch or _signature_inputs(models[0])
+    batch = batch or _signature_inputs(first_model)
     baseline = variant_list[0].name
     if compare:
         spec = source or (first_bundle.manifest.source.identifier if first_bundle else None)

@@ -11,6 +11,7 @@ from onnxguard.build import BuildResult
 from onnxguard.errors import InputError
 from onnxguard.speed.select import GATE, Selection
 from onnxguard.cli import app, options, render
+from onnxguard.cli.variant_common import severity
 
 _DT = options.DEFAULT_TOLERANCE
 
@@ -57,6 +58,7 @@ def build(
 ) -> None:
     """Convert, check parity against the source framework, optimize and quantize behind the accuracy gate,
     keep the fastest variant that passes, scan it, and write a bundle (sealed, then signed, when asked)."""
+    severity(fail_on)  # --fail-on checked here, where the flag has its name
     if optimize not in build_lib.OPTIMIZE_CHOICES or quantize not in build_lib.QUANTIZE_CHOICES:
         raise InputError(f"--optimize must be one of {', '.join(build_lib.OPTIMIZE_CHOICES)}; "
                          f"--quantize one of {', '.join(build_lib.QUANTIZE_CHOICES)}")

@@ -6,8 +6,9 @@ from typing import Annotated
 import typer
 
 from onnxguard import convert as convert_lib
-from onnxguard.model import onnxfile
+from onnxguard import staging
 from onnxguard.cli import app, options, render
+from onnxguard.model import onnxfile
 
 
 @app.command()
@@ -29,7 +30,8 @@ def convert(
     metadata = options.parse_meta(meta)
     metadata.update({k: v for k, v in (("name", name), ("version", version)) if v})
     opts = options.convert_options(opset, exporter, input_shape, task, pooling, max_length, trust_pickle)
-    onnxfile.check_writable(output)  # before the export, which can take minutes
+    given = convert_lib.spec_path(source)
+    staging.check_output(output, kind="file", inputs=[given] if given else [], overwrite=True)  # before the export
     with render.progress_display() as progress:
         result = convert_lib.convert(source, opts, metadata, progress)
     size = onnxfile.save(result.model, output)

@@ -6,16 +6,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxguard.speed import optimize as optimize_lib
 from onnxguard.bundle.manifest import Step
-from onnxguard.cli import app, options, render
+from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, finish, open_input
+from onnxguard.speed import optimize as optimize_lib
 
 _DT = options.DEFAULT_TOLERANCE
-from onnxguard.cli.variant_common import finish, load_model
-
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
-Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails the accuracy gate (recorded).")]
-GoldenRefs = Annotated[Path | None, typer.Option("--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
 
 
 @app.command()
@@ -34,11 +30,18 @@ def optimize(
     min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
     force: Force = False,
     overwrite: Overwrite = False,
+    fail_on: FailOn = "medium",
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
 ) -> None:
     """ONNX Runtime graph optimization and transformer fusions; reports the graph before and after.
 
-    An FP32 graph must keep the export's strict parity with the source (the --atol/--rtol defaults)."""
-    onnx_model, parent = load_model(model)
+    The input is security-scanned first (a bundle through the trust door). An FP32 graph must keep the
+    export's strict parity with the source (the --atol/--rtol defaults)."""
+    onnx_model, parent = open_input(model, output, overwrite, fail_on=fail_on, public_key=public_key,
+                                    allow_unsigned=allow_unsigned, identity=identity, passphrase_env=passphrase_env)
     arch = (parent.manifest.source.architecture if parent else None) or {}
     opts = optimize_lib.OptimizeOptions(
         level=level, fusions=optimize_lib.is_transformer(onnx_model) if fusions is None else fusions,
@@ -60,4 +63,4 @@ def optimize(
         render.out.print("fused: " + ", ".join(f"{k} {v}" for k, v in result.fused.items()))
     step = Step(name="optimize", settings=opts.__dict__, figures=result.figures())
     finish(result.model, parent, step, output, golden_npz, force, overwrite,
-           options.tolerance(atol, rtol, min_cosine, min_label_agreement))
+           options.tolerance(atol, rtol, min_cosine, min_label_agreement), model)

@@ -6,13 +6,11 @@ from typing import Annotated
 import typer
 
 from onnxguard import bundle, convert
-from onnxguard.bundle import golden
-from onnxguard.model import onnxfile
 from onnxguard.accuracy import parity as parity_lib
+from onnxguard.cli import app, options, render, trusting
 from onnxguard.errors import CheckFailed, InputError
-from onnxguard.bundle.golden import GoldenSet
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event
-from onnxguard.cli import app, options, render
 
 _DT = options.DEFAULT_TOLERANCE
 
@@ -33,6 +31,10 @@ def parity(
     min_cosine: options.MinCosine = _DT.min_cosine,
     min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
     json: options.Json = False,
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
 ) -> None:
     """Compare ONNX Runtime with the source framework on a golden set; exit 1 when out of tolerance.
 
@@ -42,9 +44,9 @@ def parity(
     if (Path(source) / bundle.MANIFEST).is_file():
         if model is not None:
             raise InputError(f"{source}: a bundle carries its model; do not give MODEL too")
-        b = bundle.read(source)
-        roles = {o.name: o.role for o in b.manifest.model.outputs if o.role}
-        report = parity_lib.parity(b.model_bytes(), b.golden(), roles, tol)
+        opened = trusting.open_from_cli(Path(source), public_key=public_key, allow_unsigned=allow_unsigned,
+                                        identity=identity, passphrase_env=passphrase_env)
+        report = parity_lib.parity(opened.model_bytes, opened.golden(), opened.roles, tol)
     else:
         if model is None:
             raise InputError("give the ONNX model to check: onnxguard parity SOURCE MODEL.onnx")
@@ -53,19 +55,9 @@ def parity(
         with render.progress_display(not json) as progress:
             progress(Event("load", f"loading {source}"))
             src = convert.load(source, opts)
-            if golden_npz is not None:
-                inputs = list(golden.load(golden_npz).inputs)
-            elif texts is not None:
-                inputs = src.texts_inputs(golden.read_texts(texts))
-            else:
-                inputs = src.golden_inputs()
-            refs = []
-            for i, batch in enumerate(inputs):
-                progress(Event("source", f"running {src.framework} on batch {i + 1}/{len(inputs)}", i, len(inputs)))
-                refs.append(src.run(batch))
-            progress(Event("source", f"{len(inputs)} batches", len(inputs), len(inputs), done=True))
-        report = parity_lib.parity(onnx_model, GoldenSet(tuple(inputs), tuple(refs)), src.output_roles, tol,
-                                   getattr(src, "parity_notes", ()))
+            golden, _ = parity_lib.golden_from_source(src, golden_npz, texts, progress, stage="source")
+            progress(Event("source", f"{len(golden.inputs)} batches", len(golden.inputs), len(golden.inputs), done=True))
+        report = parity_lib.parity(onnx_model, golden, src.output_roles, tol, getattr(src, "parity_notes", ()))
     if json:
         render.print_json(report.to_dict())
     else:

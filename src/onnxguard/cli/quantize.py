@@ -5,28 +5,26 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.bundle import golden
-from onnxguard.speed import quantize as quantize_lib
-from onnxguard.errors import InputError
 from onnxguard.bundle.manifest import Step
+from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, finish, is_bundle, open_input
+from onnxguard.errors import InputError
+from onnxguard.speed import quantize as quantize_lib
+from onnxguard.speed import select as variants
 from onnxguard.speed.select import GATE
-from onnxguard.cli import app, options, render
-from onnxguard.cli.optimize import Force, GoldenRefs, Overwrite
-from onnxguard.cli.variant_common import finish, load_model
 
 
-def _calibration(path: Path | None, parent) -> tuple:
-    if path is None:
-        if parent is None:
-            raise InputError("static quantization needs --calibration inputs.npz (or give a bundle: its golden set is used)")
-        return parent.golden().inputs
-    if path.suffix == ".npz":
-        return golden.load(path).inputs
+def _tokenizer(parent):
+    """Texts to model inputs with the bundle's own tokenizer, when it has one."""
     if parent is None or parent.manifest.preprocessing is None:
-        raise InputError(f"{path}: a texts file needs a bundle with a tokenizer; give an .npz for an .onnx model")
+        return None
+    from types import SimpleNamespace
+
     from onnxguard.convert.hf import tokenize_with_bundle
 
-    return tuple(tokenize_with_bundle(parent, golden.read_texts(path)))
+    # tokenize_with_bundle reads ``.data`` (a read Bundle's bytes); an opened one calls them ``contents``.
+    view = SimpleNamespace(data=parent.contents, manifest=parent.manifest)
+    return lambda texts: tokenize_with_bundle(view, texts)
 
 
 @app.command()
@@ -46,10 +44,23 @@ def quantize(
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
     force: Force = False,
     overwrite: Overwrite = False,
+    fail_on: FailOn = "medium",
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
 ) -> None:
-    """Quantize (dynamic INT8, static QDQ INT8, FP16) behind the accuracy gate; exit 1 if it fails, unless --force."""
-    onnx_model, parent = load_model(model)
-    calib = _calibration(calibration, parent) if mode == "static" else ()
+    """Quantize (dynamic INT8, static QDQ INT8, FP16) behind the accuracy gate; exit 1 if it fails, unless --force.
+
+    The input is security-scanned first (a bundle through the trust door)."""
+    if mode == "static" and calibration is None and not is_bundle(model):
+        raise InputError("static quantization of an .onnx file needs --calibration inputs.npz "
+                         "(or give a bundle: its golden set is used)")
+    onnx_model, parent = open_input(model, output, overwrite, fail_on=fail_on, public_key=public_key,
+                                    allow_unsigned=allow_unsigned, identity=identity, passphrase_env=passphrase_env)
+    calib = ()
+    if mode == "static":
+        calib = variants.calibration(calibration, parent.golden() if parent else None, _tokenizer(parent))
     opts = quantize_lib.QuantizeOptions(mode=mode, per_channel=per_channel, calibration=calib, method=method,
                                         keep_io_types=keep_io_types, reduce_range=reduce_range)
     result = quantize_lib.quantize(onnx_model, opts)
@@ -58,4 +69,4 @@ def quantize(
     step = Step(name="quantize", settings=result.options.settings(),
                 figures={"size_before": result.size_before, "size_after": result.size_after, "preprocessed": result.preprocessed})
     finish(result.model, parent, step, output, golden_npz, force, overwrite,
-           options.gate(gate_min_cosine, gate_min_label_agreement))
+           options.gate(gate_min_cosine, gate_min_label_agreement), model)

@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxguard.model import info as inspect_lib
+from onnxguard.cli import app, render, trusting
 from onnxguard.examples import quickstart as quickstart_lib
-from onnxguard.cli import app, render
+from onnxguard.model import info as inspect_lib
 from onnxguard.cli.build import candidates, summary
 from onnxguard.cli.consistency import show as show_consistency
 
@@ -25,7 +25,9 @@ def quickstart(
     render.parity_report(result.build.parity, "parity of the export, ONNX Runtime vs PyTorch")
     if result.build.selection:
         candidates(result.build.selection)
-    render.model_info(inspect_lib.inspect(result.build.bundle.path, result.keys.age_identity))
+    opened = trusting.open_from_cli(result.build.bundle.path, public_key=[result.keys.public_key], allow_unsigned=False,
+                                    identity=result.keys.age_identity)
+    render.model_info(inspect_lib.describe_bundle(opened))
     t = Table(title="predictions on test images", title_justify="left")
     for col in ("true", "predicted", "confidence", ""):
         t.add_column(col)

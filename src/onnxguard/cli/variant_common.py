@@ -1,56 +1,73 @@
-"""What ``optimize`` and ``quantize`` share: reading MODEL|BUNDLE, gating, and writing the result."""
+"""What ``optimize`` and ``quantize`` share: their input (an .onnx file, scanned first, or a bundle opened
+through the trust door), their options, and how the kept variant is shown."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import onnx
+import typer
 
-from onnxguard import bundle
-from onnxguard.bundle import golden
-from onnxguard.model import onnxfile
-from onnxguard.speed import select as variants
-from onnxguard.errors import CheckFailed, InputError
-from onnxguard.bundle.golden import GoldenSet
-from onnxguard.bundle.manifest import Step
 from onnxguard.accuracy.parity import Tolerance
-from onnxguard.cli import render
+from onnxguard.bundle.manifest import Step
+from onnxguard.cli import render, trusting
+from onnxguard.errors import InputError
+from onnxguard.model import onnxfile
+from onnxguard.scan.interface import Severity
+from onnxguard.speed import select as variants
+from onnxguard.trust import OpenedBundle
+
+SEVERITIES = tuple(s.label for s in Severity)
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
+Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails the accuracy gate (recorded).")]
+GoldenRefs = Annotated[Path | None, typer.Option("--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
+FailOn = Annotated[str, typer.Option("--fail-on", help="Refuse an .onnx input with a security-scan finding at or above: "
+                                     + " | ".join(SEVERITIES) + " (a bundle is scanned by the trust door).")]
 
 
 def is_bundle(path: Path) -> bool:
-    return (path / bundle.MANIFEST).is_file()
+    return path.is_dir() and not path.is_symlink()
 
 
-def load_model(path: Path) -> tuple[onnx.ModelProto, bundle.Bundle | None]:
+def severity(fail_on: str) -> Severity:
+    if fail_on not in SEVERITIES:
+        raise InputError(f"--fail-on {fail_on!r}: use one of {', '.join(SEVERITIES)}")
+    return Severity.parse(fail_on)
+
+
+def open_input(path: Path, output: Path, overwrite: bool, *, fail_on: str, public_key: list[Path] | None,
+               allow_unsigned: bool, identity: Path | None,
+               passphrase_env: str | None) -> tuple[onnx.ModelProto, OpenedBundle | None]:
+    """The model to make a variant of, and its bundle when it came from one (opened through the trust door,
+    which checks and scans it); an .onnx file is scanned here and refused at ``fail_on``. The output is checked
+    before any of the work (``speed.select.check_output``)."""
+    level = severity(fail_on)
     if is_bundle(path):
-        b = bundle.read(path)
-        return onnxfile.parse(b.model_bytes(), str(b.model_path)), b
-    return onnxfile.load(path), None
+        opened = trusting.open_from_cli(path, public_key=public_key, allow_unsigned=allow_unsigned, identity=identity,
+                                        passphrase_env=passphrase_env)
+        variants.check_output(output, parent=opened, overwrite=overwrite, inputs=[path])
+        return onnxfile.parse(opened.model_bytes, str(opened.path / opened.model_name)), opened
+    variants.check_output(output, overwrite=overwrite, inputs=[path])
+    return variants.scanned_model(path, fail_on=level), None
 
 
-def finish(model: onnx.ModelProto, parent: bundle.Bundle | None, step: Step, output: Path, golden_npz: Path | None,
-           force: bool, overwrite: bool, tolerance: Tolerance) -> None:
-    """Gate ``model`` against the source's outputs and write it: a bundle for a bundle, else an .onnx file."""
-    if parent is not None:
-        roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
-        report = variants.gate(model, parent.golden(), roles, tolerance)
-        render.parity_report(report, "accuracy gate vs the source framework")
-        if not report.passed and not force:
-            raise CheckFailed(f"the variant fails the accuracy gate; nothing written to {output} (--force keeps it)")
-        b = variants.derive(parent, model, step, report, output, forced=not report.passed, overwrite=overwrite)
-        render.out.print(f"wrote bundle {b.path} ({render.size(b.manifest.model.size)} model)")
-        return
-    if output.exists() and not overwrite:
-        raise InputError(f"{output}: already exists; choose another output or pass --overwrite")
-    if golden_npz is not None:
-        g: GoldenSet = golden.load(golden_npz)
-        if g.references is None:
-            raise InputError(f"{golden_npz}: holds inputs only; the gate needs reference outputs (a bundle's golden.npz)")
-        report = variants.gate(model, g, {}, tolerance)
-        render.parity_report(report, "accuracy gate vs the reference outputs")
-        if not report.passed and not force:
-            raise CheckFailed(f"the variant fails the accuracy gate; nothing written to {output} (--force keeps it)")
+def finish(model: onnx.ModelProto, parent: OpenedBundle | None, step: Step, output: Path, golden_npz: Path | None,
+           force: bool, overwrite: bool, tolerance: Tolerance, source: Path) -> None:
+    """Gate ``model`` against the source's outputs and write it (a bundle for a bundle, else an .onnx file)."""
+    title = "accuracy gate vs the source framework" if parent else "accuracy gate vs the reference outputs"
+    try:
+        kept = variants.keep(model, output, step, parent=parent, golden_npz=golden_npz, tolerance=tolerance,
+                             force=force, overwrite=overwrite, inputs=[source])
+    except variants.GateFailed as e:
+        render.parity_report(e.report, title)
+        raise
+    if kept.gate is not None:
+        render.parity_report(kept.gate, title)
     else:
         render.out.print("note: not gated (give a bundle, or --golden with reference outputs, to compare with the source)")
-    size = onnxfile.save(model, output)
-    render.out.print(f"wrote {output} ({render.size(size)})")
+    if kept.bundle is not None:
+        render.out.print(f"wrote bundle {kept.path} ({render.size(kept.size)} model)")
+    else:
+        render.out.print(f"wrote {kept.path} ({render.size(kept.size)})")

@@ -14,7 +14,9 @@ The source kind is read from the spec:
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import onnx
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported, Source
 
-__all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata"]
+__all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata", "spec_path"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SKLEARN_SUFFIXES = (".skops", ".pkl", ".pickle", ".joblib")
@@ -35,6 +37,13 @@ class ConvertResult:
     source: Source
     exporter: str
     notes: tuple[str, ...]
+
+
+def spec_path(spec: str) -> Path | None:
+    """The file or directory a source spec reads (``nets.py`` for ``nets.py:make``), when it exists locally."""
+    file_part = spec.rpartition(":")[0]
+    path = Path(file_part) if file_part.endswith(".py") else Path(spec)
+    return path if os.path.lexists(path) else None
 
 
 def detect(spec: str) -> str:
@@ -59,8 +68,20 @@ def detect(spec: str) -> str:
         raise ConversionError(f"{spec}: unknown source kind; give file.py:factory, a .pt2 ExportedProgram, a "
                               "Transformers model directory, or a .skops scikit-learn model")
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO, a device, a dangling link: never opened, never "no such file"
+            raise ConversionError(f"{path}: is {_kind(path)}, not a regular file", hint="give the model file itself")
         raise ConversionError(f"{path}: no such file")
     return kind
+
+
+def _kind(path: Path) -> str:
+    mode = os.lstat(path).st_mode
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a dangling symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _missing_extra(extra: str, e: ImportError) -> ConversionError:

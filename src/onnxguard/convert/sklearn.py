@@ -1,4 +1,4 @@
-"""scikit-learn sources: ``.skops`` files, and pickles (``.pkl``/``.joblib``) only with ``--trust-pickle``.
+"""scikit-learn sources: ``.skops`` files, and pickles (``.pkl``/``.joblib``) only when trusted explicitly.
 
 Loading a pickle runs code chosen by whoever wrote the file, so a pickle is loaded only after a
 static scan (picklescan) that finished reading the whole stream, found no dangerous global, and found
@@ -26,6 +26,8 @@ from onnxguard.bundle.golden import Batch
 from onnxguard.accuracy.parity import LABELS, SCORES, VALUES
 from onnxguard.progress import Event, Progress
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
+from onnxguard.errors import Remedy
+from onnxguard.model import onnxfile
 
 DEFAULT_OPSET = 18
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -33,6 +35,9 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 # does not call it dangerous: its safe list is a deny-list, and a deny-list fails open.
 ALLOWED_PICKLE_MODULES = ("sklearn.", "numpy", "scipy.", "joblib.numpy_pickle", "collections", "copyreg", "_codecs")
 SKOPS_TRUSTED_PREFIX = "sklearn."
+# A pickle is read whole into memory to be scanned before it is loaded: refuse, from its size alone, one far
+# larger than any scikit-learn model (a forest of thousands of deep trees is hundreds of MB), not allocate it.
+MAX_PICKLE_BYTES = 4 << 30
 FLOAT64_NOTE = "scikit-learn computes in float64, the ONNX graph in float32: small differences are expected"
 
 
@@ -68,9 +73,10 @@ def load_estimator(path: Path, trust_pickle: bool):
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             raise ConversionError(f"{path}: not a readable .skops file ({e})") from e
     if not trust_pickle:
-        raise ConversionError(f"{path}: pickle files can run code when loaded; save with skops (.skops), or pass "
-                              "--trust-pickle to load it after a pickle scan")
-    data = path.read_bytes()
+        raise ConversionError(f"{path}: pickle files can run code when loaded",
+                              hint="save the model with skops (.skops), or trust the pickle explicitly (it is "
+                                   "loaded after a pickle scan)", remedy=Remedy.TRUST_PICKLE)
+    data = onnxfile.read_file(path, MAX_PICKLE_BYTES, what="a scikit-learn pickle")
     _scan_pickle(path, data)
     try:
         return pickle.loads(data)  # noqa: S301 -- only after _scan_pickle above allowed every global
@@ -134,7 +140,8 @@ class SklearnSource:
                           {"input": np.full((2, self.n_features), 1e3, np.float32)}]
 
     def texts_inputs(self, texts: list[str]) -> list[Batch]:
-        raise ConversionError(f"{self.identifier}: a texts file needs a text model; give --golden inputs.npz instead")
+        raise ConversionError(f"{self.identifier}: a texts file needs a text model",
+                              hint="give the golden inputs as an .npz instead")
 
     def run(self, batch: Batch) -> Batch:
         x = batch["input"].astype(np.float64)

@@ -7,25 +7,29 @@ not shown that it gives the source model's answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from onnxguard.speed import bench
-from onnxguard import bundle
+from onnxguard import bundle, staging
+from onnxguard import scan as scanner
 from onnxguard.accuracy import parity
-from onnxguard.bundle import Bundle
-from onnxguard.errors import CheckFailed
+from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.accuracy.thresholds import GATE
+from onnxguard.bundle import golden as golden_files
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
-from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.errors import CheckFailed, InputError, Remedy
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.scan.interface import Severity
+from onnxguard.speed import bench
 
-# Defaults for the gate on quantized variants: they may move numbers, not answers. FP32 variants (fused,
-# optimized, re-exported) must keep the strict parity of the export: a fused graph that is exact on
-# right-padded batches and off on left-padded ones (MEASURED.md) is a wrong graph, not a rounding.
-GATE = Tolerance(atol=1.0, rtol=0.1, min_cosine=0.99, min_label_agreement=0.99)
+__all__ = ["GATE", "MIN_GAIN", "Candidate", "GateFailed", "Kept", "Selection", "calibration", "check_output", "derive",
+           "gate", "keep", "measure_batch", "scanned_model", "select"]
+
 # A candidate must be this much faster than a simpler one to be preferred (timing noise on shared CPUs).
 MIN_GAIN = 0.03
 
@@ -107,7 +111,8 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
         failed = "; ".join(_why(c) for c in candidates if c.eligible)
         usable = [c for c in candidates if c.eligible and c.error is None]
         if not force or not usable:
-            raise CheckFailed(f"no variant passed the accuracy gate ({failed}); --force keeps it anyway")
+            raise CheckFailed(f"no variant passed the accuracy gate ({failed})",
+                              hint="relax the gate, or keep a variant that failed it", remedy=Remedy.FORCE)
         return Selection(usable[0], tuple(candidates), f"{usable[0].name}: FORCED past a failed gate ({failed})",
                          batch_size, threads, forced=True)
     progress(Event("select", f"timing {len(passing)} variants at batch {batch_size}, {threads} threads"))
@@ -130,17 +135,124 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
     return Selection(best, tuple(candidates), reason, batch_size, threads)
 
 
-def derive(parent: Bundle, model: onnx.ModelProto, step: Step, report: ParityReport, target: str | Path,
-           forced: bool = False, overwrite: bool = False) -> Bundle:
-    """A new bundle holding ``model`` in place of the parent's, with the parent's golden set and assets,
-    the step appended to the manifest, and ``report`` (the gate against the source) as its parity."""
-    from onnxguard.build import parity_summary
+def _refuse_sealed(parent) -> None:
+    if parent.manifest.sealed is not None:
+        raise InputError(f"{parent.path}: the bundle is sealed; a variant of it would be written in plaintext",
+                         hint="unseal it to a new directory first, then seal the variant's bundle again")
 
+
+def _file_bytes(parent, rel: str) -> bytes:
+    """A parent file's bytes as they were hashed when the bundle was opened (never a second read of the disk)."""
+    return parent.file(rel) if hasattr(parent, "file") else parent.data[rel]
+
+
+def derive(parent, model: onnx.ModelProto, step: Step, report: ParityReport, target: str | Path,
+           forced: bool = False, overwrite: bool = False) -> bundle.Bundle:
+    """A new bundle holding ``model`` in place of the parent's, with the parent's golden set and assets,
+    the step appended to the manifest, and ``report`` (the gate against the source) as its parity.
+
+    ``parent`` is an opened bundle (``trust.open_bundle``) or a read one (``bundle.read``); a sealed parent is
+    refused, since its variant would hold the plaintext."""
+    _refuse_sealed(parent)
     m = parent.manifest
     data = model.SerializeToString()
-    assets = {rel: parent.path / rel for rel in m.files if rel not in (m.model.file, bundle.GOLDEN)}
+    assets = {rel: _file_bytes(parent, rel) for rel in m.files if rel not in (m.model.file, bundle.GOLDEN)}
     step = step.model_copy(update={"figures": {**step.figures, "forced": forced}}) if forced else step
     model_entry = m.model.model_copy(update={
         "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import}, "ir_version": model.ir_version})
-    manifest = m.model_copy(update={"steps": [*m.steps, step], "parity": parity_summary(report), "model": model_entry})
-    return bundle.write(target, manifest, data, parent.golden(), assets, overwrite=overwrite)
+    manifest = m.model_copy(update={"steps": [*m.steps, step], "parity": parity.summary(report), "model": model_entry})
+    return bundle.write(target, manifest, data, parent.golden(), assets, overwrite=overwrite, inputs=[parent.path])
+
+
+def scanned_model(path: str | Path, policy: scanner.Policy | None = None, fail_on: Severity = Severity.MEDIUM,
+                  progress: Progress = silent) -> onnx.ModelProto:
+    """An .onnx file to make a variant of: read once, scanned (``policy``, default profile) and refused with
+    ``CheckFailed`` naming the worst finding when any is at or above ``fail_on``, then parsed from the same bytes."""
+    data = onnxfile.read_file(path)
+    report = scanner.scan_bytes(data, str(path), policy, Path(path).absolute().parent, progress)
+    failing = report.at_or_above(fail_on)
+    if failing:
+        worst = max(failing, key=lambda f: f.severity)
+        raise CheckFailed(f"{path}: refused, {len(failing)} scan finding(s) at or above {fail_on.label}, worst: "
+                          f"{worst.severity.label} {worst.check}: {worst.message}",
+                          hint="see the whole report with a scan of the file; make variants only of models you trust")
+    return onnxfile.parse(data, str(path))
+
+
+def check_output(output: str | Path, *, parent=None, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """Refuse, before any work, an output a variant cannot be written to: a bundle beside ``parent`` (never
+    inside, over or around it), else an .onnx file; never one of ``inputs``."""
+    if parent is not None:
+        _refuse_sealed(parent)
+        bundle.check_writable(Path(output), overwrite, inputs=[parent.path, *inputs])
+    else:
+        staging.check_output(output, inputs=inputs, overwrite=overwrite, kind="file")
+
+
+class GateFailed(CheckFailed):
+    """A variant failed the accuracy gate and was not kept; ``report`` says by how much."""
+
+    def __init__(self, message: str, report: ParityReport, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A variant written to disk: a bundle derived from its parent, or an .onnx file."""
+
+    path: Path
+    size: int  # bytes of the model
+    gate: ParityReport | None  # None: not gated (an .onnx file without reference outputs)
+    forced: bool = False
+    bundle: bundle.Bundle | None = None
+
+
+def keep(model: onnx.ModelProto, output: str | Path, step: Step, *, parent=None, golden_npz: Path | None = None,
+         tolerance: Tolerance = GATE, force: bool = False, overwrite: bool = False,
+         inputs: Sequence[Path] = ()) -> Kept:
+    """Gate a variant against the SOURCE framework's outputs and write it.
+
+    From a bundle (``parent``): gated against its golden set and written as a new bundle (see ``derive``).
+    From an .onnx file: gated against ``golden_npz`` when given (an .npz holding reference outputs, such as a
+    bundle's golden.npz), then written as an .onnx file. A variant that fails the gate is not written
+    (``GateFailed``, carrying the report) unless ``force``. The output is checked before any work: it must be
+    writable and must not be, hold or lie inside ``inputs`` or the parent bundle.
+    """
+    output = Path(output)
+    check_output(output, parent=parent, overwrite=overwrite, inputs=[*inputs, *([golden_npz] if golden_npz else [])])
+    if parent is not None:
+        references = parent.golden()
+        roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
+    else:
+        references = golden_files.load(golden_npz) if golden_npz is not None else None
+        if references is not None and references.references is None:
+            raise InputError(f"{golden_npz}: holds inputs only; the gate needs reference outputs",
+                             hint="give a golden set with the source's outputs, such as a bundle's golden.npz")
+        roles = {}
+    report = gate(model, references, roles, tolerance) if references is not None else None
+    failed = report is not None and not report.passed
+    if failed and not force:
+        raise GateFailed(f"the variant fails the accuracy gate; nothing written to {output}", report,
+                         hint="relax the gate, or keep the variant anyway (recorded)", remedy=Remedy.FORCE)
+    if parent is not None:
+        b = derive(parent, model, step, report, output, forced=failed, overwrite=overwrite)
+        return Kept(b.path, b.manifest.model.size, report, failed, b)
+    return Kept(output, onnxfile.save(model, output), report, failed)
+
+
+def calibration(path: Path | None, golden: GoldenSet | None = None,
+                tokenize: Callable[[list[str]], list[Batch]] | None = None) -> tuple[Batch, ...]:
+    """Static quantization's calibration inputs: an .npz of inputs, a texts file (tokenized with ``tokenize``),
+    or, when ``path`` is None, the golden set's inputs."""
+    if path is None:
+        if golden is None:
+            raise InputError("static quantization needs calibration inputs",
+                             hint="give an .npz of model inputs, or a bundle (its golden set is used)")
+        return tuple(golden.inputs)
+    if Path(path).suffix == ".npz":
+        return tuple(golden_files.load(path).inputs)
+    if tokenize is None:
+        raise InputError(f"{path}: a texts file needs a model with a tokenizer",
+                         hint="give an .npz of model inputs instead")
+    return tuple(tokenize(golden_files.read_texts(path)))
