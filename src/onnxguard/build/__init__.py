@@ -31,7 +31,8 @@ from onnxguard.bundle.manifest import Golden, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.speed.select import GATE, Candidate, Selection
+from onnxguard.accuracy.thresholds import GATE
+from onnxguard.speed.select import Candidate, Selection
 
 
 @dataclass(frozen=True)

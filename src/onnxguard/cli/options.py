@@ -10,6 +10,7 @@ import typer
 from onnxguard.convert import ConvertOptions
 from onnxguard.errors import InputError
 from onnxguard.accuracy.parity import Tolerance
+from onnxguard.accuracy.thresholds import GATE
 
 Opset = Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's, 18).")]
 Exporter = Annotated[str, typer.Option("--exporter", help="PyTorch exporter: auto (dynamo, then TorchScript), dynamo, torchscript.")]
@@ -50,8 +51,6 @@ def tolerance(atol: float, rtol: float, min_cosine: float, min_agreement: float)
 
 
 def gate(min_cosine: float, min_agreement: float) -> Tolerance:
-    from onnxguard.speed.select import GATE
-
     return tolerance(GATE.atol, GATE.rtol, min_cosine, min_agreement)
 
 

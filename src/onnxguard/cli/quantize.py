@@ -11,7 +11,7 @@ from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, f
 from onnxguard.errors import InputError
 from onnxguard.speed import quantize as quantize_lib
 from onnxguard.speed import select as variants
-from onnxguard.speed.select import GATE
+from onnxguard.accuracy.thresholds import GATE
 
 
 def _tokenizer(parent):

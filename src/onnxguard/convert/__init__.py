@@ -3,12 +3,12 @@
 The source kind is read from the spec:
 
 ===============================  ===========================================
-``path/to/file.py:factory``      PyTorch module (``--input-shape`` needed)
+``path/to/file.py:factory``      PyTorch module (its input shapes needed)
 ``model.pt2``                    PyTorch ``torch.export`` ExportedProgram
 ``dir/`` with ``config.json``    Hugging Face Transformers model
 ``org/name`` (not a local path)  Hugging Face hub id (needs a network)
 ``model.skops``                  scikit-learn, loaded with skops
-``model.pkl`` / ``.joblib``      scikit-learn pickle, only with ``--trust-pickle``
+``model.pkl`` / ``.joblib``      scikit-learn pickle, only when trusted explicitly
 ===============================  ===========================================
 """
 

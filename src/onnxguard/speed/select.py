@@ -42,7 +42,7 @@ class Candidate:
     gate: ParityReport | None = None
     p50_ms: float | None = None
     error: str | None = None
-    eligible: bool = True  # False: timed as a baseline only (an explicit --quantize asks for a quantized model)
+    eligible: bool = True  # False: timed as a baseline only (an explicit quantization mode asks for a quantized model)
     tolerance: Tolerance | None = None  # None: the gate's; FP32 variants are held to the export's strict parity
 
     @property
