@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -20,10 +21,10 @@ def _int8(cli, plain, tmp_path):
 
 def test_every_target_within_its_thresholds(cli, digits_bundle, tmp_path):
     plain, _, _ = digits_bundle
-    assert cli("target", plain, "--to", "mobile", "-o", tmp_path / "mobile").code == 0
+    assert cli("target", "--allow-unsigned", plain, "--to", "mobile", "-o", tmp_path / "mobile").code == 0
     int8 = _int8(cli, plain, tmp_path)
     plot = tmp_path / "drift.png"
-    r = cli("consistency", plain, tmp_path / "mobile", int8, "--json", "--plot", plot)
+    r = cli("consistency", "--allow-unsigned", plain, tmp_path / "mobile", int8, "--json", "--plot", plot)
     assert r.code == 0, r
     report = json.loads(r.out)
     kinds = {t["name"]: t["kind"] for t in report["targets"]}
@@ -45,7 +46,7 @@ def test_a_tampered_variant_is_caught(cli, digits_bundle, tmp_path):
     arr.flat[0] += 0.5  # one weight nudged: a corrupted or tampered file
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, tmp_path / "tampered.onnx")
-    r = cli("consistency", plain, tmp_path / "tampered.onnx")
+    r = cli("consistency", "--allow-unsigned", plain, tmp_path / "tampered.onnx")
     assert r.code == 1, r
     assert "FAILED" in r.out and "tampered.onnx" in r.out and "max |diff|" in r.out
     assert r.err_lines[-1] == "onnxguard: error: a target drifts from the source's outputs past its thresholds"
@@ -53,26 +54,26 @@ def test_a_tampered_variant_is_caught(cli, digits_bundle, tmp_path):
 
 def test_sealed_bundle_needs_its_identity(cli, expect_err, digits_bundle):
     _, sealed, k = digits_bundle
-    expect_err(cli("consistency", sealed), 2, "--identity")
-    r = cli("consistency", sealed, "--identity", k.age_identity)
+    expect_err(cli("consistency", "--allow-unsigned", sealed), 1, "opened without its identity", "--identity")
+    r = cli("consistency", "--allow-unsigned", sealed, "--identity", k.age_identity)
     assert r.code == 0 and "PASSED" in r.out, r
 
 
 def test_verify_golden_runs_the_same_check_on_targets(cli, expect_err, digits_bundle, tmp_path):
     plain, _, _ = digits_bundle
-    assert cli("target", plain, "--to", "edge", "-o", tmp_path / "edge").code == 0
-    r = cli("verify", plain, "--golden", "--target", tmp_path / "edge", "--json")
+    assert cli("target", "--allow-unsigned", plain, "--to", "edge", "-o", tmp_path / "edge").code == 0
+    r = cli("verify", "--allow-unsigned", plain, "--golden", "--target", tmp_path / "edge", "--json")
     assert r.code == 0, r
     report = json.loads(r.out)
-    assert report["consistency"]["passed"] and len(report["consistency"]["targets"]) == 3
+    assert report["golden"]["passed"] and len(report["golden"]["targets"]) == 3
     model = onnx.load(plain / "model.onnx")
     weight = next(i for i in model.graph.initializer if len(i.dims) == 4)
     arr = onnx.numpy_helper.to_array(weight).copy() * 1.5
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, tmp_path / "tampered.onnx")
-    r = cli("verify", plain, "--golden", "--target", tmp_path / "tampered.onnx")
-    assert r.code == 1 and "drifts" in r.err_lines[-1], r
-    expect_err(cli("verify", plain, "--target", tmp_path / "edge"), 2, "--golden")
+    r = cli("verify", "--allow-unsigned", plain, "--golden", "--target", tmp_path / "tampered.onnx")
+    assert r.code == 1 and "drifted" in r.err_lines[-1], r
+    expect_err(cli("verify", "--allow-unsigned", plain, "--target", tmp_path / "edge"), 2, "--golden")
 
 
 def test_a_broken_target_directory_is_one_clear_error(cli, expect_err, digits_bundle, tmp_path):
@@ -80,8 +81,12 @@ def test_a_broken_target_directory_is_one_clear_error(cli, expect_err, digits_bu
     t = tmp_path / "t"
     t.mkdir()
     (t / "manifest.json").write_text('{"format": "onnxguard-target/1", "kind": "web"}')
-    expect_err(cli("consistency", plain, t), 2, "manifest.json", "no precision")
+    expect_err(cli("consistency", "--allow-unsigned", plain, t), 2, "manifest.json", "no precision")
     (t / "manifest.json").write_text('{"format": "onnxguard-target/1", "kind": "web", "precision": "fp32"}')
-    expect_err(cli("consistency", plain, t), 2, "golden.json", "missing")
+    expect_err(cli("consistency", "--allow-unsigned", plain, t), 2, "manifest.json", "made from another bundle")
+    parent = {"manifest_sha256": hashlib.sha256((plain / "manifest.json").read_bytes()).hexdigest()}
+    (t / "manifest.json").write_text(json.dumps({"format": "onnxguard-target/1", "kind": "web", "precision": "fp32",
+                                                 "parent": parent}))
+    expect_err(cli("consistency", "--allow-unsigned", plain, t), 2, "golden.json", "missing")
     (t / "manifest.json").write_text("{not json")
-    expect_err(cli("consistency", plain, t), 2, "manifest.json", "not valid JSON")
+    expect_err(cli("consistency", "--allow-unsigned", plain, t), 2, "manifest.json", "not valid JSON")

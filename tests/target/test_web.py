@@ -30,7 +30,7 @@ def _tamper(path):
 def digits_web(digits_bundle, tmp_path_factory, cli, chromium):
     plain, _, _ = digits_bundle
     out = tmp_path_factory.mktemp("web") / "digits-web"
-    r = cli("target", plain, "--to", "web", "-o", out)
+    r = cli("target", "--allow-unsigned", plain, "--to", "web", "-o", out)
     assert r.code == 0, r
     return out
 
@@ -58,7 +58,7 @@ def test_page_in_headless_chromium_reports_parity(digits_bundle, digits_web, cli
     assert "PASSED: 133 golden examples" in text and "top-1 agreement\t100.00 %" in text
     assert "Try one image" in text and "Tokenization happens outside" not in text
     # consistency runs the same page and measures its outputs as it measures every other target
-    r = cli("consistency", plain, digits_web, "--json")
+    r = cli("consistency", "--allow-unsigned", plain, digits_web, "--json")
     assert r.code == 0, r
     web = next(t for t in json.loads(r.out)["targets"] if "Chromium" in t["name"])
     assert web["passed"] and web["kind"] == "fp32" and web["top1"] == 1.0
@@ -71,7 +71,7 @@ def test_a_tampered_web_model_is_caught_in_the_browser(digits_bundle, digits_web
     shutil.copytree(digits_web, broken)
     _tamper(broken / "model.onnx")
     assert "FAILED" in browser.run_page(broken)["text"]
-    r = cli("consistency", plain, broken)
+    r = cli("consistency", "--allow-unsigned", plain, broken)
     assert r.code == 1 and "broken-web" in r.out and "FAILED" in r.out, r
     assert r.err_lines[-1] == "onnxguard: error: a target drifts from the source's outputs past its thresholds"
 
@@ -83,13 +83,13 @@ def test_a_target_of_another_golden_set_is_refused(digits_bundle, digits_web, cl
     data = json.loads((other / "golden.json").read_text())
     data["batches"] = data["batches"][:-1]
     (other / "golden.json").write_text(json.dumps(data))
-    expect_err(cli("consistency", plain, other), 2, "golden.json", "not this bundle's golden set")
+    expect_err(cli("consistency", "--allow-unsigned", plain, other), 2, "golden.json", "not this bundle's golden set")
 
 
 def test_sealed_bundle_web_target_keeps_plaintext_inside(digits_bundle, cli, expect_err, tmp_path, chromium):
     _, sealed, k = digits_bundle
-    expect_err(cli("target", sealed, "--to", "web", "-o", tmp_path / "w"), 2, "--identity")
-    r = cli("target", sealed, "--to", "web", "-o", tmp_path / "w", "--identity", k.age_identity)
+    expect_err(cli("target", "--allow-unsigned", sealed, "--to", "web", "-o", tmp_path / "w"), 1, "opened without its identity", "--identity")
+    r = cli("target", "--allow-unsigned", sealed, "--to", "web", "-o", tmp_path / "w", "--identity", k.age_identity)
     assert r.code == 0, r
     assert [p.name for p in tmp_path.iterdir()] == ["w"]
     assert (tmp_path / "w" / "model.onnx").read_bytes() == sealing.open_model(bundle.read(sealed), k.age_identity)
@@ -105,7 +105,7 @@ def test_ops_the_target_cannot_run_are_named(digits_bundle, cli, expect_err, tmp
     model.opset_import.append(onnx.helper.make_opsetid("com.example.ops", 1))
     custom = tmp_path / "custom"
     bundle.write(custom, b.manifest, model, b.golden())
-    expect_err(cli("target", custom, "--to", kind, "-o", tmp_path / "t"), 2,
+    expect_err(cli("target", "--allow-unsigned", custom, "--to", kind, "-o", tmp_path / "t"), 2,
                "op com.example.ops::FastRelu (opset 1)", f"the {kind} target")
     assert not (tmp_path / "t").exists()
 
@@ -131,7 +131,7 @@ def test_tabular_model_offers_one_row(sklearn_bundle, cli, tmp_path, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    r = cli("target", sklearn_bundle, "--to", "web", "-o", tmp_path / "web")
+    r = cli("target", "--allow-unsigned", sklearn_bundle, "--to", "web", "-o", tmp_path / "web")
     assert r.code == 0, r
     b = bundle.read(sklearn_bundle)
     row, label = b.golden().inputs[0]["input"][0], b.golden().references[0]["label"][0]
@@ -160,14 +160,14 @@ def test_non_tensor_outputs_are_refused_for_the_web(digits_bundle, cli, expect_e
     model.graph.output.append(onnx.helper.make_tensor_sequence_value_info("scores_seq", onnx.TensorProto.FLOAT, None))
     seq = tmp_path / "seq"
     bundle.write(seq, b.manifest, model, b.golden())
-    expect_err(cli("target", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'", "sequence_type", "tensors only")
+    expect_err(cli("target", "--allow-unsigned", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'", "sequence_type", "tensors only")
 
 
 def test_verify_golden_runs_the_web_target_in_the_browser(digits_bundle, digits_web, cli):
     plain, _, _ = digits_bundle
-    r = cli("verify", plain, "--golden", "--target", digits_web, "--json")
+    r = cli("verify", "--allow-unsigned", plain, "--golden", "--target", digits_web, "--json")
     assert r.code == 0, r
-    targets = json.loads(r.out)["consistency"]["targets"]
+    targets = json.loads(r.out)["golden"]["targets"]
     assert [t["name"] for t in targets][-1] == "digits-web/index.html (Chromium, WASM)" and all(t["passed"] for t in targets)
 
 
@@ -194,6 +194,6 @@ def test_no_place_to_install_the_web_runtime_is_one_clear_line(digits_bundle, cl
     (tmp_path / "cache" / "onnxguard").write_text("")  # onnxguard's cache directory is a file
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("ONNXGUARD_ORT_WEB", raising=False)
-    expect_err(cli("target", plain, "--to", "web", "-o", tmp_path / "w"), 2,
+    expect_err(cli("target", "--allow-unsigned", plain, "--to", "web", "-o", tmp_path / "w"), 2,
                "cannot install onnxruntime-web there", "ONNXGUARD_ORT_WEB")
     assert not (tmp_path / "w").exists()

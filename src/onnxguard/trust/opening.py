@@ -226,14 +226,13 @@ def _plaintext(b: Bundle, ids: list[object] | None, policy: TrustPolicy) -> tupl
                                                       "matches"), plain
 
 
-def _scan(root: Path, name: str, model: bytes | None, policy: TrustPolicy,
-          progress: Progress) -> tuple[StepResult, ScanReport | None]:
+def _scan(root: Path, name: str, model: bytes | None, policy: TrustPolicy) -> tuple[StepResult, ScanReport | None]:
     rule = policy.scan
     if model is None:
         status = Status.WAIVED if isinstance(rule, UnsafeUnscanned) else Status.NOT_CHECKED
         return StepResult(Step.SCAN, status, "the model was not scanned (sealed, opened without its identity)"
                           + (" (UnsafeUnscanned)" if status is Status.WAIVED else "")), None
-    report = scanner.scan_bytes(model, str(root / name), rule.policy, model_dir=root.absolute(), progress=progress)
+    report = scanner.scan_bytes(model, str(root / name), rule.policy, model_dir=root.absolute())
     failing = report.at_or_above(rule.fail_on)
     if failing:
         worst = failing[0]
@@ -300,13 +299,12 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
         plain = {rel: data for rel, data in contents.data.items() if rel not in sealed_names} | decrypted
         progress(Event("open", f"{root}: scan", 4, len(Step)))
         model_name = manifest.sealed.files[manifest.model.file].plaintext if manifest.sealed else manifest.model.file
-        step, scan_report = (_scan(root, model_name, plain.get(model_name), policy, progress)
+        step, scan_report = (_scan(root, model_name, plain.get(model_name), policy)
                              if step.status is not Status.FAILED else
                              (StepResult(Step.SCAN, Status.NOT_CHECKED, "skipped: the plaintext did not match"), None))
         steps.append(step)
     report = TrustReport(str(root), tuple(steps), contents.checks, scan_report, manifest_sha, signer, waivers)
-    progress(Event("open", f"{root}: {'trusted' if report.passed else 'NOT trusted'}", len(Step), len(Step),
-                   done=True))
+    progress(Event("open", f"{root}: {'trusted' if report.passed else 'NOT trusted'}", len(Step), len(Step)))
     if not report.passed:
         return report, None
     return report, OpenedBundle(root, manifest, manifest_sha, report, MappingProxyType(plain))
