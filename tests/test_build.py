@@ -136,13 +136,14 @@ def test_a_killed_build_leaves_nothing_after_the_next_build(sklearn_files, tmp_p
     """SIGKILL cannot be cleaned up after; the next build into the same place removes what the dead one left."""
     import signal
     import subprocess
+    import sys
     import time
-
-    from conftest import ONNXGUARD, _env
+    from pathlib import Path
 
     target = tmp_path / "b"
-    proc = subprocess.Popen([str(ONNXGUARD), "build", str(sklearn_files.classifier), "-o", str(target)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    onnxguard = Path(sys.executable).parent / "onnxguard"  # the real entry point, as the cli fixture runs it
+    proc = subprocess.Popen([str(onnxguard), "build", str(sklearn_files.classifier), "-o", str(target)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".b.staging-")]:
         assert proc.poll() is None and time.monotonic() < deadline, "the build never staged its output"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
-from conftest import Result, expect_error
 
 
 @pytest.fixture
@@ -180,16 +180,16 @@ def test_version_and_help(cli):
                                            (("no-such-verb",), "No such command"),
                                            (("convert", "model.skops"), "Missing option"),
                                            (("bench", "x.onnx", "--runs", "many"), "'--runs'")])
-def test_usage_errors_are_one_line_with_the_usage(cli, args, says):
+def test_usage_errors_are_one_line_with_the_usage(cli, expect_err, args, says):
     """Not click's five-line box: one line, the problem first, then the verb's usage."""
-    line = expect_error(cli(*args), 2, says, "usage: onnxguard")
+    line = expect_err(cli(*args), 2, says, "usage: onnxguard")
     assert "Usage:" not in line and "╭" not in line
 
 
-def test_misspelled_verb_suggests_the_verb(cli):
-    line = expect_error(cli("verfy", "x"), 2, "'verfy'")
+def test_misspelled_verb_suggests_the_verb(cli, expect_err):
+    line = expect_err(cli("verfy", "x"), 2, "'verfy'")
     assert "did you mean 'verify'" in line.lower(), line
-    line = expect_error(cli("inspekt", "x.onnx"), 2, "'inspekt'")
+    line = expect_err(cli("inspekt", "x.onnx"), 2, "'inspekt'")
     assert "did you mean 'inspect'" in line.lower(), line
 
 
@@ -204,10 +204,11 @@ main(sys.argv[1:])
 """
 
 
-def _with_a_bug(*args) -> Result:
+def _with_a_bug(*args):
     """The real entry point (``cli.main``) with a library function replaced by one that has a bug."""
     proc = subprocess.run([sys.executable, "-c", BUG, *args], capture_output=True, text=True, timeout=300, check=False)
-    return Result(args, proc.returncode, proc.stdout, proc.stderr)
+    return SimpleNamespace(code=proc.returncode, err=proc.stderr,
+                           err_lines=[line for line in proc.stderr.splitlines() if line.strip()])
 
 
 def test_an_unexpected_exception_is_an_internal_error_exit_2(tmp_path):
@@ -224,13 +225,13 @@ def test_an_unexpected_exception_is_an_internal_error_exit_2(tmp_path):
     assert r.err_lines[-1].startswith("onnxguard: internal error: RuntimeError"), str(r)
 
 
-def test_a_remedy_is_named_by_the_flag_of_the_verb(cli, sklearn_files, tmp_path):
+def test_a_remedy_is_named_by_the_flag_of_the_verb(cli, expect_err, sklearn_files, tmp_path):
     """The library says what is missing (a Remedy); the CLI names its flag, after the message."""
     target = tmp_path / "b"
     target.mkdir()
-    line = expect_error(cli("build", sklearn_files.classifier, "-o", target), 2)
+    line = expect_err(cli("build", sklearn_files.classifier, "-o", target), 2)
     assert line == f"onnxguard: error: {target}: already exists; pass --overwrite", line
-    line = expect_error(cli("convert", sklearn_files.pickle, "-o", tmp_path / "x.onnx"), 2, "digits.pkl")
+    line = expect_err(cli("convert", sklearn_files.pickle, "-o", tmp_path / "x.onnx"), 2, "digits.pkl")
     assert line.endswith("; pass --trust-pickle"), line
 
 
@@ -272,20 +273,20 @@ MODEL_READERS = [("inspect", "{m}"), ("optimize", "{m}", "-o", "{out}/o.onnx"), 
 
 
 @pytest.mark.parametrize("args", MODEL_READERS, ids=lambda a: a[0])
-def test_a_fifo_is_refused_at_once(cli, fifo, sklearn_files, tmp_path, args):
+def test_a_fifo_is_refused_at_once(cli, expect_err, fifo, sklearn_files, tmp_path, args):
     args = [a.format(m=fifo, out=tmp_path, src=sklearn_files.classifier) for a in args]
-    expect_error(cli(*args, timeout=120), 2, str(fifo), "is a FIFO")
+    expect_err(cli(*args, timeout=120), 2, str(fifo), "is a FIFO")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.onnx"]
 
 
 @pytest.mark.parametrize("args", MODEL_READERS, ids=lambda a: a[0])
-def test_a_file_over_2_gib_is_refused_unread(cli, huge, sklearn_files, tmp_path, args):
+def test_a_file_over_2_gib_is_refused_unread(cli, expect_err, huge, sklearn_files, tmp_path, args):
     args = [a.format(m=huge, out=tmp_path, src=sklearn_files.classifier) for a in args]
-    expect_error(cli(*args, timeout=120), 2, str(huge), "3.0 GiB", "2.0 GiB limit", "not read")
+    expect_err(cli(*args, timeout=120), 2, str(huge), "3.0 GiB", "2.0 GiB limit", "not read")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
-def test_a_model_that_is_not_a_regular_file_says_what_it_is(cli, tmp_path, mlp_onnx, sklearn_files, kind):
+def test_a_model_that_is_not_a_regular_file_says_what_it_is(cli, expect_err, tmp_path, mlp_onnx, sklearn_files, kind):
     path = tmp_path / "m.onnx"
     if kind == "fifo":
         os.mkfifo(path)
@@ -294,13 +295,13 @@ def test_a_model_that_is_not_a_regular_file_says_what_it_is(cli, tmp_path, mlp_o
     else:
         path.symlink_to(mlp_onnx)
     says = {"fifo": "is a FIFO", "directory": "is a directory", "symlink": "is a symlink"}[kind]
-    line = expect_error(cli("parity", sklearn_files.classifier, path, timeout=120), 2, str(path), says)
+    line = expect_err(cli("parity", sklearn_files.classifier, path, timeout=120), 2, str(path), says)
     assert "no such file" not in line
 
 
 @pytest.mark.parametrize("suffix", [".skops", ".pt2"])
-def test_convert_refuses_a_fifo_source_as_a_fifo(cli, tmp_path, suffix):
+def test_convert_refuses_a_fifo_source_as_a_fifo(cli, expect_err, tmp_path, suffix):
     source = tmp_path / f"model{suffix}"
     os.mkfifo(source)
-    line = expect_error(cli("convert", source, "-o", tmp_path / "x.onnx", timeout=120), 2, str(source), "is a FIFO")
+    line = expect_err(cli("convert", source, "-o", tmp_path / "x.onnx", timeout=120), 2, str(source), "is a FIFO")
     assert "no such file" not in line

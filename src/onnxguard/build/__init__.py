@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,10 +245,10 @@ def stage_scan(state: BuildState) -> str:
     """The security scan of the chosen model, as `onnxguard scan` runs it, before it enters the bundle."""
     if not state.options.scan:
         return "skipped (scan turned off)"
-    with tempfile.TemporaryDirectory(prefix="onnxguard-scan-") as tmp:
-        path = Path(tmp) / bundle.MODEL
-        onnxfile.save(state.model, path)
-        report = scanner.scan(path, state.options.policy, state.progress)
+    # Scanned from memory: the plaintext model is never written outside the staging directory (a sealed build
+    # encrypts it there before it is published).
+    report = scanner.scan_bytes(state.model.SerializeToString(), bundle.MODEL, state.options.policy,
+                                progress=state.progress)
     state.scan = report
     failing = report.at_or_above(scanner.Severity.parse(state.options.fail_on))
     if failing:
