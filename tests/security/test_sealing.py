@@ -211,7 +211,7 @@ def test_seal_bad_inputs(bundle_copy, keyset, other_keyset, ssh_keys, tmp_path):
         (("seal", bundle_copy, "-R", empty), (empty, "no recipients")),
         (("seal", bundle_copy, "-R", tmp_path / "none.txt"), (tmp_path / "none.txt", "no such file")),
         (("seal", bundle_copy, "--passphrase-env", "UNSET_VAR"), ("UNSET_VAR", "not set")),
-        (("seal", bundle_copy, "-r", keyset.recipient, "-o", bundle_copy), (bundle_copy, "already exists")),
+        (("seal", bundle_copy, "-r", keyset.recipient, "-o", bundle_copy), (bundle_copy, "is also an input")),
     ]
     for run, (_, fragments) in zip(og_many(*(c for c, _ in cases)), cases, strict=True):
         one_error(run, 2, *fragments)

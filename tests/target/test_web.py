@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -9,9 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxguard.target.web import browser
-from onnxguard import bundle
+from onnxguard import bundle, target, trust
 from onnxguard.bundle import digest
+from onnxguard.errors import InputError
+from onnxguard.scan import policy
+from onnxguard.target.web import browser
 from onnxguard.trust import sealing
 
 RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs", "ort/package.json"]
@@ -105,8 +108,16 @@ def test_ops_the_target_cannot_run_are_named(digits_bundle, cli, expect_err, tmp
     model.opset_import.append(onnx.helper.make_opsetid("com.example.ops", 1))
     custom = tmp_path / "custom"
     bundle.write(custom, b.manifest, model, b.golden())
-    expect_err(cli("target", "--allow-unsigned", custom, "--to", kind, "-o", tmp_path / "t"), 2,
-               "op com.example.ops::FastRelu (opset 1)", f"the {kind} target")
+    # The bundle door's scan refuses a custom-op domain first (exit 1, naming the node and domain) ...
+    expect_err(cli("target", "--allow-unsigned", custom, "--to", kind, "-o", tmp_path / "t"), 1,
+               "domain.node", "com.example.ops")
+    assert not (tmp_path / "t").exists()
+    # ... and where a scan policy allows the domain, the target still refuses an op its runtime has no kernel for.
+    allowing = dataclasses.replace(policy.for_profile("default"),
+                                   allowed_domains=(*policy.for_profile("default").allowed_domains, "com.example.ops"))
+    opened = trust.open_bundle(custom, trust.TrustPolicy(trust.UnsafeUnsigned(), trust.ScanRule(allowing)))
+    with pytest.raises(InputError, match=rf"op com.example.ops::FastRelu \(opset 1\).*the {kind} target"):
+        target.make(opened, kind, tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import pyrage
 
 from onnxguard import bundle as bundle_lib
+from onnxguard import staging
 from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle, digest, files
 from onnxguard.bundle.manifest import File, Manifest, Sealed, SealedFile
 from onnxguard.errors import BundleError, InputError
@@ -39,18 +38,12 @@ class SealResult:
 
 
 
-def _tmpdir(target: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.absolute().parent))
-
-
-def _finish(tmp: Path, manifest: Manifest, target: Path, overwrite: bool, mode: int = 0o755) -> Bundle:
-    files = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
-             for rel, p in sorted(bundle_lib.files.regular_files(tmp).items()) if rel != MANIFEST}
-    manifest = manifest.model_copy(update={"files": files})
-    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.chmod(tmp, mode)
-    bundle_lib.place(tmp, target, overwrite)
-    return bundle_lib.read(target, keep=False)  # checked, streamed: a 2 GB model needs no 2 GB of memory
+def _write_manifest(tmp: Path, manifest: Manifest) -> None:
+    """List every file written into the staging directory ``tmp`` in the manifest, then write it."""
+    listed = {rel: File(sha256=digest.file(p), size=p.stat().st_size)
+              for rel, p in sorted(files.regular_files(tmp).items()) if rel != MANIFEST}
+    (tmp / MANIFEST).write_text(manifest.model_copy(update={"files": listed}).model_dump_json(indent=2) + "\n",
+                                encoding="utf-8")
 
 
 def _copy_assets(b: Bundle, tmp: Path, skip: set[str]) -> None:
@@ -90,7 +83,7 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
                          "signature; seal first, then sign: seal into a new directory (-o DIR) or delete model.sig, "
                          "then sign the sealed bundle")
     if out_dir is not None:
-        bundle_lib.check_writable(target, overwrite=False)
+        staging.check_output(target, inputs=[b.path])
 
     to = list(parsed.values())
     key_text = None
@@ -103,38 +96,34 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
     m = b.manifest
     plain = [m.model.file] + ([m.golden.file] if m.golden else [])
     expected = {m.model.file: m.model.sha256, **{rel: m.files[rel].sha256 for rel in plain[1:]}}
-    tmp = _tmpdir(target)
     try:
-        sealed_files: dict[str, SealedFile] = {}
-        for i, rel in enumerate(plain):
-            progress(Event("seal", f"encrypting {rel} ({m.files[rel].size:,} bytes)", i, len(plain)))
-            src, _ = files.open_regular(b.path / rel, m.files[rel].size)
-            with src, open(tmp / (rel + SUFFIX), "wb") as dst:
-                reader = files.HashingReader(src, m.files[rel].size, b.path / rel)  # hashed as it is encrypted
-                try:
-                    pyrage.encrypt_io(reader, dst, to)
-                except pyrage.EncryptError as e:
-                    raise InputError(f"{b.path / rel}: cannot encrypt ({e})") from e
-            if reader.sha.hexdigest() != expected[rel]:
-                raise BundleError(f"{b.path / rel}: changed while it was being sealed; nothing was sealed")
-            sealed_files[rel + SUFFIX] = SealedFile(plaintext=rel, sha256=expected[rel], size=reader.size)
-        if key_text is not None:
-            (tmp / KEY_FILE).write_bytes(key_text)
-        _copy_assets(b, tmp, set(plain))
-        sealed = Sealed(recipients=list(parsed), passphrase=passphrase is not None,
-                        key_file=KEY_FILE if key_text is not None else None, files=sealed_files)
-        manifest = m.model_copy(update={
-            "sealed": sealed,
-            "model": m.model.model_copy(update={"file": m.model.file + SUFFIX}),
-            "golden": m.golden.model_copy(update={"file": m.golden.file + SUFFIX}) if m.golden else None,
-        })
-        result = _finish(tmp, manifest, target, overwrite=out_dir is None)
+        with staging.atomic_dir(target, overwrite=out_dir is None) as tmp:
+            sealed_files: dict[str, SealedFile] = {}
+            for i, rel in enumerate(plain):
+                progress(Event("seal", f"encrypting {rel} ({m.files[rel].size:,} bytes)", i, len(plain)))
+                src, _ = files.open_regular(b.path / rel, m.files[rel].size)
+                with src, open(tmp / (rel + SUFFIX), "wb") as dst:
+                    reader = files.HashingReader(src, m.files[rel].size, b.path / rel)  # hashed as it is encrypted
+                    try:
+                        pyrage.encrypt_io(reader, dst, to)
+                    except pyrage.EncryptError as e:
+                        raise InputError(f"{b.path / rel}: cannot encrypt ({e})") from e
+                if reader.sha.hexdigest() != expected[rel]:
+                    raise BundleError(f"{b.path / rel}: changed while it was being sealed; nothing was sealed")
+                sealed_files[rel + SUFFIX] = SealedFile(plaintext=rel, sha256=expected[rel], size=reader.size)
+            if key_text is not None:
+                (tmp / KEY_FILE).write_bytes(key_text)
+            _copy_assets(b, tmp, set(plain))
+            sealed = Sealed(recipients=list(parsed), passphrase=passphrase is not None,
+                            key_file=KEY_FILE if key_text is not None else None, files=sealed_files)
+            _write_manifest(tmp, m.model_copy(update={
+                "sealed": sealed,
+                "model": m.model.model_copy(update={"file": m.model.file + SUFFIX}),
+                "golden": m.golden.model_copy(update={"file": m.golden.file + SUFFIX}) if m.golden else None,
+            }))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{target}: cannot write the sealed bundle ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    result = bundle_lib.read(target, keep=False)  # checked, streamed: a 2 GB model needs no 2 GB of memory
     progress(Event("seal", f"sealed {', '.join(plain)} to {len(parsed)} recipient(s)"
                            f"{' and a passphrase' if passphrase is not None else ''}", done=True))
     return SealResult(result, tuple(parsed), passphrase is not None, tuple((rel, rel + SUFFIX) for rel in plain),
@@ -155,28 +144,24 @@ def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLik
     target = Path(out_dir)
     if target.absolute() == b.path.absolute():
         raise InputError(f"{target}: unseal into a new directory, not into the sealed bundle itself")
-    bundle_lib.check_writable(target, overwrite=False)
+    staging.check_output(target, inputs=[b.path])
     ids = identities_for(b.path, b.manifest, identity, passphrase)
     m, sealed = b.manifest, b.manifest.sealed
-    tmp = _tmpdir(target)
     try:
-        for i, (rel, entry) in enumerate(sealed.files.items()):
-            progress(Event("unseal", f"decrypting {rel}", i, len(sealed.files)))
-            with open(tmp / entry.plaintext, "wb") as out:
-                decrypt_to(b, rel, ids, out)
-        _copy_assets(b, tmp, set(sealed.files) | ({sealed.key_file} if sealed.key_file else set()))
-        plain = {rel: e.plaintext for rel, e in sealed.files.items()}
-        manifest = m.model_copy(update={
-            "sealed": None,
-            "model": m.model.model_copy(update={"file": plain[m.model.file]}),
-            "golden": m.golden.model_copy(update={"file": plain[m.golden.file]}) if m.golden else None,
-        })
-        result = _finish(tmp, manifest, target, overwrite=False, mode=0o700)  # plaintext: its owner only
+        with staging.atomic_dir(target, mode=0o700) as tmp:  # plaintext: its owner only
+            for i, (rel, entry) in enumerate(sealed.files.items()):
+                progress(Event("unseal", f"decrypting {rel}", i, len(sealed.files)))
+                with open(tmp / entry.plaintext, "wb") as out:
+                    decrypt_to(b, rel, ids, out)
+            _copy_assets(b, tmp, set(sealed.files) | ({sealed.key_file} if sealed.key_file else set()))
+            plain = {rel: e.plaintext for rel, e in sealed.files.items()}
+            _write_manifest(tmp, m.model_copy(update={
+                "sealed": None,
+                "model": m.model.model_copy(update={"file": plain[m.model.file]}),
+                "golden": m.golden.model_copy(update={"file": plain[m.golden.file]}) if m.golden else None,
+            }))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{target}: cannot write the unsealed bundle ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    result = bundle_lib.read(target, keep=False)
     progress(Event("unseal", f"unsealed to {target}", done=True))
     return result
