@@ -230,9 +230,9 @@ def test_a_remedy_is_named_by_the_flag_of_the_verb(cli, expect_err, sklearn_file
     target = tmp_path / "b"
     target.mkdir()
     line = expect_err(cli("build", sklearn_files.classifier, "-o", target), 2)
-    assert line == f"onnxguard: error: {target}: already exists; pass --overwrite", line
+    assert line == f"onnxguard: error: {target}: already exists; choose another output, or pass --overwrite", line
     line = expect_err(cli("convert", sklearn_files.pickle, "-o", tmp_path / "x.onnx"), 2, "digits.pkl")
-    assert line.endswith("; pass --trust-pickle"), line
+    assert line.endswith("; save the model with skops (.skops), or pass --trust-pickle"), line
 
 
 def test_a_verb_without_the_flag_gets_the_hint():
@@ -243,11 +243,14 @@ def test_a_verb_without_the_flag_gets_the_hint():
 
     verbs = typer.main.get_command(app).commands
     e = InputError("x: already exists", hint="choose another output", remedy=Remedy.OVERWRITE)
-    assert render.error_line(e, verbs["build"]) == "onnxguard: error: x: already exists; pass --overwrite"
+    assert render.error_line(e, verbs["build"]) == ("onnxguard: error: x: already exists; choose another output, "
+                                                    "or pass --overwrite")
     assert render.error_line(e, verbs["keygen"]) == "onnxguard: error: x: already exists; choose another output"
     e = InputError("y: sealed", remedy=Remedy.IDENTITY)
     assert render.error_line(e, verbs["parity"]).startswith("onnxguard: error: y: sealed; give --identity FILE")
     assert render.error_line(e, verbs["keygen"]).startswith("onnxguard: error: y: sealed; needs the age identity")
+    e = InputError("z: no such file", hint="give the path of an .onnx file")
+    assert render.error_line(e, verbs["build"]) == "onnxguard: error: z: no such file; give the path of an .onnx file"
     assert set(render.REMEDY_FLAGS) == set(Remedy)  # every remedy has its flag
 
 

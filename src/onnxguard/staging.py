@@ -84,8 +84,7 @@ def _exists(path: Path) -> bool:
 
 
 def _already_exists(target: Path) -> InputError:
-    return InputError(f"{target}: already exists", hint="choose another output, or allow replacing it",
-                      remedy=Remedy.OVERWRITE)
+    return InputError(f"{target}: already exists", hint="choose another output", remedy=Remedy.OVERWRITE)
 
 
 @contextmanager
@@ -101,8 +100,7 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False, mode:
     try:
         os.mkdir(staging, 0o700)
     except OSError as e:
-        raise InputError(f"{target}: cannot write ({e.strerror} in {parent})", hint="choose a writable output path",
-                         remedy=Remedy.OUTPUT) from e
+        raise InputError(f"{target}: cannot write ({e.strerror} in {parent})", remedy=Remedy.OUTPUT) from e
     with _active_lock:
         _active.add(staging)
     try:
@@ -138,8 +136,7 @@ def publish(staging: Path, target: Path, overwrite: bool) -> None:
         else:
             old.unlink(missing_ok=True)
     except OSError as e:
-        raise InputError(f"{target}: cannot put the output in place ({e.strerror or e})",
-                         hint="choose a writable output path", remedy=Remedy.OUTPUT) from e
+        raise InputError(f"{target}: cannot put the output in place ({e.strerror or e})", remedy=Remedy.OUTPUT) from e
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -160,21 +157,18 @@ def check_output(target: str | os.PathLike[str], *, inputs: Sequence[str | os.Pa
     for root in FORBIDDEN_ROOTS:
         if _under(absolute, root) or _under(resolved, root):
             raise InputError(f"{target}: is under {root}, a kernel file system, not a place for an output",
-                             hint="choose an output path on a disk", remedy=Remedy.OUTPUT)
+                             remedy=Remedy.OUTPUT)
     parent = absolute.parent
     try:
         pst = os.stat(parent)
     except OSError as e:
         why = "no such directory" if e.errno == errno.ENOENT else ("not a directory" if e.errno == errno.ENOTDIR
                                                                     else e.strerror)
-        raise InputError(f"{target}: cannot write ({parent}: {why})", hint="choose an output in an existing directory",
-                         remedy=Remedy.OUTPUT) from e
+        raise InputError(f"{target}: cannot write ({parent}: {why})", remedy=Remedy.OUTPUT) from e
     if not stat.S_ISDIR(pst.st_mode):
-        raise InputError(f"{target}: cannot write ({parent}: not a directory)",
-                         hint="choose an output in an existing directory", remedy=Remedy.OUTPUT)
+        raise InputError(f"{target}: cannot write ({parent}: not a directory)", remedy=Remedy.OUTPUT)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{target}: cannot write ({parent}: not writable)", hint="choose a writable output path",
-                         remedy=Remedy.OUTPUT)
+        raise InputError(f"{target}: cannot write ({parent}: not writable)", remedy=Remedy.OUTPUT)
     for given in inputs:
         source = Path(given).resolve()
         if resolved == source:
@@ -185,18 +179,16 @@ def check_output(target: str | os.PathLike[str], *, inputs: Sequence[str | os.Pa
             what = f"contains the input {given}"
         else:
             continue
-        raise InputError(f"{target}: {what}; writing it would destroy what is being read",
-                         hint="write the output somewhere else", remedy=Remedy.OUTPUT)
+        raise InputError(f"{target}: {what}; writing it would destroy what is being read", remedy=Remedy.OUTPUT)
     if not _exists(target):
         return
     st = os.lstat(target)
     if kind == "file" and stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{target}: is a directory", hint="give the path of the file to write", remedy=Remedy.OUTPUT)
+        raise InputError(f"{target}: is a directory, not a file to write", remedy=Remedy.OUTPUT)
     if kind == "file" and not stat.S_ISREG(st.st_mode):
         raise InputError(f"{target}: exists and is not a regular file; it is never written through",
-                         hint="give the path of a new file", remedy=Remedy.OUTPUT)
-    if kind == "directory" and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
-        raise InputError(f"{target}: exists and is not a directory", hint="give the path of a new directory",
                          remedy=Remedy.OUTPUT)
+    if kind == "directory" and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
+        raise InputError(f"{target}: exists and is not a directory", remedy=Remedy.OUTPUT)
     if not overwrite:
         raise _already_exists(target)

@@ -272,7 +272,7 @@ def stage_bundle(state: BuildState) -> str:
         bundle.fill(state.staging, manifest, state.model, state.golden, state.source.assets)
     except OSError as e:  # name the bundle the user asked for, not the staging directory
         raise InputError(f"{state.target}: cannot write the bundle ({e.strerror or e})",
-                         hint="free some space or choose a writable output path", remedy=Remedy.OUTPUT) from e
+                         hint="free some space", remedy=Remedy.OUTPUT) from e
     state.bundle = bundle.read(state.staging)
     return f"{len(state.bundle.manifest.files)} files"
 

@@ -218,5 +218,5 @@ def write(target: str | os.PathLike[str], manifest: Manifest, model: onnx.ModelP
             fill(tmp, manifest, model, golden_set, assets)
         except OSError as e:
             raise InputError(f"{target}: cannot write the bundle ({e.strerror or e})",
-                             hint="free some space or choose a writable output path", remedy=Remedy.OUTPUT) from e
+                             hint="free some space", remedy=Remedy.OUTPUT) from e
     return read(target)

@@ -23,7 +23,7 @@ err = Console(stderr=True, highlight=False)
 
 
 # How the command line names each Remedy the library asks for: (what to do, the flag). The one place where a
-# Remedy becomes a flag; a verb that has no such flag gets the error's hint instead.
+# Remedy becomes a flag; a verb that has no such flag gets the error's hint alone.
 REMEDY_FLAGS: dict[Remedy, tuple[str, str]] = {
     Remedy.IDENTITY: ("give", "--identity FILE (or set ONNXGUARD_AGE_IDENTITY)"),
     Remedy.PASSPHRASE: ("give", "--passphrase-env VAR"),
@@ -51,10 +51,12 @@ def remedy_text(remedy: Remedy, command=None) -> str | None:
 
 
 def error_line(e: OnnxguardError, command=None) -> str:
-    """``onnxguard: error: MESSAGE; WHAT TO DO``: one line, the message first, then the flag for its remedy
-    (of the verb that ran) or else its hint."""
-    tail = remedy_text(e.remedy, command) if e.remedy is not None else None
-    tail = tail or e.hint or (f"needs {e.remedy.value}" if e.remedy is not None else None)
+    """``onnxguard: error: MESSAGE; WHAT TO DO``: one line, the message first, then the hint and the flag of the
+    verb that ran for the error's remedy (``choose another output, or pass --overwrite``); a verb without that
+    flag gets the hint alone, or else the remedy in words."""
+    flag = remedy_text(e.remedy, command) if e.remedy is not None else None
+    tail = ", or ".join(part for part in (e.hint, flag) if part)
+    tail = tail or (f"needs {e.remedy.value}" if e.remedy is not None else "")
     return one_line(f"onnxguard: error: {e.message}" + (f"; {tail}" if tail else ""))
 
 

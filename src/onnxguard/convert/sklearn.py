@@ -74,8 +74,7 @@ def load_estimator(path: Path, trust_pickle: bool):
             raise ConversionError(f"{path}: not a readable .skops file ({e})") from e
     if not trust_pickle:
         raise ConversionError(f"{path}: pickle files can run code when loaded",
-                              hint="save the model with skops (.skops), or trust the pickle explicitly (it is "
-                                   "loaded after a pickle scan)", remedy=Remedy.TRUST_PICKLE)
+                              hint="save the model with skops (.skops)", remedy=Remedy.TRUST_PICKLE)
     data = onnxfile.read_file(path, MAX_PICKLE_BYTES, what="a scikit-learn pickle")
     _scan_pickle(path, data)
     try:

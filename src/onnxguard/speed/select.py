@@ -112,7 +112,7 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
         usable = [c for c in candidates if c.eligible and c.error is None]
         if not force or not usable:
             raise CheckFailed(f"no variant passed the accuracy gate ({failed})",
-                              hint="relax the gate, or keep a variant that failed it", remedy=Remedy.FORCE)
+                              hint="relax the gate", remedy=Remedy.FORCE)
         return Selection(usable[0], tuple(candidates), f"{usable[0].name}: FORCED past a failed gate ({failed})",
                          batch_size, threads, forced=True)
     progress(Event("select", f"timing {len(passing)} variants at batch {batch_size}, {threads} threads"))
@@ -234,7 +234,7 @@ def keep(model: onnx.ModelProto, output: str | Path, step: Step, *, parent=None,
     failed = report is not None and not report.passed
     if failed and not force:
         raise GateFailed(f"the variant fails the accuracy gate; nothing written to {output}", report,
-                         hint="relax the gate, or keep the variant anyway (recorded)", remedy=Remedy.FORCE)
+                         hint="relax the gate", remedy=Remedy.FORCE)
     if parent is not None:
         b = derive(parent, model, step, report, output, forced=failed, overwrite=overwrite)
         return Kept(b.path, b.manifest.model.size, report, failed, b)
