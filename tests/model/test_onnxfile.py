@@ -111,3 +111,17 @@ def test_parse_errors_name_the_file(tmp_path):
         onnxfile.parse(b"", "decrypted/model.onnx")
     with pytest.raises(ModelError, match="^t.onnx: not"):
         onnxfile.parse(onnx.TensorProto(name="t", dims=[1]).SerializeToString(), "t.onnx")
+
+
+def test_save_writes_all_at_once_and_never_through_a_link(tmp_path):
+    model = onnxfile.parse(_relu(), "relu")
+    elsewhere = tmp_path / "elsewhere.onnx"
+    elsewhere.write_bytes(b"keep")
+    link = tmp_path / "m.onnx"
+    link.symlink_to(elsewhere)
+    assert onnxfile.save(model, link) == len(_relu())
+    assert not link.is_symlink() and link.read_bytes() == _relu() and elsewhere.read_bytes() == b"keep"
+    with pytest.raises(InputError, match="cannot write") as e:
+        onnxfile.save(model, tmp_path / "absent" / "m.onnx")
+    assert e.value.remedy is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.onnx", "m.onnx"]  # no staging file left

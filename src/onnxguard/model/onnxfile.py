@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxguard import staging
-from onnxguard.errors import InputError, ModelError
+from onnxguard.errors import InputError, ModelError, Remedy
 
 # Protobuf cannot serialise a message of 2 GiB or more; larger models must use external data.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -114,15 +115,26 @@ def parse(data: bytes, name: str = "<bytes>") -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
-    """Write ``model`` to ``path`` as a single file and return its size in bytes."""
+    """Write ``model`` to ``path`` as a single file, all at once, and return its size in bytes.
+
+    The bytes go to a new file beside ``path`` that is renamed over it when complete: a reader never sees half
+    a model, and an existing link at ``path`` is replaced, never written through."""
     p = Path(path)
     data = model.SerializeToString()
     if len(data) > PROTOBUF_LIMIT:
-        raise ModelError(f"{p}: model is {len(data)} bytes, over protobuf's 2 GiB limit; external data is not supported yet")
+        raise ModelError(f"{p}: model is {len(data)} bytes, over protobuf's 2 GiB limit",
+                         hint="external data is not supported yet")
+    tmp = p.with_name(f".{p.name}.staging-{os.getpid()}-{secrets.token_hex(6)}")
     try:
-        p.write_bytes(data)
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, p)
     except OSError as e:
-        raise InputError(f"{p}: cannot write ({e.strerror}); choose a writable output path") from e
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{p}: cannot write ({e.strerror})", remedy=Remedy.OUTPUT) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return len(data)
 
 
