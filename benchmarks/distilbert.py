@@ -52,7 +52,9 @@ def main() -> None:
                                                                num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])).model
     dynamic = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
     source = convert.load(str(model_dir), ConvertOptions(attn_implementation="sdpa"))
-    torch_variant = bench.source_variant(source)
+    import torch  # this script owns its process: it may set torch's threads per cell
+
+    torch_variant = bench.source_variant(source, set_threads=torch.set_num_threads)
     variants = [torch_variant, bench.onnx_variant("ORT plain export (dynamo)", plain),
                 bench.onnx_variant("ORT plain export (torchscript)", traced),
                 bench.onnx_variant("ORT fused (torchscript + Attention fusion)", fused),

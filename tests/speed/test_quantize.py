@@ -63,7 +63,7 @@ def test_bad_options_are_clear_errors(digits_bundle):
 
 def test_cli_quantize_a_bundle_writes_a_gated_bundle(cli, digits_bundle, tmp_path):
     out = tmp_path / "int8"
-    r = cli("quantize", digits_bundle, "-o", out, "--mode", "static")
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "static", "--allow-unsigned")
     assert r.code == 0, r
     assert "accuracy gate vs the source framework: PASSED" in r.out
     m = bundle.read(out).manifest
@@ -75,11 +75,11 @@ def test_cli_quantize_a_bundle_writes_a_gated_bundle(cli, digits_bundle, tmp_pat
 
 def test_cli_quantize_failing_the_gate_exits_1_and_writes_nothing_unless_forced(cli, expect_err, digits_bundle, tmp_path):
     out = tmp_path / "bad"
-    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0")
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--allow-unsigned")
     expect_err(r, 1, "accuracy gate", str(out))
     assert "FAILED" in r.out and not out.exists()
     assert not [p for p in tmp_path.iterdir()]  # no temporary directory left behind either
-    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--force")
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--force", "--allow-unsigned")
     assert r.code == 0, r
     m = json.loads((out / bundle.MANIFEST).read_text())
     assert m["steps"][-1]["figures"]["forced"] is True and m["parity"]["passed"] is False
@@ -108,7 +108,7 @@ def test_int8_weights_are_7_bit_where_the_cpu_saturates(cli, digits_bundle, tmp_
     assert quantize.saturating_cpu(info, "x86_64") and not quantize.saturating_cpu(info, "aarch64")
     info.write_text("flags\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     assert not quantize.saturating_cpu(info, "x86_64")
-    assert cli("quantize", digits_bundle, "-o", tmp_path / "auto", "--mode", "dynamic").code == 0
+    assert cli("quantize", digits_bundle, "-o", tmp_path / "auto", "--mode", "dynamic", "--allow-unsigned").code == 0
     assert bundle.read(tmp_path / "auto").manifest.steps[-1].settings["reduce_range"] is quantize.saturating_cpu()
-    assert cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range").code == 0
+    assert cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range", "--allow-unsigned").code == 0
     assert bundle.read(tmp_path / "full").manifest.steps[-1].settings["reduce_range"] is False

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from onnxguard import bundle
+from onnxguard.accuracy.parity import VALUES
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.errors import CheckFailed
+from onnxguard.speed import select
 
 
 def _select(manifest: dict) -> dict:
@@ -24,8 +33,9 @@ def test_build_auto_keeps_the_fastest_variant_that_passes_and_records_all(cli, d
     assert sel["winner"] in names and sel["reason"].startswith(sel["winner"])
     winner = next(c for c in sel["candidates"] if c["name"] == sel["winner"])
     plain = sel["candidates"][0]
-    assert winner["gate_passed"] and winner["p50_ms"] <= plain["p50_ms"]  # never slower than the plain export
-    assert all("p50_ms" in c for c in sel["candidates"] if c.get("gate_passed"))
+    assert winner["gate_passed"] and "p50_ms" in plain
+    # only variants that passed the gate are timed: a variant that fails is never a candidate for speed
+    assert all(("p50_ms" in c) == bool(c.get("gate_passed")) for c in sel["candidates"])
     assert abs(m["model"]["size"] - winner["size"]) < 64  # the bundle holds the winner (metadata may differ slightly)
     assert m["parity"]["passed"]
 
@@ -68,3 +78,52 @@ def test_static_quantization_of_a_transformer_leaves_the_working_directory_clean
             "--max-length", "32", "--force", cwd=cwd)
     assert r.code == 0, r
     assert list(cwd.iterdir()) == []
+
+
+def _model(kind: str) -> onnx.ModelProto:
+    """y = x computed three ways: ``slow`` (40 MatMuls by the identity), ``fast`` (Identity); ``wrong`` gives -x."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 128])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 128])
+    inits, nodes = [], []
+    if kind == "slow":
+        inits.append(numpy_helper.from_array(np.eye(128, dtype=np.float32), "eye"))
+        names = ["x"] + [f"h{i}" for i in range(39)] + ["y"]
+        nodes = [helper.make_node("MatMul", [a, "eye"], [b]) for a, b in zip(names, names[1:], strict=False)]
+    else:
+        nodes = [helper.make_node("Identity" if kind == "fast" else "Neg", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, kind, [x], [y], inits)
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def identity_golden() -> GoldenSet:
+    rng = np.random.default_rng(0)
+    inputs = tuple({"x": rng.standard_normal((n, 128)).astype(np.float32)} for n in (1, 8, 3))
+    return GoldenSet(inputs, tuple({"y": b["x"].copy()} for b in inputs))
+
+
+def test_select_keeps_the_fastest_passing_eligible_variant(identity_golden):
+    plain, fast, wrong, baseline_only = (select.Candidate("plain", _model("slow")), select.Candidate("fast", _model("fast")),
+                                         select.Candidate("wrong", _model("wrong")),
+                                         select.Candidate("baseline-only", _model("fast"), eligible=False))
+    sel = select.select([plain, wrong, baseline_only, fast], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    assert sel.winner is fast and not sel.forced
+    assert sel.reason.startswith("fast: ") and "vs plain" in sel.reason
+    assert fast.p50_ms < plain.p50_ms * (1 - select.MIN_GAIN)  # what the choice rests on, measured
+    assert wrong.gate is not None and not wrong.gate.passed and wrong.p50_ms is None  # failed the gate: never timed
+    assert baseline_only.p50_ms is not None  # timed as a reference, never chosen
+
+
+def test_select_keeps_the_baseline_when_nothing_is_faster(identity_golden):
+    base, slow = select.Candidate("plain", _model("fast")), select.Candidate("heavy", _model("slow"))
+    sel = select.select([base, slow], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    assert sel.winner is base and slow.p50_ms > base.p50_ms
+
+
+def test_select_fails_or_is_forced_when_no_eligible_variant_passes(identity_golden):
+    def candidates():
+        return [select.Candidate("plain", _model("fast"), eligible=False), select.Candidate("wrong", _model("wrong"))]
+    with pytest.raises(CheckFailed, match="no variant passed the accuracy gate"):
+        select.select(candidates(), identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    sel = select.select(candidates(), identity_golden, {"y": VALUES}, batch_size=8, threads=1, force=True)
+    assert sel.forced and sel.winner.name == "wrong" and "FORCED" in sel.reason

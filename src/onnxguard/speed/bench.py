@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxguard import runtime
 from onnxguard.errors import InputError
 from onnxguard.bundle.golden import Batch
 from onnxguard.progress import Event, Progress, silent
@@ -73,25 +74,26 @@ def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
 
     def make(threads: int) -> Callable[[Batch], object]:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        sess = runtime.session(data, threads=threads, name=name)
         names = {i.name for i in sess.get_inputs()}
         return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
 
     return Variant(name, make, len(data))
 
 
-def source_variant(source, size_bytes: int | None = None) -> Variant:
-    """The source framework (PyTorch eager under inference_mode, scikit-learn predict/predict_proba)."""
+def source_variant(source, size_bytes: int | None = None,
+                   set_threads: Callable[[int], None] | None = None) -> Variant:
+    """The source framework (PyTorch eager under inference_mode, scikit-learn predict/predict_proba).
+
+    A framework's thread count is a setting of the whole process (``torch.set_num_threads``), so the library
+    never changes it: the source runs with the threads its process has. A caller that owns the process (the
+    command line) passes ``set_threads`` (for example ``torch.set_num_threads``), called with each cell's
+    thread count before the source is timed, to compare at equal threads.
+    """
 
     def make(threads: int) -> Callable[[Batch], object]:
-        if source.framework in ("pytorch", "transformers"):
-            import torch
-
-            torch.set_num_threads(threads)
+        if set_threads is not None:
+            set_threads(threads)
         return source.run
 
     return Variant(f"{source.framework} (source)", make, size_bytes)
@@ -133,10 +135,22 @@ def _pct(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q)) if samples else float("nan")
 
 
+def _cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
 def machine() -> dict:
+    # Not platform.processor(): on Linux it runs `uname -p` in a subprocess, whose lookup of the executable
+    # swaps the process's warnings filters while it runs (os.get_exec_path), unsafe beside other threads.
     import platform
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": _cpu_model() or platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "onnxruntime": ort.__version__}
 
 
@@ -181,18 +195,16 @@ def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchO
 
 def plot(report: BenchReport, path: str | Path) -> None:
     """Latency distribution per variant (one panel per batch size/threads) and throughput against batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # The figure is drawn without pyplot: no backend is chosen and no figure is registered in this process.
+    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
     cells = sorted({(t.batch, t.threads) for t in report.timings})
     names = list(dict.fromkeys(t.variant for t in report.timings))
     ncols = min(3, len(cells) + 1)
     nrows = -(-(len(cells) + 1) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for ax in flat[len(cells) + 1:]:
         ax.set_visible(False)
@@ -220,4 +232,3 @@ def plot(report: BenchReport, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -15,25 +15,19 @@ plain export at batch 8; see MEASURED.md), so ``build`` measures candidates inst
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
+from onnxguard import runtime
 from onnxguard.model import onnxfile
 from onnxguard.errors import ModelError
 from onnxguard.model.info import graphs, op_histogram
 from onnxguard.progress import Event, Progress, silent
 
-LEVELS = {
-    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+LEVELS = runtime.LEVELS
 # Source model types (Hugging Face config.model_type) that onnxruntime.transformers fuses with its BERT rules.
 BERT_LIKE = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mpnet", "deberta")
 
@@ -70,26 +64,36 @@ def is_transformer(model: onnx.ModelProto) -> bool:
     return "input_ids" in names and "attention_mask" in names
 
 
-def fuse(model: onnx.ModelProto, model_type: str | None, num_heads: int = 0, hidden_size: int = 0) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Apply the transformer fusions; returns the fused model and the count of each fused op."""
+# onnxruntime.transformers logs every fusion pattern it tries through its loggers ("Attention not fused" at
+# WARNING): the fusions run in a child process (runtime.isolated), so no logger of this process is touched.
+_FUSE = """
+import onnx
+
+
+def main(job, event):
     from onnxruntime.transformers import optimizer
 
+    if job["kind"] not in optimizer.MODEL_TYPES:
+        return {"unknown": True}
+    fused = optimizer.optimize_model(job["src"], model_type=job["kind"], num_heads=job["num_heads"],
+                                     hidden_size=job["hidden_size"], opt_level=0, use_gpu=False)
+    onnx.save(fused.model, job["dst"])
+    return {"stats": {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}}
+"""
+def fuse(model: onnx.ModelProto, model_type: str | None, num_heads: int = 0, hidden_size: int = 0,
+         progress: Progress = silent) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Apply the transformer fusions; returns the fused model and the count of each fused op."""
     kind = "bert" if (model_type or "bert") in BERT_LIKE else model_type
-    if kind not in optimizer.MODEL_TYPES:
-        raise ModelError(f"no transformer fusions for model type {model_type!r}; known: {', '.join(BERT_LIKE)}")
-    # The fusion code logs every pattern it tries at INFO/WARNING; keep that out of the user's terminal.
-    logger = logging.getLogger("onnxruntime.transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # optimize_model rewrites the ModelProto it is given in place
-    try:
-        fused = optimizer.optimize_model(copy, model_type=kind, num_heads=num_heads, hidden_size=hidden_size,
-                                         opt_level=0, use_gpu=False)
-    finally:
-        logger.setLevel(level)
-    stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
-    result = fused.model
+    with tempfile.TemporaryDirectory(prefix="onnxguard-fuse-") as tmp:
+        job = {"kind": kind, "num_heads": num_heads, "hidden_size": hidden_size,
+               "src": str(Path(tmp) / "in.onnx"), "dst": str(Path(tmp) / "fused.onnx")}
+        onnxfile.save(model, job["src"])
+        outcome = runtime.isolated(_FUSE, job, what="transformer fusion", stage="optimize", progress=progress, cwd=tmp)
+        if outcome.get("unknown"):
+            raise ModelError(f"no transformer fusions for model type {model_type!r}; known: {', '.join(BERT_LIKE)}",
+                             hint="name a BERT-like model type, or optimize without fusions")
+        result = onnxfile.load(job["dst"])
+    stats = {str(k): int(v) for k, v in outcome.get("stats", {}).items()}
     used = {n.domain for n in result.graph.node} - {"", "ai.onnx"}
     declared = {o.domain for o in result.opset_import}
     for domain in sorted(used - declared):  # fused ops live in com.microsoft; declare it when the optimizer did not
@@ -103,14 +107,7 @@ def ort_optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
         raise ModelError(f"unknown optimization level {level!r}; use {', '.join(LEVELS)}")
     with tempfile.TemporaryDirectory(prefix="onnxguard-opt-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = LEVELS[level]
-        opts.optimized_model_filepath = str(out)
-        opts.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
-            raise ModelError(f"ONNX Runtime cannot optimize the model: {str(e).splitlines()[0]}") from e
+        runtime.session(model, optimization=level, optimized_model_path=out, name="the model to optimize")
         optimized = onnxfile.load(out)
     # The saved graph imports every domain ONNX Runtime registers (nchwc, training, aten...), used or not;
     # keep only the ones its nodes use, so the model asks the runtime for no more than it needs.
@@ -127,7 +124,7 @@ def optimize(model: onnx.ModelProto, options: OptimizeOptions = OptimizeOptions(
     result = model
     if options.fusions:
         progress(Event("optimize", f"transformer fusions ({options.model_type or 'detected'} model)"))
-        result, fused = fuse(result, options.model_type, options.num_heads, options.hidden_size)
+        result, fused = fuse(result, options.model_type, options.num_heads, options.hidden_size, progress)
     if options.level != "none":
         progress(Event("optimize", f"ONNX Runtime graph optimization, level {options.level}"))
         result = ort_optimize(result, options.level)

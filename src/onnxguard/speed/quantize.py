@@ -13,22 +13,20 @@ fails with "Unable to find data type for weight_name" without it).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import platform
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from onnxguard import runtime
 from onnxguard.model import onnxfile
 from onnxguard.errors import ModelError
 from onnxguard.bundle.golden import Batch
-from onnxguard.progress import Event, Progress, silent
+from onnxguard.progress import Progress, silent
 
 MODES = ("dynamic", "static", "fp16")
 METHODS = ("minmax", "entropy", "percentile")
@@ -64,20 +62,6 @@ class QuantizeResult:
     preprocessed: bool
 
 
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader over in-memory batches (restricted to the model's inputs)."""
-
-    def __init__(self, batches: tuple[Batch, ...], names: set[str]):
-        self._batches = [{k: v for k, v in b.items() if k in names} for b in batches]
-        self._it: Iterator[Batch] = iter(self._batches)
-
-    def get_next(self) -> Batch | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._batches)
-
-
 # x86-64 CPUs without VNNI run ONNX Runtime's U8S8 (uint8 activations x int8 weights) kernels with
 # vpmaddubsw, whose pairwise int16 sums saturate when 8-bit weights meet large activations. Measured here
 # on an AVX2-only AMD EPYC: static INT8 of the digits CNN fell to cosine 0.80 and 96 % top-1 against the
@@ -98,51 +82,95 @@ def saturating_cpu(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = 
     return not flags.intersection(VNNI_FLAGS)
 
 
-def _preprocess(src: Path, dst: Path) -> None:
-    """ORT's pre-processing; symbolic shape inference is dropped when it cannot finish on the graph
-    (dynamo exports of transformers leave shapes it cannot resolve), keeping ONNX shape inference."""
+# ONNX Runtime's quantization tools run in a child process (runtime.isolated): they log through the root logger
+# (and configure it), print, and when symbolic shape inference gives up they dump sym_shape_infer_temp.onnx and
+# its external data into the working directory, which is the child's scratch directory here.
+_WORKER = """
+import numpy as np
+import onnx
+
+
+class Reader:  # ONNX Runtime's CalibrationDataReader over the saved batches
+    def __init__(self, batches):
+        self._batches, self._it = batches, iter(batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._batches)
+
+
+def preprocess(src, dst):
+    # ORT's pre-processing; symbolic shape inference is dropped when it cannot finish on the graph (dynamo
+    # exports of transformers leave shapes it cannot resolve), keeping ONNX shape inference.
     from onnxruntime.quantization import quant_pre_process
 
-    # When symbolic shape inference gives up, onnxruntime dumps sym_shape_infer_temp.onnx and its external
-    # data into the current directory; run it from the scratch directory so that nothing lands in the user's.
-    with contextlib.chdir(src.parent):
-        try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        except Exception as e:  # noqa: BLE001 -- ORT raises a bare Exception("Incomplete symbolic shape inference")
-            if "symbolic shape" not in str(e).lower():
-                raise
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    try:
+        quant_pre_process(src, dst, skip_symbolic_shape=False)
+    except Exception as e:  # ORT raises a bare Exception("Incomplete symbolic shape inference")
+        if "symbolic shape" not in str(e).lower():
+            raise
+        quant_pre_process(src, dst, skip_symbolic_shape=True)
 
 
-def _dynamic(src: Path, dst: Path, options: QuantizeOptions) -> None:
+def dynamic(src, dst, job):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=options.per_channel, reduce_range=options.reduce_range,
+    quantize_dynamic(src, dst, per_channel=job["per_channel"], reduce_range=job["reduce_range"],
                      weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _static(src: Path, dst: Path, options: QuantizeOptions, names: set[str]) -> None:
+def static(src, dst, job):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[options.method]
-    quantize_static(str(src), str(dst), _Reader(options.calibration, names), quant_format=QuantFormat.QDQ,
-                    per_channel=True, reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=method,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+              "percentile": CalibrationMethod.Percentile}[job["method"]]
+    with np.load(job["calibration"], allow_pickle=False) as arrays:
+        batches = [{name: arrays[key] for name, key in batch} for batch in job["batches"]]
+    quantize_static(src, dst, Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=job["reduce_range"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=method, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _fp16(model: onnx.ModelProto, options: QuantizeOptions) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def main(job, event):
+    src, pre, dst = job["src"], job["pre"], job["dst"]
+    if job["mode"] == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=options.keep_io_types)
+        event("converting to float16")
+        onnx.save(convert_float_to_float16(onnx.load(src), keep_io_types=job["keep_io_types"]), dst)
+        return {"preprocessed": False}
+    if job["mode"] == "static":
+        event("pre-processing (shape inference, optimization)")
+        preprocess(src, pre)
+        event(f"calibrating ({job['method']}) on {len(job['batches'])} batches")
+        static(pre, dst, job)
+        return {"preprocessed": True}
+    event("dynamic INT8 quantization")
+    try:
+        dynamic(src, dst, job)
+    except (ValueError, KeyError, RuntimeError):  # "Unable to find data type for weight_name": type it first
+        event("retrying after pre-processing")
+        preprocess(src, pre)
+        dynamic(pre, dst, job)
+        return {"preprocessed": True}
+    return {"preprocessed": False}
+"""
 
 
-def _quiet():
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the quantizer logs per-node chatter to the root logger
-    return logger, level
+def _save_calibration(batches: tuple[Batch, ...], names: set[str], path: Path) -> list[list[list[str]]]:
+    """The batches' model inputs in one .npz; returns each batch as ``[[input name, key in the .npz], ...]``."""
+    arrays, index = {}, []
+    for b in batches:
+        entry = []
+        for name in sorted(k for k in b if k in names):
+            key = f"a{len(arrays)}"
+            arrays[key] = np.asarray(b[name])
+            entry.append([name, key])
+        index.append(entry)
+    np.savez(path, **arrays)
+    return index
 
 
 def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progress = silent) -> QuantizeResult:
@@ -156,39 +184,20 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
     if options.reduce_range is None and options.mode != "fp16":
         options = dataclasses.replace(options, reduce_range=saturating_cpu())
     size_before = model.ByteSize()
-    preprocessed = False
-    logger, level = _quiet()
-    try:
-        if options.mode == "fp16":
-            progress(Event("quantize", "converting to float16"))
-            result = _fp16(model, options)
-        else:
-            with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
-                src, pre, dst = Path(tmp) / "in.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "out.onnx"
-                onnxfile.save(model, src)
-                names = {i.name for i in model.graph.input}
-                if options.mode == "static":
-                    progress(Event("quantize", "pre-processing (shape inference, optimization)"))
-                    _preprocess(src, pre)
-                    preprocessed = True
-                    progress(Event("quantize", f"calibrating ({options.method}) on {len(options.calibration)} batches"))
-                    _static(pre, dst, options, names)
-                else:
-                    progress(Event("quantize", "dynamic INT8 quantization"))
-                    try:
-                        _dynamic(src, dst, options)
-                    except (ValueError, KeyError, RuntimeError):
-                        progress(Event("quantize", "retrying after pre-processing"))
-                        _preprocess(src, pre)
-                        preprocessed = True
-                        _dynamic(pre, dst, options)
-                result = onnxfile.load(dst)
-    # onnxruntime.quantization raises many types (ValueError, KeyError, RuntimeError, onnx checker errors,
-    # ORT Fail on calibration); each means "this model cannot be quantized this way" and is reported.
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{options.mode} quantization failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from e
-    finally:
-        logger.setLevel(level)
+    with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
+        work = Path(tmp)
+        job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
+               "method": options.method, "keep_io_types": options.keep_io_types,
+               "src": str(work / "in.onnx"), "pre": str(work / "pre.onnx"), "dst": str(work / "out.onnx")}
+        onnxfile.save(model, work / "in.onnx")
+        if options.mode == "static":
+            job["calibration"] = str(work / "calibration.npz")
+            job["batches"] = _save_calibration(options.calibration, {i.name for i in model.graph.input},
+                                               work / "calibration.npz")
+        # onnxruntime.quantization raises many types (ValueError, KeyError, RuntimeError, onnx checker errors,
+        # ORT Fail on calibration); each means "this model cannot be quantized this way": a ModelError.
+        outcome = runtime.isolated(_WORKER, job, what=f"{options.mode} quantization", stage="quantize",
+                                   progress=progress, cwd=work)
+        result = onnxfile.load(work / "out.onnx")
+    preprocessed = bool(outcome.get("preprocessed"))
     return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed)
