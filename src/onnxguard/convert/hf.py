@@ -236,15 +236,14 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
 
 
 def tokenize_with_bundle(b, texts: list[str]) -> list[Batch]:
-    """Tokenize ``texts`` with a bundle's own tokenizer, as its golden batches are: padded both sides."""
-    pre = b.manifest.preprocessing
-    tokenizer = AutoTokenizer.from_pretrained(str(b.path / pre["path"]))
-    names = pre["model_input_names"]
-    batches = []
-    for side in ("right", "left"):
-        tokenizer.padding_side = side
-        for i in range(0, len(texts), GOLDEN_BATCH):
-            enc = tokenizer(texts[i : i + GOLDEN_BATCH], truncation=True, max_length=pre["max_length"],
-                            padding="longest", return_tensors="np")
-            batches.append({n: enc[n].astype(np.int64) for n in names})
-    return batches
+    """Tokenize ``texts`` with a bundle's own tokenizer, as its golden batches are: padded both sides.
+
+    ``b`` is an opened (``trust.open_bundle``) or read (``bundle.read``) bundle. The tokenizer is the serving one
+    (:mod:`onnxguard.preprocess.tokenizer`), made from the bytes the bundle hashed, so calibration inputs are
+    exactly what the server will feed the model."""
+    from onnxguard.preprocess import tokenizer as serving
+
+    files = b.contents if hasattr(b, "contents") else b.data  # trust.OpenedBundle or bundle.Bundle
+    tok = serving.load(files, b.manifest.preprocessing)
+    return [tok.encode(texts[i : i + GOLDEN_BATCH], padding_side=side)
+            for side in ("right", "left") for i in range(0, len(texts), GOLDEN_BATCH)]

@@ -27,12 +27,16 @@ SIZES = {
 }
 
 
+VOCAB = SPECIALS + WORDS + [f"##{c}" for c in "sdy"]
+
+
 def save_tokenizer(path: Path) -> None:
-    from transformers import BertTokenizerFast
+    """A WordPiece (BERT) tokenizer over :data:`VOCAB`, saved as Transformers saves it (tokenizer.json, config)."""
+    from transformers import BertTokenizer
 
     path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(SPECIALS + WORDS + [f"##{c}" for c in "sdy"]) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=512).save_pretrained(path)
+    # Transformers 5 takes the vocabulary itself: a vocab_file argument is ignored, leaving only the specials.
+    BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True, model_max_length=512).save_pretrained(path)
 
 
 def save_random_model(path: str | Path, arch: str = "distilbert", size: str = "tiny", task: str = "text-classification",
@@ -43,7 +47,7 @@ def save_random_model(path: str | Path, arch: str = "distilbert", size: str = "t
 
     path = Path(path)
     layers, hidden, heads, inter = SIZES[size]
-    vocab = 30522 if size == "base" else len(SPECIALS) + len(WORDS) + 3
+    vocab = 30522 if size == "base" else len(VOCAB)
     labels = {"id2label": {i: f"LABEL_{i}" for i in range(num_labels)}, "label2id": {f"LABEL_{i}": i for i in range(num_labels)}}
     if arch == "distilbert":
         config = DistilBertConfig(vocab_size=vocab, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=inter,
