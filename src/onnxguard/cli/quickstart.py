@@ -46,4 +46,5 @@ def quickstart(
                      f"try:   onnxguard inspect {b} --identity {k.age_identity}\n"
                      f"       onnxguard verify {b} --public-key {k.public_key} --golden --identity {k.age_identity}\n"
                      f"       model_signing verify key --signature {b}/model.sig --public_key {k.public_key} {b}\n"
-                     f"       onnxguard consistency {b} {b.parent / 'targets'}/* --identity {k.age_identity}")
+                     f"       onnxguard consistency {b} {b.parent / 'targets'}/* --public-key {k.public_key} "
+                     f"--identity {k.age_identity}")
