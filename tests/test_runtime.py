@@ -63,7 +63,7 @@ def test_external_data_is_read_from_the_model_folder_not_the_cwd(folders):
     model_dir, cwd = folders
     data = _with_location(_add_model(), "w.bin").SerializeToString()
     (out,) = runtime.run(runtime.session(data, model_dir=model_dir), [X])
-    np.testing.assert_array_equal(out["y"], np.tile(WEIGHTS, (2, 1)))  # the folder's weights, not the cwd's planted file
+    np.testing.assert_array_equal(out["y"], np.tile(WEIGHTS, (2, 1)))  # the folder's weights, not the cwd's plant
     assert os.getcwd() == str(cwd)
 
 
@@ -172,7 +172,7 @@ def test_run_gives_string_outputs_as_unicode_arrays():
 def test_isolated_steps_report_events_results_and_one_line_errors(tmp_path):
     events = []
     result = runtime.isolated("def main(job, event):\n    print('chatter')\n    event('half way')\n"
-                              "    import os\n    open('dropped.txt', 'w').close()\n    return {'twice': job['n'] * 2}\n",
+                              "    open('dropped.txt', 'w').close()\n    return {'twice': job['n'] * 2}\n",
                               {"n": 21}, what="a step", stage="test", progress=events.append, cwd=tmp_path)
     assert result == {"twice": 42} and [e.message for e in events] == ["half way"]
     assert (tmp_path / "dropped.txt").exists()  # the child's working directory, not this process's

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import IO, cast
 
 import numpy as np
 import onnx
@@ -63,6 +64,7 @@ RUN_ERRORS = (_state.Fail, _state.InvalidArgument, _state.RuntimeException, _sta
 
 
 def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -82,7 +84,7 @@ def _check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike | 
                          hint="give the directory that holds the model and its external data files")
     for ref in refs:
         path, why = external_data.resolve(folder, ref.entries.get("location", ""))
-        if why is None:
+        if path is not None and why is None:
             try:
                 st = os.stat(path)
             except OSError:
@@ -109,6 +111,7 @@ def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | No
     for the runtime's default. ``optimized_model_path``: where ONNX Runtime saves the optimized graph (offline
     optimization). ``model_dir``: the only folder external data may come from. ``name`` names the model in errors.
     """
+    proto: onnx.ModelProto | None
     if isinstance(model, onnx.ModelProto):
         proto, data = model, model.SerializeToString()
     elif isinstance(model, bytes | bytearray | memoryview):
@@ -208,8 +211,9 @@ def isolated(script: str, job: Mapping, *, what: str, stage: str, progress: Prog
                                     cwd=os.fspath(cwd) if cwd is not None else scratch, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8")
             outcome: dict = {}
+            stdout = cast(IO[str], proc.stdout)  # a pipe: stdout=PIPE
             try:
-                for line in proc.stdout:
+                for line in stdout:
                     try:
                         message = json.loads(line)
                     except ValueError:
@@ -225,7 +229,7 @@ def isolated(script: str, job: Mapping, *, what: str, stage: str, progress: Prog
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                proc.stdout.close()
+                stdout.close()
             if "error" in outcome:
                 raise ModelError(f"{what} failed: {outcome['error']}")
             if code != 0 or "result" not in outcome:

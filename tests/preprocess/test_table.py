@@ -19,14 +19,15 @@ def test_numbers_and_named_rows_give_the_same_float32_batch():
     assert a.dtype == np.float32 and a.shape == (2, 4)
     np.testing.assert_array_equal(a, np.array(rows, np.float32))
     np.testing.assert_array_equal(a, b)
-    assert table.prepare(np.ones((3, 4), np.int64), table.spec({"kind": "table", "columns": 4}))["input"].dtype == np.float32
+    counted = table.spec({"kind": "table", "columns": 4})
+    assert table.prepare(np.ones((3, 4), np.int64), counted)["input"].dtype == np.float32
 
 
 def test_the_rows_feed_a_converted_scikit_learn_model():
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
 
     from onnxguard import runtime
 

@@ -48,9 +48,10 @@ def tiny_text_dir(tmp_path_factory) -> Path:
 def tiny_text_onnx(tiny_text_dir, tmp_path_factory) -> Path:
     """The tiny DistilBERT exported with TorchScript (the graph onnxruntime's fusions recognise)."""
     from onnxguard import convert
-    from onnxguard.model import onnxfile
     from onnxguard.convert import ConvertOptions
+    from onnxguard.model import onnxfile
 
     path = tmp_path_factory.mktemp("hf_onnx") / "model.onnx"
-    onnxfile.save(convert.convert(str(tiny_text_dir), ConvertOptions(exporter="torchscript", max_length=64)).model, path)
+    exported = convert.convert(str(tiny_text_dir), ConvertOptions(exporter="torchscript", max_length=64))
+    onnxfile.save(exported.model, path)
     return path

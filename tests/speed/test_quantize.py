@@ -8,9 +8,9 @@ import pytest
 
 from onnxguard import bundle
 from onnxguard.bundle import golden
+from onnxguard.errors import ModelError
 from onnxguard.model import onnxfile
 from onnxguard.speed import optimize, quantize
-from onnxguard.errors import ModelError
 
 
 def _ops(model: onnx.ModelProto) -> set[str]:
@@ -26,7 +26,8 @@ def test_dynamic_int8_shrinks_a_transformer(tiny_text_onnx):
 
 def test_dynamic_int8_of_a_fused_graph_works(tiny_text_onnx):
     """The trap: quantize_dynamic on a fused graph fails unless a default tensor type is given."""
-    fused = optimize.optimize(onnxfile.load(tiny_text_onnx), optimize.OptimizeOptions(level="none", fusions=True, num_heads=2, hidden_size=64)).model
+    options = optimize.OptimizeOptions(level="none", fusions=True, num_heads=2, hidden_size=64)
+    fused = optimize.optimize(onnxfile.load(tiny_text_onnx), options).model
     r = quantize.quantize(fused, quantize.QuantizeOptions(mode="dynamic"))
     assert "QAttention" in _ops(r.model) or "DynamicQuantizeMatMul" in _ops(r.model)
 
@@ -73,13 +74,15 @@ def test_cli_quantize_a_bundle_writes_a_gated_bundle(cli, digits_bundle, tmp_pat
     assert m.model.size < bundle.read(digits_bundle).manifest.model.size
 
 
-def test_cli_quantize_failing_the_gate_exits_1_and_writes_nothing_unless_forced(cli, expect_err, digits_bundle, tmp_path):
+def test_cli_quantize_failing_the_gate_exits_1_and_writes_nothing_unless_forced(cli, expect_err, digits_bundle,
+                                                                                 tmp_path):
     out = tmp_path / "bad"
     r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--allow-unsigned")
     expect_err(r, 1, "accuracy gate", str(out))
     assert "FAILED" in r.out and not out.exists()
     assert not [p for p in tmp_path.iterdir()]  # no temporary directory left behind either
-    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--force", "--allow-unsigned")
+    r = cli("quantize", digits_bundle, "-o", out, "--mode", "dynamic", "--gate-min-cosine", "1.0", "--force",
+            "--allow-unsigned")
     assert r.code == 0, r
     m = json.loads((out / bundle.MANIFEST).read_text())
     assert m["steps"][-1]["figures"]["forced"] is True and m["parity"]["passed"] is False
@@ -96,7 +99,8 @@ def test_cli_quantize_an_onnx_file_with_npz_calibration(cli, digits_bundle, tmp_
     np.savez(calib, image=np.concatenate([b["image"] for b in bundle.read(digits_bundle).golden().inputs[:3]]))
     refs = tmp_path / "golden.npz"
     refs.write_bytes((digits_bundle / bundle.GOLDEN).read_bytes())
-    r = cli("quantize", model_path, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", calib, "--golden", refs)
+    r = cli("quantize", model_path, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", calib,
+            "--golden", refs)
     assert r.code == 0, r
     assert "accuracy gate vs the reference outputs: PASSED" in r.out
     assert golden.load(refs).references is not None
@@ -110,5 +114,6 @@ def test_int8_weights_are_7_bit_where_the_cpu_saturates(cli, digits_bundle, tmp_
     assert not quantize.saturating_cpu(info, "x86_64")
     assert cli("quantize", digits_bundle, "-o", tmp_path / "auto", "--mode", "dynamic", "--allow-unsigned").code == 0
     assert bundle.read(tmp_path / "auto").manifest.steps[-1].settings["reduce_range"] is quantize.saturating_cpu()
-    assert cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range", "--allow-unsigned").code == 0
+    r = cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range", "--allow-unsigned")
+    assert r.code == 0, r
     assert bundle.read(tmp_path / "full").manifest.steps[-1].settings["reduce_range"] is False

@@ -103,9 +103,9 @@ def identity_golden() -> GoldenSet:
 
 
 def test_select_keeps_the_fastest_passing_eligible_variant(identity_golden):
-    plain, fast, wrong, baseline_only = (select.Candidate("plain", _model("slow")), select.Candidate("fast", _model("fast")),
-                                         select.Candidate("wrong", _model("wrong")),
-                                         select.Candidate("baseline-only", _model("fast"), eligible=False))
+    plain, fast = select.Candidate("plain", _model("slow")), select.Candidate("fast", _model("fast"))
+    wrong = select.Candidate("wrong", _model("wrong"))
+    baseline_only = select.Candidate("baseline-only", _model("fast"), eligible=False)
     sel = select.select([plain, wrong, baseline_only, fast], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
     assert sel.winner is fast and not sel.forced
     assert sel.reason.startswith("fast: ") and "vs plain" in sel.reason

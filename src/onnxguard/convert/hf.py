@@ -17,17 +17,18 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from onnxguard.bundle.golden import Batch
 from onnxguard.accuracy.parity import SCORES, VALUES
-from onnxguard.progress import Progress
+from onnxguard.bundle.golden import Batch
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 from onnxguard.convert.pytorch import InputSpec, export_module
+from onnxguard.progress import Progress
 
 TASKS = ("text-classification", "feature-extraction")
 POOLINGS = ("mean", "cls")
@@ -60,8 +61,10 @@ class _Embedder(torch.nn.Module):
 
 @dataclass
 class HFSource:
+    """A Transformers model wrapped for export, its tokenizer, and how its golden set is made."""
+
     wrapper: torch.nn.Module
-    tokenizer: object | None
+    tokenizer: Any | None  # a Transformers tokenizer
     input_names: list[str]
     identifier: str
     files: tuple[Path, ...]
@@ -97,7 +100,8 @@ class HFSource:
     def export(self, opset: int | None, exporter: str, progress: Progress) -> Exported:
         # A padded example: the second sequence is shorter, so the mask has zeros while exporting.
         low = min(5, self.vocab_size - 20)
-        batch = self._pack([self._special(list(range(low, low + 14))), self._special(list(range(low, low + 5)))], "right")
+        batch = self._pack([self._special(list(range(low, low + 14))), self._special(list(range(low, low + 5)))],
+                           "right")
         specs = [InputSpec(n, ("batch", "sequence"), "int64") for n in self.input_names]
         args = tuple(torch.from_numpy(batch[n]) for n in self.input_names)
         exported = export_module(self.wrapper, args, specs, [self.output_name], opset, exporter, progress)
@@ -128,7 +132,8 @@ class HFSource:
         spread = [seq(int(n)) for n in np.linspace(3, self.max_length, GOLDEN_BATCH)]
         short = [seq(int(n)) for n in rng.integers(3, 24, GOLDEN_BATCH)]
         return [self._pack(spread, "right"), self._pack(spread, "left"), self._pack(short, "right"),
-                self._pack(short, "left"), self._pack([self._special(rng.integers(low, self.vocab_size, 1).tolist())], "right"),
+                self._pack(short, "left"),
+                self._pack([self._special(rng.integers(low, self.vocab_size, 1).tolist())], "right"),
                 self._pack([seq(self.max_length)], "right")]
 
     def texts_inputs(self, texts: list[str]) -> list[Batch]:
@@ -187,6 +192,7 @@ def _task_from_config(config) -> str:
 
 
 def load(spec: str, options: ConvertOptions) -> HFSource:
+    """A local Transformers model directory (or a hub id where a network exists) as an :class:`HFSource`."""
     path = Path(spec)
     try:
         config = AutoConfig.from_pretrained(spec)
@@ -217,7 +223,7 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
               getattr(tokenizer, "model_max_length", None), options.max_length]
     max_length = min(x for x in limits if isinstance(x, int) and x > 0)
     if task == "text-classification":
-        wrapper = _Classifier(model, names)
+        wrapper: torch.nn.Module = _Classifier(model, names)
         id2label = getattr(config, "id2label", None) or {}
         labels = [str(id2label[i]) for i in range(len(id2label))] if id2label else None
     else:

@@ -36,19 +36,21 @@ def save_tokenizer(path: Path) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     # Transformers 5 takes the vocabulary itself: a vocab_file argument is ignored, leaving only the specials.
-    BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True, model_max_length=512).save_pretrained(path)
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True, model_max_length=512)
+    tokenizer.save_pretrained(path)
 
 
 def save_random_model(path: str | Path, arch: str = "distilbert", size: str = "tiny", task: str = "text-classification",
                       num_labels: int = 2, seed: int = 0) -> Path:
     """Save a random-weight ``distilbert`` or ``bert`` model with a WordPiece tokenizer into ``path``."""
     import torch
-    from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, DistilBertConfig)
+    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, DistilBertConfig
 
     path = Path(path)
     layers, hidden, heads, inter = SIZES[size]
     vocab = 30522 if size == "base" else len(VOCAB)
-    labels = {"id2label": {i: f"LABEL_{i}" for i in range(num_labels)}, "label2id": {f"LABEL_{i}": i for i in range(num_labels)}}
+    labels = {"id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
+              "label2id": {f"LABEL_{i}": i for i in range(num_labels)}}
     if arch == "distilbert":
         config = DistilBertConfig(vocab_size=vocab, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=inter,
                                   max_position_embeddings=512, **labels)

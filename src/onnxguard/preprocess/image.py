@@ -26,6 +26,8 @@ WHERE = "the manifest's image preprocessing"
 
 @dataclass(frozen=True)
 class ImageSpec:
+    """An image model's preprocessing, as the manifest describes it (see the module's docstring)."""
+
     input: str = "image"
     channels: int | None = None
     height: int | None = None

@@ -24,6 +24,8 @@ WHERE = "the manifest's table preprocessing"
 
 @dataclass(frozen=True)
 class TableSpec:
+    """A tabular model's input, as the manifest describes it (see the module's docstring)."""
+
     columns: int
     input: str = "input"
     names: tuple[str, ...] | None = None
@@ -57,14 +59,16 @@ def _from_mappings(rows: Sequence[Mapping], names: tuple[str, ...]) -> list[list
         absent = [n for n in names if n not in row]
         extra = [k for k in row if k not in names]
         if absent or extra:
-            raise InputError(f"row {i}: " + "; ".join(
-                ([f"lacks column(s) {absent}"] if absent else []) + ([f"has unknown column(s) {extra}"] if extra else [])))
+            problems = ([f"lacks column(s) {absent}"] if absent else []) + (
+                [f"has unknown column(s) {extra}"] if extra else [])
+            raise InputError(f"row {i}: " + "; ".join(problems))
         out.append([row[n] for n in names])
     return out
 
 
 def prepare(rows, table_spec: TableSpec) -> dict[str, np.ndarray]:
-    """``{input: float32 (rows, columns)}``; a wrong column count, a non-number or a non-finite value is an InputError."""
+    """``{input: float32 (rows, columns)}``; a wrong column count, a non-number or a non-finite value is an
+    ``InputError``."""
     if isinstance(rows, Sequence) and rows and isinstance(rows[0], Mapping):
         if table_spec.names is None:
             raise InputError("rows are mappings, but the model's columns have no names; give rows of numbers")

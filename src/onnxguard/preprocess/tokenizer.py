@@ -114,18 +114,29 @@ class TextTokenizer:
         return {name: made[name] for name in self.input_names}
 
 
-def _json(files: Mapping[str, bytes], name: str, required: bool) -> tuple[dict | str | None, str]:
+def _text(files: Mapping[str, bytes], name: str, required: bool) -> str | None:
     data = files.get(name)
     if data is None:
         if required:
             raise ModelError(f"{name}: missing; the bundle's tokenizer needs it",
                              hint="rebuild the bundle from a model directory that has a fast tokenizer")
-        return None, name
+        return None
     try:
-        text = bytes(data).decode("utf-8")
-        return (text if name.endswith(TOKENIZER_JSON) else json.loads(text)), name
-    except (UnicodeDecodeError, ValueError) as e:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ModelError(f"{name}: not a readable JSON file ({e})", hint="rebuild the bundle") from e
+
+
+def _object(files: Mapping[str, bytes], name: str) -> dict:
+    """An optional JSON object file; absent or not an object: empty."""
+    text = _text(files, name, required=False)
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{name}: not a readable JSON file ({e})", hint="rebuild the bundle") from e
+    return value if isinstance(value, dict) else {}
 
 
 def load(files: Mapping[str, bytes], preprocessing: Mapping | None = None, *,
@@ -146,11 +157,9 @@ def load(files: Mapping[str, bytes], preprocessing: Mapping | None = None, *,
         full = f"{folder}/{base}" if folder else base
         return full if full in files or base not in files else base
 
-    spec, spec_name = _json(files, named(TOKENIZER_JSON), required=True)
-    config, config_name = _json(files, named(CONFIG_JSON), required=False)
-    specials, _ = _json(files, named(SPECIAL_TOKENS_JSON), required=False)
-    config = config if isinstance(config, dict) else {}
-    specials = specials if isinstance(specials, dict) else {}
+    spec_name, config_name = named(TOKENIZER_JSON), named(CONFIG_JSON)
+    spec = _text(files, spec_name, required=True) or ""
+    config, specials = _object(files, config_name), _object(files, named(SPECIAL_TOKENS_JSON))
 
     names = list(input_names or pre.get("model_input_names") or config.get("model_input_names")
                  or ("input_ids", "attention_mask"))

@@ -19,13 +19,15 @@ import onnx
 import onnxruntime as ort
 
 from onnxguard import runtime
-from onnxguard.errors import InputError
 from onnxguard.bundle.golden import Batch
+from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
 
 
 @dataclass(frozen=True)
 class BenchOptions:
+    """What to measure: the cells (batch size x threads), calls per cell, and whether to measure memory."""
+
     batch_sizes: tuple[int, ...] = (1, 8)
     threads: tuple[int, ...] = (2,)
     warmup: int = 5
@@ -36,6 +38,8 @@ class BenchOptions:
 
 @dataclass(frozen=True)
 class Timing:
+    """One variant in one cell: latency percentiles, throughput, size, peak memory and ratio to the baseline."""
+
     variant: str
     batch: int
     threads: int
@@ -52,6 +56,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class BenchReport:
+    """Every timing of a run, the per-call samples, the baseline and the machine it ran on."""
+
     timings: tuple[Timing, ...]
     samples: dict[str, list[float]]  # "variant@batch/threads" -> per-call ms
     baseline: str | None
@@ -71,6 +77,7 @@ class Variant:
 
 
 def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
+    """An ONNX model timed through ONNX Runtime (a session per thread count, made by :mod:`onnxguard.runtime`)."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
 
     def make(threads: int) -> Callable[[Batch], object]:
@@ -146,6 +153,7 @@ def _cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
 
 
 def machine() -> dict:
+    """The CPU, core count and versions a report was measured with."""
     # Not platform.processor(): on Linux it runs `uname -p` in a subprocess, whose lookup of the executable
     # swaps the process's warnings filters while it runs (os.get_exec_path), unsafe beside other threads.
     import platform
@@ -156,6 +164,7 @@ def machine() -> dict:
 
 def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchOptions(), baseline: str | None = None,
           progress: Progress = silent) -> BenchReport:
+    """Time every variant on ``inputs`` resized to each batch size, interleaved, for each thread count."""
     if not variants:
         raise InputError("nothing to benchmark")
     if baseline is not None and baseline not in {v.name for v in variants}:

@@ -22,8 +22,8 @@ from pathlib import Path
 import onnx
 
 from onnxguard import runtime
-from onnxguard.model import onnxfile
 from onnxguard.errors import ModelError
+from onnxguard.model import onnxfile
 from onnxguard.model.info import graphs, op_histogram
 from onnxguard.progress import Event, Progress, silent
 
@@ -34,6 +34,8 @@ BERT_LIKE = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "elect
 
 @dataclass(frozen=True)
 class OptimizeOptions:
+    """ONNX Runtime's graph optimization level, and whether and how to apply transformer fusions first."""
+
     level: str = "extended"  # none | basic | extended | all
     fusions: bool = False  # apply onnxruntime.transformers fusions first
     model_type: str | None = None  # Hugging Face model_type; None: detect (transformer inputs -> bert)
@@ -43,6 +45,8 @@ class OptimizeOptions:
 
 @dataclass(frozen=True)
 class OptimizeResult:
+    """The optimized model with its node counts and op histograms before and after, and the fused ops."""
+
     model: onnx.ModelProto
     options: OptimizeOptions
     nodes_before: int
@@ -60,6 +64,7 @@ def _count(hist: dict[str, dict[str, int]]) -> int:
 
 
 def is_transformer(model: onnx.ModelProto) -> bool:
+    """True for a graph that takes ``input_ids`` and ``attention_mask``."""
     names = {i.name for i in model.graph.input}
     return "input_ids" in names and "attention_mask" in names
 
@@ -80,19 +85,21 @@ def main(job, event):
     onnx.save(fused.model, job["dst"])
     return {"stats": {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}}
 """
+
+
 def fuse(model: onnx.ModelProto, model_type: str | None, num_heads: int = 0, hidden_size: int = 0,
          progress: Progress = silent) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Apply the transformer fusions; returns the fused model and the count of each fused op."""
     kind = "bert" if (model_type or "bert") in BERT_LIKE else model_type
     with tempfile.TemporaryDirectory(prefix="onnxguard-fuse-") as tmp:
-        job = {"kind": kind, "num_heads": num_heads, "hidden_size": hidden_size,
-               "src": str(Path(tmp) / "in.onnx"), "dst": str(Path(tmp) / "fused.onnx")}
-        onnxfile.save(model, job["src"])
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "fused.onnx"
+        job = {"kind": kind, "num_heads": num_heads, "hidden_size": hidden_size, "src": str(src), "dst": str(dst)}
+        onnxfile.save(model, src)
         outcome = runtime.isolated(_FUSE, job, what="transformer fusion", stage="optimize", progress=progress, cwd=tmp)
         if outcome.get("unknown"):
             raise ModelError(f"no transformer fusions for model type {model_type!r}; known: {', '.join(BERT_LIKE)}",
                              hint="name a BERT-like model type, or optimize without fusions")
-        result = onnxfile.load(job["dst"])
+        result = onnxfile.load(dst)
     stats = {str(k): int(v) for k, v in outcome.get("stats", {}).items()}
     used = {n.domain for n in result.graph.node} - {"", "ai.onnx"}
     declared = {o.domain for o in result.opset_import}
@@ -118,7 +125,9 @@ def ort_optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
     return optimized
 
 
-def optimize(model: onnx.ModelProto, options: OptimizeOptions = OptimizeOptions(), progress: Progress = silent) -> OptimizeResult:
+def optimize(model: onnx.ModelProto, options: OptimizeOptions = OptimizeOptions(),
+             progress: Progress = silent) -> OptimizeResult:
+    """Transformer fusions (when asked), then ONNX Runtime's graph optimizer at ``options.level``."""
     before = op_histogram(model)
     fused: dict[str, int] = {}
     result = model

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from onnxguard import runtime
-from onnxguard.model import onnxfile
-from onnxguard.errors import ModelError
 from onnxguard.bundle.golden import Batch
+from onnxguard.errors import ModelError
+from onnxguard.model import onnxfile
 from onnxguard.progress import Progress, silent
 
 MODES = ("dynamic", "static", "fp16")
@@ -34,6 +34,8 @@ METHODS = ("minmax", "entropy", "percentile")
 
 @dataclass(frozen=True)
 class QuantizeOptions:
+    """How to quantize: the mode, per-channel scales, calibration inputs and method, 7-bit weights."""
+
     mode: str = "dynamic"
     per_channel: bool = False  # dynamic: per-channel weight scales (static is always per-channel)
     calibration: tuple[Batch, ...] = field(default=(), repr=False)  # static: sample inputs
@@ -42,7 +44,7 @@ class QuantizeOptions:
     reduce_range: bool | None = None  # 7-bit weights; None: where this CPU's INT8 kernels saturate (see below)
 
     def settings(self) -> dict:
-        s = {"mode": self.mode}
+        s: dict[str, object] = {"mode": self.mode}
         if self.mode == "dynamic":
             s.update(per_channel=self.per_channel, reduce_range=self.reduce_range)
         elif self.mode == "static":
@@ -55,6 +57,8 @@ class QuantizeOptions:
 
 @dataclass(frozen=True)
 class QuantizeResult:
+    """The quantized model, the options it was made with, its sizes and whether it was pre-processed."""
+
     model: onnx.ModelProto
     options: QuantizeOptions
     size_before: int
@@ -161,7 +165,8 @@ def main(job, event):
 
 def _save_calibration(batches: tuple[Batch, ...], names: set[str], path: Path) -> list[list[list[str]]]:
     """The batches' model inputs in one .npz; returns each batch as ``[[input name, key in the .npz], ...]``."""
-    arrays, index = {}, []
+    arrays: dict[str, np.ndarray] = {}
+    index: list[list[list[str]]] = []
     for b in batches:
         entry = []
         for name in sorted(k for k in b if k in names):
@@ -169,18 +174,20 @@ def _save_calibration(batches: tuple[Batch, ...], names: set[str], path: Path) -
             arrays[key] = np.asarray(b[name])
             entry.append([name, key])
         index.append(entry)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
     return index
 
 
 def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progress = silent) -> QuantizeResult:
+    """Quantize ``model`` as ``options`` say; ONNX Runtime's tools run in a child process (see ``_WORKER``)."""
     if options.mode not in MODES:
         raise ModelError(f"unknown quantization mode {options.mode!r}; use {', '.join(MODES)}")
     if options.mode == "static":
         if options.method not in METHODS:
             raise ModelError(f"unknown calibration method {options.method!r}; use {', '.join(METHODS)}")
         if not options.calibration:
-            raise ModelError("static quantization needs calibration inputs (an .npz, a texts file, or the bundle's golden set)")
+            raise ModelError("static quantization needs calibration inputs (an .npz, a texts file, or the bundle's "
+                             "golden set)")
     if options.reduce_range is None and options.mode != "fp16":
         options = dataclasses.replace(options, reduce_range=saturating_cpu())
     size_before = model.ByteSize()

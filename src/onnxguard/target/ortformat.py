@@ -17,17 +17,17 @@ from pathlib import Path
 import onnxruntime as ort
 
 from onnxguard import bundle, runtime
-from onnxguard.bundle import digest
-from onnxguard.model import onnxfile
 from onnxguard.accuracy import parity
-from onnxguard.accuracy.thresholds import kind_of
-from onnxguard.trust.opening import OpenedBundle
-from onnxguard.errors import CheckFailed
-from onnxguard.bundle.golden import GoldenSet
 from onnxguard.accuracy.parity import Tolerance
+from onnxguard.accuracy.thresholds import kind_of
+from onnxguard.bundle import digest
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.errors import CheckFailed
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress
 from onnxguard.target import operators
 from onnxguard.target.interface import TARGET_FORMAT, TargetResult, provenance
+from onnxguard.trust.opening import OpenedBundle
 
 PLATFORM = {"mobile": "arm", "edge": None}
 FILES = {"Fixed": "model.ort", "Runtime": "model.with_runtime_opt.ort"}
@@ -51,7 +51,8 @@ def main(job, event):
         required = {}
         for path in files:
             OrtFormatModelProcessor(path, required, None).process()
-        found[name] = {domain: {str(opset): sorted(ops) for opset, ops in sets.items()} for domain, sets in required.items()}
+        found[name] = {domain: {str(opset): sorted(ops) for opset, ops in sets.items()}
+                       for domain, sets in required.items()}
     return found
 """
 
@@ -101,6 +102,7 @@ def _convert(data: bytes, stage: Path, scratch: Path, kind: str, progress: Progr
 
 def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: Path, overwrite: bool,
          progress: Progress) -> TargetResult:
+    """The ORT format files of ``data`` for ``kind``, checked on the golden set and written to ``out``."""
     operators.check(onnxfile.parse(data), kind, f"onnxruntime {ort.__version__}, ORT format")
     roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
     tolerance = Tolerance(**parent.manifest.parity.tolerance) if parent.manifest.parity else Tolerance()
@@ -111,13 +113,18 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: P
         stage = work / out.name
         progress(Event("target", f"converting to ORT format for {kind}"))
         _convert(data, stage, work, kind, progress)
+        references = golden.references
+        if references is None:
+            raise CheckFailed(f"{parent.path}: the golden set holds no reference outputs to check the ORT files "
+                              f"against; nothing written to {out}", hint="rebuild the bundle with its golden set")
         reports = {}
         for style, name in FILES.items():
             progress(Event("target", f"golden set on {name}"))
             sess = runtime.session((stage / name).read_bytes(), name=name)
-            reports[style] = parity.compare(golden.references, runtime.run(sess, golden.inputs), roles, tolerance)
+            reports[style] = parity.compare(references, runtime.run(sess, golden.inputs), roles, tolerance)
         report = reports["Fixed"]
-        failed = [f"{FILES[s]}: " + "; ".join(f for o in r.outputs for f in o.failures) for s, r in reports.items() if not r.passed]
+        failed = [f"{FILES[s]}: " + "; ".join(f for o in r.outputs for f in o.failures)
+                  for s, r in reports.items() if not r.passed]
         if failed:
             raise CheckFailed(f"the ORT format model drifts from the source's outputs ({' | '.join(failed)}); "
                               f"nothing written to {out}")
@@ -131,9 +138,10 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: P
             "platform": PLATFORM[kind] or "any",
             "precision": kind_of(onnxfile.parse(data)),
             "operators": required,
-            "parity": {style: {"passed": r.passed, "outputs": {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
-                                                                          "label_agreement": o.label_agreement}
-                                                               for o in r.outputs}} for style, r in reports.items()},
+            "parity": {style: {"passed": r.passed,
+                               "outputs": {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
+                                                    "label_agreement": o.label_agreement} for o in r.outputs}}
+                       for style, r in reports.items()},
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         bundle.place(stage, out, overwrite)
