@@ -24,17 +24,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import onnx
 from pydantic import ValidationError
 
+from onnxguard import staging
 from onnxguard.bundle import digest, files, golden
 from onnxguard.bundle.files import MANIFEST, SIGNATURE, UNLISTED
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import File, Manifest
 from onnxguard.errors import BundleError, InputError, Remedy
-from onnxguard import staging
 
 MODEL = "model.onnx"
 GOLDEN = "golden.npz"
@@ -89,8 +90,9 @@ class Bundle:
         return golden.from_bytes(self._kept(self.manifest.golden.file), str(self.path / self.manifest.golden.file))
 
 
-def _schema() -> dict:
-    return json.loads(resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text())
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text())
+    return schema
 
 
 def parse_manifest(data: bytes, where: Path) -> Manifest:

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from onnxguard.bundle.manifest import Manifest
 from onnxguard.errors import InputError
@@ -131,7 +131,7 @@ class FileCheck:
     def ok(self) -> bool:
         return self.status is FileStatus.OK
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "status": self.status.value, "detail": self.detail}
 
 
@@ -184,14 +184,14 @@ def check(root: Path, manifest: Manifest, keep: Callable[[str], bool] = lambda r
                 pass  # already a failure; too large or gone to be named in the signature check too
     flagged = {c.file for c in checks}
     for rel, entry in sorted(manifest.files.items()):
-        st = found.get(rel)
+        listed_st = found.get(rel)
         if rel in flagged:
             continue
-        if st is None:
+        if listed_st is None:
             checks.append(FileCheck(rel, FileStatus.MISSING, "listed in the manifest but missing from the bundle"))
             continue
-        if st.st_size != entry.size:
-            checks.append(FileCheck(rel, FileStatus.CHANGED, f"does not match the sha256 in the manifest ({st.st_size:,} "
+        if listed_st.st_size != entry.size:
+            checks.append(FileCheck(rel, FileStatus.CHANGED, f"does not match the sha256 in the manifest ({listed_st.st_size:,} "
                                                           f"bytes, the manifest says {entry.size:,})"))
             continue
         try:

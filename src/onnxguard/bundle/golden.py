@@ -45,7 +45,7 @@ class GoldenSet:
         for i, batch in enumerate(self.references or ()):
             arrays.update({f"b{i}:out:{k}": v for k, v in batch.items()})
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as its allow_pickle
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT = "onnxguard-bundle/1"
+FORMAT: Literal["onnxguard-bundle/1"] = "onnxguard-bundle/1"
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -35,7 +35,7 @@ class Source(_Strict):
     task: str | None
     exporter: str
     files: dict[str, str] = Field(description="sha256 of each source file, by path")
-    architecture: dict | None = Field(None, description="transformers: model_type, num_heads, hidden_size")
+    architecture: dict[str, Any] | None = Field(None, description="transformers: model_type, num_heads, hidden_size")
 
 
 class Model(_Strict):
@@ -56,8 +56,8 @@ class File(_Strict):
 
 class Step(_Strict):
     name: str
-    settings: dict = Field(default_factory=dict)
-    figures: dict = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    figures: dict[str, Any] = Field(default_factory=dict)
 
 
 class Golden(_Strict):
@@ -115,11 +115,11 @@ class Manifest(_Strict):
     model: Model
     files: dict[str, File] = Field(description="every file of the bundle but manifest.json and model.sig")
     labels: list[str] | None = None
-    preprocessing: dict | None = None
+    preprocessing: dict[str, Any] | None = None
     steps: list[Step] = Field(default_factory=list)
     golden: Golden | None = None
     parity: Parity | None = None
-    scan: dict | None = None
+    scan: dict[str, Any] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     sealed: Sealed | None = Field(None, description="set when the bundle is sealed: model.file and golden.file then "
                                                     "name the .age files; model.sha256 stays the plaintext's")
@@ -129,7 +129,7 @@ def now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://onnxguard.dev/schemas/manifest-1.schema.json"

@@ -5,10 +5,26 @@ contents; see :mod:`onnxguard.trust.opening` for its numbered steps and :mod:`on
 the rules and the (loudly named) waivers.
 """
 
-from onnxguard.trust.opening import (OpenedBundle, Status, Step, StepResult, TrustFailed, TrustReport, examine,
-                                     open_bundle, scan_bundle)
-from onnxguard.trust.policy import (Certificates, PublicKeys, ScanRule, SigstoreIdentity, TrustPolicy,
-                                    UnsafeUnscanned, UnsafeUnsigned)
+from onnxguard.trust.opening import (
+                                     OpenedBundle,
+                                     Status,
+                                     Step,
+                                     StepResult,
+                                     TrustFailed,
+                                     TrustReport,
+                                     examine,
+                                     open_bundle,
+                                     scan_bundle,
+)
+from onnxguard.trust.policy import (
+                                     Certificates,
+                                     PublicKeys,
+                                     ScanRule,
+                                     SigstoreIdentity,
+                                     TrustPolicy,
+                                     UnsafeUnscanned,
+                                     UnsafeUnsigned,
+)
 
 __all__ = ["Certificates", "OpenedBundle", "PublicKeys", "ScanRule", "SigstoreIdentity", "Status", "Step",
            "StepResult", "TrustFailed", "TrustPolicy", "TrustReport", "UnsafeUnscanned", "UnsafeUnsigned", "examine",

@@ -20,13 +20,14 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from onnxguard.errors import InputError
 from onnxguard.bundle.manifest import now
+from onnxguard.errors import InputError
 
 PRIVATE_KEY = "signing-key.pem"
 PUBLIC_KEY = "signing-key.pub.pem"
@@ -42,7 +43,7 @@ class KeyPaths:
     age_recipient: Path
     recipient: str  # the age recipient string, age1...
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"private_key": str(self.private_key), "public_key": str(self.public_key),
                 "age_identity": str(self.age_identity), "age_recipient": str(self.age_recipient),
                 "recipient": self.recipient}

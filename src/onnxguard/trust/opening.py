@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from onnxguard import bundle as bundle_lib
 from onnxguard import scan as scanner
@@ -37,8 +38,7 @@ from onnxguard.errors import BundleError, CheckFailed, InputError, Remedy
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.scan.interface import BundleView, ScanReport
 from onnxguard.trust import sealing, signing
-from onnxguard.trust.policy import (PublicKeys, ScanRule, SignaturePolicy, TrustPolicy, UnsafeUnscanned,
-                                    UnsafeUnsigned)
+from onnxguard.trust.policy import PublicKeys, ScanRule, SignaturePolicy, TrustPolicy, UnsafeUnscanned, UnsafeUnsigned
 from onnxguard.trust.sealing.identities import IdentitySource
 
 PathLike = str | os.PathLike[str]
@@ -74,7 +74,7 @@ class StepResult:
     def number(self) -> int:
         return list(Step).index(self.step) + 1
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"step": self.number, "name": self.step.value, "status": self.status.value, "detail": self.detail}
 
 
@@ -101,7 +101,7 @@ class TrustReport:
     def failures(self) -> tuple[str, ...]:
         return tuple(f"{s.step.value}: {s.detail}" for s in self.steps if not s.status.ok)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "passed": self.passed, "digest": self.digest, "signer": self.signer,
                 "waivers": list(self.waivers), "steps": [s.to_dict() for s in self.steps],
                 "files": [f.to_dict() for f in self.files],
@@ -114,6 +114,8 @@ def remedy(report: TrustReport) -> Remedy | None:
     if any(s.status is Status.FAILED for s in report.steps):
         return None
     first = next((s.step for s in report.steps if s.status is Status.NOT_CHECKED), None)
+    if first is None:
+        return None
     return {Step.SIGNATURE: Remedy.PUBLIC_KEY, Step.PLAINTEXT: Remedy.IDENTITY, Step.SCAN: Remedy.IDENTITY}.get(first)
 
 

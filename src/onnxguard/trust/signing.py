@@ -28,15 +28,23 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from onnxguard import bundle
 from onnxguard.bundle import MANIFEST, SIGNATURE, files
 from onnxguard.errors import CheckFailed, InputError, OnnxguardError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.trust.policy import Certificates, PublicKeys, SignatureRule, SigstoreIdentity
+
+if TYPE_CHECKING:
+    import model_signing
+    from model_signing.signing import Config as SigningConfig
+    from model_signing.verifying import Config as VerifyingConfig
 
 PathLike = str | os.PathLike[str]
 KEY = "key"
@@ -54,7 +62,7 @@ class SignResult:
     files: int  # files covered by the signature (every bundle file but model.sig)
     replaced: bool  # an earlier model.sig was replaced
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "signature": str(self.signature), "method": self.method,
                 "files": self.files, "replaced": self.replaced}
 
@@ -69,7 +77,7 @@ class SignatureReport:
     passed: bool
     detail: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def raise_for_failure(self) -> SignatureReport:
@@ -91,7 +99,7 @@ def _read(path: PathLike, what: str) -> bytes:
         raise InputError(f"{p}: cannot read ({e.strerror or e})") from e
 
 
-def _check_curve(key, path: PathLike, kind: str) -> None:
+def _check_curve(key: object, path: PathLike, kind: str) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
@@ -103,10 +111,10 @@ def _check_curve(key, path: PathLike, kind: str) -> None:
                          "and P-521 only")
 
 
-def load_private_key(path: PathLike, password: str | None = None):
+def load_private_key(path: PathLike, password: str | None = None) -> ec.EllipticCurvePrivateKey:
     """The EC private key in the PEM file ``path``; ``InputError`` naming the file for anything else."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
 
     data = _read(path, "a PEM private key")
     if b"-----BEGIN" not in data:
@@ -124,13 +132,14 @@ def load_private_key(path: PathLike, password: str | None = None):
         hint = "wrong password, or " if password is not None else ""
         raise InputError(f"{path}: cannot load the private key ({hint}{str(e).splitlines()[0]})") from e
     _check_curve(key, path, "private")
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # _check_curve refused anything else
     return key
 
 
-def load_public_key(path: PathLike):
+def load_public_key(path: PathLike) -> ec.EllipticCurvePublicKey:
     """The EC public key in the PEM file ``path``; ``InputError`` naming the file for anything else."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
 
     data = _read(path, "a PEM public key")
     if b"-----BEGIN" not in data:
@@ -142,20 +151,22 @@ def load_public_key(path: PathLike):
     except (ValueError, UnsupportedAlgorithm) as e:
         raise InputError(f"{path}: not a PEM public key ({str(e).splitlines()[0]})") from e
     _check_curve(key, path, "public")
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # _check_curve refused anything else
     return key
 
 
 # -- signing ---------------------------------------------------------------------------------------------
 
-def _hashing_config():
+def _hashing_config() -> model_signing.hashing.Config:
     """What is signed: every file but ``model.sig``, the same rules as the reference ``model_signing`` command."""
     import model_signing
 
     return model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=True)
 
 
-def _sign(bundle_dir: PathLike, method: str, configure, progress: Progress) -> SignResult:
-    b = bundle.read(bundle_dir)  # a bundle that does not match its manifest is never signed
+def _sign(bundle_dir: PathLike, method: str, configure: Callable[[SigningConfig], SigningConfig],
+          progress: Progress) -> SignResult:
+    b = bundle.read(bundle_dir, keep=False)  # a bundle that does not match its manifest is never signed
     import model_signing
 
     sig = b.path / SIGNATURE
@@ -177,10 +188,10 @@ def sign(bundle_dir: PathLike, private_key: PathLike, password: str | None = Non
     """Sign the bundle with an EC private key (PEM); writes ``BUNDLE/model.sig``."""
     load_private_key(private_key, password)  # clear errors before the library sees the file
 
-    def configure(c):
+    def configure(c: SigningConfig) -> SigningConfig:
         # model-signing 1.1.1 hands ``password`` straight to cryptography, which wants bytes (its hint says str)
-        return c.use_elliptic_key_signer(private_key=Path(private_key),
-                                         password=password.encode() if password is not None else None)
+        secret = password.encode() if password is not None else None
+        return c.use_elliptic_key_signer(private_key=Path(private_key), password=secret)  # type: ignore[arg-type]
 
     return _sign(bundle_dir, KEY, configure, progress)
 
@@ -201,7 +212,7 @@ def sign_with_certificate(bundle_dir: PathLike, private_key: PathLike, signing_c
     if certs[0][0].public_key() != key.public_key():
         raise InputError(f"{signing_certificate}: the certificate's public key is not the pair of {private_key}")
 
-    def configure(c):
+    def configure(c: SigningConfig) -> SigningConfig:
         return c.use_certificate_signer(private_key=Path(private_key), signing_certificate=Path(signing_certificate),
                                         certificate_chain=[Path(p) for p in certificate_chain])
 
@@ -213,7 +224,7 @@ def sign_with_sigstore(bundle_dir: PathLike, identity_token: str | None = None, 
                        progress: Progress = silent) -> SignResult:
     """Sigstore keyless signing. Needs a network (OIDC provider, Fulcio, Rekor); not tested offline."""
 
-    def configure(c):
+    def configure(c: SigningConfig) -> SigningConfig:
         return c.use_sigstore_signer(identity_token=identity_token, use_staging=use_staging, oidc_issuer=oidc_issuer,
                                      use_ambient_credentials=use_ambient_credentials)
 
@@ -272,18 +283,19 @@ def method(rule: SignatureRule) -> str:
     return KEY if isinstance(rule, PublicKeys) else CERTIFICATE if isinstance(rule, Certificates) else SIGSTORE
 
 
-def _configure(rule: SignatureRule, key: Path | None = None):
+def _configure(rule: SignatureRule, key: Path | None = None) -> VerifyingConfig:
     import model_signing
 
     config = model_signing.verifying.Config()
     if isinstance(rule, PublicKeys):
+        assert key is not None, "a PublicKeys rule is configured one key at a time"
         return config.use_elliptic_key_verifier(public_key=key)
     if isinstance(rule, Certificates):
         return config.use_certificate_verifier(certificate_chain=list(rule.chain))
     return config.use_sigstore_verifier(identity=rule.identity, oidc_issuer=rule.issuer, use_staging=rule.staging)
 
 
-def _signed_digests(signature: bytes, config) -> tuple[dict[str, str], dict]:
+def _signed_digests(signature: bytes, config: VerifyingConfig) -> tuple[dict[str, str], dict[str, Any]]:
     """The per-file sha256 digests a signature vouches for, after its envelope verified.
 
     model-signing 1.1.1 (pinned) verifies a signature only against a directory it hashes itself; onnxguard
@@ -294,12 +306,12 @@ def _signed_digests(signature: bytes, config) -> tuple[dict[str, str], dict]:
     from model_signing._signing import sign_sigstore, sign_sigstore_pb
 
     reader = sign_sigstore.Signature if config._uses_sigstore else sign_sigstore_pb.Signature
-    signed = config._verifier.verify(reader.read(_SignatureText(signature)))
+    signed = config._verifier.verify(reader.read(_SignatureText(signature)))  # type: ignore[arg-type]  # read_text only
     digests = {rd.identifier: rd.digest.digest_hex for rd in signed.resource_descriptors()}
     return digests, dict(signed.serialization_type)
 
 
-def _compare(signed: dict[str, str], serialization: dict, digests: Mapping[str, str]) -> str | None:
+def _compare(signed: dict[str, str], serialization: dict[str, Any], digests: Mapping[str, str]) -> str | None:
     """Why the signed digests do not describe these files, or None when they do."""
     if serialization.get("method") != "files" or serialization.get("hash_type") != "sha256":
         return f"the signature uses a serialization onnxguard does not check ({serialization.get('method')}, " \

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from onnxguard.accuracy import consistency
 from onnxguard.accuracy.consistency import ConsistencyReport
@@ -51,7 +52,7 @@ class VerifyReport:
     def passed(self) -> bool:
         return not self.failures
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.trust.path, "name": self.name, "version": self.version, "passed": self.passed,
                 **{k: v for k, v in self.trust.to_dict().items() if k not in ("path", "passed")},
                 "golden_status": self.golden_status.value,

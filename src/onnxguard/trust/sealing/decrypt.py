@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Protocol
 
 import pyrage
 
@@ -19,6 +20,17 @@ from onnxguard.trust.sealing.identities import IdentitySource, identities_for
 
 PathLike = str | os.PathLike[str]
 SUFFIX = ".age"
+
+
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 # An identity that opens nothing, or a passphrase that is wrong, is the caller's input (exit 2).
 _NO_MATCH = "No matching keys"
@@ -45,19 +57,19 @@ def _decrypt_error(path: Path, b: Bundle, e: Exception) -> InputError | BundleEr
 class _HashingWriter:
     """A file-like sink that hashes and counts what pyrage writes to it, then hands it on."""
 
-    def __init__(self, f) -> None:
+    def __init__(self, f: Writer) -> None:
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        return int(self.f.write(data))
 
     def flush(self) -> None:
         self.f.flush()
 
 
-def decrypt_to(b: Bundle, rel: str, ids: list[object], writer) -> SealedFile:
+def decrypt_to(b: Bundle, rel: str, ids: list[object], writer: Writer) -> SealedFile:
     """Stream-decrypt the sealed file ``rel`` from the bytes hashed when ``b`` was read into ``writer``, and
     check the plaintext's size and sha256 against the manifest."""
     sealed = b.manifest.sealed
@@ -83,7 +95,7 @@ def decrypt_to(b: Bundle, rel: str, ids: list[object], writer) -> SealedFile:
     return entry
 
 
-def _decrypt_io(reader, writer, ids: list[object], path: Path, b: Bundle) -> None:
+def _decrypt_io(reader: Reader, writer: Writer, ids: list[object], path: Path, b: Bundle) -> None:
     try:
         pyrage.decrypt_io(reader, writer, ids)
     except pyrage.DecryptError as e:
@@ -95,8 +107,11 @@ def _decrypt_io(reader, writer, ids: list[object], path: Path, b: Bundle) -> Non
 
 
 class _Discard:
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def check(source: Bundle | PathLike, identity: IdentitySource = None, passphrase: str | None = None) -> list[str]:

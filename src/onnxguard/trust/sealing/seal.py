@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyrage
 
@@ -32,7 +33,7 @@ class SealResult:
     files: tuple[tuple[str, str], ...]  # (plaintext name, sealed name)
     dropped_signature: bool = False  # sealed into a new directory: the source's model.sig does not apply there
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle.path), "recipients": list(self.recipients), "passphrase": self.passphrase,
                 "files": {plain: sealed for plain, sealed in self.files}, "dropped_signature": self.dropped_signature}
 
@@ -65,7 +66,7 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
     m0 = bundle_lib.read_manifest(Path(bundle_dir))[0]
     big = {m0.model.file} | ({m0.golden.file} if m0.golden else set())
     b = bundle_lib.read(bundle_dir, keep=lambda rel: rel not in big)  # the model and golden set are streamed
-    if b.sealed:
+    if b.manifest.sealed is not None:
         raise InputError(f"{b.path}: is already sealed (to {', '.join(b.manifest.sealed.recipients) or 'a passphrase'})")
     parsed: dict[str, object] = {}
     for r in recipients:
@@ -147,6 +148,7 @@ def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLik
     staging.check_output(target, inputs=[b.path])
     ids = identities_for(b.path, b.manifest, identity, passphrase)
     m, sealed = b.manifest, b.manifest.sealed
+    assert sealed is not None  # checked above
     try:
         with staging.atomic_dir(target, mode=0o700) as tmp:  # plaintext: its owner only
             for i, (rel, entry) in enumerate(sealed.files.items()):
