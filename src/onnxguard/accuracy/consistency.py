@@ -211,13 +211,11 @@ def check(parent: OpenedBundle, targets: Sequence[Path], policy: TrustPolicy,
 
 def plot(report: ConsistencyReport, path: str | Path) -> None:
     """Drift per target: max |diff| and KL divergence (log scale), with each kind's threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: no pyplot state, no global backend switch
 
     names = [t.name for t in report.targets]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 2), squeeze=False)
+    fig = Figure(figsize=(11, 0.6 * len(names) + 2))
+    axes = fig.subplots(1, 2, squeeze=False)
     for ax, (label, values, limit) in zip(axes[0], (
             ("max |diff| vs the source", [t.max_abs for t in report.targets], lambda t: THRESHOLDS[t.kind].max_abs),
             ("KL(softmax) vs the source", [t.kl or 0.0 for t in report.targets],
@@ -233,4 +231,3 @@ def plot(report: ConsistencyReport, path: str | Path) -> None:
     fig.suptitle("drift per target (bar: measured, black line: threshold for its kind)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
