@@ -9,12 +9,12 @@ import onnx
 import pytest
 
 from onnxguard import build, bundle
+from onnxguard.accuracy.parity import Tolerance
 from onnxguard.build import STAGES, BuildOptions, BuildState
+from onnxguard.bundle.manifest import Step
+from onnxguard.errors import InputError
 
 BUNDLE = [name for name, _ in STAGES].index("bundle")  # stages inserted here run before the manifest is written
-from onnxguard.errors import InputError
-from onnxguard.bundle.manifest import Step
-from onnxguard.accuracy.parity import Tolerance
 
 
 def test_meta_name_version_in_onnx_and_manifest(sklearn_bundle):
@@ -53,7 +53,8 @@ def test_failed_parity_leaves_no_bundle_and_no_temp_dir(cli, sklearn_files, tmp_
     work = tmp_path / "work"
     work.mkdir()
     (work / "keep.txt").write_text("unrelated")
-    r = cli("build", sklearn_files.classifier, "-o", work / "bundle", "--atol", "0", "--rtol", "0", "--min-cosine", "1.0")
+    r = cli("build", sklearn_files.classifier, "-o", work / "bundle", "--atol", "0", "--rtol", "0",
+            "--min-cosine", "1.0")
     assert r.code == 1, str(r)
     assert "Traceback" not in r.err
     assert r.err_lines[-1].startswith("onnxguard: error: parity failed") and "no bundle was written" in r.err_lines[-1]

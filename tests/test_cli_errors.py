@@ -51,7 +51,8 @@ def test_py_file_without_factory(cli, expect_err, torch_nets, tmp_path):
 
 def test_spec_that_raises_import_error(cli, expect_err, tmp_path):
     spec = tmp_path / "broken.py"
-    spec.write_text("import torch\nfrom torch import does_not_exist_anywhere\n\ndef make():\n    return torch.nn.Identity()\n")
+    spec.write_text("import torch\nfrom torch import does_not_exist_anywhere\n\n"
+                    "def make():\n    return torch.nn.Identity()\n")
     expect_err(cli("convert", f"{spec}:make", "--input-shape", "1,3", "-o", tmp_path / "x.onnx"),
                2, "broken.py", "does not import", "ImportError")
 
@@ -271,8 +272,8 @@ def huge(tmp_path):
     return path
 
 
-MODEL_READERS = [("inspect", "{m}"), ("optimize", "{m}", "-o", "{out}/o.onnx"), ("quantize", "{m}", "-o", "{out}/q.onnx"),
-                 ("parity", "{src}", "{m}"), ("bench", "{m}")]
+MODEL_READERS = [("inspect", "{m}"), ("optimize", "{m}", "-o", "{out}/o.onnx"),
+                 ("quantize", "{m}", "-o", "{out}/q.onnx"), ("parity", "{src}", "{m}"), ("bench", "{m}")]
 
 
 @pytest.mark.parametrize("args", MODEL_READERS, ids=lambda a: a[0])

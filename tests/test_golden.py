@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from onnxguard.bundle import golden
-from onnxguard.errors import InputError
 from onnxguard.bundle.golden import GoldenSet
+from onnxguard.errors import InputError
 
 
 def _npz(**arrays) -> bytes:
@@ -20,7 +20,8 @@ def _npz(**arrays) -> bytes:
 
 def test_round_trip_keeps_batches_and_references(tmp_path):
     ids = np.arange(12, dtype=np.int64).reshape(2, 6)
-    gs = GoldenSet(({"input_ids": ids, "mask": np.ones_like(ids)}, {"input_ids": ids[:1], "mask": np.ones_like(ids[:1])}),
+    gs = GoldenSet(({"input_ids": ids, "mask": np.ones_like(ids)},
+                    {"input_ids": ids[:1], "mask": np.ones_like(ids[:1])}),
                    ({"logits": np.full((2, 3), 0.5, np.float32)}, {"logits": np.zeros((1, 3), np.float32)}))
     path = tmp_path / "g.npz"
     gs.save(path)

@@ -110,7 +110,8 @@ def test_hostile_external_location_is_listed_not_followed(tmp_path):
 
 def test_histogram_by_domain_counts_subgraphs_and_functions(tmp_path):
     k = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "k")
-    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"]), helper.make_node("Constant", [], ["k"], value=k),
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"]),
+                                helper.make_node("Constant", [], ["k"], value=k),
                                 helper.make_node("Mul", ["t", "k"], ["r"])], "then", [],
                                [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])])
     else_c = numpy_helper.from_array(np.zeros(2, np.float32), "zero")

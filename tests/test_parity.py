@@ -10,11 +10,12 @@ import pytest
 from onnx import numpy_helper
 
 from onnxguard.accuracy import parity
-from onnxguard.errors import InputError
-from onnxguard.bundle.golden import GoldenSet
 from onnxguard.accuracy.parity import LABELS, SCORES, VALUES, Tolerance
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.errors import InputError
 
 REPORT_FIELDS = {"outputs", "tolerance", "batches", "items", "notes", "passed"}
+DEFAULT = Tolerance()
 OUTPUT_FIELDS = {"name", "role", "items", "max_abs", "mean_abs", "min_cosine", "label_agreement", "passed", "failures"}
 
 
@@ -142,7 +143,7 @@ def test_summary_is_the_manifest_record_of_a_report():
 
 # -- the comparison itself -----------------------------------------------------------------------------
 
-def _cmp(ref, out, role=VALUES, tol=Tolerance()):
+def _cmp(ref, out, role=VALUES, tol=DEFAULT):
     return parity.compare_output("y", role, [np.asarray(ref)], [np.asarray(out)], tol)
 
 

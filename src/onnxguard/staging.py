@@ -116,8 +116,10 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False, mode:
 
 
 def publish(staging: Path, target: Path, overwrite: bool) -> None:
-    """Rename the finished ``staging`` directory to ``target``; an existing target is moved aside first (under a staging name, so a
-    kill between the two renames leaves nothing that the next run does not clean) and removed after."""
+    """Rename the finished ``staging`` directory to ``target``.
+
+    An existing target is moved aside first (under a staging name, so a kill between the two renames leaves
+    nothing that the next run does not clean) and removed after; put back if the second rename fails."""
     try:
         if not _exists(target):
             os.rename(staging, target)

@@ -41,7 +41,8 @@ def deep_if(depth: int = 20):
 
     inner = branch("leaf", "Relu")
     for level in range(depth, 0, -1):
-        node = helper.make_node("If", ["c"], [f"out{level}"], then_branch=inner, else_branch=branch(f"else{level}", "Neg"))
+        node = helper.make_node("If", ["c"], [f"out{level}"], then_branch=inner,
+                                else_branch=branch(f"else{level}", "Neg"))
         inner = helper.make_graph([node], f"level{level}", [], [_vi(f"out{level}", [4])])
     return _model([inner.node[0]], [_vi("c", [], TensorProto.BOOL), _vi("x", [4])], [_vi("out1", [4])])
 

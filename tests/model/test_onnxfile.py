@@ -23,7 +23,7 @@ def _relu() -> bytes:
 
 
 def _refusal(path, **kw) -> InputError:
-    """The error ``read_file`` raises, from a thread, so that a read that blocks fails the test instead of hanging it."""
+    """The error ``read_file`` raises, from a thread: a read that blocks fails the test instead of hanging it."""
     box: list[BaseException | bytes] = []
     worker = threading.Thread(target=lambda: box.append(_call(path, **kw)), daemon=True)
     worker.start()

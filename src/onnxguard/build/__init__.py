@@ -17,25 +17,27 @@ from pathlib import Path
 import onnx
 
 from onnxguard import __version__, bundle, convert, staging
-from onnxguard.bundle import digest
-from onnxguard.model import onnxfile
-from onnxguard.speed import optimize, quantize, select as variants
-from onnxguard.accuracy import parity
 from onnxguard import scan as scanner
-from onnxguard.bundle import Bundle
-from onnxguard.convert import ConvertOptions, Source
-from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, Remedy
+from onnxguard.accuracy import parity
+from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.accuracy.thresholds import GATE
+from onnxguard.bundle import Bundle, digest
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import Golden, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
-from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.convert import ConvertOptions, Source
+from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, Remedy
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.accuracy.thresholds import GATE
+from onnxguard.speed import optimize, quantize
+from onnxguard.speed import select as variants
 from onnxguard.speed.select import Candidate, Selection
 
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """What a build does beyond converting: naming, golden set, gates, variants, scan, seal and sign."""
+
     convert: ConvertOptions = ConvertOptions()
     name: str | None = None
     version: str = "0.1.0"
@@ -87,6 +89,8 @@ class BuildState:
 
 @dataclass(frozen=True)
 class StageResult:
+    """One stage as it ran: its name, its duration and what it reported."""
+
     name: str
     seconds: float
     detail: str
@@ -94,6 +98,8 @@ class StageResult:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """The published bundle, the export's parity, every stage as it ran, and the variant selection."""
+
     bundle: Bundle
     parity: ParityReport
     stages: tuple[StageResult, ...]
@@ -101,6 +107,7 @@ class BuildResult:
 
 
 def stage_convert(state: BuildState) -> str:
+    """Load the source and export it to ONNX; records the exporter and opset."""
     result = convert.convert(state.spec, state.options.convert, state.options.meta, state.progress)
     state.source, state.model, state.exporter, state.notes = result.source, result.model, result.exporter, result.notes
     nodes = len(result.model.graph.node)
@@ -110,6 +117,7 @@ def stage_convert(state: BuildState) -> str:
 
 
 def stage_golden(state: BuildState) -> str:
+    """The golden set: inputs (given or generated) and the source framework's outputs on them."""
     opts = state.options
     state.golden, state.golden_origin = parity.golden_from_source(state.source, opts.golden_npz, opts.texts,
                                                                  state.progress)
@@ -117,6 +125,7 @@ def stage_golden(state: BuildState) -> str:
 
 
 def stage_parity(state: BuildState) -> str:
+    """The export against the source on the golden set, at the strict tolerance; a failure stops the build."""
     state.progress(Event("parity", "running ONNX Runtime on the golden set"))
     report = parity.parity(state.model, state.golden, state.source.output_roles, state.options.tolerance, state.notes)
     state.parity = report
@@ -157,9 +166,11 @@ def _reexported(state: BuildState, exporter: str) -> tuple[onnx.ModelProto, Step
     convert.set_metadata(exported.model, state.options.meta)
     report = parity.parity(exported.model, state.golden, state.source.output_roles, state.options.tolerance)
     if not report.passed:
-        raise ConversionError(f"the {exporter} export fails parity: " + "; ".join(f for o in report.outputs for f in o.failures))
-    return exported.model, Step(name="convert", settings={"exporter": exported.exporter, "opset": _opset(exported.model)},
-                                figures={"nodes": len(exported.model.graph.node), "max_abs": max(o.max_abs for o in report.outputs)})
+        failures = "; ".join(f for o in report.outputs for f in o.failures)
+        raise ConversionError(f"the {exporter} export fails parity: {failures}")
+    settings = {"exporter": exported.exporter, "opset": _opset(exported.model)}
+    figures = {"nodes": len(exported.model.graph.node), "max_abs": max(o.max_abs for o in report.outputs)}
+    return exported.model, Step(name="convert", settings=settings, figures=figures)
 
 
 def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[onnx.ModelProto, Step]:
@@ -170,7 +181,8 @@ def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[
 def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
     r = quantize.quantize(model, opts)
     return r.model, Step(name="quantize", settings=r.options.settings(),
-                         figures={"size_before": r.size_before, "size_after": r.size_after, "preprocessed": r.preprocessed})
+                         figures={"size_before": r.size_before, "size_after": r.size_after,
+                                  "preprocessed": r.preprocessed})
 
 
 def stage_optimize(state: BuildState) -> str:
@@ -180,8 +192,9 @@ def stage_optimize(state: BuildState) -> str:
     state.candidates = [Candidate("fp32", state.model, tolerance=strict)]
     wanted = []
     if choice in ("auto", "fusions") and optimize.is_transformer(state.model):
-        wanted.append(("fp32-fused", optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
-                                                               num_heads=arch.get("num_heads", 0), hidden_size=arch.get("hidden_size", 0))))
+        fused = optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
+                                         num_heads=arch.get("num_heads", 0), hidden_size=arch.get("hidden_size", 0))
+        wanted.append(("fp32-fused", fused))
     if choice in ("auto", "basic", "extended", "all"):
         level = "extended" if choice == "auto" else choice
         wanted.append((f"fp32-{level}", optimize.OptimizeOptions(level=level)))
@@ -260,6 +273,7 @@ def stage_scan(state: BuildState) -> str:
 
 
 def scan_summary(report: scanner.ScanReport, fail_on: str) -> dict:
+    """The manifest's record of the scan: profile, fail level, counts and findings."""
     return {"profile": report.profile, "fail_on": fail_on, "counts": report.counts(),
             "findings": [f.to_dict() for f in report.findings]}
 
@@ -326,6 +340,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def make_manifest(state: BuildState) -> Manifest:
+    """The manifest of what the stages made (files, sha256 and sizes are filled in when it is written)."""
     source, model, opts = state.source, state.model, state.options
     roles = source.output_roles
     data = model.SerializeToString()

@@ -41,9 +41,25 @@ def _root(
     """onnxguard: convert, check, bundle (and later optimize, scan, sign, seal and serve) models."""
 
 
-# Registering the verbs: each module adds its command(s) to ``app``.
-from onnxguard.cli import render  # noqa: E402
-from onnxguard.cli import bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign, target, verify  # noqa: E402,F401,E501
+# Registering the verbs: each module adds its command(s) to ``app``, so they are imported after it exists.
+from onnxguard.cli import (  # noqa: E402, F401
+    bench,
+    build,
+    consistency,
+    convert,
+    inspect,
+    keygen,
+    optimize,
+    parity,
+    quantize,
+    quickstart,
+    render,
+    scan,
+    seal,
+    sign,
+    target,
+    verify,
+)
 
 
 def _verb(group, argv: list[str]):

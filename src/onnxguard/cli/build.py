@@ -7,12 +7,12 @@ import typer
 from rich.table import Table
 
 from onnxguard import build as build_lib
-from onnxguard.build import BuildResult
-from onnxguard.errors import InputError
 from onnxguard.accuracy.thresholds import GATE
-from onnxguard.speed.select import Selection
+from onnxguard.build import BuildResult
 from onnxguard.cli import app, options, render
 from onnxguard.cli.variant_common import severity
+from onnxguard.errors import InputError
+from onnxguard.speed.select import Selection
 
 _DT = options.DEFAULT_TOLERANCE
 

@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.trust import keys
 from onnxguard.cli import app, options, render
+from onnxguard.trust import keys
 
 
 @app.command()

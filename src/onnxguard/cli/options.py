@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.convert import ConvertOptions
-from onnxguard.errors import InputError
 from onnxguard.accuracy.parity import Tolerance
 from onnxguard.accuracy.thresholds import GATE
+from onnxguard.convert import ConvertOptions
+from onnxguard.errors import InputError
 
 Opset = Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's, 18).")]
 Exporter = Annotated[str, typer.Option("--exporter", help="PyTorch exporter: auto (dynamo, then TorchScript), dynamo, torchscript.")]

@@ -56,7 +56,8 @@ def parity(
             progress(Event("load", f"loading {source}"))
             src = convert.load(source, opts)
             golden, _ = parity_lib.golden_from_source(src, golden_npz, texts, progress, stage="source")
-            progress(Event("source", f"{len(golden.inputs)} batches", len(golden.inputs), len(golden.inputs), done=True))
+            n = len(golden.inputs)
+            progress(Event("source", f"{n} batches", n, n, done=True))
         report = parity_lib.parity(onnx_model, golden, src.output_roles, tol, getattr(src, "parity_notes", ()))
     if json:
         render.print_json(report.to_dict())

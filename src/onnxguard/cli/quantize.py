@@ -5,26 +5,22 @@ from typing import Annotated
 
 import typer
 
+from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle.manifest import Step
 from onnxguard.cli import app, options, render, trusting
 from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, finish, is_bundle, open_input
 from onnxguard.errors import InputError
 from onnxguard.speed import quantize as quantize_lib
 from onnxguard.speed import select as variants
-from onnxguard.accuracy.thresholds import GATE
 
 
 def _tokenizer(parent):
     """Texts to model inputs with the bundle's own tokenizer, when it has one."""
     if parent is None or parent.manifest.preprocessing is None:
         return None
-    from types import SimpleNamespace
-
     from onnxguard.convert.hf import tokenize_with_bundle
 
-    # tokenize_with_bundle reads ``.data`` (a read Bundle's bytes); an opened one calls them ``contents``.
-    view = SimpleNamespace(data=parent.contents, manifest=parent.manifest)
-    return lambda texts: tokenize_with_bundle(view, texts)
+    return lambda texts: tokenize_with_bundle(parent, texts)
 
 
 @app.command()

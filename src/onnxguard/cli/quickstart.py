@@ -7,10 +7,10 @@ import typer
 from rich.table import Table
 
 from onnxguard.cli import app, render, trusting
-from onnxguard.examples import quickstart as quickstart_lib
-from onnxguard.model import info as inspect_lib
 from onnxguard.cli.build import candidates, summary
 from onnxguard.cli.consistency import show as show_consistency
+from onnxguard.examples import quickstart as quickstart_lib
+from onnxguard.model import info as inspect_lib
 
 
 @app.command()

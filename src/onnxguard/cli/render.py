@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from onnxguard.model.info import ModelInfo
 from onnxguard.accuracy.parity import ParityReport
 from onnxguard.errors import OnnxguardError, Remedy
+from onnxguard.model.info import ModelInfo
 from onnxguard.progress import Event
 
 out = Console(highlight=False)

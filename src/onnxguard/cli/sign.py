@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.trust import signing
-from onnxguard.errors import InputError
 from onnxguard.cli import app, options, render
+from onnxguard.errors import InputError
+from onnxguard.trust import signing
 
 
 def env_secret(var: str | None, option: str) -> str | None:

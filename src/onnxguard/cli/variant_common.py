@@ -22,9 +22,11 @@ SEVERITIES = tuple(s.label for s in Severity)
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")]
 Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails the accuracy gate (recorded).")]
-GoldenRefs = Annotated[Path | None, typer.Option("--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
-FailOn = Annotated[str, typer.Option("--fail-on", help="Refuse an .onnx input with a security-scan finding at or above: "
-                                     + " | ".join(SEVERITIES) + " (a bundle is scanned by the trust door).")]
+GoldenRefs = Annotated[Path | None, typer.Option(
+    "--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
+FailOn = Annotated[str, typer.Option(
+    "--fail-on", help="Refuse an .onnx input with a security-scan finding at or above: " + " | ".join(SEVERITIES)
+    + " (a bundle is scanned by the trust door).")]
 
 
 def is_bundle(path: Path) -> bool:
@@ -66,7 +68,8 @@ def finish(model: onnx.ModelProto, parent: OpenedBundle | None, step: Step, outp
     if kept.gate is not None:
         render.parity_report(kept.gate, title)
     else:
-        render.out.print("note: not gated (give a bundle, or --golden with reference outputs, to compare with the source)")
+        render.out.print("note: not gated (give a bundle, or --golden with reference outputs, to compare with the "
+                         "source)")
     if kept.bundle is not None:
         render.out.print(f"wrote bundle {kept.path} ({render.size(kept.size)} model)")
     else:

@@ -22,17 +22,22 @@ from pathlib import Path
 
 import onnx
 
-from onnxguard.progress import Event, Progress, silent
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported, Source
+from onnxguard.progress import Event, Progress, silent
 
 __all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata", "spec_path"]
 
+DEFAULT_OPTIONS = ConvertOptions()
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SKLEARN_SUFFIXES = (".skops", ".pkl", ".pickle", ".joblib")
+# A missing one of these means a missing extra, not a broken source model.
+FRAMEWORK_MODULES = ("torch", "transformers", "sklearn", "skl2onnx", "skops", "onnxscript", "picklescan")
 
 
 @dataclass(frozen=True)
 class ConvertResult:
+    """An exported model, the loaded source it came from, the exporter used, and notes for the parity report."""
+
     model: onnx.ModelProto
     source: Source
     exporter: str
@@ -89,7 +94,7 @@ def _missing_extra(extra: str, e: ImportError) -> ConversionError:
                            f"pip install 'onnxguard[{extra}]'")
 
 
-def load(spec: str, options: ConvertOptions = ConvertOptions()) -> Source:
+def load(spec: str, options: ConvertOptions = DEFAULT_OPTIONS) -> Source:
     """Load the source model in its own framework (imports that framework only now)."""
     kind = detect(spec)
     try:
@@ -110,7 +115,7 @@ def load(spec: str, options: ConvertOptions = ConvertOptions()) -> Source:
         return sklearn_source.load(Path(spec), options)
     except ModuleNotFoundError as e:
         extra = {"torch-module": "torch", "torch-program": "torch", "transformers": "transformers"}.get(kind, "sklearn")
-        if e.name and e.name.split(".")[0] in ("torch", "transformers", "sklearn", "skl2onnx", "skops", "onnxscript", "picklescan"):
+        if e.name and e.name.split(".")[0] in FRAMEWORK_MODULES:
             raise _missing_extra(extra, e) from e
         raise
 
@@ -124,7 +129,7 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
         model.metadata_props.add(key=k, value=v)
 
 
-def convert(source: str | Source, options: ConvertOptions = ConvertOptions(), meta: dict[str, str] | None = None,
+def convert(source: str | Source, options: ConvertOptions = DEFAULT_OPTIONS, meta: dict[str, str] | None = None,
             progress: Progress = silent) -> ConvertResult:
     """Load (when given a spec) and export the source model; ``meta`` goes into ``metadata_props``."""
     if isinstance(source, str):

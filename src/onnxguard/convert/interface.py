@@ -13,8 +13,8 @@ from typing import Protocol
 
 import onnx
 
-from onnxguard.errors import ConversionError
 from onnxguard.bundle.golden import Batch
+from onnxguard.errors import ConversionError
 from onnxguard.progress import Progress
 
 __all__ = ["ConversionError", "ConvertOptions", "Exported", "Source"]
@@ -22,6 +22,8 @@ __all__ = ["ConversionError", "ConvertOptions", "Exported", "Source"]
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """How to load and export a source model (each field applies to the frameworks named beside it)."""
+
     opset: int | None = None  # None: the converter's default
     exporter: str = "auto"  # torch: auto | dynamo | torchscript
     input_shapes: tuple[str, ...] = ()  # torch modules: NAME=DIMS[:DTYPE] or DIMS

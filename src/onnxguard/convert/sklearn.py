@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import skl2onnx
+import sklearn
 from skl2onnx.common.data_types import FloatTensorType
 
-from onnxguard.bundle.golden import Batch
 from onnxguard.accuracy.parity import LABELS, SCORES, VALUES
-from onnxguard.progress import Event, Progress
+from onnxguard.bundle.golden import Batch
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 from onnxguard.errors import Remedy
 from onnxguard.model import onnxfile
+from onnxguard.progress import Event, Progress
 
 DEFAULT_OPSET = 18
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -58,6 +58,7 @@ def _scan_pickle(path: Path, data: bytes) -> None:
 
 
 def load_estimator(path: Path, trust_pickle: bool):
+    """The estimator in ``path``: a .skops file through skops' type allow-list, a pickle only trusted and scanned."""
     if path.suffix == ".skops":
         import skops.io as sio
 
@@ -85,6 +86,8 @@ def load_estimator(path: Path, trust_pickle: bool):
 
 @dataclass
 class SklearnSource:
+    """A scikit-learn estimator as a ``convert.Source``."""
+
     estimator: object
     identifier: str
     files: tuple[Path, ...]
@@ -120,7 +123,8 @@ class SklearnSource:
                 self.estimator, initial_types=[("input", FloatTensorType([None, self.n_features]))],
                 target_opset={"": opset or DEFAULT_OPSET, "ai.onnx.ml": 3}, options=options)
         except (RuntimeError, NotImplementedError, ValueError, TypeError, KeyError) as e:
-            raise ConversionError(f"{self.identifier}: skl2onnx cannot convert {type(self.estimator).__name__}: {e}") from e
+            kind = type(self.estimator).__name__
+            raise ConversionError(f"{self.identifier}: skl2onnx cannot convert {kind}: {e}") from e
         for value in [*model.graph.input, *model.graph.output]:  # skl2onnx leaves the batch axis unnamed
             dims = value.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value") and not dims[0].HasField("dim_param"):
@@ -150,6 +154,7 @@ class SklearnSource:
 
 
 def load(path: Path, options: ConvertOptions) -> SklearnSource:
+    """Load a scikit-learn model file as a source."""
     estimator = load_estimator(path, options.trust_pickle)
     n = getattr(estimator, "n_features_in_", None)
     if not isinstance(n, int | np.integer) or not hasattr(estimator, "predict"):

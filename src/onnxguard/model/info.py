@@ -25,6 +25,8 @@ STANDARD_DOMAIN = "ai.onnx"
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What ``inspect`` reports of a model (and of its bundle, when it came from one)."""
+
     path: str
     file_size: int
     ir_version: int
@@ -99,6 +101,7 @@ def parameter_count(model: onnx.ModelProto) -> int:
 
 
 def describe(model: onnx.ModelProto, path: str = "", file_size: int = 0) -> ModelInfo:
+    """Describe a parsed model; ``path`` and ``file_size`` are what it was read from."""
     hist = op_histogram(model)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     return ModelInfo(

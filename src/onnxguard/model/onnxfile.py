@@ -73,7 +73,8 @@ def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_MODEL_BYTES, wh
         if mode is not None and not stat.S_ISREG(mode):  # ELOOP (symlink), ENXIO (socket), ...
             raise InputError(f"{p}: is {_kind(mode)}, not a regular file", hint=f"give the path of {what}") from e
         if e.errno == errno.ENOTDIR:
-            raise InputError(f"{p}: no such file ({p.parent} is not a directory)", hint=f"give the path of {what}") from e
+            raise InputError(f"{p}: no such file ({p.parent} is not a directory)",
+                             hint=f"give the path of {what}") from e
         raise InputError(f"{p}: cannot read ({e.strerror})", hint=f"give the path of {what} you can read") from e
     try:
         st = os.fstat(fd)
@@ -108,7 +109,8 @@ def parse(data: bytes, name: str = "<bytes>") -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except DecodeError as e:
-        raise ModelError(f"{name}: not a valid ONNX file (protobuf decode failed: {e})", hint="re-export the model") from e
+        raise ModelError(f"{name}: not a valid ONNX file (protobuf decode failed: {e})",
+                         hint="re-export the model") from e
     if not model.HasField("graph") or model.ir_version == 0:
         raise ModelError(f"{name}: not an ONNX model (no graph or IR version)", hint="check the file is a .onnx export")
     return model
@@ -171,4 +173,5 @@ def inputs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 
 def outputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The graph outputs."""
     return [_spec(v) for v in model.graph.output]

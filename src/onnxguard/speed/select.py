@@ -36,6 +36,8 @@ MIN_GAIN = 0.03
 
 @dataclass
 class Candidate:
+    """A variant of the model: how it was made, its gate report and its timing (or why it could not be made)."""
+
     name: str
     model: onnx.ModelProto
     steps: list[Step] = field(default_factory=list)
@@ -53,7 +55,8 @@ class Candidate:
         d: dict = {"name": self.name, "size": self.size, "steps": [s.name for s in self.steps]}
         if self.gate is not None:
             d["gate_passed"] = self.gate.passed
-            d["gate"] = {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine, "label_agreement": o.label_agreement}
+            d["gate"] = {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
+                                  "label_agreement": o.label_agreement}
                          for o in self.gate.outputs}
         if self.p50_ms is not None:
             d["p50_ms"] = round(self.p50_ms, 4)
@@ -75,6 +78,8 @@ def measure_batch(golden: GoldenSet, batch_size: int) -> Batch:
 
 @dataclass(frozen=True)
 class Selection:
+    """The chosen variant among all candidates, and why."""
+
     winner: Candidate
     candidates: tuple[Candidate, ...]
     reason: str
@@ -83,8 +88,9 @@ class Selection:
     forced: bool = False
 
     def step(self) -> Step:
+        gate = GATE if self.winner.gate is None else self.winner.gate.tolerance
         return Step(name="select", settings={"batch_size": self.batch_size, "threads": self.threads,
-                                             "gate": GATE.__dict__ if self.winner.gate is None else self.winner.gate.tolerance.__dict__},
+                                             "gate": gate.__dict__},
                     figures={"winner": self.winner.name, "reason": self.reason, "forced": self.forced,
                              "candidates": [c.figures() for c in self.candidates]})
 
