@@ -1,4 +1,4 @@
-"""Shared fixtures: models built in temporary directories (no network), and the real CLI as a subprocess.
+"""Shared fixtures: models built in temporary directories (no network), and the command line (cli_runner).
 
 Expensive models are session-scoped and built once; tests that modify a file copy it first.
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,70 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The console script installed next to this interpreter: the real entry point, not a Python call.
-ONNXGUARD = Path(sys.executable).parent / "onnxguard"
+import cli_runner
 
 # Token lengths of the padding batch (special tokens included): 3 to 128.
 TEXT_LENGTHS = [int(n) for n in np.linspace(3, 128, 8)]
 
 
-@dataclass(frozen=True)
-class Result:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def __str__(self) -> str:  # shown by pytest when an assertion about a result fails
-        return f"onnxguard {' '.join(self.args)} -> {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "COLUMNS": "250",  # rich tables: no truncated cells
-        "NO_COLOR": "1",
-        "HF_HUB_OFFLINE": "1",  # no network, ever: a hub lookup fails at once instead of hanging
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONWARNINGS": "",
-    })
-    return env
-
-
-def run_cli(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None, timeout: float = 600) -> Result:
-    """Run ``onnxguard ARGS...`` through its console script and capture everything."""
-    argv = tuple(str(a) for a in args)
-    proc = subprocess.run([str(ONNXGUARD), *argv], capture_output=True, text=True, cwd=cwd, env=_env(),
-                          timeout=timeout, check=False)
-    return Result(argv, proc.returncode, proc.stdout, proc.stderr)
-
-
-def expect_error(result: Result, code: int, *fragments: str) -> str:
-    """Exit ``code``; exactly one line on stderr, the error, naming ``fragments``; no traceback anywhere."""
-    assert result.code == code, str(result)
-    assert "Traceback" not in result.err + result.out, str(result)
-    assert len(result.err_lines) == 1, str(result)
-    line = result.err_lines[0]
-    assert line.startswith("onnxguard: error: "), str(result)
-    for f in fragments:
-        assert f in line, f"{f!r} not in {line!r}"
-    return line
-
-
 @pytest.fixture(scope="session")
 def cli():
-    """``cli(*args)``: run the real ``onnxguard`` console script, returning a :class:`Result`."""
-    return run_cli
+    """``cli(*args, env=None, cwd=None, process=False)``: the command line (see cli_runner), a ``Result``."""
+    return cli_runner.run
 
 
 @pytest.fixture(scope="session")
 def expect_err():
-    """``expect_err(result, code, *fragments)``: see :func:`expect_error`."""
-    return expect_error
+    """``expect_err(result, code, *fragments)``: see :func:`cli_runner.expect_error`."""
+    return cli_runner.expect_error
 
 
 # -- source models -------------------------------------------------------------------------------------
@@ -275,7 +225,7 @@ def texts_file(tmp_path_factory) -> Path:
 def mlp_onnx(tmp_path_factory, torch_nets) -> Path:
     """The MLP converted through the CLI, with metadata, name and version."""
     out = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
-    r = run_cli("convert", f"{torch_nets}:make_mlp", "--input-shape", "1,10", "-o", out,
+    r = cli_runner.run("convert", f"{torch_nets}:make_mlp", "--input-shape", "1,10", "-o", out,
                 "--meta", "team=vision", "--meta", "ticket=ML-7", "--name", "mlp", "--version", "2.0.1")
     assert r.code == 0, str(r)
     return out
@@ -285,7 +235,7 @@ def mlp_onnx(tmp_path_factory, torch_nets) -> Path:
 def sklearn_bundle(tmp_path_factory, sklearn_files) -> Path:
     """A bundle built by the CLI from the .skops classifier. Copy it before changing it."""
     out = tmp_path_factory.mktemp("skbundle") / "digits-bundle"
-    r = run_cli("build", sklearn_files.classifier, "-o", out, "--meta", "owner=ml-team", "--version", "1.2.3")
+    r = cli_runner.run("build", sklearn_files.classifier, "-o", out, "--meta", "owner=ml-team", "--version", "1.2.3")
     assert r.code == 0, str(r)
     (out.parent / "build-stdout.txt").write_text(r.out)  # the printed report, for tests of what the user sees
     return out

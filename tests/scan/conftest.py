@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scan_support import SARIF_SCHEMA
 
+
 @pytest.fixture(scope="session")
 def sarif_schema() -> dict:
     return json.loads(SARIF_SCHEMA.read_text())
@@ -26,7 +27,6 @@ def torch_cnn(ordinary_dir) -> Path:
     import torch
 
     from onnxguard import convert
-    from onnxguard.model import onnxfile
     from onnxguard.examples import digits
 
     torch.manual_seed(0)

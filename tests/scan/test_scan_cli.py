@@ -9,17 +9,18 @@ import json
 
 import jsonschema
 from scan_corpus import custom_opset_import, huge_input_dims, pickle_file, relu_model, save
-from scan_support import run_scan
+
+from cli_runner import run
 
 
 def test_clean_model_exits_0(tmp_path):
-    r = run_scan(save(relu_model(), tmp_path / "m.onnx"))
+    r = run("scan", save(relu_model(), tmp_path / "m.onnx"))
     assert r.code == 0, r
     assert "no findings" in r.out and r.err == ""
 
 
 def test_findings_at_fail_level_exit_1_with_one_error_line(tmp_path):
-    r = run_scan(pickle_file(tmp_path))
+    r = run("scan", pickle_file(tmp_path))
     assert r.code == 1, r
     assert "file.format" in r.out and "pickle" in r.out
     assert "Traceback" not in r.err
@@ -29,10 +30,10 @@ def test_findings_at_fail_level_exit_1_with_one_error_line(tmp_path):
 
 def test_fail_on_sets_the_threshold(tmp_path):
     path = huge_input_dims(tmp_path)  # one medium finding
-    assert run_scan(path).code == 1
-    assert run_scan(path, "--fail-on", "high").code == 0
+    assert run("scan", path).code == 1
+    assert run("scan", path, "--fail-on", "high").code == 0
     low = custom_opset_import(tmp_path / "low")  # medium: unused custom opset import
-    assert run_scan(low, "--fail-on", "critical").code == 0
+    assert run("scan", low, "--fail-on", "critical").code == 0
 
 
 def test_usage_errors_exit_2(tmp_path):
@@ -48,18 +49,18 @@ def test_usage_errors_exit_2(tmp_path):
         ((model, "--fail-on", "urgent"), "--fail-on 'urgent'"),
         ((model, "--profile", "lenient"), "unknown scan profile"),
     ]:
-        r = run_scan(*args)
+        r = run("scan", *args)
         assert r.code == 2, r
         assert "Traceback" not in r.err and fragment in r.err, r
 
 
 def test_json_and_sarif_output_to_file(tmp_path, sarif_schema):
     path = pickle_file(tmp_path)
-    r = run_scan(path, "--format", "json")
+    r = run("scan", path, "--format", "json")
     data = json.loads(r.out)
     assert data["format"] == "onnxguard-scan/1" and data["findings"][0]["check"] == "file.format"
     out = tmp_path / "scan.sarif"
-    r = run_scan(path, "--format", "sarif", "--output", out)
+    r = run("scan", path, "--format", "sarif", "--output", out)
     assert r.code == 1 and r.out == ""
     jsonschema.Draft4Validator(sarif_schema).validate(json.loads(out.read_text()))
 
@@ -68,6 +69,6 @@ def test_strict_profile_and_policy_file(tmp_path):
     path = save(relu_model(), tmp_path / "m.onnx")
     policy = tmp_path / "policy.toml"
     policy.write_text('denied_ops = ["Relu"]\n')
-    r = run_scan(path, "--policy", policy)
+    r = run("scan", path, "--policy", policy)
     assert r.code == 1 and "operators.denied" in r.out, r
-    assert run_scan(path, "--profile", "strict").code == 0
+    assert run("scan", path, "--profile", "strict").code == 0

@@ -6,11 +6,10 @@ import json
 import subprocess
 
 import pytest
+from security_support import MODEL_SIGNING
 
 from onnxguard import bundle, runtime
 from onnxguard.trust import sealing
-
-from security_support import MODEL_SIGNING
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pyrage
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from security_support import og, one_error
 
-from onnxguard.trust import keys
+from cli_runner import expect_error, run
 from onnxguard.errors import InputError
+from onnxguard.trust import keys
 
 
 def test_generate_writes_a_usable_key_set(tmp_path):
@@ -40,10 +40,10 @@ def test_generate_never_overwrites_and_writes_nothing(tmp_path, existing):
 
 
 def test_keygen_cli(tmp_path):
-    r = og("keygen", "--out", tmp_path / "k", "--json")
+    r = run("keygen", "--out", tmp_path / "k", "--json")
     assert r.code == 0, str(r)
     info = json.loads(r.out)
     assert info["recipient"].startswith("age1") and (tmp_path / "k" / keys.AGE_IDENTITY).is_file()
-    one_error(og("keygen", "--out", tmp_path / "k"), 2, str(tmp_path / "k" / keys.PRIVATE_KEY), "already exists")
+    expect_error(run("keygen", "--out", tmp_path / "k"), 2, str(tmp_path / "k" / keys.PRIVATE_KEY), "already exists")
     (tmp_path / "file").write_text("x")
-    one_error(og("keygen", "--out", tmp_path / "file"), 2, str(tmp_path / "file"), "not a directory")
+    expect_error(run("keygen", "--out", tmp_path / "file"), 2, str(tmp_path / "file"), "not a directory")

@@ -14,12 +14,23 @@ import sys
 import threading
 
 import pytest
-from security_support import flip_byte, og, one_error, relist
+from security_support import flip_byte, relist
 
+from cli_runner import expect_error, run
 from onnxguard import runtime
 from onnxguard.bundle import files
-from onnxguard.trust import (PublicKeys, Status, Step, TrustFailed, TrustPolicy, UnsafeUnsigned, examine, open_bundle,
-                             sealing, signing)
+from onnxguard.trust import (
+    PublicKeys,
+    Status,
+    Step,
+    TrustFailed,
+    TrustPolicy,
+    UnsafeUnsigned,
+    examine,
+    open_bundle,
+    sealing,
+    signing,
+)
 
 UNSIGNED = TrustPolicy(UnsafeUnsigned())
 
@@ -77,11 +88,11 @@ def test_a_fifo_in_place_of_the_model_never_blocks(bundle_copy):
     done = threading.Event()
     result = {}
 
-    def run():
+    def examine_in_a_thread():
         result["report"] = examine(bundle_copy, UNSIGNED)[0]
         done.set()
 
-    threading.Thread(target=run, daemon=True).start()
+    threading.Thread(target=examine_in_a_thread, daemon=True).start()
     assert done.wait(30), "examine blocked on a FIFO"
     assert not result["report"].passed
 
@@ -93,9 +104,11 @@ def test_a_huge_sparse_model_is_refused_before_it_is_read(bundle_copy):
     m = json.loads((bundle_copy / "manifest.json").read_text())
     m["files"]["model.onnx"]["size"] = big  # the manifest agrees on the size, so only the limit can stop it
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    child = ("import resource, sys; from onnxguard.trust import TrustPolicy, UnsafeUnsigned, examine; "
+    # VmHWM: the child's own peak (ru_maxrss would carry the parent's high-water mark across exec)
+    child = ("import sys; from onnxguard.trust import TrustPolicy, UnsafeUnsigned, examine; "
              "r = examine(sys.argv[1], TrustPolicy(UnsafeUnsigned()))[0]; "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, [c.detail for c in r.files if not c.ok])")
+             "peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')); "
+             "print(peak, [c.detail for c in r.files if not c.ok])")
     out = subprocess.run([sys.executable, "-c", child, str(bundle_copy)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     peak_kib, detail = out.stdout.split(" ", 1)
@@ -113,8 +126,8 @@ def test_random_bytes_as_a_self_consistent_model_fail_the_scan_not_a_traceback(b
     assert report.step(Step.FILES).status is Status.PASSED
     assert report.step(Step.SCAN).status is Status.FAILED
     for verb in (("verify",), ("verify", "--golden"), ("parity",), ("consistency",), ("inspect",)):
-        r = og(*verb, bundle_copy, "--allow-unsigned") if verb != ("inspect",) else og("inspect", bundle_copy)
-        one_error(r, 1, str(bundle_copy), "scan")
+        r = run(*verb, bundle_copy, "--allow-unsigned") if verb != ("inspect",) else run("inspect", bundle_copy)
+        expect_error(r, 1, str(bundle_copy), "scan")
 
 
 def test_files_are_read_once(bundle_copy, monkeypatch):
@@ -135,12 +148,12 @@ def test_files_are_read_once(bundle_copy, monkeypatch):
 
 def test_target_onto_or_into_its_bundle_is_refused_and_the_bundle_kept(bundle_copy):
     before = {p.name: p.read_bytes() for p in bundle_copy.iterdir()}
-    one_error(og("target", bundle_copy, "--to", "edge", "-o", bundle_copy, "--overwrite", "--allow-unsigned"), 2,
+    expect_error(run("target", bundle_copy, "--to", "edge", "-o", bundle_copy, "--overwrite", "--allow-unsigned"), 2,
               "is also an input")
-    one_error(og("target", bundle_copy, "--to", "edge", "-o", bundle_copy / "t", "--allow-unsigned"), 2, "inside")
+    expect_error(run("target", bundle_copy, "--to", "edge", "-o", bundle_copy / "t", "--allow-unsigned"), 2, "inside")
     assert {p.name: p.read_bytes() for p in bundle_copy.iterdir()} == before
 
 
 def test_outputs_under_proc_are_one_line_errors(bundle_copy, sealed_copy, keyset):
-    one_error(og("target", bundle_copy, "--to", "edge", "-o", "/proc/x", "--allow-unsigned"), 2, "/proc")
-    one_error(og("unseal", sealed_copy, "-i", keyset.age_identity, "-o", "/proc/x"), 2, "/proc")
+    expect_error(run("target", bundle_copy, "--to", "edge", "-o", "/proc/x", "--allow-unsigned"), 2, "/proc")
+    expect_error(run("unseal", sealed_copy, "-i", keyset.age_identity, "-o", "/proc/x"), 2, "/proc")

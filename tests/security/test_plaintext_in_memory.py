@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-from security_support import env
-
+from cli_runner import environment
 from onnxguard import bundle, runtime
 from onnxguard.trust import TrustPolicy, UnsafeUnsigned, open_bundle, sealing
 
@@ -111,7 +109,7 @@ def _run_child(mode: str, sealed: Path, identity: Path, tmp_path: Path) -> tuple
     log = tmp_path / f"audit-{mode}.json"
     listing = sorted((p.name, p.stat().st_mtime_ns) for p in sealed.iterdir())
     start = time.time()
-    child_env = env(TMPDIR=str(work / "tmp"), HOME=str(work / "home"), PYTHONDONTWRITEBYTECODE="1")
+    child_env = environment({"TMPDIR": str(work / "tmp"), "HOME": str(work / "home"), "PYTHONDONTWRITEBYTECODE": "1"})
     r = subprocess.run([sys.executable, "-c", CHILD, str(sealed), str(identity), mode, str(work), str(log)],
                        cwd=work, env=child_env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
@@ -145,7 +143,6 @@ def test_library_open_never_opens_a_file_for_writing(sealed_copy, keyset, monkey
     import builtins
     import io
 
-    from onnxguard.trust import sealing
 
     real_open, real_os_open = builtins.open, os.open
     refused = []

@@ -9,15 +9,14 @@ import stat
 import numpy as np
 import pyrage
 import pytest
-from security_support import flip_byte, og, og_many, one_error, reference_verify, relist
+from security_support import flip_byte, reference_verify, relist
 
-from onnxguard import bundle
-from onnxguard.bundle import digest, golden
-from onnxguard import runtime
+from cli_runner import expect_error, run, run_many
+from onnxguard import bundle, runtime
+from onnxguard.bundle import SIGNATURE, digest, golden
 from onnxguard.cli import trusting
-from onnxguard.trust import sealing, signing
-from onnxguard.bundle import SIGNATURE
 from onnxguard.errors import BundleError, InputError, Remedy
+from onnxguard.trust import sealing, signing
 
 
 def test_seal_in_place(built, bundle_copy, keyset):
@@ -177,18 +176,18 @@ def test_seal_is_atomic(bundle_copy, keyset, monkeypatch):
 def test_seal_and_unseal_cli(built, bundle_copy, keyset, other_keyset, ssh_keys, tmp_path):
     rfile = tmp_path / "recipients.txt"
     rfile.write_text(f"# team\n{other_keyset.recipient}\n\n{ssh_keys.ed25519_pub}\n")
-    r = og("seal", bundle_copy, "-r", keyset.recipient, "--recipients-file", rfile, "--passphrase-env", "PW", "--json",
-           extra_env={"PW": "pw"})
+    r = run("seal", bundle_copy, "-r", keyset.recipient, "--recipients-file", rfile, "--passphrase-env", "PW", "--json",
+           env={"PW": "pw"})
     assert r.code == 0, str(r)
     info = json.loads(r.out)
     assert info["passphrase"] and len(info["recipients"]) == 3
     assert info["files"] == {"model.onnx": "model.onnx.age", "golden.npz": "golden.npz.age"}
-    runs = og_many(("unseal", bundle_copy, "-i", ssh_keys.ed25519, "-o", tmp_path / "u1"),
+    runs = run_many(("unseal", bundle_copy, "-i", ssh_keys.ed25519, "-o", tmp_path / "u1"),
                    ("unseal", bundle_copy, "-o", tmp_path / "u2", "--passphrase-env", "PW"),
                    ("unseal", bundle_copy, "-o", tmp_path / "u3"),
-                   extra_env={"PW": "pw", trusting.IDENTITY_ENV: str(other_keyset.age_identity)})
-    for run in runs:
-        assert run.code == 0 and "unsealed" in run.out, str(run)
+                   env={"PW": "pw", trusting.IDENTITY_ENV: str(other_keyset.age_identity)})
+    for result in runs:
+        assert result.code == 0 and "unsealed" in result.out, str(result)
     for n in ("u1", "u2", "u3"):
         for rel in ("manifest.json", "model.onnx", "golden.npz"):
             assert (tmp_path / n / rel).read_bytes() == (built.path / rel).read_bytes(), (n, rel)
@@ -213,8 +212,8 @@ def test_seal_bad_inputs(bundle_copy, keyset, other_keyset, ssh_keys, tmp_path):
         (("seal", bundle_copy, "--passphrase-env", "UNSET_VAR"), ("UNSET_VAR", "not set")),
         (("seal", bundle_copy, "-r", keyset.recipient, "-o", bundle_copy), (bundle_copy, "is also an input")),
     ]
-    for run, (_, fragments) in zip(og_many(*(c for c, _ in cases)), cases, strict=True):
-        one_error(run, 2, *fragments)
+    for result, (_, fragments) in zip(run_many(*(c for c, _ in cases)), cases, strict=True):
+        expect_error(result, 2, *fragments)
     assert (bundle_copy / "model.onnx").is_file() and not (bundle_copy / "model.onnx.age").exists()
 
 
@@ -237,10 +236,10 @@ def test_unseal_bad_inputs(sealed_copy, keyset, other_keyset, tmp_path):
         (("unseal", damaged, "-i", keyset.age_identity, "-o", out), (damaged / "golden.npz.age", "sha256"), 2),
         (("unseal", keyset.age_identity.parent, "-i", keyset.age_identity, "-o", out), ("manifest.json", "not a bundle"), 2),
     ]
-    runs = og_many(*(c for c, _, _ in cases))
-    for run, (_, fragments, code) in zip(runs, cases, strict=True):
-        one_error(run, code, *fragments)
-    r = og("unseal", sealed_copy, "-i", keyset.age_identity)  # no -o: a usage error from the parser, exit 2
+    runs = run_many(*(c for c, _, _ in cases))
+    for result, (_, fragments, code) in zip(runs, cases, strict=True):
+        expect_error(result, code, *fragments)
+    r = run("unseal", sealed_copy, "-i", keyset.age_identity)  # no -o: a usage error from the parser, exit 2
     assert r.code == 2 and "--output" in r.err and "Traceback" not in r.err, str(r)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary directory left

@@ -14,11 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from security_support import MODEL_SIGNING, env, flip_byte, og, og_many, one_error, reference_verify
+from security_support import MODEL_SIGNING, flip_byte, reference_verify
 
-from onnxguard.trust import sealing, signing
+from cli_runner import environment, expect_error, run, run_many
 from onnxguard.bundle import SIGNATURE
 from onnxguard.errors import BundleError, CheckFailed, InputError
+from onnxguard.trust import signing
 
 
 @pytest.fixture
@@ -123,9 +124,9 @@ def test_encrypted_private_key(bundle_copy, tmp_path):
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
     assert reference_verify(bundle_copy, pub).returncode == 0
-    r = og("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS", extra_env={"KEYPASS": "s3cret"})
+    r = run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS", env={"KEYPASS": "s3cret"})
     assert r.code == 0 and "re-signed" in r.out, str(r)
-    one_error(og("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS"), 2, "KEYPASS", "not set")
+    expect_error(run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS"), 2, "KEYPASS", "not set")
 
 
 # -- certificate mode (offline: a private CA made here) --------------------------------------------------
@@ -164,7 +165,7 @@ def test_certificate_signing(bundle_copy, pki, keyset, tmp_path):
     assert signing.verify_certificate(bundle_copy, [pki / "ca.pem"]).passed
     r = subprocess.run([str(MODEL_SIGNING), "verify", "certificate", "--signature", str(bundle_copy / SIGNATURE),
                         "--certificate_chain", str(pki / "ca.pem"), str(bundle_copy)],
-                       capture_output=True, text=True, check=False, env=env(), timeout=120)
+                       capture_output=True, text=True, check=False, env=environment(), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     other = tmp_path / "other-ca"
     shutil.copytree(pki, other)
@@ -174,10 +175,10 @@ def test_certificate_signing(bundle_copy, pki, keyset, tmp_path):
     assert not signing.verify_certificate(bundle_copy, [other / "ca.pem"]).passed  # an untrusted root
     with pytest.raises(InputError, match="not the pair of"):
         signing.sign_with_certificate(bundle_copy, keyset.private_key, pki / "leaf.pem")
-    r = og("sign", bundle_copy, "--key", pki / "leaf.key", "--certificate", pki / "leaf.pem",
+    r = run("sign", bundle_copy, "--key", pki / "leaf.key", "--certificate", pki / "leaf.pem",
            "--certificate-chain", pki / "ca.pem")
     assert r.code == 0, str(r)
-    r = og("verify", bundle_copy, "--certificate-chain", pki / "ca.pem", "--json")
+    r = run("verify", bundle_copy, "--certificate-chain", pki / "ca.pem", "--json")
     assert r.code == 0, str(r)
     report = json.loads(r.out)
     assert report["steps"][2] == {"step": 3, "name": "signature", "status": "passed", "detail": "verified (certificate)"}
@@ -186,7 +187,7 @@ def test_certificate_signing(bundle_copy, pki, keyset, tmp_path):
 # -- the CLI and its bad inputs ---------------------------------------------------------------------------
 
 def test_sign_cli(bundle_copy, keyset):
-    r = og("sign", bundle_copy, "--key", keyset.private_key, "--json")
+    r = run("sign", bundle_copy, "--key", keyset.private_key, "--json")
     assert r.code == 0, str(r)
     assert json.loads(r.out)["signature"] == str(bundle_copy / SIGNATURE)
     assert reference_verify(bundle_copy, keyset.public_key).returncode == 0
@@ -220,11 +221,11 @@ def test_sign_bad_inputs(bundle_copy, keyset, tmp_path):
         (("sign", bundle_copy, "--key", keyset.private_key, "--sigstore"), ("--sigstore",)),
         (("sign", bundle_copy, "--key", keyset.private_key, "--certificate-chain", keyset.public_key), ("--certificate",)),
     ]
-    for run, (_, fragments) in zip(og_many(*(c for c, _ in cases)), cases, strict=True):
-        one_error(run, 2, *fragments)
+    for result, (_, fragments) in zip(run_many(*(c for c, _ in cases)), cases, strict=True):
+        expect_error(result, 2, *fragments)
     assert not (bundle_copy / SIGNATURE).exists()
     flip_byte(bundle_copy / "model.onnx")
-    one_error(og("sign", bundle_copy, "--key", keyset.private_key), 2, bundle_copy / "model.onnx", "sha256")
+    expect_error(run("sign", bundle_copy, "--key", keyset.private_key), 2, bundle_copy / "model.onnx", "sha256")
     assert not (bundle_copy / SIGNATURE).exists()
 
 
@@ -237,8 +238,8 @@ def test_verify_bad_key_inputs(signed, keyset, tmp_path):
         (("verify", signed, "--public-key", tmp_path / "none.pem"), (tmp_path / "none.pem", "no such file")),
         (("verify", signed, "--public-key", rsa_pub), (rsa_pub, "RSA")),
     ]
-    for run, (_, fragments) in zip(og_many(*(c for c, _ in cases)), cases, strict=True):
-        one_error(run, 2, *fragments)
+    for result, (_, fragments) in zip(run_many(*(c for c, _ in cases)), cases, strict=True):
+        expect_error(result, 2, *fragments)
     with pytest.raises(InputError, match="not a PEM"):
         signing.verify(signed, b"not pem")
 
@@ -247,6 +248,6 @@ def test_sigstore_without_network_is_one_clear_error(bundle_copy, tmp_path):
     """Keyless signing needs an OIDC token and Fulcio: here it must fail as one line, exit 2, never a traceback.
     (Offline it fails refreshing Sigstore's TUF metadata; with a network, on the malformed token.)"""
     home = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
-    r = og("sign", bundle_copy, "--sigstore", "--identity-token-env", "TOKEN", extra_env={"TOKEN": "not-a-jwt", **home})
-    one_error(r, 2, "Sigstore keyless signing failed")
+    r = run("sign", bundle_copy, "--sigstore", "--identity-token-env", "TOKEN", env={"TOKEN": "not-a-jwt", **home})
+    expect_error(r, 2, "Sigstore keyless signing failed")
     assert not (bundle_copy / SIGNATURE).exists()

@@ -7,8 +7,9 @@ import json
 import os
 
 import pytest
-from security_support import flip_byte, og, og_many, one_error, relist
+from security_support import flip_byte, relist
 
+from cli_runner import expect_error, run, run_many
 from onnxguard.bundle import golden
 from onnxguard.errors import InputError
 from onnxguard.trust import PublicKeys, Status, Step, TrustPolicy, UnsafeUnscanned, UnsafeUnsigned, signing, verify
@@ -121,12 +122,12 @@ def test_sealed_golden_needs_an_identity(sealed_copy, other_keyset):
 
 def test_verify_cli_pass_and_fail(sealed_copy, keyset):
     signing.sign(sealed_copy, keyset.private_key)
-    ok = og("verify", sealed_copy, "--public-key", keyset.public_key, "--golden", "-i", keyset.age_identity)
+    ok = run("verify", sealed_copy, "--public-key", keyset.public_key, "--golden", "-i", keyset.age_identity)
     assert ok.code == 0 and "PASSED" in ok.out and "verified (key sha256:" in ok.out, str(ok)
     flip_byte(sealed_copy / "manifest.json", 40)
-    runs = og_many(("verify", sealed_copy, "--public-key", keyset.public_key),
+    runs = run_many(("verify", sealed_copy, "--public-key", keyset.public_key),
                    ("verify", sealed_copy, "--public-key", keyset.public_key, "--json"))
-    line = one_error(runs[0], 1, str(sealed_copy), "verification failed", "signature")
+    line = expect_error(runs[0], 1, str(sealed_copy), "verification failed", "signature")
     assert "FAILED" in runs[0].out and line  # the report first, on stdout; then one line on stderr
     report = json.loads(runs[1].out)
     assert runs[1].code == 1 and not report["passed"]
@@ -137,19 +138,19 @@ def test_verify_cli_pass_and_fail(sealed_copy, keyset):
 
 def test_verify_cli_signed_bundle_without_key_exits_1(sealed_copy, keyset):
     signing.sign(sealed_copy, keyset.private_key)
-    r = og("verify", sealed_copy, "-i", keyset.age_identity)
-    line = one_error(r, 1, str(sealed_copy), "signature", "no key was given")
+    r = run("verify", sealed_copy, "-i", keyset.age_identity)
+    line = expect_error(r, 1, str(sealed_copy), "signature", "no key was given")
     assert "--public-key" in line and "--allow-unsigned" in line
-    assert og("verify", sealed_copy, "-i", keyset.age_identity, "--allow-unsigned").code == 0
-    assert og("verify", sealed_copy, "--public-key", keyset.public_key).code == 1  # sealed: not decrypted, not scanned
-    assert og("verify", sealed_copy, "--public-key", keyset.public_key, "--allow-unscanned").code == 0
+    assert run("verify", sealed_copy, "-i", keyset.age_identity, "--allow-unsigned").code == 0
+    assert run("verify", sealed_copy, "--public-key", keyset.public_key).code == 1  # sealed: not decrypted, not scanned
+    assert run("verify", sealed_copy, "--public-key", keyset.public_key, "--allow-unscanned").code == 0
 
 
 def test_verify_cli_golden_drift_exit_1(bundle_copy):
     _drift(bundle_copy, 2.0)
-    r = og("verify", bundle_copy, "--golden", "--json", "--allow-unsigned")
+    r = run("verify", bundle_copy, "--golden", "--json", "--allow-unsigned")
     assert r.code == 1 and json.loads(r.out)["golden"]["passed"] is False, str(r)
-    one_error(r, 1, "drifted")
+    expect_error(r, 1, "drifted")
 
 
 def test_verify_cli_bad_inputs(built, sealed_copy, keyset, other_keyset, tmp_path):
@@ -177,6 +178,6 @@ def test_verify_cli_bad_inputs(built, sealed_copy, keyset, other_keyset, tmp_pat
          ("not several",), 2),
         (("verify", broken), (broken / "manifest.json", "not valid JSON"), 1),
     ]
-    runs = og_many(*(c for c, _, _ in cases))
-    for run, (_, fragments, code) in zip(runs, cases, strict=True):
-        one_error(run, code, *fragments)
+    runs = run_many(*(c for c, _, _ in cases))
+    for result, (_, fragments, code) in zip(runs, cases, strict=True):
+        expect_error(result, code, *fragments)
