@@ -14,9 +14,9 @@ from onnx import TensorProto, helper
 
 from onnxguard import bundle
 from onnxguard.bundle import manifest
-from onnxguard.errors import BundleError, InputError
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.bundle.manifest import Golden, Manifest, Model, Source, Tensor
+from onnxguard.errors import BundleError, InputError
 
 
 def tiny_model() -> onnx.ModelProto:

@@ -12,9 +12,9 @@ from onnxguard.trust import keys
 def digits_bundle(tmp_path_factory):
     from onnxguard import build
     from onnxguard.build import BuildOptions
+    from onnxguard.bundle.golden import GoldenSet
     from onnxguard.convert import ConvertOptions
     from onnxguard.examples import digits
-    from onnxguard.bundle.golden import GoldenSet
 
     root = tmp_path_factory.mktemp("target-src")
     data = digits.load_data()

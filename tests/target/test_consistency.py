@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
 import onnx
-
-from onnxguard import bundle
 
 
 def _int8(cli, plain, tmp_path):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from onnxguard import bundle, runtime
-from onnxguard.bundle import digest
 from onnxguard.accuracy import parity
+from onnxguard.bundle import digest
 from onnxguard.trust import sealing
 
 

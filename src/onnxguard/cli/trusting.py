@@ -68,8 +68,10 @@ def passphrase(passphrase_env: str | None) -> str | None:
 
 
 def signature_policy(public_key: list[Path] | None, allow_unsigned: bool, certificate_chain: list[Path] | None = None,
-                     sigstore_identity: str | None = None, sigstore_issuer: str | None = None) -> SignaturePolicy:
-    """The signature rule the options ask for; none at all is refused (fail closed), naming both ways out."""
+                     sigstore_identity: str | None = None, sigstore_issuer: str | None = None
+                     ) -> SignaturePolicy | None:
+    """The signature rule the options ask for; None when none was given (the door then fails the signature
+    step as not checked, and the error names --public-key and --allow-unsigned)."""
     given = [x for x in (public_key, certificate_chain, sigstore_identity) if x]
     if len(given) > 1:
         raise InputError("give one of --public-key, --certificate-chain or --sigstore-identity, not several")
@@ -83,11 +85,7 @@ def signature_policy(public_key: list[Path] | None, allow_unsigned: bool, certif
         return Certificates(tuple(certificate_chain))
     if sigstore_identity is not None and sigstore_issuer is not None:
         return SigstoreIdentity(sigstore_identity, sigstore_issuer)
-    if allow_unsigned:
-        return UnsafeUnsigned()
-    raise InputError("no way to check the bundle's signature was given",
-                     hint="give --public-key PEM (the signer's key), or --allow-unsigned to accept a bundle whose "
-                          "signature is not checked")
+    return UnsafeUnsigned() if allow_unsigned else None
 
 
 def scan_rule(allow_unscanned: bool, policy: Policy | None = None, fail_on: Severity = Severity.MEDIUM) -> ScanRule:
