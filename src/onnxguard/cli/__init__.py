@@ -9,40 +9,11 @@ from __future__ import annotations
 import sys
 import traceback
 
-import typer
 import typer.main
 from typer import exceptions as typer_errors
 from typer._click import exceptions as usage_errors  # typer ships its own click: its exceptions, not click's
 
-from onnxguard import __version__
-from onnxguard.errors import OnnxguardError
-
-app = typer.Typer(
-    name="onnxguard",
-    help="From a trained model to a fast, verified, signed and encrypted ONNX bundle.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"onnxguard {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    """onnxguard: convert, check, bundle (and later optimize, scan, sign, seal and serve) models."""
-
-
-# Registering the verbs: each module adds its command(s) to ``app``, so they are imported after it exists.
-from onnxguard.cli import (  # noqa: E402, F401
+from onnxguard.cli import (
     bench,
     build,
     consistency,
@@ -60,6 +31,15 @@ from onnxguard.cli import (  # noqa: E402, F401
     target,
     verify,
 )
+from onnxguard.cli.app import app
+from onnxguard.errors import OnnxguardError
+
+__all__ = ["VERBS", "app", "main"]
+
+# The verb modules: importing each one registers its command(s) on ``app`` (defined in onnxguard.cli.app, so that
+# no verb imports this package back).
+VERBS = (bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign,
+         target, verify)
 
 
 def _verb(group, argv: list[str]):

@@ -10,7 +10,8 @@ from rich.table import Table
 from onnxguard import convert
 from onnxguard.bundle import golden
 from onnxguard.bundle.golden import Batch
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import is_bundle
 from onnxguard.convert import ConvertOptions
 from onnxguard.errors import InputError

@@ -9,7 +9,8 @@ from rich.table import Table
 from onnxguard import build as build_lib
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.build import BuildResult
-from onnxguard.cli import app, options, render
+from onnxguard.cli import options, render
+from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import severity
 from onnxguard.errors import InputError
 from onnxguard.speed.select import Selection

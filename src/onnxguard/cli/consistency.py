@@ -8,7 +8,8 @@ from rich.table import Table
 
 from onnxguard.accuracy import consistency as consistency_lib
 from onnxguard.accuracy.thresholds import THRESHOLDS
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.errors import CheckFailed
 from onnxguard.trust import TrustPolicy, open_bundle
 

@@ -7,7 +7,8 @@ import typer
 
 from onnxguard import convert as convert_lib
 from onnxguard import staging
-from onnxguard.cli import app, options, render
+from onnxguard.cli import options, render
+from onnxguard.cli.app import app
 from onnxguard.model import onnxfile
 
 

@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.model import info as inspect_lib
 from onnxguard.scan.interface import Severity
 from onnxguard.trust import PublicKeys, TrustPolicy, UnsafeUnscanned, UnsafeUnsigned, open_bundle

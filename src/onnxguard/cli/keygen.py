@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.cli import app, options, render
+from onnxguard.cli import options, render
+from onnxguard.cli.app import app
 from onnxguard.trust import keys
 
 

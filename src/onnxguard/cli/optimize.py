@@ -7,7 +7,8 @@ import typer
 from rich.table import Table
 
 from onnxguard.bundle.manifest import Step
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, finish, open_input
 from onnxguard.speed import optimize as optimize_lib
 

@@ -7,7 +7,8 @@ import typer
 
 from onnxguard import bundle, convert
 from onnxguard.accuracy import parity as parity_lib
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.errors import CheckFailed, InputError
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event

@@ -7,7 +7,8 @@ import typer
 
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle.manifest import Step
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import FailOn, Force, GoldenRefs, Overwrite, finish, is_bundle, open_input
 from onnxguard.errors import InputError
 from onnxguard.speed import quantize as quantize_lib

@@ -6,7 +6,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxguard.cli import app, render, trusting
+from onnxguard.cli import render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.build import candidates, summary
 from onnxguard.cli.consistency import show as show_consistency
 from onnxguard.examples import quickstart as quickstart_lib

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from onnxguard import scan as scan_lib
-from onnxguard.cli import app, render, trusting
+from onnxguard.cli import render, trusting
+from onnxguard.cli.app import app
 from onnxguard.errors import CheckFailed, InputError
 from onnxguard.scan import formats
 from onnxguard.scan import policy as policy_lib

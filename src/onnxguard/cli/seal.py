@@ -5,11 +5,11 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.trust import sealing
-from onnxguard.errors import InputError
-from onnxguard.cli import app, options, render
-from onnxguard.cli import trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.sign import env_secret
+from onnxguard.errors import InputError
+from onnxguard.trust import sealing
 
 PassphraseEnv = Annotated[str | None, typer.Option("--passphrase-env", help="Name of the environment variable "
                                                    "holding the passphrase.")]

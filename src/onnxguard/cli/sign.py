@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.cli import app, options, render
+from onnxguard.cli import options, render
+from onnxguard.cli.app import app
 from onnxguard.errors import InputError
 from onnxguard.trust import signing
 

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from onnxguard import staging
 from onnxguard import target as target_lib
-from onnxguard.cli import app, render, trusting
+from onnxguard.cli import render, trusting
+from onnxguard.cli.app import app
 
 
 @app.command()

@@ -17,8 +17,17 @@ from onnxguard.errors import InputError
 from onnxguard.progress import Progress, silent
 from onnxguard.scan.interface import Severity
 from onnxguard.scan.policy import Policy, for_profile
-from onnxguard.trust import (Certificates, OpenedBundle, PublicKeys, ScanRule, SigstoreIdentity, TrustPolicy,
-                             UnsafeUnscanned, UnsafeUnsigned, open_bundle)
+from onnxguard.trust import (
+    Certificates,
+    OpenedBundle,
+    PublicKeys,
+    ScanRule,
+    SigstoreIdentity,
+    TrustPolicy,
+    UnsafeUnscanned,
+    UnsafeUnsigned,
+    open_bundle,
+)
 from onnxguard.trust.policy import SignaturePolicy
 from onnxguard.trust.sealing import identities
 

@@ -7,7 +7,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnxguard.cli import app, options, render, trusting
+from onnxguard.cli import options, render, trusting
+from onnxguard.cli.app import app
 from onnxguard.cli.consistency import show
 from onnxguard.errors import CheckFailed, InputError
 from onnxguard.trust import Status, TrustPolicy, opening
