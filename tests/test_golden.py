@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -109,3 +111,41 @@ def test_build_with_a_golden_npz(cli, torch_nets, tmp_path):
     gs = b.golden()
     np.testing.assert_array_equal(gs.inputs[0]["x"], x)
     assert gs.references[0]["output"].shape == (7, 3)
+
+
+def _bounded(call):
+    """The ``InputError`` ``call`` raises, from a thread: a read that blocks fails the test instead of hanging it."""
+    box: list[BaseException | object] = []
+
+    def target():
+        try:
+            box.append(call())
+        except InputError as e:
+            box.append(e)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the read blocked"
+    (result,) = box
+    assert isinstance(result, InputError), result
+    return result
+
+
+@pytest.mark.parametrize("reader", [golden.load, golden.read_texts])
+def test_a_fifo_is_refused_without_blocking(tmp_path, reader):
+    """--golden, --calibration and --texts read like any untrusted file: a FIFO with no writer cannot stall them."""
+    path = tmp_path / "inputs"
+    os.mkfifo(path)
+    e = _bounded(lambda: reader(path))
+    assert str(e) == f"{path}: is a FIFO, not a regular file" and e.hint
+
+
+@pytest.mark.parametrize(("reader", "limit"), [(golden.load, golden.MAX_GOLDEN_BYTES),
+                                               (golden.read_texts, golden.MAX_TEXTS_BYTES)])
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path, reader, limit):
+    path = tmp_path / "huge"
+    with open(path, "wb") as f:
+        f.truncate(limit + 1)  # sparse: reading it would allocate the whole size
+    e = _bounded(lambda: reader(path))
+    assert str(e).startswith(f"{path}: ") and "limit for" in str(e) and str(e).endswith("not read"), e

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,21 @@ def test_sigstore_without_network_is_one_clear_error(bundle_copy, tmp_path):
     r = run("sign", bundle_copy, "--sigstore", "--identity-token-env", "TOKEN", env={"TOKEN": "not-a-jwt", **home})
     expect_error(r, 2, "Sigstore keyless signing failed")
     assert not (bundle_copy / SIGNATURE).exists()
+
+
+@pytest.mark.parametrize("load", [signing.load_public_key, signing.load_private_key])
+def test_a_key_that_is_a_fifo_or_huge_is_refused_unread(tmp_path, load):
+    """Keys and certificates are read like any untrusted file: a FIFO never stalls, a huge file is not read."""
+    fifo = tmp_path / "key.pem"
+    os.mkfifo(fifo)
+    box: list[BaseException] = []
+    worker = threading.Thread(target=lambda: box.append(pytest.raises(InputError, load, fifo).value), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reading a FIFO as a key blocked"
+    assert len(box) == 1 and str(box[0]) == f"{fifo}: is a FIFO, not a regular file", box
+    huge = tmp_path / "huge.pem"
+    with open(huge, "wb") as f:
+        f.truncate(signing.MAX_PEM_BYTES + 1)
+    with pytest.raises(InputError, match=r"huge\.pem: 1\.0 MiB, over the 1\.0 MiB limit for a PEM .* key, not read"):
+        load(huge)

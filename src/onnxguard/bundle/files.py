@@ -49,6 +49,18 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
+def size_text(n: int) -> str:
+    """A size in bytes for a message: ``512 bytes``, ``3.0 KiB``, ``2.0 GiB``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _limit(max_bytes: int, what: str | None) -> str:
+    return f"the {size_text(max_bytes)} limit" + (f" for {what}" if what else "")
+
+
 @dataclass(frozen=True)
 class Read:
     """A file's bytes as read once, and their sha256."""
@@ -57,35 +69,54 @@ class Read:
     sha256: str
 
 
-def open_regular(path: str | os.PathLike[str], max_bytes: int) -> tuple[BinaryIO, int]:
+def open_regular(path: str | os.PathLike[str], max_bytes: int, *, what: str | None = None,
+                 too_large: str | None = None) -> tuple[BinaryIO, int]:
     """Open a regular file for reading: without following a symlink, without blocking (a FIFO cannot stall it),
     checked with ``fstat`` on the open descriptor (the file checked is the file read) and refused, before a
-    byte is read, when larger than ``max_bytes``. Returns the open file and its size."""
+    byte is read, when larger than ``max_bytes``. Returns the open file and its size.
+
+    ``what`` is what the file was expected to be ("an .onnx file"): the errors name it in their hint and in the
+    size limit; ``too_large`` is the hint for a file over the limit. A FIFO, directory, device, socket or
+    symlink is an ``InputError`` saying what it is; "no such file" means exactly that."""
     p = Path(path)
+    hint = f"give the path of {what}" if what else None
     try:
         fd = os.open(p, _OPEN_FLAGS)
     except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file") from e
+        raise InputError(f"{p}: no such file", hint=hint) from e
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise InputError(f"{p}: is a symlink; only regular files are read") from e
-        raise InputError(f"{p}: cannot open ({e.strerror or e})") from e
-    f = os.fdopen(fd, "rb", buffering=0)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        f.close()
-        raise InputError(f"{p}: is {kind_of(st.st_mode)}; only regular files are read")
-    if st.st_size > max_bytes:
-        f.close()
-        raise InputError(f"{p}: {st.st_size:,} bytes, over the limit of {max_bytes:,}; not read")
+        try:
+            mode: int | None = os.lstat(p).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):  # ELOOP (a symlink), ENXIO (a socket), EISDIR, ...
+            raise InputError(f"{p}: is {kind_of(mode)}, not a regular file", hint=hint) from e
+        if e.errno == errno.ENOTDIR:
+            raise InputError(f"{p}: no such file ({p.parent} is not a directory)", hint=hint) from e
+        raise InputError(f"{p}: cannot read ({e.strerror or e})",
+                         hint=f"give the path of {what} you can read" if what else None) from e
+    try:  # fstat before fdopen: a file object cannot even be made for a directory
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: is {kind_of(st.st_mode)}, not a regular file", hint=hint)
+        if st.st_size > max_bytes:
+            raise InputError(f"{p}: {size_text(st.st_size)}, over {_limit(max_bytes, what)}, not read",
+                             hint=too_large)
+        f = os.fdopen(fd, "rb", buffering=0)
+    except OSError as e:
+        os.close(fd)
+        raise InputError(f"{p}: cannot read ({e.strerror or e})") from e
+    except InputError:
+        os.close(fd)
+        raise
     return f, st.st_size
 
 
 class HashingReader:
     """Reads through to a file, hashing and counting every byte read, refusing to go past ``max_bytes``."""
 
-    def __init__(self, f: BinaryIO, max_bytes: int, where: Path) -> None:
-        self.f, self.max_bytes, self.where = f, max_bytes, where
+    def __init__(self, f: BinaryIO, max_bytes: int, where: Path, what: str | None = None) -> None:
+        self.f, self.max_bytes, self.where, self.what = f, max_bytes, where, what
         self.sha, self.size = hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
@@ -94,20 +125,28 @@ class HashingReader:
         self.sha.update(data)
         self.size += len(data)
         if self.size > self.max_bytes:
-            raise InputError(f"{self.where}: grew past the limit of {self.max_bytes:,} bytes while it was read")
+            raise InputError(f"{self.where}: grew past {_limit(self.max_bytes, self.what)} while it was read")
         return data
 
 
-def read_regular(path: str | os.PathLike[str], max_bytes: int, keep: bool = True) -> Read:
+def read_regular(path: str | os.PathLike[str], max_bytes: int, keep: bool = True, *, what: str | None = None,
+                 too_large: str | None = None) -> Read:
     """Read a regular file once, within ``max_bytes``, hashing it as it is read; ``keep=False`` streams it (the
-    digest only, in constant memory). ``InputError`` naming the file for anything else."""
-    f, _ = open_regular(path, max_bytes)
+    digest only, in constant memory). ``InputError`` naming the file for anything else; ``what`` and
+    ``too_large`` as for ``open_regular``. This is how any untrusted file is read."""
+    f, size = open_regular(path, max_bytes, what=what, too_large=too_large)
     with f:
-        reader = HashingReader(f, max_bytes, Path(path))
-        chunks = []
-        while chunk := reader.read(1 << 20):
-            if keep:
-                chunks.append(chunk)
+        reader = HashingReader(f, max_bytes, Path(path), what)
+        chunks: list[bytes] = []
+        # Kept, the file is asked for whole (one buffer, no copy to join); streamed, a megabyte at a time.
+        step = min(size, max_bytes) + 1 if keep else 1 << 20
+        try:
+            while chunk := reader.read(step):
+                if keep:
+                    chunks.append(chunk)
+                step = 1 << 20
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
     return Read(b"".join(chunks), reader.sha.hexdigest())
 
 

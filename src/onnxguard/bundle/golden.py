@@ -19,9 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxguard.bundle import files
 from onnxguard.errors import InputError
 
 Batch = dict[str, np.ndarray]
+# A golden or calibration set given as a file (--golden, --calibration) is read whole and every array is then
+# unpacked in memory: a few thousand examples are megabytes to a few hundred MiB, so 1 GiB leaves room for real
+# sets while a wrong or hostile path is refused from its size, before anything is allocated.
+MAX_GOLDEN_BYTES = 1 << 30
+# A texts file (one text per line) is read whole and every line tokenized: 64 MiB is hundreds of thousands of
+# texts, far more than a golden or calibration set uses.
+MAX_TEXTS_BYTES = 64 << 20
 _KEY = re.compile(r"^b(\d+):(in|out):(.+)$")
 
 
@@ -81,10 +89,10 @@ def from_bytes(data: bytes, name: str = "<golden>") -> GoldenSet:
 
 
 def load(path: str | os.PathLike[str]) -> GoldenSet:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file (expected a golden set .npz)")
-    return from_bytes(p.read_bytes(), str(p))
+    """The golden set (or plain inputs) in the ``.npz`` file ``path``, read through the one reader of untrusted
+    files (regular files only, never blocking, refused over ``MAX_GOLDEN_BYTES`` before reading)."""
+    data = files.read_regular(path, MAX_GOLDEN_BYTES, what="a golden set .npz").data
+    return from_bytes(data, str(path))
 
 
 def split(arrays: Batch, batch_size: int) -> list[Batch]:
@@ -94,13 +102,13 @@ def split(arrays: Batch, batch_size: int) -> list[Batch]:
 
 
 def read_texts(path: str | os.PathLike[str]) -> list[str]:
-    """One text per line; blank lines are skipped."""
+    """The texts in the UTF-8 file ``path``, one per line, blank lines skipped; read like any untrusted file
+    (regular files only, never blocking, refused over ``MAX_TEXTS_BYTES`` before reading)."""
     p = Path(path)
+    data = files.read_regular(p, MAX_TEXTS_BYTES, what="a texts file, one text per line").data
     try:
-        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file (expected a texts file, one text per line)") from e
-    except (OSError, UnicodeDecodeError) as e:
+        texts = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
         raise InputError(f"{p}: cannot read as UTF-8 text ({e})") from e
     if not texts:
         raise InputError(f"{p}: holds no texts")

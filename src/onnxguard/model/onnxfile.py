@@ -7,10 +7,8 @@ CVE-2025-51480 and the 2026 external-data advisories). Loading weights is the ru
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxguard import staging
+from onnxguard.bundle import files
 from onnxguard.errors import InputError, ModelError, Remedy
 
 # Protobuf cannot serialise a message of 2 GiB or more; larger models must use external data.
@@ -26,10 +25,6 @@ PROTOBUF_LIMIT = 2**31 - 1
 # model we can parse, so it is refused from its size alone, before a single byte is read or allocated
 # (`truncate -s 3G m.onnx` must not cost 3 GiB of memory to reject).
 MAX_MODEL_BYTES = PROTOBUF_LIMIT
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink"))
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -43,56 +38,17 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
 
 
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 1024 else f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
 def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_MODEL_BYTES, what: str = "an .onnx file") -> bytes:
     """The bytes of the regular file ``path``, read once, refused before reading when over ``max_bytes``.
 
-    Never blocks and never follows a link: the file is opened non-blocking without following a symlink
-    (a FIFO would otherwise wait for a writer forever), then ``fstat`` of the open file decides, so what
-    was checked is what is read. A FIFO, directory, device, socket or symlink is an ``InputError`` saying
-    what it is; "no such file" means exactly that.
+    Read through ``bundle.files.read_regular``, the one reader of untrusted files: never blocks and never follows
+    a link, and ``fstat`` of the open file decides, so what was checked is what is read. A FIFO, directory,
+    device, socket or symlink is an ``InputError`` saying what it is; "no such file" means exactly that; every
+    error names the file and, in its hint, ``what`` was expected.
     """
-    p = Path(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(p, flags)
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file", hint=f"give the path of {what}") from e
-    except OSError as e:
-        try:
-            mode = os.lstat(p).st_mode
-        except OSError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):  # ELOOP (symlink), ENXIO (socket), ...
-            raise InputError(f"{p}: is {_kind(mode)}, not a regular file", hint=f"give the path of {what}") from e
-        if e.errno == errno.ENOTDIR:
-            raise InputError(f"{p}: no such file ({p.parent} is not a directory)",
-                             hint=f"give the path of {what}") from e
-        raise InputError(f"{p}: cannot read ({e.strerror})", hint=f"give the path of {what} you can read") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: is {_kind(st.st_mode)}, not a regular file", hint=f"give the path of {what}")
-        if st.st_size > max_bytes:
-            raise InputError(f"{p}: {_size(st.st_size)}, over the {_size(max_bytes)} limit for {what}, not read",
-                             hint="a model over protobuf's 2 GiB limit keeps its weights in external data"
-                             if max_bytes == MAX_MODEL_BYTES else None)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(max_bytes + 1)  # one read of the whole file; a file growing meanwhile is still capped
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror})") from e
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        raise InputError(f"{p}: grew past the {_size(max_bytes)} limit for {what} while it was read")
-    return data
+    too_large = ("a model over protobuf's 2 GiB limit keeps its weights in external data"
+                 if max_bytes == MAX_MODEL_BYTES else None)
+    return files.read_regular(path, max_bytes, what=what, too_large=too_large).data
 
 
 def load(path: str | os.PathLike[str]) -> onnx.ModelProto:

@@ -52,6 +52,9 @@ CERTIFICATE = "certificate"
 SIGSTORE = "sigstore"
 # The curves model-signing's key signer accepts (it follows Sigstore's protobuf specs).
 CURVES = ("secp256r1", "secp384r1", "secp521r1")
+# A PEM key is a few hundred bytes and a certificate chain a few KiB: anything near a megabyte is not one, and is
+# refused from its size before it is read.
+MAX_PEM_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,7 @@ class SignatureReport:
 # -- keys ------------------------------------------------------------------------------------------------
 
 def _read(path: PathLike, what: str) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file (expected {what})")
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror or e})") from e
+    return files.read_regular(path, MAX_PEM_BYTES, what=what).data
 
 
 def _check_curve(key: object, path: PathLike, kind: str) -> None:
