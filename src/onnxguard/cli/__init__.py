@@ -14,6 +14,8 @@ from typer import exceptions as typer_errors
 from typer._click import exceptions as usage_errors  # typer ships its own click: its exceptions, not click's
 
 from onnxguard.cli import (
+    apikey,
+    audit,
     bench,
     build,
     consistency,
@@ -27,6 +29,7 @@ from onnxguard.cli import (
     render,
     scan,
     seal,
+    serve,
     sign,
     target,
     verify,
@@ -38,8 +41,8 @@ __all__ = ["VERBS", "app", "main"]
 
 # The verb modules: importing each one registers its command(s) on ``app`` (defined in onnxguard.cli.app, so that
 # no verb imports this package back).
-VERBS = (bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart, scan, seal, sign,
-         target, verify)
+VERBS = (apikey, audit, bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart,
+         scan, seal, serve, sign, target, verify)
 
 
 def _verb(group, argv: list[str]):

@@ -81,6 +81,11 @@ class TextTokenizer:
                 self._truncating[max_length] = tok
         return tok
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids lie in ``[0, vocab_size)`` (added tokens included)."""
+        return int(self._base.get_vocab_size(with_added_tokens=True))
+
     def encode(self, texts: Sequence[str], max_length: int | None = None,
                padding_side: str | None = None) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts``: int64 arrays of shape (texts, longest), padded on ``padding_side``

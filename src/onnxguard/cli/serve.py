@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from onnxguard.cli import render, trusting
+from onnxguard.cli.app import app
+from onnxguard.errors import InputError
+from onnxguard.serve import server
+from onnxguard.serve.app import ServeOptions
+from onnxguard.trust import TrustPolicy
+
+# serve.toml: the same settings as the options, by the option's name with underscores.
+CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "limits_storage", "certfile", "keyfile",
+               "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs"}
+
+
+def _config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    from onnxguard.bundle import files
+
+    try:
+        data = tomllib.loads(files.read_regular(path, 1 << 20).data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid TOML file ({e})") from e
+    unknown = sorted(set(data) - CONFIG_KEYS)
+    if unknown:
+        raise InputError(f"{path}: unknown setting(s) {unknown}", hint=f"use {', '.join(sorted(CONFIG_KEYS))}")
+    return data
+
+
+@app.command()
+def serve(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories to serve (each NAME=DIR to rename).")],
+    public_key: trusting.PublicKey = None,
+    allow_unsigned: trusting.AllowUnsigned = False,
+    identity: trusting.Identity = None,
+    passphrase_env: trusting.PassphraseEnv = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="API key store (onnxguard apikey create ... --keys FILE).")] = None,
+    audit: Annotated[Path | None, typer.Option("--audit", help="Audit log file (SQLite), made if missing.")] = None,
+    audit_key: Annotated[Path | None, typer.Option("--audit-key", help="Ed25519 key signing the audit log's "
+                                                   "checkpoints (onnxguard audit keygen).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="serve.toml with any of these settings.")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Rows per batch run (default 32).")] = None,
+    max_delay_ms: Annotated[float | None, typer.Option("--max-delay-ms", help="Wait this long for more requests "
+                                                       "before a batch that is not full (default 0).")] = None,
+    max_queue: Annotated[int | None, typer.Option("--max-queue", help="Rows queued per model before 503.")] = None,
+    limits_storage: Annotated[str | None, typer.Option("--limits-storage", help="Rate limit storage: memory:// "
+                                                       "(default) or redis://HOST:PORT shared by replicas.")] = None,
+    public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without a key.")] = False,
+    certfile: Annotated[Path | None, typer.Option("--certfile", help="TLS certificate (PEM).")] = None,
+    keyfile: Annotated[Path | None, typer.Option("--keyfile", help="TLS private key (PEM).")] = None,
+) -> None:
+    """Serve bundles over the Open Inference Protocol: every bundle opened through the trust checks and
+    self-checked on its golden set before anything listens; every caller keyed, limited and audited."""
+    conf = _config(config)
+
+    def pick(value: Any, name: str, default: Any) -> Any:
+        return value if value not in (None, False) else conf.get(name, default)
+
+    names, paths = [], []
+    for b in bundles:
+        name, sep, rest = str(b).partition("=")
+        names.append(name if sep else None)
+        paths.append(Path(rest) if sep else b)
+    keys_path, audit_path = pick(keys, "keys", None), pick(audit, "audit", "onnxguard-audit.db")
+    if keys_path is None:
+        raise InputError("no API key store: every caller needs a key",
+                         hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
+    options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
+                                                  "workers", "public_metrics", "public_docs") if k in conf})
+    overrides = {k: v for k, v in (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue))
+                 if v is not None} | ({"public_metrics": True} if public_metrics else {})
+    options = ServeOptions(**{**options.__dict__, **overrides})
+    cert, key = pick(certfile, "certfile", None), pick(keyfile, "keyfile", None)
+    cfg = server.ServerConfig(
+        bundles=tuple(paths), names=tuple(names),
+        policy=TrustPolicy(trusting.signature_policy(public_key, allow_unsigned), trusting.scan_rule(False)),
+        identity=trusting.identity_source(identity), passphrase=trusting.passphrase(passphrase_env),
+        keys=Path(keys_path), audit=Path(audit_path), checkpoint_key=pick(audit_key, "audit_key", None),
+        host=pick(host, "host", "127.0.0.1"), port=int(pick(port, "port", 8000)),
+        limits_storage=pick(limits_storage, "limits_storage", "memory://"),
+        certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None, options=options)
+    with render.progress_display(enabled=render.err.is_terminal) as progress:
+        prepared = server.prepare(cfg, progress)
+    scheme = "https" if cfg.certfile else "http"
+    bound = prepared.sock.getsockname()
+    for m in prepared.models:
+        render.err.print(f"serving {m.name} {m.version} (sha256:{m.digest[:16]}..., {m.self_check})")
+    render.err.print(f"listening on {scheme}://{bound[0]}:{bound[1]} (Ctrl-C stops after answering what was accepted)")
+    server.run(prepared)

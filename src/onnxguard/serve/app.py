@@ -1,0 +1,314 @@
+"""``app.create(models, ServeOptions, ...)``: the inference server as an ASGI app.
+
+The app is this list of middleware, outermost first, one concern per file, then the routes::
+
+    metrics     every request counted by model, status and reason, and timed          (metrics.py)
+    auditing    every request recorded; its response leaves once the record is durable (auditing.py, audit.py)
+    body limit  the body's size enforced before it is read                              (bodylimit.py)
+    auth        the API key: 401 without a valid one, 403 outside its models            (auth.py, apikeys.py)
+    rate limit  the key's request rate: 429 with Retry-After                            (ratelimit.py, limits.py)
+    routes      validation (validation.py), the key's query budget, dynamic batching (batching.py), the key's
+                output policy and deadline padding, the Open Inference Protocol (protocol.py)
+
+Every response carries ``onnxguard-model-digest`` when it concerns a model. Bad input is a 4xx with
+``{"error": ...}``; a full queue is 503 with ``Retry-After``; never an unhandled 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware import Middleware
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from onnxguard import __version__
+from onnxguard.errors import InputError
+from onnxguard.serve import context, protocol, validation
+from onnxguard.serve.apikeys import KeyStore
+from onnxguard.serve.audit import AuditLog
+from onnxguard.serve.auditing import Auditing
+from onnxguard.serve.auth import Auth
+from onnxguard.serve.batching import Batcher, Overloaded
+from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
+from onnxguard.serve.limits import RateLimiter
+from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from onnxguard.serve.models import ServedModel, classify, restrict
+from onnxguard.serve.ratelimit import RateLimit
+
+SERVER = "onnxguard"
+DIGEST_HEADER = "onnxguard-model-digest"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server batches, limits and exposes; defaults suit a small CPU host."""
+
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_batch: int = 32  # rows per batch run
+    max_delay_ms: float = 0.0  # wait for more requests before a batch that is not full (0: batch what is queued)
+    max_queue: int = 512  # rows queued per model before 503
+    workers: int = 0  # inference threads (0: the cores)
+    public_metrics: bool = False
+    public_docs: bool = False
+
+
+class _Refused(Exception):  # noqa: N818 - an HTTP answer, not a failure
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.reason = status, message, dict(headers or {}), reason
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status, headers=dict(headers or {}),
+                    media_type="application/json")
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
+
+
+INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape"],
+                                              "properties": {"name": {"type": "string"},
+                                                             "datatype": {"type": "string"},
+                                                             "shape": {"type": "array", "items": {"type": "integer"}},
+                                                             "data": {}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}}}
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}}}}}}
+
+
+def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore, audit: AuditLog,
+           limiter: RateLimiter, metrics: Metrics | None = None) -> FastAPI:
+    """The server over ``models`` (already opened through the door and self-checked)."""
+    by_name = {m.name: m for m in models}
+    if len(by_name) != len(models):
+        raise InputError("two bundles are served under the same model name", hint="give each a distinct name")
+    metrics = metrics or Metrics()
+    executor = ThreadPoolExecutor(max_workers=options.workers or os.cpu_count() or 1,
+                                  thread_name_prefix="onnxguard-infer")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for m in models:
+            m.batcher = Batcher(m.run, executor, max_batch=options.max_batch, max_delay=options.max_delay_ms / 1e3,
+                                max_queue=options.max_queue, pad_id=m.tokenizer.pad_id if m.tokenizer else 0,
+                                on_batch=metrics.batch_observer(m.name))
+            m.batcher.start()
+        try:
+            yield
+        finally:  # graceful: what was accepted is answered, then the audit log is closed
+            await asyncio.gather(*(m.batcher.close() for m in models if m.batcher))
+            executor.shutdown(wait=True)
+            await asyncio.get_running_loop().run_in_executor(None, audit.close)
+
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(Auditing, log=audit),
+        Middleware(BodyLimit, max_bytes=options.max_body_bytes),
+        Middleware(Auth, keys=keys, public_metrics=options.public_metrics, public_docs=options.public_docs),
+        Middleware(RateLimit, limiter=limiter),
+    ]
+    app = FastAPI(title="onnxguard", version=__version__, lifespan=lifespan, middleware=middleware,
+                  docs_url="/docs" if options.public_docs else None, redoc_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        context.of(request.scope).reason = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, str(exc.detail).lower() if exc.status_code == 404 else str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(400, "the request does not match the route")
+
+    def model(name: str, request: Request, version: str | None = None) -> ServedModel:
+        m = by_name.get(name)
+        if m is None:
+            context.of(request.scope).reason = "unknown model"
+            raise _Refused(404, f"no model named {name!r}; served: {', '.join(sorted(by_name))}")
+        if version is not None and version != m.version:
+            raise _Refused(404, f"model {name!r} has no version {version!r}; it has {m.version!r}")
+        context.of(request.scope).digest = m.digest
+        return m
+
+    def answer(fn: Any) -> Any:
+        """Turn refusals into their status with ``{"error": ...}`` and add the model digest header."""
+        @functools.wraps(fn)  # FastAPI reads the route's parameters from the wrapped signature
+        async def wrapper(request: Request, **kw: Any) -> Response:
+            ctx = context.of(request.scope)
+            try:
+                response = await fn(request, **kw)
+            except _Refused as e:
+                ctx.reason = ctx.reason or e.reason or "refused"
+                response = _error(e.status, e.message, e.headers)
+            except Overloaded as e:
+                ctx.reason = "overloaded"
+                response = _error(503, str(e), {"Retry-After": str(int(max(1, e.retry_after)))})
+            except InputError as e:
+                ctx.reason = ctx.reason or "bad input"
+                response = _error(400, e.message)
+            if ctx.digest:
+                response.headers[DIGEST_HEADER] = ctx.digest
+            await _pad(ctx)
+            return response
+        return wrapper
+
+    async def _pad(ctx: context.Context) -> None:
+        """Deadline padding: no answer before the key's deadline after arrival (timing side channels)."""
+        if ctx.key is not None and ctx.key.deadline_ms:
+            wait = ctx.arrival + ctx.key.deadline_ms / 1e3 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def charge(request: Request, m: ServedModel, rows: int) -> None:
+        ctx = context.of(request.scope)
+        ctx.rows = rows
+        if ctx.key is not None and ctx.key.budget is not None:
+            allowed, remaining = await asyncio.get_running_loop().run_in_executor(None, keys.charge, ctx.key, rows)
+            if not allowed:
+                raise _Refused(429, f"the query budget of this key is spent ({remaining or 0} rows left, "
+                                    f"{rows} asked)", {"Retry-After": "86400"}, reason="budget")
+
+    async def run(request: Request, m: ServedModel, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        await charge(request, m, rows)
+        assert m.batcher is not None
+        outputs, batch_id = await m.batcher.submit(inputs, rows)
+        context.of(request.scope).batch_id = batch_id
+        return outputs
+
+    def policy_of(request: Request) -> str:
+        key = context.of(request.scope).key
+        return key.output if key is not None else "full"
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        """Liveness: the process answers."""
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        """Readiness: every model opened, self-checked and batching."""
+        ok = all(m.batcher is not None for m in models)
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        """The server's name, version and protocol extensions."""
+        return _json({"name": SERVER, "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    @app.get("/v2/models/{name}")
+    @answer
+    async def model_metadata(request: Request, name: str) -> Response:
+        """A model's inputs, outputs, versions and bundle digest."""
+        return _json(model(name, request).metadata())
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    @answer
+    async def model_version_metadata(request: Request, name: str, version: str) -> Response:
+        """A model's metadata for one version."""
+        return _json(model(name, request, version).metadata())
+
+    @app.get("/v2/models/{name}/ready")
+    @answer
+    async def model_ready(request: Request, name: str) -> Response:
+        """Whether the model answers."""
+        m = model(name, request)
+        return _json({"name": m.name, "ready": m.batcher is not None})
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    @answer
+    async def model_version_ready(request: Request, name: str, version: str) -> Response:
+        """Whether that version of the model answers."""
+        m = model(name, request, version)
+        return _json({"name": m.name, "ready": m.batcher is not None})
+
+    async def infer_request(request: Request, m: ServedModel) -> Response:
+        body = await request.body()
+        header = request.headers.get(protocol.HEADER_LENGTH)
+        try:
+            length = int(header) if header is not None else None
+        except ValueError:
+            raise _Refused(400, f"{protocol.HEADER_LENGTH} is not a number", reason="bad header") from None
+        req = protocol.decode_request(body, length)
+        rows = validation.check(req.inputs, m.signature)
+        outputs = await run(request, m, req.inputs, rows)
+        if req.outputs is not None:
+            unknown = [n for n in req.outputs if n not in outputs]
+            if unknown:
+                raise _Refused(400, f"unknown output(s) {unknown}; the model gives {sorted(outputs)}")
+            outputs = {n: outputs[n] for n in req.outputs}
+        shown = restrict(m, outputs, policy_of(request))
+        payload, head = protocol.encode_response(m.name, m.version, shown, req)
+        headers = {protocol.HEADER_LENGTH: str(head)} if head is not None else {}
+        media = "application/octet-stream" if head is not None else "application/json"
+        return Response(payload, 200, headers=headers, media_type=media)
+
+    @app.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY)
+    @answer
+    async def infer(request: Request, name: str) -> Response:
+        """Open Inference Protocol inference: JSON tensors, or the binary tensor data extension."""
+        return await infer_request(request, model(name, request))
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
+    @answer
+    async def infer_version(request: Request, name: str, version: str) -> Response:
+        """Inference on one version of a model."""
+        return await infer_request(request, model(name, request, version))
+
+    @app.post("/v1/models/{name}:predict", openapi_extra=PREDICT_BODY)
+    @answer
+    async def predict(request: Request, name: str) -> Response:
+        """Raw inputs (texts, images, table rows) in, predictions out, under the key's output policy."""
+        m = model(name, request)
+        doc = protocol.parse_json(await request.body())
+        instances = doc.get("instances") if isinstance(doc, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise _Refused(400, "the request needs a non-empty 'instances' list")
+        if len(instances) > m.signature.max_batch:
+            raise _Refused(400, f"{len(instances)} instances, over the limit of {m.signature.max_batch}")
+        inputs = _prepare(m, instances)
+        rows = validation.check(inputs, m.signature)
+        outputs = await run(request, m, inputs, rows)
+        return _json({"predictions": classify(m, outputs, policy_of(request))})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics: requests, latency, batch sizes, queue depth, audit lag."""
+        for m in models:
+            metrics.queue_depth.labels(m.name).set(m.batcher.queued_rows if m.batcher else 0)
+        metrics.audit_lag.set(audit.lag)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _prepare(m: ServedModel, instances: list[Any]) -> dict[str, np.ndarray]:
+    """Raw instances as model inputs: texts through the bundle's tokenizer; otherwise one tensor's rows."""
+    if m.tokenizer is not None:
+        return m.tokenizer.encode(validation.texts(instances))
+    if len(m.signature.inputs) != 1:
+        raise validation.ValidationError(f"model {m.name!r} takes {len(m.signature.inputs)} inputs; send them "
+                                         "through /v2/models/{name}/infer")
+    spec = m.signature.inputs[0]
+    try:
+        arr = np.asarray(instances, dtype=protocol.DATATYPES[spec.datatype])
+    except (ValueError, TypeError, OverflowError) as e:
+        raise validation.ValidationError(f"instances are not {spec.datatype} arrays of one shape "
+                                         f"({str(e).splitlines()[0]})") from None
+    return {spec.name: arr}
+

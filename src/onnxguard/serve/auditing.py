@@ -1,0 +1,55 @@
+"""Middleware: every request, accepted or refused, gets an audit record (never its payload: the body's sha256,
+hashed as it is received), and its response leaves only once that record is durable in the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from onnxguard.serve import context
+from onnxguard.serve.audit import AuditLog, Record
+from onnxguard.serve.respond import ASGIApp, Receive, Send
+
+
+class Auditing:
+    def __init__(self, app: ASGIApp, log: AuditLog) -> None:
+        self.app, self.log = app, log
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/v2/health/"):
+            await self.app(scope, receive, send)
+            return
+        ctx = context.of(scope)
+        body_hash = hashlib.sha256()
+        got_body = False
+
+        async def hashing() -> dict[str, Any]:
+            nonlocal got_body
+            message = await receive()
+            if message["type"] == "http.request":
+                got_body = got_body or bool(message.get("body"))
+                body_hash.update(message.get("body", b""))
+            return message
+
+        held: dict[str, Any] | None = None
+
+        async def holding(message: dict[str, Any]) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                held = message  # sent with the first body chunk, once the record is durable
+                return
+            if held is not None:
+                start, held = held, None
+                await self._record(scope, ctx, start["status"], body_hash.hexdigest() if got_body else None)
+                await send(start)
+            await send(message)
+
+        await self.app(scope, hashing, holding)
+
+    async def _record(self, scope: dict[str, Any], ctx: context.Context, status: int, body_sha: str | None) -> None:
+        client = scope.get("client") or ("", 0)
+        await self.log.append(Record(
+            time=ctx.wall, key_id=ctx.key.id if ctx.key else None, client=f"{client[0]}:{client[1]}",
+            model=ctx.model, digest=ctx.digest, request_sha256=body_sha, status=status,
+            latency_ms=(time.monotonic() - ctx.arrival) * 1e3, batch_id=ctx.batch_id, reason=ctx.reason))

@@ -1,0 +1,185 @@
+"""``models.load(opened) -> ServedModel``: a bundle, opened through the door, made ready to answer.
+
+The session is built from the bytes the door hashed (decrypted in memory when sealed). Before the model is
+ready it is warmed up and its golden set is run through this very session and judged against the source
+framework's reference outputs by the same thresholds as ``onnxguard consistency``: a model that drifts on this
+runtime never serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxguard import runtime
+from onnxguard.accuracy import consistency
+from onnxguard.accuracy.parity import LABELS, SCORES
+from onnxguard.accuracy.thresholds import kind_of
+from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.errors import InputError, ModelError
+from onnxguard.model import onnxfile
+from onnxguard.preprocess import tokenizer as tokenizer_lib
+from onnxguard.serve.batching import Batcher
+from onnxguard.serve.validation import InputSpec, Signature
+from onnxguard.trust.opening import OpenedBundle
+
+PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass
+class ServedModel:
+    """One model the server answers for: its signature, session, preprocessing and batching queue."""
+
+    name: str
+    version: str
+    digest: str
+    opened: OpenedBundle = field(repr=False)
+    session: ort.InferenceSession = field(repr=False)
+    signature: Signature
+    outputs: tuple[InputSpec, ...]
+    roles: dict[str, str]
+    labels: tuple[str, ...] | None
+    tokenizer: tokenizer_lib.TextTokenizer | None = field(repr=False)
+    batcher: Batcher | None = field(default=None, repr=False)
+    self_check: str = ""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One session run (blocking; safe from several threads); a runtime refusal is one-line ``InputError``."""
+        names = [o.name for o in self.outputs]
+        try:
+            values = self.session.run(names, dict(inputs))
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+            raise InputError(f"model {self.name!r} refused the input: {runtime.first_line(e)}") from e
+        return dict(zip(names, values, strict=True))
+
+    def metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata, with the bundle digest."""
+        return {"name": self.name, "versions": [self.version], "platform": PLATFORM,
+                "inputs": [s.to_dict() for s in self.signature.inputs],
+                "outputs": [s.to_dict() for s in self.outputs],
+                "parameters": {"digest": self.digest, "labels": list(self.labels or ())}}
+
+    @property
+    def text(self) -> bool:
+        return self.tokenizer is not None
+
+
+def _specs(tensors: Any) -> tuple[InputSpec, ...]:
+    return tuple(InputSpec.of(onnxfile.TensorSpec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)))
+                 for t in tensors)
+
+
+def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max_batch: int | None = None,
+         allow_nonfinite: bool = False) -> ServedModel:
+    """Build the session from the opened bundle's bytes, its signature and preprocessing, and self-check it."""
+    m = opened.manifest
+    session = runtime.session(opened.model_bytes, threads=threads, name=str(opened.path / opened.model_name))
+    tok = None
+    if m.preprocessing and m.preprocessing.get("kind", "tokenizer") == "tokenizer":
+        tok = tokenizer_lib.load(dict(opened.contents), m.preprocessing,
+                                 input_names=[t.name for t in m.model.inputs])
+    vocab = tok.vocab_size if tok is not None else None
+    sig = Signature(_specs(m.model.inputs), vocab_size=vocab, allow_nonfinite=allow_nonfinite,
+                    **({"max_batch": max_batch} if max_batch else {}))
+    model = ServedModel(name or m.name, m.version, opened.digest, opened, session, sig, _specs(m.model.outputs),
+                        dict(opened.roles), tuple(m.labels) if m.labels else None, tok)
+    model.self_check = _self_check(model)
+    return model
+
+
+def _self_check(model: ServedModel) -> str:
+    """Warm up, then the golden set through this session against the source's references (consistency's rules)."""
+    golden = model.opened.golden() if model.opened.manifest.golden is not None else None
+    if golden is None or golden.references is None:
+        return "no golden set: warm-up only"
+
+    def run(g: GoldenSet) -> tuple[list[Batch], float]:
+        model.run(g.inputs[0])  # warm-up, not timed
+        start = time.perf_counter()
+        outs = [model.run(b) for b in g.inputs]
+        return outs, (time.perf_counter() - start) * 1e3 / max(g.items, 1)
+
+    kind = kind_of(onnxfile.parse(model.opened.model_bytes, str(model.opened.path / model.opened.model_name)))
+    drift = consistency.drift(model.name, str(model.opened.path), run, kind, golden, model.roles)
+    if not drift.passed:
+        raise ModelError(f"{model.opened.path}: the golden set drifts on this runtime ({'; '.join(drift.failures)}); "
+                         "the model is not served")
+    return f"golden set passed ({golden.items} examples, {kind}, max |diff| {drift.max_abs:.2g})"
+
+
+def classify(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str) -> list[dict[str, Any]]:
+    """Per-row predictions of a classifier under an output policy: ``full`` (label, score, every class's score),
+    ``topk:K`` (the K best) or ``label``. Non-classifiers give their values whole under ``full`` only."""
+    scores = next((n for n, r in model.roles.items() if r == SCORES and n in outputs), None)
+    labels_out = next((n for n, r in model.roles.items() if r == LABELS and n in outputs), None)
+    names = list(model.labels or ())
+    if scores is None and labels_out is None:
+        if policy != "full":
+            raise InputError(f"model {model.name!r} is not a classifier; this key may only see labels or top-k")
+        rows = len(next(iter(outputs.values())))
+        return [{k: v[i].tolist() for k, v in outputs.items()} for i in range(rows)]
+    if scores is None:
+        assert labels_out is not None
+        return [{"label": _label(v, names)} for v in outputs[labels_out].reshape(-1)]
+    probs = _probabilities(outputs[scores].reshape(len(outputs[scores]), -1).astype(np.float64))
+    k = int(policy.split(":", 1)[1]) if policy.startswith("topk:") else None
+    out = []
+    for row in probs:
+        order = np.argsort(-row)
+        best = int(order[0])
+        pred: dict[str, Any] = {"label": _label(best, names)}
+        if policy == "full":
+            pred["score"] = float(row[best])
+            pred["scores"] = {_label(i, names): float(p) for i, p in enumerate(row)}
+        elif k is not None:
+            pred["top"] = [{"label": _label(int(i), names), "score": float(row[i])} for i in order[:k]]
+        out.append(pred)
+    return out
+
+
+def _label(value: Any, names: list[str]) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str | np.str_):
+        return str(value)
+    i = int(value)
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def _probabilities(x: np.ndarray) -> np.ndarray:
+    """Rows that already are probabilities stay; logits go through a softmax."""
+    if x.size and (x >= 0).all() and np.allclose(x.sum(-1), 1.0, atol=1e-3):
+        return x
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str) -> list[tuple[str, np.ndarray]]:
+    """Open Inference Protocol outputs under an output policy: whole for ``full``; for a classifier's scores,
+    ``NAME.label`` (int64 class per row) under ``label``, ``NAME.topk_indices``/``NAME.topk_values`` under
+    ``topk:K``. Other outputs (not class scores) are withheld from a restricted key."""
+    if policy == "full":
+        return list(outputs.items())
+    out: list[tuple[str, np.ndarray]] = []
+    for name, arr in outputs.items():
+        role = model.roles.get(name)
+        if role == LABELS:
+            out.append((name, arr))
+        elif role == SCORES:
+            flat = arr.reshape(len(arr), -1)
+            if policy == "label":
+                out.append((f"{name}.label", flat.argmax(-1).astype(np.int64)))
+            else:
+                k = min(int(policy.split(":", 1)[1]), flat.shape[1])
+                idx = np.argsort(-flat, axis=-1)[:, :k].astype(np.int64)
+                out.append((f"{name}.topk_indices", idx))
+                out.append((f"{name}.topk_values", np.take_along_axis(flat, idx, axis=-1)))
+    if not out:
+        raise InputError(f"model {model.name!r} has no class scores or labels; this key may only see those")
+    return out

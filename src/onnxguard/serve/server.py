@@ -1,0 +1,112 @@
+"""``server.prepare(ServerConfig) -> Prepared`` then ``server.run(prepared)``: from bundles on disk to a
+listening server.
+
+Nothing listens until every bundle passed the door (signature under the policy, every hash, sealed files
+decrypted in memory, the model scanned), every model was self-checked on its golden set, the key store and the
+audit log opened and the port bound. Any failure before that raises (the command line: one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from onnxguard.errors import InputError
+from onnxguard.progress import Event, Progress, silent
+from onnxguard.serve import app as app_lib
+from onnxguard.serve import models as models_lib
+from onnxguard.serve.apikeys import KeyStore
+from onnxguard.serve.audit import AuditLog
+from onnxguard.serve.limits import RateLimiter
+from onnxguard.trust.opening import TrustFailed, open_bundle
+from onnxguard.trust.policy import TrustPolicy
+from onnxguard.trust.sealing.identities import IdentitySource
+
+# Seconds a graceful shutdown waits for accepted requests to be answered.
+DRAIN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bundles: tuple[Path, ...]
+    policy: TrustPolicy
+    keys: Path  # the API key store (onnxguard apikey create)
+    audit: Path  # the audit log
+    names: tuple[str | None, ...] = ()  # a name per bundle (default: the manifest's)
+    identity: IdentitySource = field(default=None, repr=False)
+    passphrase: str | None = field(default=None, repr=False)
+    checkpoint_key: Path | None = None  # Ed25519 key that signs the audit log's checkpoints
+    host: str = "127.0.0.1"
+    port: int = 8000
+    limits_storage: str = "memory://"
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    options: app_lib.ServeOptions = app_lib.ServeOptions()
+
+
+@dataclass
+class Prepared:
+    config: ServerConfig
+    app: FastAPI
+    models: Sequence[models_lib.ServedModel]
+    sock: socket.socket
+
+
+def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
+    """Open, check and load every bundle, open the key store and the audit log, bind the port."""
+    if not config.bundles:
+        raise InputError("no bundle to serve", hint="give at least one bundle directory")
+    if (config.certfile is None) != (config.keyfile is None):
+        raise InputError("TLS needs both a certificate file and its key file")
+    served = []
+    for i, path in enumerate(config.bundles):
+        progress(Event("serve", f"opening {path}", i, len(config.bundles)))
+        try:
+            opened = open_bundle(path, config.policy, config.identity, config.passphrase, progress)
+        except TrustFailed as e:  # a bundle the policy does not trust is a server that cannot start
+            raise InputError(str(e), remedy=e.remedy) from e
+        name = config.names[i] if i < len(config.names) else None
+        progress(Event("serve", f"{path}: self-check on the golden set"))
+        served.append(models_lib.load(opened, name=name, max_batch=None))
+    keys = KeyStore(config.keys)
+    audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key)
+    app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage))
+    sock = bind(config.host, config.port)
+    progress(Event("serve", f"{len(served)} model(s) ready: " + "; ".join(f"{m.name} ({m.self_check})" for m in served),
+                   done=True))
+    return Prepared(config, app, served, sock)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is announced (a port in use is an error, not a log line)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InputError(f"{host}: cannot resolve the address to listen on ({e.strerror})") from e
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise InputError(f"{host}:{port}: cannot listen ({e.strerror})", hint="choose another port") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(prepared: Prepared) -> None:
+    """Serve until SIGINT or SIGTERM; then answer what was accepted (at most ``DRAIN_SECONDS``) and stop."""
+    import uvicorn
+
+    c = prepared.config
+    config = uvicorn.Config(prepared.app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
+                            access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
+                            ssl_certfile=str(c.certfile) if c.certfile else None,
+                            ssl_keyfile=str(c.keyfile) if c.keyfile else None)
+    uvicorn.Server(config).run(sockets=[prepared.sock])
