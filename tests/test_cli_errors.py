@@ -253,6 +253,40 @@ def test_a_verb_without_the_flag_gets_the_hint():
     e = InputError("z: no such file", hint="give the path of an .onnx file")
     assert render.error_line(e, verbs["build"]) == "onnxguard: error: z: no such file; give the path of an .onnx file"
     assert set(render.REMEDY_FLAGS) == set(Remedy)  # every remedy has its flag
+    e = InputError("k: already exists", remedy=Remedy.OUTPUT)  # keygen spells -o as --out, not --output
+    assert render.error_line(e, verbs["keygen"]) == "onnxguard: error: k: already exists; choose another --out"
+    assert render.error_line(e, verbs["build"]) == "onnxguard: error: k: already exists; choose another -o/--output"
+
+
+def test_the_library_names_no_command_line_flag():
+    """Outside cli/, no string (docstrings aside) names a flag of the command line: the library says what is
+    missing with a Remedy, and the CLI alone turns it into its flag (render.REMEDY_FLAGS)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import typer.main
+
+    import onnxguard
+    from onnxguard.cli import app
+
+    flags = {o for c in typer.main.get_command(app).commands.values() for p in c.params
+             for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+    assert {"--input-shape", "--recipient", "--password-env", "--out", "--golden"} <= flags
+    root = Path(onnxguard.__file__).parent
+    named = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] in ("cli", "serve"):  # the faces name their own flags
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                named += [f"{path.relative_to(root)}:{node.lineno}: {f}"
+                          for f in re.findall(r"--[a-z][a-z0-9-]*", node.value) if f in flags]
+    assert named == []
 
 
 # -- inputs that are not regular files, or far too large ------------------------------------------------------

@@ -32,6 +32,12 @@ class Remedy(enum.Enum):
     TRUST_PICKLE = "explicit trust in a pickle file"
     FORCE = "permission to keep a variant that failed the accuracy gate"
     OUTPUT = "another output path"
+    INPUT_SHAPES = "the shape (and dtype) of each input of the model"
+    EXPORTER = "the other PyTorch exporter"
+    GOLDEN_INPUTS = "golden inputs as an .npz file"
+    TASK = "the model's task"
+    RECIPIENT = "a recipient to seal to (age1... or an ssh public key), or a passphrase"
+    PASSWORD = "the password of the encrypted private key"
 
 
 class OnnxguardError(Exception):

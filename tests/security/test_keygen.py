@@ -44,6 +44,7 @@ def test_keygen_cli(tmp_path):
     assert r.code == 0, str(r)
     info = json.loads(r.out)
     assert info["recipient"].startswith("age1") and (tmp_path / "k" / keys.AGE_IDENTITY).is_file()
-    expect_error(run("keygen", "--out", tmp_path / "k"), 2, str(tmp_path / "k" / keys.PRIVATE_KEY), "already exists")
+    expect_error(run("keygen", "--out", tmp_path / "k"), 2, str(tmp_path / "k" / keys.PRIVATE_KEY), "already exists",
+                 "; choose another --out")  # keygen's own spelling of the output remedy
     (tmp_path / "file").write_text("x")
     expect_error(run("keygen", "--out", tmp_path / "file"), 2, str(tmp_path / "file"), "not a directory")

@@ -201,7 +201,7 @@ def test_seal_bad_inputs(bundle_copy, keyset, other_keyset, ssh_keys, tmp_path):
     secret = next(s for s in keyset.age_identity.read_text().splitlines() if s.startswith("AGE-SECRET-KEY-1"))
     cases = [
         (("seal", tmp_path / "nope", "-r", keyset.recipient), (tmp_path / "nope", "no such bundle")),
-        (("seal", bundle_copy), ("no recipient",)),
+        (("seal", bundle_copy), (bundle_copy, "no recipient", "give --recipient age1...")),
         (("seal", bundle_copy, "-r", "age1xyz"), ("--recipient", "'age1xyz'", "not a valid recipient")),
         (("seal", bundle_copy, "-r", "hello"), ("'hello'", "not a recipient", "age1")),
         (("seal", bundle_copy, "-r", secret), ("secret key", "age1")),

@@ -19,7 +19,7 @@ from security_support import MODEL_SIGNING, flip_byte, reference_verify
 
 from cli_runner import environment, expect_error, run, run_many
 from onnxguard.bundle import SIGNATURE
-from onnxguard.errors import BundleError, CheckFailed, InputError
+from onnxguard.errors import BundleError, CheckFailed, InputError, Remedy
 from onnxguard.trust import signing
 
 
@@ -116,8 +116,9 @@ def test_encrypted_private_key(bundle_copy, tmp_path):
     path = tmp_path / "enc.pem"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.BestAvailableEncryption(b"s3cret")))
-    with pytest.raises(InputError, match="encrypted; give its password"):
+    with pytest.raises(InputError, match="enc.pem: the private key is encrypted") as e:
         signing.sign(bundle_copy, path)
+    assert e.value.remedy is Remedy.PASSWORD  # the library names no flag; the CLI's is below
     with pytest.raises(InputError, match="wrong password"):
         signing.sign(bundle_copy, path, password="nope")
     signing.sign(bundle_copy, path, password="s3cret")
@@ -128,6 +129,7 @@ def test_encrypted_private_key(bundle_copy, tmp_path):
     r = run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS", env={"KEYPASS": "s3cret"})
     assert r.code == 0 and "re-signed" in r.out, str(r)
     expect_error(run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS"), 2, "KEYPASS", "not set")
+    expect_error(run("sign", bundle_copy, "--key", path), 2, f"{path}: the private key is encrypted; give --password-env")
 
 
 # -- certificate mode (offline: a private CA made here) --------------------------------------------------

@@ -14,6 +14,7 @@ from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import severity
 from onnxguard.errors import InputError
 from onnxguard.speed.select import Selection
+from onnxguard.trust import sealing
 
 _DT = options.DEFAULT_TOLERANCE
 
@@ -61,6 +62,8 @@ def build(
     """Convert, check parity against the source framework, optimize and quantize behind the accuracy gate,
     keep the fastest variant that passes, scan it, and write a bundle (sealed, then signed, when asked)."""
     severity(fail_on)  # --fail-on checked here, where the flag has its name
+    for r in recipient or ():
+        sealing.parse_recipient(r, "--recipient")  # likewise a bad --recipient, before a long build
     if optimize not in build_lib.OPTIMIZE_CHOICES or quantize not in build_lib.QUANTIZE_CHOICES:
         raise InputError(f"--optimize must be one of {', '.join(build_lib.OPTIMIZE_CHOICES)}; "
                          f"--quantize one of {', '.join(build_lib.QUANTIZE_CHOICES)}")

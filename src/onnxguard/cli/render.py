@@ -34,20 +34,33 @@ REMEDY_FLAGS: dict[Remedy, tuple[str, str]] = {
     Remedy.TRUST_PICKLE: ("pass", "--trust-pickle"),
     Remedy.FORCE: ("pass", "--force"),
     Remedy.OUTPUT: ("choose another", "-o/--output"),
+    Remedy.INPUT_SHAPES: ("give", "--input-shape [NAME=]D1,D2,..[:DTYPE] for each input"),
+    Remedy.EXPORTER: ("try", "--exporter dynamo|torchscript"),
+    Remedy.GOLDEN_INPUTS: ("give", "--golden inputs.npz"),
+    Remedy.TASK: ("give", "--task"),
+    Remedy.RECIPIENT: ("give", "--recipient age1... (or --recipients-file FILE, or --passphrase-env VAR)"),
+    Remedy.PASSWORD: ("give", "--password-env VAR"),
 }
 
 
-def _has_option(command, flag: str) -> bool:
-    return any(p.param_type_name == "option" and (flag in p.opts or flag in p.secondary_opts) for p in command.params)
+def _option(command, flag: str):
+    """The option of ``command`` spelled ``flag``, or None."""
+    return next((p for p in command.params
+                 if p.param_type_name == "option" and (flag in p.opts or flag in p.secondary_opts)), None)
 
 
 def remedy_text(remedy: Remedy, command=None) -> str | None:
-    """``give --identity FILE``: the flag of ``command`` for ``remedy``; None when the verb has no such flag."""
+    """``give --identity FILE``: the flag of ``command`` for ``remedy``; None when the verb has no such flag. A verb
+    that spells it otherwise (keygen's ``-o`` is ``--out``, not ``--output``) is named by its own long flag."""
     verb, flag = REMEDY_FLAGS[remedy]
-    long_flag = flag.split()[0].split("/")[-1]
-    if command is not None and not _has_option(command, long_flag):
+    spelled, _, rest = flag.partition(" ")
+    *short, long_flag = spelled.split("/")
+    if command is None or _option(command, long_flag) is not None:
+        return f"{verb} {flag}"
+    own = next((o for o in (_option(command, s) for s in short) if o is not None), None)
+    if own is None:
         return None
-    return f"{verb} {flag}"
+    return f"{verb} {max(own.opts, key=len)}" + (f" {rest}" if rest else "")
 
 
 def error_line(e: OnnxguardError, command=None) -> str:

@@ -31,6 +31,8 @@ def seal(
 ) -> None:
     """Encrypt the model and golden set with age, streaming; seal first, then sign."""
     recipients = list(recipient or [])
+    for r in recipients:
+        sealing.parse_recipient(r, "--recipient")  # a bad one is named by the flag that gave it
     for f in recipients_file or []:
         recipients += sealing.read_recipients_file(f)
     secret = env_secret(passphrase_env, "--passphrase-env")

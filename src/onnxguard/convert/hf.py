@@ -28,6 +28,7 @@ from onnxguard.accuracy.parity import SCORES, VALUES
 from onnxguard.bundle.golden import Batch
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 from onnxguard.convert.pytorch import InputSpec, export_module
+from onnxguard.errors import Remedy
 from onnxguard.progress import Progress
 
 TASKS = ("text-classification", "feature-extraction")
@@ -201,9 +202,11 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
                               "directory with config.json, or a hub id where a network exists") from e
     task = options.task or _task_from_config(config)
     if task not in TASKS:
-        raise ConversionError(f"{spec}: task {task!r} is not supported; use --task {' or '.join(TASKS)}")
+        raise ConversionError(f"{spec}: task {task!r} is not supported (only {' and '.join(TASKS)})",
+                              remedy=Remedy.TASK)
     if options.pooling not in POOLINGS:
-        raise ConversionError(f"--pooling {options.pooling!r}: use {' or '.join(POOLINGS)}")
+        raise ConversionError(f"pooling {options.pooling!r}: not one of {', '.join(POOLINGS)}",
+                              hint=f"use {' or '.join(POOLINGS)}")
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
         with no_progress_bars():

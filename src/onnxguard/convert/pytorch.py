@@ -23,10 +23,11 @@ import numpy as np
 import onnx
 import torch
 
-from onnxguard.bundle.golden import Batch
 from onnxguard.accuracy.parity import SCORES, VALUES
-from onnxguard.progress import Event, Progress
+from onnxguard.bundle.golden import Batch
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
+from onnxguard.errors import Remedy
+from onnxguard.progress import Event, Progress
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -57,7 +58,8 @@ def parse_input_shape(text: str, default_name: str) -> InputSpec:
     dims_text, _, dtype = rest.partition(":")
     dtype = dtype or "float32"
     if dtype not in _DTYPES:
-        raise ConversionError(f"--input-shape {text!r}: unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        raise ConversionError(f"input shape {text!r}: unknown dtype {dtype!r}", hint=f"use one of {', '.join(_DTYPES)}",
+                              remedy=Remedy.INPUT_SHAPES)
     dims: list[int | str] = []
     for d in dims_text.split(","):
         d = d.strip()
@@ -66,7 +68,8 @@ def parse_input_shape(text: str, default_name: str) -> InputSpec:
         elif _SYMBOL.match(d):
             dims.append(d)
         else:
-            raise ConversionError(f"--input-shape {text!r}: dim {d!r} is neither a positive int nor a symbol name")
+            raise ConversionError(f"input shape {text!r}: dim {d!r} is neither a positive int nor a symbol name",
+                                  remedy=Remedy.INPUT_SHAPES)
     if dims and all(isinstance(d, int) for d in dims):
         dims[0] = "batch"
     return InputSpec(name or default_name, tuple(dims), dtype)
@@ -124,7 +127,9 @@ def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input
             failures.append(f"{name} exporter failed: {type(e).__name__}: {first_line(e)}")
             continue
         return Exported(model, f"torch.onnx.export ({name})", tuple(failures + _notes(caught)))
-    raise ConversionError("; ".join(failures) + "; try --exporter with the other exporter, or fix the model")
+    if exporter == "auto":  # both were tried
+        raise ConversionError("; ".join(failures), hint="fix the model")
+    raise ConversionError("; ".join(failures), hint="fix the model", remedy=Remedy.EXPORTER)
 
 
 def _dynamo(module, args, inputs: list[InputSpec], output_names, opset) -> onnx.ModelProto:
@@ -272,7 +277,8 @@ class TorchSource:
         return golden_from_specs(self.inputs, self.golden_size)
 
     def texts_inputs(self, texts: list[str]) -> list[Batch]:
-        raise ConversionError(f"{self.identifier}: a texts file needs a tokenizer; give --golden inputs.npz instead")
+        raise ConversionError(f"{self.identifier}: texts need a tokenizer, which a PyTorch source has none of",
+                              remedy=Remedy.GOLDEN_INPUTS)
 
     def run(self, batch: Batch) -> Batch:
         with torch.inference_mode():
@@ -312,9 +318,11 @@ def load_module(spec: str, options: ConvertOptions) -> TorchSource:
     params = [p for p in inspect.signature(module.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if not options.input_shapes:
-        raise ConversionError(f"{spec}: give --input-shape for each input, e.g. --input-shape 1,3,32,32")
+        raise ConversionError(f"{spec}: the shape of each input of forward() is needed (e.g. 1,3,32,32)",
+                              remedy=Remedy.INPUT_SHAPES)
     if len(options.input_shapes) > len(params):
-        raise ConversionError(f"{spec}: {len(options.input_shapes)} --input-shape given, forward() takes {len(params)}")
+        raise ConversionError(f"{spec}: {len(options.input_shapes)} input shapes given, forward() takes {len(params)}",
+                              remedy=Remedy.INPUT_SHAPES)
     inputs = [parse_input_shape(s, params[i].name) for i, s in enumerate(options.input_shapes)]
     return _checked(TorchSource, module, inputs, spec, (Path(spec.rpartition(":")[0]),), options)
 
@@ -328,8 +336,8 @@ def _checked(cls, module, inputs, identifier, files, options: ConvertOptions, **
         raise ConversionError(f"{identifier}: {e}") from e
     except Exception as e:  # noqa: BLE001  (user model code run on an example input)
         raise ConversionError(f"{identifier}: the model fails on an example input of shapes "
-                              f"{[i.example({'batch': 2}) for i in inputs]}: {type(e).__name__}: {e}; "
-                              "check --input-shape") from e
+                              f"{[i.example({'batch': 2}) for i in inputs]}: {type(e).__name__}: {e}",
+                              hint="check the input shapes", remedy=Remedy.INPUT_SHAPES) from e
 
 
 def load_program(path: Path, options: ConvertOptions) -> TorchSource:

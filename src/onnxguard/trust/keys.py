@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from onnxguard.bundle.manifest import now
-from onnxguard.errors import InputError
+from onnxguard.errors import InputError, Remedy
 
 PRIVATE_KEY = "signing-key.pem"
 PUBLIC_KEY = "signing-key.pub.pem"
@@ -75,7 +75,7 @@ def generate(out_dir: str | os.PathLike[str]) -> KeyPaths:
     existing = [p for p in (paths.private_key, paths.public_key, paths.age_identity, paths.age_recipient)
                 if os.path.lexists(p)]
     if existing:
-        raise InputError(f"{existing[0]}: already exists; keys are never overwritten, choose another --out directory")
+        raise InputError(f"{existing[0]}: already exists (keys are never overwritten)", remedy=Remedy.OUTPUT)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

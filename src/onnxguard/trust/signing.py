@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from onnxguard import bundle
 from onnxguard.bundle import MANIFEST, SIGNATURE, files
-from onnxguard.errors import CheckFailed, InputError, OnnxguardError
+from onnxguard.errors import CheckFailed, InputError, OnnxguardError, Remedy
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.trust.policy import Certificates, PublicKeys, SignatureRule, SigstoreIdentity
 
@@ -123,7 +123,7 @@ def load_private_key(path: PathLike, password: str | None = None) -> ec.Elliptic
         key = serialization.load_pem_private_key(data, password.encode() if password is not None else None)
     except TypeError as e:
         if password is None:
-            raise InputError(f"{path}: the private key is encrypted; give its password (--password-env VAR)") from e
+            raise InputError(f"{path}: the private key is encrypted", remedy=Remedy.PASSWORD) from e
         raise InputError(f"{path}: the private key is not encrypted; drop the password") from e
     except (ValueError, UnsupportedAlgorithm) as e:
         hint = "wrong password, or " if password is not None else ""

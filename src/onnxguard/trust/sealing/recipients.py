@@ -13,8 +13,8 @@ PathLike = str | os.PathLike[str]
 SECRET_PREFIX = "AGE-SECRET-KEY-1"
 SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
 
-def parse_recipient(text: str, where: str = "--recipient") -> tuple[object, str]:
-    """A pyrage recipient and its canonical text (an ssh key's comment is dropped)."""
+def parse_recipient(text: str, where: str = "recipient") -> tuple[object, str]:
+    """A pyrage recipient and its canonical text (an ssh key's comment is dropped); errors begin with ``where``."""
     s = text.strip()
     try:
         if s.startswith("age1"):

@@ -15,7 +15,7 @@ from onnxguard import bundle as bundle_lib
 from onnxguard import staging
 from onnxguard.bundle import MANIFEST, SIGNATURE, Bundle, digest, files
 from onnxguard.bundle.manifest import File, Manifest, Sealed, SealedFile
-from onnxguard.errors import BundleError, InputError
+from onnxguard.errors import BundleError, InputError, Remedy
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.trust.sealing.decrypt import SUFFIX, decrypt_to
 from onnxguard.trust.sealing.identities import IdentitySource, identities_for
@@ -75,14 +75,13 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
     if passphrase is not None and not passphrase:
         raise InputError("the passphrase is empty; give a non-empty passphrase")
     if not parsed and passphrase is None:
-        raise InputError("no recipient: give --recipient age1... (or an ssh public key), --recipients-file, "
-                         "or a passphrase")
+        raise InputError(f"{b.path}: no recipient and no passphrase to seal to", remedy=Remedy.RECIPIENT)
     signed = (b.path / SIGNATURE).exists()
     target = b.path if out_dir is None else Path(out_dir)
     if out_dir is None and signed:
-        raise InputError(f"{b.path / SIGNATURE}: the bundle is signed and sealing changes its files, voiding the "
-                         "signature; seal first, then sign: seal into a new directory (-o DIR) or delete model.sig, "
-                         "then sign the sealed bundle")
+        raise InputError(f"{b.path / SIGNATURE}: the bundle is signed, and sealing it in place would void the "
+                         "signature: seal first, then sign", hint="seal into a new directory, or delete model.sig "
+                         "and sign the sealed bundle", remedy=Remedy.OUTPUT)
     if out_dir is not None:
         staging.check_output(target, inputs=[b.path])
 
@@ -141,7 +140,7 @@ def unseal(source: Bundle | PathLike, identity: IdentitySource, out_dir: PathLik
     if not b.sealed:
         raise InputError(f"{b.path}: is not sealed; there is nothing to unseal")
     if out_dir is None or str(out_dir) == "":
-        raise InputError("unseal writes plaintext to an explicit new directory only: give -o OUT_DIR")
+        raise InputError(f"{b.path}: unseal writes plaintext to an explicit new directory only", remedy=Remedy.OUTPUT)
     target = Path(out_dir)
     if target.absolute() == b.path.absolute():
         raise InputError(f"{target}: unseal into a new directory, not into the sealed bundle itself")
