@@ -18,7 +18,8 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 def verify(
     log: Annotated[Path, typer.Argument(help="The audit log (SQLite).")],
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="Ed25519 public key of the checkpoints.")] = None,
+    public_key: Annotated[Path | None, typer.Option("--public-key",
+                                                    help="Ed25519 public key of the checkpoints.")] = None,
     json: options.Json = False,
 ) -> None:
     """Recompute the hash chain and check the signed checkpoints: exit 1 on an edited, inserted, deleted or
@@ -28,9 +29,9 @@ def verify(
         render.print_json({k: (str(v) if isinstance(v, Path) else v) for k, v in report.__dict__.items()})
     else:
         state = "PASSED" if report.passed else "FAILED"
+        checked = ", signatures checked" if report.signatures_checked else ""
         render.out.print(f"audit {log}: {state}: {report.records} records, {report.checkpoints} checkpoints "
-                         f"({report.signed_checkpoints} signed{', signatures checked' if report.signatures_checked else ''})"
-                         f", {report.uncovered} after the last checkpoint")
+                         f"({report.signed_checkpoints} signed{checked}), {report.uncovered} after the last checkpoint")
         for note in report.notes:
             render.out.print(f"note: {note}")
         for failure in report.failures:

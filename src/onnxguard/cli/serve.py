@@ -40,7 +40,8 @@ def serve(
     allow_unsigned: trusting.AllowUnsigned = False,
     identity: trusting.Identity = None,
     passphrase_env: trusting.PassphraseEnv = None,
-    keys: Annotated[Path | None, typer.Option("--keys", help="API key store (onnxguard apikey create ... --keys FILE).")] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="API key store (onnxguard apikey create ... "
+                                              "--keys FILE).")] = None,
     audit: Annotated[Path | None, typer.Option("--audit", help="Audit log file (SQLite), made if missing.")] = None,
     audit_key: Annotated[Path | None, typer.Option("--audit-key", help="Ed25519 key signing the audit log's "
                                                    "checkpoints (onnxguard audit keygen).")] = None,

@@ -35,7 +35,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onnxguard import __version__
-from onnxguard.errors import InputError
+from onnxguard.errors import InputError, OnnxguardError
 from onnxguard.serve import context, protocol, validation
 from onnxguard.serve.apikeys import KeyStore
 from onnxguard.serve.audit import AuditLog
@@ -162,6 +162,9 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
             except InputError as e:
                 ctx.reason = ctx.reason or "bad input"
                 response = _error(400, e.message)
+            except OnnxguardError as e:  # a store the answer depends on (key budgets) is unavailable: fail closed
+                ctx.reason = "unavailable"
+                response = _error(503, f"the request cannot be answered now ({e.message})", {"Retry-After": "5"})
             if ctx.digest:
                 response.headers[DIGEST_HEADER] = ctx.digest
             await _pad(ctx)

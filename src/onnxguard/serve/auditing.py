@@ -7,12 +7,15 @@ import hashlib
 import time
 from typing import Any
 
+from onnxguard.errors import OnnxguardError
 from onnxguard.serve import context
 from onnxguard.serve.audit import AuditLog, Record
-from onnxguard.serve.respond import ASGIApp, Receive, Send
+from onnxguard.serve.respond import ASGIApp, Receive, Send, error
 
 
 class Auditing:
+    """Records every request in the audit log, holding its response until the record is durable."""
+
     def __init__(self, app: ASGIApp, log: AuditLog) -> None:
         self.app, self.log = app, log
 
@@ -33,16 +36,25 @@ class Auditing:
             return message
 
         held: dict[str, Any] | None = None
+        start_sent: bool | None = None  # False once the record failed: the app's response is dropped
 
         async def holding(message: dict[str, Any]) -> None:
-            nonlocal held
+            nonlocal held, start_sent
             if message["type"] == "http.response.start":
                 held = message  # sent with the first body chunk, once the record is durable
                 return
             if held is not None:
                 start, held = held, None
-                await self._record(scope, ctx, start["status"], body_hash.hexdigest() if got_body else None)
+                try:
+                    await self._record(scope, ctx, start["status"], body_hash.hexdigest() if got_body else None)
+                except OnnxguardError:  # fail closed: no answer leaves without its record
+                    start_sent = False
+                    await error(send, 503, "the audit log cannot record this request; nothing was answered",
+                                {"Retry-After": "5"})
+                    return
                 await send(start)
+            elif message["type"] == "http.response.body" and start_sent is False:
+                return
             await send(message)
 
         await self.app(scope, hashing, holding)

@@ -15,6 +15,8 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="onnxguard"'}
 
 
 class Auth:
+    """Authenticates the API key and checks its model scope; health (and optionally metrics) are public."""
+
     def __init__(self, app: ASGIApp, keys: KeyStore, *, public_metrics: bool = False,
                  public_docs: bool = False) -> None:
         self.app, self.keys = app, keys

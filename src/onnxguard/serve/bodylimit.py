@@ -18,6 +18,8 @@ class _TooLarge(Exception):  # noqa: N818 - internal signal, never leaves this m
 
 
 class BodyLimit:
+    """Refuses a body over ``max_bytes`` by its declared length, then by counting what arrives (413)."""
+
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app, self.max_bytes = app, max_bytes
 

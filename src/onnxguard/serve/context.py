@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +31,12 @@ class Context:
     reason: str = ""
 
 
-def of(scope: dict[str, Any]) -> Context:
+def of(scope: MutableMapping[str, Any]) -> Context:
     """The request's context, made on first use."""
     ctx = scope.get(SCOPE_KEY)
-    if ctx is None:
+    if not isinstance(ctx, Context):
         ctx = scope[SCOPE_KEY] = Context(model=model_of(scope.get("path", "")))
-    return ctx  # type: ignore[no-any-return]
+    return ctx
 
 
 def model_of(path: str) -> str | None:

@@ -43,6 +43,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
+    """Counts every request by model, status and reason, and times it."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
 

@@ -48,6 +48,8 @@ class ProtocolError(InputError):
 
 @dataclass(frozen=True)
 class InferRequest:
+    """A decoded infer request: named input arrays and what outputs to send, and how."""
+
     inputs: dict[str, np.ndarray]
     outputs: tuple[str, ...] | None  # the outputs asked for; None: all
     binary_outputs: frozenset[str]  # outputs to send as binary data
@@ -140,7 +142,8 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> n
         try:
             arr = np.asarray(data, dtype=DATATYPES[datatype]).reshape(-1)
         except (ValueError, TypeError, OverflowError) as e:
-            raise ProtocolError(f"input {name!r}: data is not all {datatype} values ({str(e).splitlines()[0]})") from None
+            why = str(e).splitlines()[0]
+            raise ProtocolError(f"input {name!r}: data is not all {datatype} values ({why})") from None
     if arr.size != count:
         raise ProtocolError(f"input {name!r}: {arr.size} values for shape {list(shape)} ({count} expected)")
     return arr.reshape(shape)

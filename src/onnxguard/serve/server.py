@@ -32,6 +32,8 @@ DRAIN_SECONDS = 30
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """What to serve, under which trust policy, with which key store, audit log, address and limits."""
+
     bundles: tuple[Path, ...]
     policy: TrustPolicy
     keys: Path  # the API key store (onnxguard apikey create)
@@ -50,6 +52,8 @@ class ServerConfig:
 
 @dataclass
 class Prepared:
+    """A server ready to run: its app, its self-checked models and its bound socket."""
+
     config: ServerConfig
     app: FastAPI
     models: Sequence[models_lib.ServedModel]

@@ -31,6 +31,8 @@ class ValidationError(InputError):
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One tensor of the model's signature, as the protocol names it."""
+
     name: str
     datatype: str  # protocol datatype (FP32, INT64, ...)
     shape: tuple[int | str | None, ...] | None  # int: fixed; str/None: symbolic (dim 0: the batch)
@@ -48,6 +50,8 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Signature:
+    """What a request must fit: the inputs and the limits on batch, dimensions, token ids and values."""
+
     inputs: tuple[InputSpec, ...]
     max_batch: int = MAX_BATCH
     max_dim: int = MAX_DIM  # every other symbolic dimension
@@ -138,4 +142,4 @@ def _name(arr: np.ndarray) -> str:
 
 
 def _shape(shape: tuple[int | str | None, ...]) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else (d or "?") for d in shape) + "]"
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else str(d or "?") for d in shape) + "]"

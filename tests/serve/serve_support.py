@@ -1,0 +1,87 @@
+"""Helpers for the server tests (a plain module: test files import it, not conftest): starting a real
+``onnxguard serve`` process on 127.0.0.1 and waiting until it is ready."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+import cli_runner
+
+ONNXGUARD = Path(sys.executable).parent / "onnxguard"
+# How long a server may take to open, check and self-test its bundles before the test gives up.
+START_TIMEOUT = 120
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[str]
+    keys: dict[str, str]  # key name -> secret
+    keys_db: Path
+    audit_db: Path
+    bundles: dict[str, Path]
+    public_key: Path
+    log: Path
+
+    def headers(self, key: str = "full") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[key]}"}
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], port: int, log: Path) -> subprocess.Popen[str]:
+    """``onnxguard serve ARGS`` on 127.0.0.1:PORT, waited for until ready (or its exit)."""
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([str(ONNXGUARD), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=cli_runner.environment())
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the server was not ready in {START_TIMEOUT} s:\n{log.read_text()}")
+
+
+def make_keys(db: Path) -> dict[str, str]:
+    from onnxguard.serve.apikeys import KeyStore
+
+    with KeyStore(db) as store:
+        made = {
+            "full": store.create("full")[0],
+            "label": store.create("label", output="label")[0],
+            "top2": store.create("top2", output="topk:2")[0],
+            "text-only": store.create("text-only", models=["text"])[0],
+            "slow": store.create("slow", rate="3/minute")[0],
+            "budget": store.create("budget", budget=5)[0],
+            "padded": store.create("padded", deadline_ms=300)[0],
+        }
+    return made
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

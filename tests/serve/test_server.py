@@ -1,0 +1,322 @@
+"""The inference server as a real process on 127.0.0.1, with real clients (tritonclient, httpx)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from serve_support import ONNXGUARD, free_port, listening
+
+from onnxguard.serve import audit as audit_lib
+from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
+
+
+def _golden(bundle):
+    return open_bundle(bundle, TrustPolicy(PublicKeys((bundle.parent / "keys" / "signing-key.pub.pem",))))
+
+
+# -- protocol round trips ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_round_trip_equals_the_golden_outputs(server, binary):
+    import tritonclient.http as httpclient
+
+    opened = _golden(server.bundles["digits"])
+    golden = opened.golden()
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits", headers=server.headers())
+    meta = client.get_model_metadata("digits", headers=server.headers())
+    assert meta["parameters"]["digest"] == opened.digest
+    for batch, ref in zip(golden.inputs, golden.references, strict=True):
+        (name, x), = batch.items()
+        inp = httpclient.InferInput(name, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ref]
+        result = client.infer("digits", [inp], outputs=outs, headers=server.headers())
+        for n, want in ref.items():
+            got = result.as_numpy(n)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5) if want.dtype.kind == "f" else \
+                np.testing.assert_array_equal(got, want)
+
+
+def test_every_response_names_the_model_digest(server):
+    digest = hashlib.sha256((server.bundles["digits"] / "manifest.json").read_bytes()).hexdigest()
+    r = httpx.get(f"{server.url}/v2/models/digits", headers=server.headers())
+    assert r.status_code == 200 and r.headers["onnxguard-model-digest"] == digest
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    r = httpx.post(f"{server.url}/v2/models/digits/infer", json=body, headers=server.headers())
+    assert r.status_code == 200 and r.headers["onnxguard-model-digest"] == digest
+
+
+def test_predict_tokenizes_texts_on_the_server(server, texts_file):
+    from onnxguard import runtime
+    from onnxguard.preprocess import tokenizer
+
+    texts = texts_file.read_text().splitlines()[:4]
+    r = httpx.post(f"{server.url}/v1/models/text:predict", json={"instances": texts}, headers=server.headers())
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    opened = _golden(server.bundles["text"])
+    tok = tokenizer.load(dict(opened.contents), opened.manifest.preprocessing,
+                         input_names=[t.name for t in opened.manifest.model.inputs])
+    logits = runtime.session(opened.model_bytes).run(None, tok.encode(texts))[0]
+    labels = opened.manifest.labels
+    assert [p["label"] for p in preds] == [labels[i] for i in logits.argmax(-1)]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose([p["score"] for p in preds], probs.max(-1), rtol=1e-4)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server):
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1 + i % 3, 64), dtype=np.float32) for i in range(24)]
+    results: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(xs[i].shape),
+                            "data": xs[i].reshape(-1).tolist()}]}
+        r = httpx.post(f"{server.url}/v2/models/digits/infer", json=body, headers=server.headers(), timeout=30)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}["probabilities"]
+        results[i] = np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    from onnxguard import runtime
+
+    sess = runtime.session(_golden(server.bundles["digits"]).model_bytes)
+    for i, x in enumerate(xs):
+        np.testing.assert_allclose(results[i], sess.run(["probabilities"], {"input": x})[0], rtol=1e-5, atol=1e-6)
+    metrics = httpx.get(f"{server.url}/metrics", headers=server.headers()).text
+    assert "onnxguard_batch_rows_bucket" in metrics
+
+
+# -- bad input: always a 4xx with {"error": ...} ------------------------------------------------------------------
+
+def _infer(server, body, headers=None, model="digits", raw=None):
+    h = {**server.headers(), **(headers or {})}
+    if raw is not None:
+        return httpx.post(f"{server.url}/v2/models/{model}/infer", content=raw, headers=h)
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", json=body, headers=h)
+
+
+def _tensor(name="input", datatype="FP32", shape=(1, 64), data=None):
+    n = int(np.prod(shape))
+    return {"name": name, "datatype": datatype, "shape": list(shape), "data": data if data is not None else [0.5] * n}
+
+
+BAD = [
+    ("unknown input", {"inputs": [_tensor(name="pixels")]}, 400, "missing input(s) ['input']"),
+    ("extra input", {"inputs": [_tensor(), _tensor(name="pixels")]}, 400, "unknown input(s) ['pixels']"),
+    ("missing inputs", {"inputs": []}, 400, "inputs"),
+    ("wrong datatype", {"inputs": [_tensor(datatype="FP64")]}, 400, "datatype FP64"),
+    ("wrong rank", {"inputs": [_tensor(shape=(64,))]}, 400, "rank 1"),
+    ("wrong dim", {"inputs": [_tensor(shape=(1, 63))]}, 400, "dimension 1 is 63"),
+    ("batch over limit", {"inputs": [_tensor(shape=(300, 64))]}, 400, "over the limit"),
+    ("data count", {"inputs": [_tensor(data=[1.0] * 10)]}, 400, "10 values"),
+    ("not numbers", {"inputs": [_tensor(data=["a"] * 64)]}, 400, "not all FP32"),
+    ("negative shape", {"inputs": [_tensor(shape=(-1, 64), data=[])]}, 400, "negative"),
+    ("unknown output", {"inputs": [_tensor()], "outputs": [{"name": "nope"}]}, 400, "unknown output"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_json_inputs_are_400_naming_the_problem(server, case):
+    _, body, status, fragment = case
+    r = _infer(server, body)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_malformed_bodies_and_headers(server):
+    assert _infer(server, None, raw=b"{not json").status_code == 400
+    deep = b"[" * 5000 + b"]" * 5000
+    r = _infer(server, None, raw=b'{"inputs": ' + deep + b"}")
+    assert r.status_code == 400 and "error" in r.json()
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                   "parameters": {"binary_data_size": 256}}]}).encode()
+    r = _infer(server, None, raw=head + b"\0" * 100, headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "binary_data_size" in r.json()["error"]
+    r = _infer(server, None, raw=head, headers={"Inference-Header-Content-Length": "x"})
+    assert r.status_code == 400
+    r = _infer(server, None, raw=b"x" * (17 << 20))
+    assert r.status_code == 413 and "over the limit" in r.json()["error"]
+
+
+def test_nan_and_infinity_are_refused(server):
+    x = np.zeros((1, 64), np.float32)
+    x[0, 3] = np.nan
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    r = _infer(server, None, raw=head + x.tobytes(), headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "NaN or infinity" in r.json()["error"]
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(server):
+    ids = [[101, 10**6, 102]]
+    body = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": ids},
+                       {"name": "attention_mask", "datatype": "INT64", "shape": [1, 3], "data": [[1, 1, 1]]}]}
+    r = _infer(server, body, model="text")
+    assert r.status_code == 400 and "token ids" in r.json()["error"]
+
+
+def test_unknown_model_and_route_are_404(server):
+    r = httpx.get(f"{server.url}/v2/models/nope", headers=server.headers())
+    assert r.status_code == 404 and "no model named 'nope'" in r.json()["error"]
+    r = httpx.get(f"{server.url}/v3/nothing", headers=server.headers())
+    assert r.status_code == 404 and "error" in r.json()
+
+
+# -- who may call --------------------------------------------------------------------------------------------------
+
+def test_keys_scope_and_health(server):
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # health needs no key
+    r = httpx.get(f"{server.url}/v2/models/digits")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    wrong = {"Authorization": "Bearer og_k_0_nope"}
+    assert httpx.get(f"{server.url}/v2/models/digits", headers=wrong).status_code == 401
+    assert httpx.get(f"{server.url}/metrics").status_code == 401  # metrics need a key unless made public
+    r = httpx.get(f"{server.url}/v2/models/digits", headers=server.headers("text-only"))
+    assert r.status_code == 403 and "may not call model 'digits'" in r.json()["error"]
+    assert httpx.get(f"{server.url}/v2/models/text", headers=server.headers("text-only")).status_code == 200
+
+
+def test_output_policies(server):
+    x = np.zeros((2, 64), np.float32).tolist()
+    r = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": x}, headers=server.headers("label"))
+    assert r.status_code == 200 and all(set(p) == {"label"} for p in r.json()["predictions"])
+    r = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": x}, headers=server.headers("top2"))
+    assert [len(p["top"]) for p in r.json()["predictions"]] == [2, 2]
+    body = {"inputs": [_tensor(shape=(2, 64))]}
+    r = _infer(server, body, headers=server.headers("label"))
+    names = {o["name"] for o in r.json()["outputs"]}
+    assert "probabilities" not in names and "probabilities.label" in names
+
+
+def test_rate_limit_is_429_with_retry_after(server):
+    codes = [httpx.get(f"{server.url}/v2/models/digits", headers=server.headers("slow")).status_code for _ in range(5)]
+    assert codes[:3] == [200] * 3 and codes[3:] == [429, 429]
+    r = httpx.get(f"{server.url}/v2/models/digits", headers=server.headers("slow"))
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_deadline_padding_holds_the_answer(server):
+    start = time.monotonic()
+    r = httpx.get(f"{server.url}/v2/models/digits", headers=server.headers("padded"))
+    assert r.status_code == 200 and time.monotonic() - start >= 0.3
+
+
+def test_budget_survives_a_restart(fresh_server):
+    s = fresh_server()
+    body = {"inputs": [_tensor(shape=(2, 64))]}
+    codes = [_infer(s, body, headers=s.headers("budget")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    secret = s.keys["budget"]
+    assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    again = fresh_server(keys_db=s.keys_db, audit_db=s.audit_db)
+    r = httpx.post(f"{again.url}/v2/models/digits/infer", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 429 and "budget" in r.json()["error"]
+    assert audit_lib.verify(s.audit_db).passed
+
+
+# -- the audit log ---------------------------------------------------------------------------------------------------
+
+def test_every_request_is_audited_and_the_chain_verifies(server):
+    before = len(audit_lib.tail(server.audit_db, 10**6))
+    httpx.get(f"{server.url}/v2/models/digits")  # refused: audited too
+    httpx.get(f"{server.url}/v2/models/digits", headers=server.headers())
+    rows = audit_lib.tail(server.audit_db, 2)
+    assert len(audit_lib.tail(server.audit_db, 10**6)) == before + 2
+    assert [r.status for _, r in rows] == [401, 200] and rows[0][1].key_id is None and rows[1][1].key_id
+    assert rows[1][1].digest == hashlib.sha256((server.bundles["digits"] / "manifest.json").read_bytes()).hexdigest()
+    assert audit_lib.verify(server.audit_db).passed
+
+
+def test_kill_9_under_load_loses_no_acknowledged_record(fresh_server):
+    s = fresh_server()
+    acknowledged = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set() and len(acknowledged) < 2000:
+                try:
+                    r = client.get(f"{s.url}/v2/models/digits", headers=s.headers())
+                except httpx.TransportError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.append(1)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    s.stop(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    report = audit_lib.verify(s.audit_db)
+    assert report.passed, report.failures
+    ok = [r for _, r in audit_lib.tail(s.audit_db, 10**6) if r.status == 200]
+    assert len(acknowledged) > 10 and len(ok) >= len(acknowledged)
+
+
+# -- refusing to start ---------------------------------------------------------------------------------------------
+
+def _serve_fails(tmp_path, *args, fragment):
+    port = free_port()
+    r = subprocess.run([str(ONNXGUARD), "serve", *map(str, args), "--keys", str(tmp_path / "k.db"),
+                        "--audit", str(tmp_path / "a.db"), "--port", str(port)], capture_output=True, text=True,
+                       timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and lines and lines[-1].startswith("onnxguard: error: "), r.stderr
+    assert fragment in lines[-1], lines[-1]
+    assert not listening(port)
+
+
+def test_a_tampered_bundle_or_another_signer_refuses_to_start(tmp_path, served_bundles, copy_tree):
+    from onnxguard.serve.apikeys import KeyStore
+    from onnxguard.trust import keys
+
+    KeyStore(tmp_path / "k.db").close()
+    tampered = copy_tree(served_bundles["digits"])
+    data = bytearray((tampered / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (tampered / "model.onnx").write_bytes(bytes(data))
+    _serve_fails(tmp_path, tampered, "--public-key", served_bundles["public_key"], fragment="does not match")
+    other = keys.generate(tmp_path / "other")
+    _serve_fails(tmp_path, served_bundles["digits"], "--public-key", other.public_key, fragment="signature")
+    _serve_fails(tmp_path, served_bundles["digits"], fragment="no key was given")
+
+
+def test_a_sealed_bundle_with_the_wrong_identity_refuses_to_start(tmp_path, served_bundles):
+    from onnxguard.serve.apikeys import KeyStore
+    from onnxguard.trust import keys, sealing, signing
+
+    KeyStore(tmp_path / "k.db").close()
+    owner, stranger = keys.generate(tmp_path / "owner"), keys.generate(tmp_path / "stranger")
+    sealed = sealing.seal(served_bundles["digits"], [owner.recipient], tmp_path / "sealed").bundle.path
+    signing.sign(sealed, served_bundles["private_key"])
+    _serve_fails(tmp_path, sealed, "--public-key", served_bundles["public_key"], "--identity", stranger.age_identity,
+                 fragment="none of the given identities")
+
+
+def test_the_serving_process_never_imports_torch(server):
+    with open(f"/proc/{server.proc.pid}/maps") as f:
+        maps = f.read()
+    assert "libtorch" not in maps and "torch/lib" not in maps
+    code = ("import sys; import onnxguard.cli.serve, onnxguard.serve.server, onnxguard.serve.app; "
+            "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([str(ONNXGUARD.parent / "python"), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
