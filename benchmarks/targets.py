@@ -53,7 +53,7 @@ def measure(label: str, spec: str, options: ConvertOptions, bundle_dir, repeat: 
     source_ms, _ = _median_pass(source.run, golden, repeat)
     rows = [{"target": f"{label}: {source.framework} (source)", "kind": "fp32", "ms_per_item": round(source_ms, 4),
              "x_source": 1.0, "max_abs": 0.0, "top1": 1.0}]
-    int8 = quantize.quantize(onnxfile.parse(b.model_bytes()), quantize.QuantizeOptions(mode="dynamic")).model
+    int8 = quantize.quantize(onnxfile.parse(b.model_bytes(), str(b.model_path)), quantize.QuantizeOptions(mode="dynamic")).model
     for kind in ("edge", "web"):
         onnxguard("target", str(bundle_dir), "--to", kind, "-o", str(CACHE / f"{label}-{kind}"), "--overwrite")
     cpu = [(f"{label}: ORT CPU FP32", b.model_bytes(), "fp32"),

@@ -34,7 +34,7 @@ def test_dynamic_int8_of_a_fused_graph_works(tiny_text_onnx):
 
 def test_static_qdq_is_per_channel_and_calibrated(digits_bundle):
     b = bundle.read(digits_bundle)
-    model = onnxfile.parse(b.model_bytes())
+    model = onnxfile.parse(b.model_bytes(), str(b.model_path))
     r = quantize.quantize(model, quantize.QuantizeOptions(mode="static", calibration=b.golden().inputs[:3]))
     ops = _ops(r.model)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -47,7 +47,8 @@ def test_static_qdq_is_per_channel_and_calibrated(digits_bundle):
 
 
 def test_fp16_keeps_float32_io(digits_bundle):
-    model = onnxfile.parse(bundle.read(digits_bundle).model_bytes())
+    b = bundle.read(digits_bundle)
+    model = onnxfile.parse(b.model_bytes(), str(b.model_path))
     r = quantize.quantize(model, quantize.QuantizeOptions(mode="fp16"))
     assert {i.data_type for i in r.model.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
     assert r.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -55,7 +56,8 @@ def test_fp16_keeps_float32_io(digits_bundle):
 
 
 def test_bad_options_are_clear_errors(digits_bundle):
-    model = onnxfile.parse(bundle.read(digits_bundle).model_bytes())
+    b = bundle.read(digits_bundle)
+    model = onnxfile.parse(b.model_bytes(), str(b.model_path))
     with pytest.raises(ModelError, match="unknown quantization mode"):
         quantize.quantize(model, quantize.QuantizeOptions(mode="int3"))
     with pytest.raises(ModelError, match="calibration inputs"):

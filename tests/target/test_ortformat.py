@@ -51,3 +51,21 @@ def test_bad_kind_and_existing_output(cli, expect_err, digits_bundle, tmp_path):
     expect_err(cli("target", "--allow-unsigned", plain, "--to", "toaster", "-o", tmp_path / "t"), 2, "toaster")
     (tmp_path / "exists").mkdir()
     expect_err(cli("target", "--allow-unsigned", plain, "--to", "edge", "-o", tmp_path / "exists"), 2, "exists", "--overwrite")
+
+
+def test_a_target_that_fails_midway_leaves_nothing(digits_bundle, tmp_path, monkeypatch):
+    """Staged with staging.atomic_dir: a failure after the ORT files were written removes them, scratch included."""
+    from onnxguard import target, trust
+    from onnxguard.errors import CheckFailed
+    from onnxguard.target import ortformat
+
+    plain, _, _ = digits_bundle
+
+    def drifted(*args, **kwargs):
+        raise CheckFailed("drifted")
+
+    monkeypatch.setattr(ortformat.parity, "compare", drifted)
+    opened = trust.open_bundle(plain, trust.TrustPolicy(trust.UnsafeUnsigned()))
+    with pytest.raises(CheckFailed, match="drifted"):
+        target.make(opened, "edge", tmp_path / "t")
+    assert list(tmp_path.iterdir()) == []

@@ -191,9 +191,11 @@ def test_page_repeats_the_golden_set_for_benchmarks(digits_web):
 def test_quickstart_says_why_it_skips_the_browser(digits_bundle, tmp_path, monkeypatch):
     from onnxguard.examples import quickstart
 
-    plain, _, k = digits_bundle
+    plain, _, _ = digits_bundle
     monkeypatch.setattr(browser, "available", lambda: False)
-    report, skipped = quickstart._targets(bundle.read(plain), tmp_path / "targets", k, lambda event: None)
+    policy = trust.TrustPolicy(trust.UnsafeUnsigned())  # _targets takes the opened bundle and its policy
+    report, skipped = quickstart._targets(trust.open_bundle(plain, policy), policy, tmp_path / "targets",
+                                          lambda event: None)
     assert skipped.startswith("no headless Chromium here") and "apt install chromium chromium-driver" in skipped
     assert report.passed and not any("Chromium" in t.name for t in report.targets)
     assert (tmp_path / "targets" / "web" / "index.html").is_file()  # made, only not run

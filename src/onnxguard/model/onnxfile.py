@@ -56,7 +56,7 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return parse(read_file(path), name=str(path))
 
 
-def parse(data: bytes, name: str = "<bytes>") -> onnx.ModelProto:
+def parse(data: bytes, name: str) -> onnx.ModelProto:
     """Parse serialised ONNX bytes (for example a model decrypted in memory); ``name`` is the file they came
     from, which every error names."""
     if not data:

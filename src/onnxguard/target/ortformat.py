@@ -10,13 +10,11 @@ without platform-specific fusions, for any small Linux board. The required-opera
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 
-from onnxguard import bundle, runtime
+from onnxguard import runtime, staging
 from onnxguard.accuracy import parity
 from onnxguard.accuracy.parity import Tolerance
 from onnxguard.accuracy.thresholds import kind_of
@@ -77,25 +75,29 @@ def _operators(config: Path) -> dict[str, list[str]]:
     return {d: sorted(v) for d, v in sorted(ops.items())}
 
 
-def _convert(data: bytes, stage: Path, scratch: Path, kind: str, progress: Progress) -> None:
-    """``model.ort`` and ``model.with_runtime_opt.ort`` in ``stage`` with their required-operators configs."""
+def _convert(data: bytes, stage: Path, kind: str, progress: Progress) -> None:
+    """``model.ort`` and ``model.with_runtime_opt.ort`` in the (empty) ``stage`` with their required-operators
+    configs."""
     platform = {"session.qdqisint8allowed": "1" if PLATFORM[kind] == "arm" else "0"}
 
     def save(path: Path, extra: dict[str, str]) -> None:
         runtime.session(data, optimization="all", optimized_model_path=path, disabled_optimizers=DISABLED,
                         config={**platform, **SESSION_CONFIG, **extra}, name="the model to convert to ORT format")
 
-    stage.mkdir()
     for style, name in FILES.items():
         save(stage / name, STYLE_CONFIG[style])
     # Saved runtime optimizations may not be applied on the device: the operators of the Runtime style are those
-    # of its file and of a conversion that applies them (the converter's second pass), which is not shipped.
-    applied = scratch / "applied.ort"
+    # of its file and of a conversion that applies them (the converter's second pass), which is not shipped: it
+    # is made in the staging directory too (removed with it on a failure) and deleted once read.
+    applied = stage / ".applied.ort"
     save(applied, {"optimization.minimal_build_optimizations": "apply"})
     progress(Event("target", "listing the required operators"))
-    found = runtime.isolated(_OPERATORS, {CONFIG: [str(stage / FILES["Fixed"])],
-                                          f"runtime_opt.{CONFIG}": [str(stage / FILES["Runtime"]), str(applied)]},
-                             what="reading the ORT format models' operators", stage="target", progress=progress)
+    try:
+        found = runtime.isolated(_OPERATORS, {CONFIG: [str(stage / FILES["Fixed"])],
+                                              f"runtime_opt.{CONFIG}": [str(stage / FILES["Runtime"]), str(applied)]},
+                                 what="reading the ORT format models' operators", stage="target", progress=progress)
+    finally:
+        applied.unlink(missing_ok=True)
     for config, required in found.items():
         (stage / config).write_text(_config_text(required))
 
@@ -103,20 +105,19 @@ def _convert(data: bytes, stage: Path, scratch: Path, kind: str, progress: Progr
 def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: Path, overwrite: bool,
          progress: Progress) -> TargetResult:
     """The ORT format files of ``data`` for ``kind``, checked on the golden set and written to ``out``."""
-    operators.check(onnxfile.parse(data), kind, f"onnxruntime {ort.__version__}, ORT format")
+    model = onnxfile.parse(data, str(parent.path / parent.model_name))
+    operators.check(model, kind, f"onnxruntime {ort.__version__}, ORT format")
     roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
     tolerance = Tolerance(**parent.manifest.parity.tolerance) if parent.manifest.parity else Tolerance()
-    # The plaintext ONNX model is never written; the ORT files are made inside a directory beside ``out`` and
-    # renamed to it.
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.target-", dir=out.absolute().parent))
-    try:
-        stage = work / out.name
+    references = golden.references
+    if references is None:
+        raise CheckFailed(f"{parent.path}: the golden set holds no reference outputs to check the ORT files "
+                          f"against; nothing written to {out}", hint="rebuild the bundle with its golden set")
+    # The plaintext ONNX model is never written; the ORT files are made in a staging directory beside ``out``
+    # and renamed to it when they pass.
+    with staging.atomic_dir(out, overwrite=overwrite) as stage:
         progress(Event("target", f"converting to ORT format for {kind}"))
-        _convert(data, stage, work, kind, progress)
-        references = golden.references
-        if references is None:
-            raise CheckFailed(f"{parent.path}: the golden set holds no reference outputs to check the ORT files "
-                              f"against; nothing written to {out}", hint="rebuild the bundle with its golden set")
+        _convert(data, stage, kind, progress)
         reports = {}
         for style, name in FILES.items():
             progress(Event("target", f"golden set on {name}"))
@@ -136,7 +137,7 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: P
             "files": {name: {"sha256": digest.file(stage / name), "size": size} for name, size in files.items()},
             "optimization_styles": {style: FILES[style] for style in FILES},
             "platform": PLATFORM[kind] or "any",
-            "precision": kind_of(onnxfile.parse(data)),
+            "precision": kind_of(model),
             "operators": required,
             "parity": {style: {"passed": r.passed,
                                "outputs": {o.name: {"max_abs": o.max_abs, "min_cosine": o.min_cosine,
@@ -144,7 +145,4 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, kind: str, out: P
                        for style, r in reports.items()},
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        bundle.place(stage, out, overwrite)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return TargetResult(out, kind, files, required, report)

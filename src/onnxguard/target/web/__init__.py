@@ -16,21 +16,20 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from onnxguard import bundle
-from onnxguard.bundle import digest
-from onnxguard.model import onnxfile
-from onnxguard.trust.opening import OpenedBundle
+from onnxguard import staging
 from onnxguard.accuracy.thresholds import THRESHOLDS, kind_of
-from onnxguard.errors import InputError
+from onnxguard.bundle import digest
 from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.errors import InputError
+from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress
 from onnxguard.target import operators
 from onnxguard.target.interface import TARGET_FORMAT, TargetResult, provenance
+from onnxguard.trust.opening import OpenedBundle
 
 HERE = Path(__file__).parent  # the page, its script and the pinned package-lock live beside this module
 PAGE = ("index.html", "app.mjs")
@@ -76,27 +75,28 @@ def _npm_ci(home: Path, progress: Progress) -> None:
     progress(Event("target", f"installing onnxruntime-web {runtime_version()} from the npm registry (once)"))
     try:
         home.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+        writable = os.access(home.parent, os.W_OK | os.X_OK)
     except OSError as e:
-        raise InputError(f"{home.parent}: cannot install onnxruntime-web there ({e.strerror or e}); "
-                         f"set XDG_CACHE_HOME or {RUNTIME_ENV}") from e
-    try:
+        raise InputError(f"{home.parent}: cannot install onnxruntime-web there ({e.strerror or e})",
+                         hint=f"set XDG_CACHE_HOME or {RUNTIME_ENV}") from e
+    if not writable:
+        raise InputError(f"{home.parent}: cannot install onnxruntime-web there (not writable)",
+                         hint=f"set XDG_CACHE_HOME or {RUNTIME_ENV}")
+    # Installed in a staging directory and renamed into place: a half-finished or failed install is never seen
+    # as the cache (and one left by a killed process is removed by the next install).
+    with staging.atomic_dir(home, overwrite=True) as work:
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(HERE / name, work / name)
         # --ignore-scripts: no install script of any package runs; npm ci checks every tarball's sha512 in the lock.
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                              cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
+        try:
+            done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+                                  cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise InputError(f"npm ci for onnxruntime-web {runtime_version()} took over {NPM_TIMEOUT_S} s; "
+                             "is the npm registry reachable?") from e
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
             raise InputError(f"npm ci for onnxruntime-web {runtime_version()} failed: {last}")
-        if home.exists():
-            shutil.rmtree(home)
-        work.rename(home)
-    except subprocess.TimeoutExpired as e:
-        raise InputError(f"npm ci for onnxruntime-web {runtime_version()} took over {NPM_TIMEOUT_S} s; "
-                         "is the npm registry reachable?") from e
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _tensor(a: np.ndarray) -> dict:
@@ -139,17 +139,17 @@ def _check_outputs(model) -> None:
                              "only; rebuild the bundle without ZipMap (scikit-learn: the default)")
 
 
-def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool, progress: Progress) -> TargetResult:
-    model = onnxfile.parse(data)
+def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool,
+         progress: Progress) -> TargetResult:
+    """The web folder of ``data`` (page, model, golden set, onnxruntime-web's WASM files), written to ``out``."""
+    model = onnxfile.parse(data, str(parent.path / parent.model_name))
     runtime = f"onnxruntime-web {runtime_version()} (WASM)"
     operators.check(model, "web", runtime)
     _check_outputs(model)
     dist = runtime_dir(progress)
     precision = kind_of(model)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.target-", dir=out.absolute().parent))
-    try:
-        stage = work / out.name
-        (stage / "ort").mkdir(parents=True)
+    with staging.atomic_dir(out, overwrite=overwrite) as stage:
+        (stage / "ort").mkdir()
         progress(Event("target", "writing the page, the model and the golden set"))
         (stage / "model.onnx").write_bytes(data)
         (stage / "golden.json").write_text(golden_text(golden))
@@ -174,9 +174,6 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwr
             "page": "index.html",
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        bundle.place(stage, out, overwrite)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     notes = (f"serve {out} from any static host (application/wasm for .wasm; COOP/COEP headers for threads) and "
              "open index.html; `onnxguard consistency` runs it in headless Chromium",)
     return TargetResult(out, "web", files, manifest["operators"], None, notes)
