@@ -54,6 +54,12 @@ def test_quickstart_bundle_reads_back_and_classifies_digits(quickstart):
     data = digits.load_data()
     assert m.sealed is not None and (workdir / "bundle" / "model.sig").is_file()  # sealed, then signed
     assert "verify (signature, every hash, golden set on this runtime): PASSED" in r.out
+    served = next(line for line in r.out.splitlines() if line.startswith("served on http://127.0.0.1:"))
+    assert "without one: 401" in r.out and "records, verified" in r.out, served
+    from onnxguard.serve import audit
+
+    log = audit.verify(workdir / "serve" / "audit.db")
+    assert log.passed and [r_.status for _, r_ in audit.tail(workdir / "serve" / "audit.db")] == [200, 401]
     model = sealing.open_model(b, workdir / "keys" / "age-identity.txt")  # decrypted in memory
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]

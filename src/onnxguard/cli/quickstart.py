@@ -42,10 +42,20 @@ def quickstart(
     show_consistency(result.consistency)
     if result.browser_skipped:
         render.out.print(f"[yellow]skipped[/]: {result.browser_skipped}")
+    if result.serving is not None:
+        s = result.serving
+        right = sum(truth == label for truth, label in s.answers)
+        render.out.print(f"served on {s.url}: {right}/{len(s.answers)} test images right through "
+                         f"/v1/models/digits-cnn:predict with an API key; without one: {s.refused_status}; "
+                         f"audit log {s.audit_path}: {s.audit.records} records, "
+                         f"{'[green]verified[/]' if s.audit.passed else '[red]FAILED[/]'}")
     b, k = result.build.bundle.path, result.keys
     render.out.print(f"bundle: [bold]{b.resolve()}[/] (sealed and signed)\n"
                      f"try:   onnxguard inspect {b} --identity {k.age_identity}\n"
                      f"       onnxguard verify {b} --public-key {k.public_key} --golden --identity {k.age_identity}\n"
                      f"       model_signing verify key --signature {b}/model.sig --public_key {k.public_key} {b}\n"
                      f"       onnxguard consistency {b} {b.parent / 'targets'}/* --public-key {k.public_key} "
-                     f"--identity {k.age_identity}")
+                     f"--identity {k.age_identity}\n"
+                     f"       onnxguard apikey create me --keys {b.parent / 'serve' / 'keys.db'}\n"
+                     f"       onnxguard serve {b} --public-key {k.public_key} --identity {k.age_identity} "
+                     f"--keys {b.parent / 'serve' / 'keys.db'} --audit {b.parent / 'serve' / 'audit.db'}")

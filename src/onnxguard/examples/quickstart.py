@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from onnxguard.target.web import browser
 from onnxguard.trust import OpenedBundle, PublicKeys, TrustPolicy, keys, open_bundle, sealing, verify
 from onnxguard.trust.keys import KeyPaths
 from onnxguard.trust.verify import VerifyReport
+
+if TYPE_CHECKING:
+    from onnxguard.serve.audit import AuditReport
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,18 @@ class QuickstartResult:
     verify: VerifyReport
     consistency: ConsistencyReport
     browser_skipped: str | None  # why the web target was not checked in a browser, where it was not
+    serving: ServingDemo | None = None
+
+
+@dataclass(frozen=True)
+class ServingDemo:
+    """The bundle served on 127.0.0.1: a few answered requests, one refused without a key, the audit log."""
+
+    url: str
+    answers: tuple[tuple[str, str], ...]  # (true label, the server's label)
+    refused_status: int
+    audit: AuditReport
+    audit_path: Path
 
 
 def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
@@ -76,7 +93,68 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     probs /= probs.sum(1, keepdims=True)
     predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
     drift, skipped = _targets(opened, policy, workdir / "targets", progress)
-    return QuickstartResult(accuracy, program, result, predictions, keys, report, drift, skipped)
+    serving = serve_demo(result.bundle.path, policy, identity, workdir / "serve", data.x_test[-4:],
+                         [str(t) for t in data.y_test[-4:]], progress)
+    return QuickstartResult(accuracy, program, result, predictions, keys, report, drift, skipped, serving)
+
+
+def serve_demo(bundle_dir: Path, policy: TrustPolicy, identity: list[object], workdir: Path, images: np.ndarray,
+               truths: list[str], progress: Progress = silent) -> ServingDemo:
+    """Serve the bundle on 127.0.0.1 (a free port), ask it about ``images`` with an API key, once without one,
+    stop it, and verify its audit log."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    from onnxguard.serve import audit as audit_lib
+    from onnxguard.serve import server
+    from onnxguard.serve.apikeys import KeyStore
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("keys.db", "audit.db"):  # the example's own files, made anew each run
+        for suffix in ("", "-wal", "-shm"):
+            (workdir / (name + suffix)).unlink(missing_ok=True)
+    with KeyStore(workdir / "keys.db") as store:
+        secret, _ = store.create("quickstart", rate="100/minute", budget=1000)
+    progress(Event("serve", "starting the server on 127.0.0.1"))
+    prepared = server.prepare(server.ServerConfig(bundles=(bundle_dir,), policy=policy, identity=identity,
+                                                  keys=workdir / "keys.db", audit=workdir / "audit.db",
+                                                  host="127.0.0.1", port=0), progress)
+    host, port = prepared.sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    uv = uvicorn.Server(uvicorn.Config(prepared.app, lifespan="on", log_config=None, access_log=False))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [prepared.sock]}, daemon=True)
+    thread.start()
+    name = prepared.models[0].name
+
+    def post(body: bytes, key: str | None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        req = urllib.request.Request(f"{url}/v1/models/{name}:predict", body, headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - our own server on 127.0.0.1
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    try:
+        for _ in range(300):  # ready within seconds: the model was loaded and checked before the port was bound
+            if uv.started:
+                break
+            threading.Event().wait(0.05)
+        body = json.dumps({"instances": images.tolist()}).encode()
+        status, answer = post(body, secret)
+        if status != 200:
+            raise InputError(f"{url}: the example's request was refused ({status}: {answer[:200]!r})")
+        labels = [p["label"] for p in json.loads(answer)["predictions"]]
+        refused, _ = post(body, None)
+    finally:
+        uv.should_exit = True
+        thread.join(60)
+    progress(Event("serve", f"served {len(labels)} predictions; stopped", done=True))
+    return ServingDemo(url, tuple(zip(truths, labels, strict=True)), refused,
+                       audit_lib.verify(workdir / "audit.db"), workdir / "audit.db")
 
 
 def _targets(opened: OpenedBundle, policy: TrustPolicy, out: Path,
