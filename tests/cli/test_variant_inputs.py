@@ -114,3 +114,28 @@ def test_a_sealed_bundle_never_becomes_a_plaintext_variant(cli, expect_err, tmp_
     expect_err(cli("quantize", sealed, "-o", tmp_path / "q", "--allow-unsigned", "--identity", k.age_identity), 2,
                "sealed", "plaintext")
     assert not (tmp_path / "q").exists()
+
+
+def test_fail_on_is_the_doors_level_for_a_bundle(cli, expect_err, tmp_path, sklearn_bundle, copy_tree):
+    """A bundle whose model has a medium finding only: refused at the default level, kept under --fail-on high
+    (optimize and quantize share the opening; quantize cannot quantize this scikit-learn graph)."""
+    verb = "optimize"
+    import json
+
+    import onnx
+
+    from onnxguard.bundle import MANIFEST, digest
+
+    b = copy_tree(sklearn_bundle)
+    model = onnx.load(b / "model.onnx")
+    helper.set_model_props(model, {"notes": "A" * (100 << 10)})  # over the 64 KiB of metadata.size: medium
+    onnx.save(model, b / "model.onnx")
+    m = json.loads((b / MANIFEST).read_text())  # a self-consistent unsigned bundle: only the scan can refuse it
+    entry = {"sha256": digest.file(b / "model.onnx"), "size": (b / "model.onnx").stat().st_size}
+    m["files"]["model.onnx"] = entry
+    m["model"].update(entry)
+    (b / MANIFEST).write_text(json.dumps(m))
+    expect_err(cli(verb, b, "-o", tmp_path / "v1", "--allow-unsigned", timeout=300), 1, "metadata.size")
+    assert not (tmp_path / "v1").exists()
+    r = cli(verb, b, "-o", tmp_path / "v2", "--allow-unsigned", "--fail-on", "high", timeout=300)
+    assert r.code == 0 and (tmp_path / "v2" / "model.onnx").is_file(), str(r)

@@ -104,7 +104,8 @@ def scan_rule(allow_unscanned: bool, policy: Policy | None = None, fail_on: Seve
 
 def open_from_cli(path: Path, *, public_key: list[Path] | None, allow_unsigned: bool, identity: Path | None,
                   passphrase_env: str | None = None, allow_unscanned: bool = False,
-                  progress: Progress = silent) -> OpenedBundle:
-    """Open the bundle at ``path`` through the door with the policy the trust options describe."""
-    policy = TrustPolicy(signature_policy(public_key, allow_unsigned), scan_rule(allow_unscanned))
+                  fail_on: Severity = Severity.MEDIUM, progress: Progress = silent) -> OpenedBundle:
+    """Open the bundle at ``path`` through the door with the policy the trust options describe; the door's scan
+    refuses the model at a finding of ``fail_on`` or above (a verb's ``--fail-on``)."""
+    policy = TrustPolicy(signature_policy(public_key, allow_unsigned), scan_rule(allow_unscanned, fail_on=fail_on))
     return open_bundle(path, policy, identity_source(identity), passphrase(passphrase_env), progress)

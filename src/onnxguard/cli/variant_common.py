@@ -25,8 +25,8 @@ Force = Annotated[bool, typer.Option("--force", help="Keep a variant that fails 
 GoldenRefs = Annotated[Path | None, typer.Option(
     "--golden", help="For an .onnx input: a golden .npz with reference outputs to gate against.")]
 FailOn = Annotated[str, typer.Option(
-    "--fail-on", help="Refuse an .onnx input with a security-scan finding at or above: " + " | ".join(SEVERITIES)
-    + " (a bundle is scanned by the trust door).")]
+    "--fail-on", help="Refuse the input (an .onnx file, or a bundle's model as the trust door scans it) at a "
+    "security-scan finding at or above: " + " | ".join(SEVERITIES) + ".")]
 
 
 def is_bundle(path: Path) -> bool:
@@ -43,12 +43,12 @@ def open_input(path: Path, output: Path, overwrite: bool, *, fail_on: str, publi
                allow_unsigned: bool, identity: Path | None,
                passphrase_env: str | None) -> tuple[onnx.ModelProto, OpenedBundle | None]:
     """The model to make a variant of, and its bundle when it came from one (opened through the trust door,
-    which checks and scans it); an .onnx file is scanned here and refused at ``fail_on``. The output is checked
-    before any of the work (``speed.select.check_output``)."""
+    which checks and scans it); either is refused at a scan finding of ``fail_on`` or above (an .onnx file is
+    scanned here). The output is checked before any of the work (``speed.select.check_output``)."""
     level = severity(fail_on)
     if is_bundle(path):
         opened = trusting.open_from_cli(path, public_key=public_key, allow_unsigned=allow_unsigned, identity=identity,
-                                        passphrase_env=passphrase_env)
+                                        passphrase_env=passphrase_env, fail_on=level)
         variants.check_output(output, parent=opened, overwrite=overwrite, inputs=[path])
         return onnxfile.parse(opened.model_bytes, str(opened.path / opened.model_name)), opened
     variants.check_output(output, overwrite=overwrite, inputs=[path])
