@@ -31,6 +31,29 @@ def test_bench_compare_runs_the_source_interleaved_and_writes_a_plot(cli, digits
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
+
+def test_bench_compare_runs_a_torch_source_on_the_cells_threads(cli, digits_bundle, monkeypatch):
+    """The command line passes torch.set_num_threads to source_variant (the library may not set it itself), and
+    puts the process's thread count back when it is done."""
+    torch = pytest.importorskip("torch")
+    real, given, seen = bench.source_variant, [], []
+
+    def spy(source, size_bytes=None, set_threads=None):
+        given.append(set_threads)
+        return real(source, size_bytes, set_threads=lambda n: (seen.append(n), set_threads(n)))
+
+    monkeypatch.setattr(bench, "source_variant", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = cli("bench", digits_bundle, "--compare", "--batch-sizes", "1", "--threads", "1,3", "--runs", "2",
+                "--warmup", "0", "--no-memory", "--json", "--allow-unsigned")
+        assert r.code == 0, r
+        assert given == [torch.set_num_threads] and seen == [1, 3]
+        assert torch.get_num_threads() == 2  # as it was before the command
+    finally:
+        torch.set_num_threads(before)
+
 def test_bench_table_and_ratios(cli, digits_bundle):
     r = cli("bench", digits_bundle, digits_bundle / "model.onnx", "--batch-sizes", "2", "--runs", "3", "--warmup", "1",
             "--no-memory", "--allow-unsigned")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +15,14 @@ from onnxguard.bundle.golden import Batch
 from onnxguard.cli import options, render, trusting
 from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import is_bundle
-from onnxguard.convert import ConvertOptions
+from onnxguard.convert import ConvertOptions, Source
 from onnxguard.errors import InputError
 from onnxguard.model import onnxfile
 from onnxguard.speed import bench as bench_lib
 from onnxguard.speed import select as variants
+
+# Sources that run in PyTorch (a Transformers model is a torch module).
+TORCH_FRAMEWORKS = ("pytorch", "transformers")
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -39,6 +44,18 @@ def _signature_inputs(model) -> Batch:
         dtype = np.dtype(spec.dtype)
         batch[spec.name] = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
     return batch
+
+
+def _torch_threads(src: Source, stack: contextlib.ExitStack) -> Callable[[int], None] | None:
+    """``torch.set_num_threads`` for a torch source, so that it runs on each cell's threads like the ONNX variants:
+    a process-wide setting, which the library never changes and the command line, owning its process, may. The
+    count it had is put back when ``stack`` closes (the command can run inside another program, such as a test)."""
+    if src.framework not in TORCH_FRAMEWORKS:
+        return None
+    import torch  # already imported by the source's loader
+
+    stack.callback(torch.set_num_threads, torch.get_num_threads())
+    return torch.set_num_threads
 
 
 @app.command()
@@ -87,11 +104,13 @@ def bench(
         m = first_bundle.manifest if first_bundle else None
         src = convert.load(spec, ConvertOptions(task=m.source.task if m else None, attn_implementation="sdpa",
                                                 input_shapes=tuple(input_shape or ())))
-        sv = bench_lib.source_variant(src)
-        variant_list.insert(0, sv)
-        baseline = sv.name
-    with render.progress_display(not json) as progress:
-        report = bench_lib.bench(variant_list, batch, opts, baseline, progress)
+    with contextlib.ExitStack() as stack:
+        if compare:
+            sv = bench_lib.source_variant(src, set_threads=_torch_threads(src, stack))
+            variant_list.insert(0, sv)
+            baseline = sv.name
+        with render.progress_display(not json) as progress:
+            report = bench_lib.bench(variant_list, batch, opts, baseline, progress)
     if plot is not None:
         bench_lib.plot(report, plot)
     if json:
