@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -47,7 +48,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], port: int, log: Path) -> subprocess.Popen[str]:
+def start(args: list[str], port: int, log: Path, scheme: str = "http",
+          verify: ssl.SSLContext | bool = True) -> subprocess.Popen[str]:
     """``onnxguard serve ARGS`` on 127.0.0.1:PORT, waited for until ready (or its exit)."""
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([str(ONNXGUARD), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
@@ -57,7 +59,7 @@ def start(args: list[str], port: int, log: Path) -> subprocess.Popen[str]:
         if proc.poll() is not None:
             raise AssertionError(f"the server exited {proc.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/v2/health/ready", timeout=1, verify=verify).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass

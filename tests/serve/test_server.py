@@ -320,3 +320,46 @@ def test_the_serving_process_never_imports_torch(server):
             "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
     out = subprocess.run([str(ONNXGUARD.parent / "python"), "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from serve_support import make_keys, start
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    secrets = make_keys(tmp_path / "keys.db")
+    (tmp_path / "serve.toml").write_text(
+        f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\ncertfile = "{tmp_path / "cert.pem"}"\n'
+        f'keyfile = "{tmp_path / "key.pem"}"\ncors_origins = ["https://app.example"]\n')
+    port = free_port()
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
+                  str(tmp_path / "serve.toml")], port, tmp_path / "log.txt", scheme="https", verify=trusted)
+    try:
+        with httpx.Client(verify=trusted) as client:
+            url = f"https://127.0.0.1:{port}/v2/models/digits"
+            r = client.get(url, headers={"Authorization": f"Bearer {secrets['full']}", "Origin": "https://app.example"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+            other = client.get(url, headers={"Authorization": f"Bearer {secrets['full']}", "Origin": "https://evil"})
+            assert "access-control-allow-origin" not in other.headers
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)  # plain HTTP is not answered
+    finally:
+        proc.terminate()
+        proc.wait(60)

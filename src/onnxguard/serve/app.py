@@ -31,6 +31,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,6 +64,7 @@ class ServeOptions:
     workers: int = 0  # inference threads (0: the cores)
     public_metrics: bool = False
     public_docs: bool = False
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
 
 
 class _Refused(Exception):  # noqa: N818 - an HTTP answer, not a failure
@@ -124,6 +126,10 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         Middleware(Auth, keys=keys, public_metrics=options.public_metrics, public_docs=options.public_docs),
         Middleware(RateLimit, limiter=limiter),
     ]
+    if options.cors_origins:  # off unless the operator names the origins (outermost: preflights need no key)
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(options.cors_origins),
+                                        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type",
+                                                                                      protocol.HEADER_LENGTH]))
     app = FastAPI(title="onnxguard", version=__version__, lifespan=lifespan, middleware=middleware,
                   docs_url="/docs" if options.public_docs else None, redoc_url=None)
 
