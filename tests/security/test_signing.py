@@ -129,7 +129,8 @@ def test_encrypted_private_key(bundle_copy, tmp_path):
     r = run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS", env={"KEYPASS": "s3cret"})
     assert r.code == 0 and "re-signed" in r.out, str(r)
     expect_error(run("sign", bundle_copy, "--key", path, "--password-env", "KEYPASS"), 2, "KEYPASS", "not set")
-    expect_error(run("sign", bundle_copy, "--key", path), 2, f"{path}: the private key is encrypted; give --password-env")
+    expect_error(run("sign", bundle_copy, "--key", path), 2,
+                 f"{path}: the private key is encrypted; give --password-env")
 
 
 # -- certificate mode (offline: a private CA made here) --------------------------------------------------
@@ -184,7 +185,8 @@ def test_certificate_signing(bundle_copy, pki, keyset, tmp_path):
     r = run("verify", bundle_copy, "--certificate-chain", pki / "ca.pem", "--json")
     assert r.code == 0, str(r)
     report = json.loads(r.out)
-    assert report["steps"][2] == {"step": 3, "name": "signature", "status": "passed", "detail": "verified (certificate)"}
+    assert report["steps"][2] == {"step": 3, "name": "signature", "status": "passed",
+                                  "detail": "verified (certificate)"}
 
 
 # -- the CLI and its bad inputs ---------------------------------------------------------------------------
@@ -222,7 +224,8 @@ def test_sign_bad_inputs(bundle_copy, keyset, tmp_path):
         (("sign", bundle_copy, "--key", curve), (curve, "secp256k1")),
         (("sign", bundle_copy), ("--key",)),
         (("sign", bundle_copy, "--key", keyset.private_key, "--sigstore"), ("--sigstore",)),
-        (("sign", bundle_copy, "--key", keyset.private_key, "--certificate-chain", keyset.public_key), ("--certificate",)),
+        (("sign", bundle_copy, "--key", keyset.private_key, "--certificate-chain", keyset.public_key),
+         ("--certificate",)),
     ]
     for result, (_, fragments) in zip(run_many(*(c for c, _ in cases)), cases, strict=True):
         expect_error(result, 2, *fragments)
@@ -272,3 +275,10 @@ def test_a_key_that_is_a_fifo_or_huge_is_refused_unread(tmp_path, load):
         f.truncate(signing.MAX_PEM_BYTES + 1)
     with pytest.raises(InputError, match=r"huge\.pem: 1\.0 MiB, over the 1\.0 MiB limit for a PEM .* key, not read"):
         load(huge)
+
+
+def test_a_manifest_that_no_longer_parses_is_named_by_the_signature_check(signed, keyset):
+    """The signature covers manifest.json: a damaged one is reported as changed, as the door reports it."""
+    (signed / "manifest.json").write_bytes(b"{ not json")
+    report = signing.verify(signed, keyset.public_key)
+    assert not report.passed and "changed: manifest.json" in report.detail, report

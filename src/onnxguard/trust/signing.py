@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from onnxguard import bundle
 from onnxguard.bundle import MANIFEST, SIGNATURE, files
-from onnxguard.errors import CheckFailed, InputError, OnnxguardError, Remedy
+from onnxguard.errors import BundleError, CheckFailed, InputError, OnnxguardError, Remedy
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.trust.policy import Certificates, PublicKeys, SignatureRule, SigstoreIdentity
 
@@ -59,6 +59,8 @@ MAX_PEM_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class SignResult:
+    """Where a signature was written, how it was made, and how many files it covers."""
+
     bundle: Path
     signature: Path
     method: str  # key | certificate | sigstore
@@ -356,10 +358,17 @@ def check(signature: bytes, digests: Mapping[str, str], rule: SignatureRule, whe
 
 
 def _verify(bundle_dir: PathLike, rule: SignatureRule) -> SignatureReport:
-    """Read the bundle's files once (the same reader as ``trust.open_bundle``) and check its signature."""
+    """Read the bundle's files once (the same reader as ``trust.open_bundle``) and check its signature; a manifest
+    that cannot be read is checked too (as the door does): its digest is not the signed one, which names it."""
     root = Path(bundle_dir)
-    manifest, manifest_sha = bundle.read_manifest(root)
-    contents = files.check(root, manifest)
+    try:
+        manifest, manifest_sha = bundle.read_manifest(root)
+    except BundleError:
+        if not os.path.lexists(root / MANIFEST):
+            raise  # not a bundle: the check cannot run
+        digests = files.digests(root)  # damaged: every regular file's digest, manifest.json's included
+    else:
+        digests = {**files.check(root, manifest).digests, MANIFEST: manifest_sha}
     sig = root / SIGNATURE
     if not os.path.lexists(sig):
         return SignatureReport(str(root), str(sig), method(rule), False,
@@ -368,7 +377,7 @@ def _verify(bundle_dir: PathLike, rule: SignatureRule) -> SignatureReport:
         signature = files.read_regular(sig, files.MAX_METADATA_BYTES).data
     except InputError as e:
         return SignatureReport(str(root), str(sig), method(rule), False, str(e))
-    return check(signature, {**contents.digests, MANIFEST: manifest_sha}, rule, root)
+    return check(signature, digests, rule, root)
 
 
 def verify(bundle_dir: PathLike, public_key: PathLike | bytes) -> SignatureReport:
@@ -388,7 +397,8 @@ def verify_certificate(bundle_dir: PathLike, certificate_chain: Sequence[PathLik
     return _verify(bundle_dir, Certificates(tuple(Path(p) for p in certificate_chain)))
 
 
-def verify_sigstore(bundle_dir: PathLike, identity: str, oidc_issuer: str, use_staging: bool = False) -> SignatureReport:
+def verify_sigstore(bundle_dir: PathLike, identity: str, oidc_issuer: str,
+                    use_staging: bool = False) -> SignatureReport:
     """Check a Sigstore keyless signature for ``identity`` issued by ``oidc_issuer``. Needs a network."""
     return _verify(bundle_dir, SigstoreIdentity(identity, oidc_issuer, use_staging))
 
@@ -404,6 +414,7 @@ def fingerprint(public_key: Path | bytes) -> str:
 
 
 def is_signed(bundle_dir: PathLike) -> bool:
+    """Whether the bundle holds a signature file (regular, not a symlink); not whether it verifies."""
     sig = Path(bundle_dir) / SIGNATURE
     return sig.is_file() and not sig.is_symlink()
 
