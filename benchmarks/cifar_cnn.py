@@ -10,15 +10,14 @@ batch 1 on one thread and batch 32 on two. Top-1 agreement with PyTorch on all d
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import torch
+from common import CACHE, agreement, onnxguard, save
 from torch import nn
 
-from common import CACHE, agreement, onnxguard, save
-from onnxguard.speed import bench, quantize
 from onnxguard import bundle, convert
-from onnxguard.examples import digits
 from onnxguard.bundle.golden import GoldenSet
+from onnxguard.examples import digits
+from onnxguard.speed import bench, quantize
 
 
 class CifarCNN(nn.Module):
@@ -63,11 +62,13 @@ def main() -> None:
     print(f"test accuracy {(ref.argmax(1) == data.y_test).mean():.3f}")
     program = CACHE / "cifar_cnn.pt2"
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},)), str(program))
+    exported = torch.export.export(model, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(exported, str(program))
     GoldenSet(tuple({"image": xte[i : i + 32]} for i in range(0, len(xte), 32))).save(CACHE / "cifar_golden.npz")
     GoldenSet(tuple({"image": xtr[i : i + 32]} for i in range(0, 256, 32))).save(CACHE / "cifar_calib.npz")
     onnxguard("build", str(program), "-o", str(CACHE / "cifar_bundle"), "--overwrite", "--task", "classification",
-              "--golden", str(CACHE / "cifar_golden.npz"), "--quantize", "auto", "--calibration", str(CACHE / "cifar_calib.npz"),
+              "--golden", str(CACHE / "cifar_golden.npz"), "--quantize", "auto",
+              "--calibration", str(CACHE / "cifar_calib.npz"),
               "--batch-size", "32", "--threads", "2")
     chosen = bundle.read(CACHE / "cifar_bundle")
     plain = convert.convert(str(program)).model
@@ -84,12 +85,14 @@ def main() -> None:
     source = bench.Variant("PyTorch eager", eager)
     variants = [source, bench.onnx_variant("ORT plain export", plain), bench.onnx_variant("ORT dynamic INT8", dynamic),
                 bench.onnx_variant("ORT static INT8 QDQ per-channel", static),
-                bench.onnx_variant(f"onnxguard build (chose {chosen.manifest.steps[-1].figures['winner']})", chosen.model_bytes())]
+                bench.onnx_variant(f"onnxguard build (chose {chosen.manifest.steps[-1].figures['winner']})",
+                                   chosen.model_bytes())]
     extra = {}
     for v in variants[1:]:
         out = np.concatenate([v.make(2)({"image": xte[i : i + 64]})[0] for i in range(0, len(xte), 64)])
         extra[v.name] = {"top-1 agreement": f"{agreement(out, ref):.2%}"}
-    reports = [bench.bench(variants, {"image": xte[:64]}, bench.BenchOptions(batch_sizes=(b,), threads=(t,), runs=200, warmup=20),
+    reports = [bench.bench(variants, {"image": xte[:64]},
+                           bench.BenchOptions(batch_sizes=(b,), threads=(t,), runs=200, warmup=20),
                            baseline=source.name) for b, t in ((1, 1), (32, 2))]
     merged = bench.BenchReport(reports[0].timings + reports[1].timings, {**reports[0].samples, **reports[1].samples},
                                source.name, reports[0].machine)

@@ -35,9 +35,13 @@ def table(report: bench.BenchReport, extra: dict[str, dict] | None = None) -> st
     head = ["variant", "batch", "threads", "p50 ms", "p99 ms", "items/s", "x baseline", "size", *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in report.timings:
-        size = "-" if t.size_bytes is None else (f"{t.size_bytes / 1e6:.1f} MB" if t.size_bytes > 1e6 else f"{t.size_bytes / 1e3:.1f} KB")
+        if t.size_bytes is None:
+            size = "-"
+        else:
+            size = f"{t.size_bytes / 1e6:.1f} MB" if t.size_bytes > 1e6 else f"{t.size_bytes / 1e3:.1f} KB"
         row = [t.variant, str(t.batch), str(t.threads), f"{t.p50_ms:.3f}", f"{t.p99_ms:.3f}", f"{t.items_per_s:,.0f}",
-               f"**{t.speedup:.2f}x**" if t.speedup else "-", size, *[str(extra.get(t.variant, {}).get(c, "")) for c in cols]]
+               f"**{t.speedup:.2f}x**" if t.speedup else "-", size,
+               *[str(extra.get(t.variant, {}).get(c, "")) for c in cols]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import CACHE, agreement, onnxguard, save
-from onnxguard.speed import bench, optimize, quantize
+
 from onnxguard import bundle, convert
 from onnxguard.convert import ConvertOptions
 from onnxguard.examples.text import save_random_model
+from onnxguard.speed import bench, optimize, quantize
 
 SEQ = 128
 
@@ -48,8 +48,9 @@ def main() -> None:
     plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model
     traced = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ, exporter="torchscript")).model
     arch = chosen.manifest.source.architecture
-    fused = optimize.optimize(traced, optimize.OptimizeOptions(level="none", fusions=True, model_type=arch["model_type"],
-                                                               num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])).model
+    fusing = optimize.OptimizeOptions(level="none", fusions=True, model_type=arch["model_type"],
+                                      num_heads=arch["num_heads"], hidden_size=arch["hidden_size"])
+    fused = optimize.optimize(traced, fusing).model
     dynamic = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
     source = convert.load(str(model_dir), ConvertOptions(attn_implementation="sdpa"))
     import torch  # this script owns its process: it may set torch's threads per cell
@@ -68,7 +69,7 @@ def main() -> None:
         run = v.make(2)
         outs = [run(b)[0] for b in checks]
         extra[v.name] = {"label agreement": f"{agreement(np.concatenate(outs), np.concatenate(refs)):.2%}",
-                         "max |diff|": f"{max(np.abs(o - r).max() for o, r in zip(outs, refs)):.3f}"}
+                         "max |diff|": f"{max(np.abs(o - r).max() for o, r in zip(outs, refs, strict=True)):.3f}"}
     report = bench.bench(variants, padded(8, "right", rng), bench.BenchOptions(batch_sizes=(8, 1), threads=(2,),
                          runs=args.runs, warmup=3, max_seconds=240, memory=False), baseline=torch_variant.name)
     save("A_distilbert", report, extra, {"winner": select.figures["reason"], "fp32 bytes": plain.ByteSize(),

@@ -4,8 +4,8 @@ file of the edge target, and the web target in headless Chromium (onnxruntime-we
 
     .venv/bin/python benchmarks/targets.py [--repeat N] [--models digits,distilbert]
 
-Each row times N passes (10 N for the digits CNN) over the same golden batches after one warm-up pass and reports the median pass
-(ms per item), its ratio to the source framework measured in the same run, and the max |diff| and top-1
+Each row times N passes (10 N for the digits CNN) over the same golden batches after one warm-up pass and reports
+the median pass (ms per item), its ratio to the source framework measured in the same run, and the max |diff| and top-1
 agreement against the source's reference outputs (the `onnxguard consistency` figures). The browser runs
 its passes inside the page (`index.html?repeat=N`) with as many WASM threads as the page gets (2 here).
 Models: the quickstart's digits CNN (12 epochs) and a DistilBERT-base config with random weights
@@ -20,15 +20,15 @@ import statistics
 import time
 
 from common import CACHE, RESULTS, onnxguard
-from onnxguard.target.web import browser
-from onnxguard import bundle, convert
+
+from onnxguard import bundle, convert, runtime
 from onnxguard.accuracy import consistency
-from onnxguard import runtime
+from onnxguard.bundle.golden import GoldenSet
+from onnxguard.convert import ConvertOptions
 from onnxguard.model import onnxfile
 from onnxguard.speed import quantize
-from onnxguard.convert import ConvertOptions
-from onnxguard.bundle.golden import GoldenSet
 from onnxguard.target import web
+from onnxguard.target.web import browser
 
 
 def _median_pass(run, golden: GoldenSet, repeat: int) -> tuple[float, list]:
@@ -53,7 +53,8 @@ def measure(label: str, spec: str, options: ConvertOptions, bundle_dir, repeat: 
     source_ms, _ = _median_pass(source.run, golden, repeat)
     rows = [{"target": f"{label}: {source.framework} (source)", "kind": "fp32", "ms_per_item": round(source_ms, 4),
              "x_source": 1.0, "max_abs": 0.0, "top1": 1.0}]
-    int8 = quantize.quantize(onnxfile.parse(b.model_bytes(), str(b.model_path)), quantize.QuantizeOptions(mode="dynamic")).model
+    plain = onnxfile.parse(b.model_bytes(), str(b.model_path))
+    int8 = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
     for kind in ("edge", "web"):
         onnxguard("target", str(bundle_dir), "--to", kind, "-o", str(CACHE / f"{label}-{kind}"), "--overwrite")
     cpu = [(f"{label}: ORT CPU FP32", b.model_bytes(), "fp32"),

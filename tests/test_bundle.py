@@ -33,7 +33,8 @@ def tiny_model() -> onnx.ModelProto:
 def tiny_manifest(**update) -> Manifest:
     fields = dict(
         name="tiny", version="1.0.0", created=manifest.now(), onnxguard_version="0.1.0",
-        source=Source(framework="onnx", framework_version="1", identifier="tiny", task=None, exporter="helper", files={}),
+        source=Source(framework="onnx", framework_version="1", identifier="tiny", task=None, exporter="helper",
+                      files={}),
         model=Model(file=bundle.MODEL, sha256="0" * 64, size=0, opset={"ai.onnx": 18}, ir_version=10, producer="tests",
                     inputs=[Tensor(name="x", dtype="float32", shape=["batch", 4])],
                     outputs=[Tensor(name="y", dtype="float32", shape=["batch", 2], role="values")]),

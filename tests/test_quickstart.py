@@ -78,7 +78,8 @@ def test_quickstart_ends_with_every_target_consistent(quickstart, cli):
     assert (targets / "web" / "index.html").is_file() and (targets / "mobile" / "model.ort").is_file()
     # the same check from the command line, then on a tampered copy of the INT8 variant
     identity = workdir / "keys" / "age-identity.txt"
-    ok = cli("consistency", "--allow-unsigned", workdir / "bundle", targets / "digits-cnn.int8.onnx", "--identity", identity)
+    ok = cli("consistency", "--allow-unsigned", workdir / "bundle", targets / "digits-cnn.int8.onnx",
+             "--identity", identity)
     assert ok.code == 0 and "PASSED" in ok.out, ok
     model = onnx.load(targets / "digits-cnn.int8.onnx")
     weight = max(model.graph.initializer, key=lambda i: np.prod(i.dims))  # the INT8 weights of the widest layer
@@ -86,5 +87,6 @@ def test_quickstart_ends_with_every_target_consistent(quickstart, cli):
     arr.flat[::3] = arr.flat[::3][::-1]  # a third of them shuffled
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, targets.parent / "tampered.int8.onnx")
-    bad = cli("consistency", "--allow-unsigned", workdir / "bundle", targets.parent / "tampered.int8.onnx", "--identity", identity)
+    bad = cli("consistency", "--allow-unsigned", workdir / "bundle", targets.parent / "tampered.int8.onnx",
+              "--identity", identity)
     assert bad.code == 1 and "FAILED" in bad.out, bad

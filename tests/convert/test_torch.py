@@ -71,7 +71,8 @@ def test_two_inputs_with_symbolic_dims_and_dict_outputs(cli, torch_nets, tmp_pat
             "--input-shape", "mask=batch,seq", "-o", out)
     assert r.code == 0, str(r)
     model = onnx.load(out)
-    assert [(i.name, _dims(i)) for i in model.graph.input] == [("tokens", ["batch", "seq", 6]), ("mask", ["batch", "seq"])]
+    assert [(i.name, _dims(i)) for i in model.graph.input] == [("tokens", ["batch", "seq", 6]),
+                                                               ("mask", ["batch", "seq"])]
     assert [o.name for o in model.graph.output] == ["pooled", "hidden"]
     net = _nets(torch_nets).make_two_inputs().eval()
     rng = np.random.default_rng(2)

@@ -184,7 +184,8 @@ def function_recursion(d: Path) -> Path:
 def deep_if(d: Path, depth: int = 12) -> Path:
     inner = branch(f"leaf{depth}", "Relu")
     for level in range(depth, 0, -1):
-        node = helper.make_node("If", ["c"], [f"out{level}"], then_branch=inner, else_branch=branch(f"else{level}", "Neg"))
+        node = helper.make_node("If", ["c"], [f"out{level}"], then_branch=inner,
+                                else_branch=branch(f"else{level}", "Neg"))
         inner = helper.make_graph([node], f"level{level}", [], [vi(f"out{level}", [4])])
     node = inner.node[0]
     m = model([node], [vi("c", [], TensorProto.BOOL), vi("x", [4])], [vi("out1", [4])])
@@ -257,7 +258,8 @@ def ssa_violation(d: Path) -> Path:
 
 
 def cycle(d: Path) -> Path:
-    nodes = [helper.make_node("Add", ["x", "c"], ["a"], name="add"), helper.make_node("Relu", ["a"], ["c"], name="relu")]
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["c"], name="relu")]
     return save(model(nodes, [vi("x", [4])], [vi("a", [4])]), d / "model.onnx")
 
 

@@ -31,7 +31,8 @@ def test_policy_toml_overrides_profile_and_keys(tmp_path):
     f.write_text('profile = "strict"\nmax_memory_bytes = 1024\nallowed_domains = ["", "ai.onnx"]\n'
                  'allowed_ops = ["Relu"]\n')
     p = policy.load(f)
-    assert (p.profile, p.max_memory_bytes, p.allowed_domains, p.allowed_ops) == ("strict", 1024, ("", "ai.onnx"), ("Relu",))
+    assert (p.profile, p.max_memory_bytes, p.allowed_domains, p.allowed_ops) == ("strict", 1024, ("", "ai.onnx"),
+                                                                                 ("Relu",))
     assert p.denied_ops == policy.for_profile("strict").denied_ops
     assert policy.load(f, profile="default").profile == "default"
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from cli_runner import environment
-
 from onnxguard.bundle import MANIFEST, digest
 
 MODEL_SIGNING = Path(sys.executable).parent / "model_signing"

@@ -1,8 +1,9 @@
 """A sealed model loads into ONNX Runtime with no plaintext written anywhere on disk.
 
 The needle: bytes of the plaintext ONNX that occur in no other file of the bundle, sealed or not (the
-session's random metadata marker as protobuf encodes it), plus the plaintext's sha256. A child process loads the sealed bundle and runs it, with its working directory, HOME and
-TMPDIR in a fresh directory and an audit hook recording every Python-level open for writing, rename and copy.
+session's random metadata marker as protobuf encodes it), plus the plaintext's sha256. A child process loads the
+sealed bundle and runs it, with its working directory, HOME and TMPDIR in a fresh directory and an audit hook
+recording every Python-level open for writing, rename and copy.
 Afterwards every file written since the child started, under the usual temporary places and the bundle, is
 searched for the marker and the plaintext's sha256. The same harness pointed at ``unseal`` (which does write
 plaintext, on purpose) must trip both detectors: that is what shows the check would catch a leak.
@@ -131,7 +132,6 @@ def test_sealed_model_loads_without_writing_plaintext(built, sealed_copy, keyset
 
 def test_the_detectors_catch_a_plaintext_write(built, sealed_copy, keyset, tmp_path):
     """Positive control: the same harness around ``unseal`` (which writes plaintext) reports it."""
-    sha = hashlib.sha256((built.path / "model.onnx").read_bytes()).hexdigest()
     events, roots, start = _run_child("unseal", sealed_copy, keyset.age_identity, tmp_path)
     assert any(e[0] == "open" and e[1].endswith("model.onnx") for e in events), events
     leaks = _holding(_files_since(roots, start), [_needle(built, sealed_copy)], "no sha: the needle alone must find it")

@@ -97,7 +97,8 @@ def test_passphrase(bundle_copy, keyset, monkeypatch):
     assert only.manifest.sealed.recipients == []
     assert sealing.open_model(only, passphrase="pw") == model
     with pytest.raises(InputError, match="not sealed with a passphrase"):
-        sealing.open_model(sealing.seal(plain.path, [keyset.recipient], plain.path.parent / "x").bundle, passphrase="pw")
+        sealed = sealing.seal(plain.path, [keyset.recipient], plain.path.parent / "x").bundle
+        sealing.open_model(sealed, passphrase="pw")
     with pytest.raises(InputError, match="passphrase is empty"):
         sealing.seal(plain.path, [], plain.path.parent / "y", passphrase="")
 
@@ -227,14 +228,19 @@ def test_unseal_bad_inputs(sealed_copy, keyset, other_keyset, tmp_path):
     cases = [
         (("unseal", sealed_copy, "-i", other_keyset.age_identity, "-o", out),
          (sealed_copy / "model.onnx.age", "none of the given identities", keyset.recipient), 2),
-        (("unseal", sealed_copy, "-i", tmp_path / "junk.txt", "-o", out), (tmp_path / "junk.txt", "not an age identity"), 2),
-        (("unseal", sealed_copy, "-i", tmp_path / "pub.txt", "-o", out), (tmp_path / "pub.txt", "a recipient (public)"), 2),
-        (("unseal", sealed_copy, "-i", tmp_path / "none.txt", "-o", out), (tmp_path / "none.txt", "no such identity file"), 2),
+        (("unseal", sealed_copy, "-i", tmp_path / "junk.txt", "-o", out),
+         (tmp_path / "junk.txt", "not an age identity"), 2),
+        (("unseal", sealed_copy, "-i", tmp_path / "pub.txt", "-o", out),
+         (tmp_path / "pub.txt", "a recipient (public)"), 2),
+        (("unseal", sealed_copy, "-i", tmp_path / "none.txt", "-o", out),
+         (tmp_path / "none.txt", "no such identity file"), 2),
         (("unseal", sealed_copy, "-o", out), ("no age identity", trusting.IDENTITY_ENV), 2),
-        (("unseal", sealed_copy, "-i", keyset.age_identity, "-o", out, "--passphrase-env", "UNSET_VAR"), ("UNSET_VAR",), 2),
+        (("unseal", sealed_copy, "-i", keyset.age_identity, "-o", out, "--passphrase-env", "UNSET_VAR"),
+         ("UNSET_VAR",), 2),
         (("unseal", sealed_copy, "-i", keyset.age_identity, "-o", sealed_copy), ("not into the sealed bundle",), 2),
         (("unseal", damaged, "-i", keyset.age_identity, "-o", out), (damaged / "golden.npz.age", "sha256"), 2),
-        (("unseal", keyset.age_identity.parent, "-i", keyset.age_identity, "-o", out), ("manifest.json", "not a bundle"), 2),
+        (("unseal", keyset.age_identity.parent, "-i", keyset.age_identity, "-o", out),
+         ("manifest.json", "not a bundle"), 2),
     ]
     runs = run_many(*(c for c, _, _ in cases))
     for result, (_, fragments, code) in zip(runs, cases, strict=True):

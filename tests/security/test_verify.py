@@ -74,8 +74,9 @@ def test_every_problem_is_reported_at_once(sealed_copy, keyset, other_keyset):
     assert report.trust.step(Step.SIGNATURE).status is Status.FAILED
     assert report.golden_status is verify.GoldenStatus.SKIPPED
     text = " | ".join(report.failures)
-    for fragment in ("signature:", "golden.npz.age: does not match", "model.onnx.age: listed in the manifest but missing",
-                     "notes.txt: not listed", "link: is a symlink", "golden: not run"):
+    for fragment in ("signature:", "golden.npz.age: does not match",
+                     "model.onnx.age: listed in the manifest but missing", "notes.txt: not listed",
+                     "link: is a symlink", "golden: not run"):
         assert fragment in text
 
 

@@ -20,7 +20,8 @@ def test_target_makes_ort_files_that_pass_the_golden_set(cli, digits_bundle, tmp
     assert r.code == 0, r
     assert "PASSED" in r.out and "ort_format_model" not in r.out + r.err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.ort", "model.with_runtime_opt.ort",
-                                                      "required_operators.config", "runtime_opt.required_operators.config"]
+                                                      "required_operators.config",
+                                                      "runtime_opt.required_operators.config"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["format"] == "onnxguard-target/1" and m["kind"] == kind
     assert m["parent"]["manifest_sha256"] == digest.file(plain / bundle.MANIFEST)
@@ -38,7 +39,8 @@ def test_target_makes_ort_files_that_pass_the_golden_set(cli, digits_bundle, tmp
 
 def test_sealed_bundle_needs_its_identity_and_leaves_no_plaintext_outside(cli, expect_err, digits_bundle, tmp_path):
     _, sealed, k = digits_bundle
-    expect_err(cli("target", "--allow-unsigned", sealed, "--to", "mobile", "-o", tmp_path / "t"), 1, "opened without its identity", "--identity")
+    expect_err(cli("target", "--allow-unsigned", sealed, "--to", "mobile", "-o", tmp_path / "t"), 1,
+               "opened without its identity", "--identity")
     r = cli("target", "--allow-unsigned", sealed, "--to", "mobile", "-o", tmp_path / "t", "--identity", k.age_identity)
     assert r.code == 0, r
     plaintext = sealing.open_model(bundle.read(sealed), k.age_identity)
@@ -50,7 +52,8 @@ def test_bad_kind_and_existing_output(cli, expect_err, digits_bundle, tmp_path):
     plain, _, _ = digits_bundle
     expect_err(cli("target", "--allow-unsigned", plain, "--to", "toaster", "-o", tmp_path / "t"), 2, "toaster")
     (tmp_path / "exists").mkdir()
-    expect_err(cli("target", "--allow-unsigned", plain, "--to", "edge", "-o", tmp_path / "exists"), 2, "exists", "--overwrite")
+    expect_err(cli("target", "--allow-unsigned", plain, "--to", "edge", "-o", tmp_path / "exists"), 2, "exists",
+               "--overwrite")
 
 
 def test_a_target_that_fails_midway_leaves_nothing(digits_bundle, tmp_path, monkeypatch):

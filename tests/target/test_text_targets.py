@@ -17,7 +17,8 @@ def test_distilbert_through_every_target(distilbert_bundle, cli, tmp_path, chrom
     assert page["passed"] and page["metrics"]["top1"] == 1
     assert "Tokenization happens outside this page" in page["text"] and "Try one" not in page["text"]
     assert "\tLABEL_" in page["text"]  # predictions by the bundle's label names
-    r = cli("consistency", "--allow-unsigned", distilbert_bundle, tmp_path / "mobile", tmp_path / "edge", tmp_path / "web", "--json")
+    r = cli("consistency", "--allow-unsigned", distilbert_bundle, tmp_path / "mobile", tmp_path / "edge",
+            tmp_path / "web", "--json")
     assert r.code == 0, r
     targets = json.loads(r.out)["targets"]
     assert len(targets) == 6 and all(t["passed"] and t["kind"] == "fp32" and t["top1"] == 1.0 for t in targets)

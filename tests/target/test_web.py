@@ -17,7 +17,8 @@ from onnxguard.scan import policy
 from onnxguard.target.web import browser
 from onnxguard.trust import sealing
 
-RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs", "ort/package.json"]
+RUNTIME = ["ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs",
+           "ort/package.json"]
 
 
 def _tamper(path):
@@ -43,7 +44,8 @@ def test_web_target_is_a_static_folder_with_provenance(digits_bundle, digits_web
     files = sorted(p.relative_to(digits_web).as_posix() for p in digits_web.rglob("*") if p.is_file())
     assert files == sorted(["app.mjs", "golden.json", "index.html", "manifest.json", "model.onnx", *RUNTIME])
     m = json.loads((digits_web / "manifest.json").read_text())
-    assert m["format"] == "onnxguard-target/1" and m["kind"] == "web" and m["runtime"].startswith("onnxruntime-web 1.30.0")
+    assert m["format"] == "onnxguard-target/1" and m["kind"] == "web"
+    assert m["runtime"].startswith("onnxruntime-web 1.30.0")
     assert m["parent"]["manifest_sha256"] == digest.file(plain / bundle.MANIFEST)
     assert m["files"]["model.onnx"]["sha256"] == bundle.read(plain).manifest.model.sha256
     assert all(m["files"][n]["sha256"] == digest.file(digits_web / n) for n in m["files"])
@@ -91,7 +93,8 @@ def test_a_target_of_another_golden_set_is_refused(digits_bundle, digits_web, cl
 
 def test_sealed_bundle_web_target_keeps_plaintext_inside(digits_bundle, cli, expect_err, tmp_path, chromium):
     _, sealed, k = digits_bundle
-    expect_err(cli("target", "--allow-unsigned", sealed, "--to", "web", "-o", tmp_path / "w"), 1, "opened without its identity", "--identity")
+    expect_err(cli("target", "--allow-unsigned", sealed, "--to", "web", "-o", tmp_path / "w"), 1,
+               "opened without its identity", "--identity")
     r = cli("target", "--allow-unsigned", sealed, "--to", "web", "-o", tmp_path / "w", "--identity", k.age_identity)
     assert r.code == 0, r
     assert [p.name for p in tmp_path.iterdir()] == ["w"]
@@ -171,7 +174,8 @@ def test_non_tensor_outputs_are_refused_for_the_web(digits_bundle, cli, expect_e
     model.graph.output.append(onnx.helper.make_tensor_sequence_value_info("scores_seq", onnx.TensorProto.FLOAT, None))
     seq = tmp_path / "seq"
     bundle.write(seq, b.manifest, model, b.golden())
-    expect_err(cli("target", "--allow-unsigned", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'", "sequence_type", "tensors only")
+    expect_err(cli("target", "--allow-unsigned", seq, "--to", "web", "-o", tmp_path / "t"), 2, "'scores_seq'",
+               "sequence_type", "tensors only")
 
 
 def test_verify_golden_runs_the_web_target_in_the_browser(digits_bundle, digits_web, cli):
@@ -179,7 +183,8 @@ def test_verify_golden_runs_the_web_target_in_the_browser(digits_bundle, digits_
     r = cli("verify", "--allow-unsigned", plain, "--golden", "--target", digits_web, "--json")
     assert r.code == 0, r
     targets = json.loads(r.out)["golden"]["targets"]
-    assert [t["name"] for t in targets][-1] == "digits-web/index.html (Chromium, WASM)" and all(t["passed"] for t in targets)
+    assert [t["name"] for t in targets][-1] == "digits-web/index.html (Chromium, WASM)"
+    assert all(t["passed"] for t in targets)
 
 
 def test_page_repeats_the_golden_set_for_benchmarks(digits_web):

@@ -30,9 +30,10 @@ from onnxguard.trust import OpenedBundle, TrustPolicy, open_bundle
 from onnxguard.trust.sealing.identities import IdentitySource
 
 
-
 @dataclass(frozen=True)
 class TargetDrift:
+    """How far one variant or target's outputs drift from the source's on the golden set, and its speed."""
+
     name: str
     path: str
     kind: str  # fp32 | fp16 | int8
@@ -47,6 +48,8 @@ class TargetDrift:
 
 @dataclass(frozen=True)
 class ConsistencyReport:
+    """Every variant and target of a bundle against its one golden set; passed when each is within its thresholds."""
+
     bundle: str
     items: int
     targets: tuple[TargetDrift, ...]
@@ -92,11 +95,12 @@ def on_cpu(data: bytes, model_dir: Path | None = None) -> Runner:
 def in_browser(directory: Path) -> Runner:
     """Run a web target's page in headless Chromium; the page runs the golden set it was made with."""
     def run(golden: GoldenSet) -> tuple[list[Batch], float]:
-        from onnxguard.target.web import browser
         from onnxguard.target import web
+        from onnxguard.target.web import browser
 
         if (directory / "golden.json").read_text() != web.golden_text(golden):
-            raise InputError(f"{directory / 'golden.json'}: not this bundle's golden set; make the target again from it")
+            raise InputError(f"{directory / 'golden.json'}: not this bundle's golden set; make the target again "
+                             "from it")
         result = browser.run_page(directory)
         return web.decode_outputs(result["outputs"]), float(result["ms_per_item"])
 
@@ -129,8 +133,8 @@ def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles
         failures.append(f"KL {kl:.3g} > {t.max_kl:g}")
     if top1 is not None and top1 < t.min_top1:
         failures.append(f"top-1 agreement {top1:.2%} < {t.min_top1:.0%}")
-    failures += [f"{o.name}: {', '.join(o.failures)}" for o in report.outputs if o.role == parity.LABELS and not o.passed
-                 and (o.label_agreement or 0) < t.min_top1]
+    failures += [f"{o.name}: {', '.join(o.failures)}" for o in report.outputs
+                 if o.role == parity.LABELS and not o.passed and (o.label_agreement or 0) < t.min_top1]
     return TargetDrift(name, path, kind, max_abs, mean_abs, kl, top1, ms, not failures, tuple(failures))
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxguard import runtime
-from onnxguard.errors import InputError
 from onnxguard.bundle.golden import Batch, GoldenSet
+from onnxguard.errors import InputError
 
 # Output roles: how an output is judged.
 SCORES = "scores"  # logits or probabilities over classes: label agreement is argmax over the last axis
@@ -25,6 +25,8 @@ VALUES = "values"  # anything else (embeddings, regression values)
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How close outputs must be to the references: per-element atol/rtol, cosine and label agreement."""
+
     atol: float = 1e-4
     rtol: float = 1e-3
     min_cosine: float = 0.9999
@@ -33,6 +35,8 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class OutputParity:
+    """One output compared with its references over the golden set: its figures and its failures."""
+
     name: str
     role: str
     items: int
@@ -46,6 +50,8 @@ class OutputParity:
 
 @dataclass(frozen=True)
 class ParityReport:
+    """Every output compared with its references; passed when all of them are within the tolerance."""
+
     outputs: tuple[OutputParity, ...]
     tolerance: Tolerance
     batches: int
@@ -71,12 +77,15 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(cos, nan=0.0)
 
 
-def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.ndarray], tol: Tolerance) -> OutputParity:
+def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.ndarray],
+                   tol: Tolerance) -> OutputParity:
+    """Compare one output with its references as its ``role`` (scores, labels, values) asks, within ``tol``."""
     failures = []
     items = sum(len(r) for r in refs)
     if any(r.shape != o.shape for r, o in zip(refs, outs, strict=True)):
         shapes = next(f"{r.shape} vs {o.shape}" for r, o in zip(refs, outs, strict=True) if r.shape != o.shape)
-        return OutputParity(name, role, items, float("inf"), float("inf"), None, None, False, (f"shape differs: {shapes}",))
+        return OutputParity(name, role, items, float("inf"), float("inf"), None, None, False,
+                            (f"shape differs: {shapes}",))
     if refs[0].dtype.kind in "USO" or role == LABELS:
         agree = sum(int((r == o).sum()) for r, o in zip(refs, outs, strict=True)) / max(items, 1)
         if agree < tol.min_label_agreement:
@@ -91,7 +100,8 @@ def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.n
         failures.append("non-finite values in the ONNX output")
     over = diff > tol.atol + tol.rtol * np.abs(ref)
     if over.any():
-        failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} (max |diff| {max_abs:.3g})")
+        failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} "
+                        f"(max |diff| {max_abs:.3g})")
     min_cos = float(_cosines(out, ref).min()) if len(ref) else 1.0
     if min_cos < tol.min_cosine:
         failures.append(f"min cosine {min_cos:.6f} < {tol.min_cosine}")
@@ -111,7 +121,8 @@ def compare(references: list[Batch] | tuple[Batch, ...], outputs: list[Batch], r
         raise InputError("the golden set holds no reference outputs to compare with")
     names = [n for n in references[0] if n in outputs[0]]
     if not names:
-        raise InputError(f"no output in common: references have {sorted(references[0])}, model gives {sorted(outputs[0])}")
+        raise InputError(f"no output in common: references have {sorted(references[0])}, model gives "
+                         f"{sorted(outputs[0])}")
     report = tuple(
         compare_output(n, roles.get(n, VALUES), [r[n] for r in references], [o[n] for o in outputs], tolerance)
         for n in names
@@ -122,7 +133,8 @@ def compare(references: list[Batch] | tuple[Batch, ...], outputs: list[Batch], r
 
 def parity(model: onnx.ModelProto | bytes, golden: GoldenSet, roles: dict[str, str],
            tolerance: Tolerance = Tolerance(), notes: tuple[str, ...] = ()) -> ParityReport:
-    """Run ``golden``'s inputs through ONNX Runtime (see :mod:`onnxguard.runtime`) and compare with its reference outputs."""
+    """Run ``golden``'s inputs through ONNX Runtime (see :mod:`onnxguard.runtime`) and compare with its reference
+    outputs."""
     if golden.references is None:
         raise InputError("the golden set has no reference outputs; run the source framework first")
     outputs = runtime.run(runtime.session(model), golden.inputs)

@@ -91,7 +91,8 @@ class Bundle:
 
 
 def _schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text())
+    text = resources.files("onnxguard").joinpath("schemas/manifest-1.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
     return schema
 
 
@@ -138,7 +139,8 @@ def _consistency(root: Path, manifest: Manifest) -> None:
     wanted = [m.model.file] + ([m.golden.file] if m.golden else [])
     for rel in [*m.sealed.files, *wanted]:
         if rel not in m.files or rel not in m.sealed.files:
-            raise BundleError(f"{root / MANIFEST}: sealed file {rel!r} is not both among its files and its sealed files")
+            raise BundleError(f"{root / MANIFEST}: sealed file {rel!r} is not both among its files and its sealed "
+                              "files")
     if m.sealed.files[m.model.file].sha256 != m.model.sha256:
         raise BundleError(f"{root / MANIFEST}: model.sha256 and the sealed model's plaintext sha256 differ")
 

@@ -9,6 +9,7 @@ CHUNK = 1 << 20
 
 
 def file(path: str | Path) -> str:
+    """The sha256 (hex) of our own file at ``path``, streamed in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -17,6 +18,7 @@ def file(path: str | Path) -> str:
 
 
 def data(b: bytes) -> str:
+    """The sha256 (hex) of ``b``."""
     return hashlib.sha256(b).hexdigest()
 
 

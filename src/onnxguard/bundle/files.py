@@ -151,6 +151,8 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int, keep: bool = True
 
 
 class FileStatus(enum.Enum):
+    """The verdict on one file of a bundle against its manifest."""
+
     OK = "ok"
     CHANGED = "changed"
     MISSING = "missing"
@@ -162,6 +164,8 @@ class FileStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class FileCheck:
+    """One file's verdict, and what was found when it is not OK."""
+
     file: str
     status: FileStatus
     detail: str = ""
@@ -216,7 +220,8 @@ def check(root: Path, manifest: Manifest, keep: Callable[[str], bool] = lambda r
         elif not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
             checks.append(FileCheck(rel, FileStatus.NOT_REGULAR, f"is {kind_of(st.st_mode)}"))
         elif stat.S_ISREG(st.st_mode) and rel not in manifest.files and rel not in UNLISTED:
-            checks.append(FileCheck(rel, FileStatus.UNEXPECTED, "not listed in the manifest; remove it or rebuild the bundle"))
+            checks.append(FileCheck(rel, FileStatus.UNEXPECTED,
+                                    "not listed in the manifest; remove it or rebuild the bundle"))
             try:  # its digest lets a signature check name it as unsigned
                 digests[rel] = read_regular(root / rel, MAX_FILE_BYTES).sha256
             except InputError:
@@ -230,8 +235,8 @@ def check(root: Path, manifest: Manifest, keep: Callable[[str], bool] = lambda r
             checks.append(FileCheck(rel, FileStatus.MISSING, "listed in the manifest but missing from the bundle"))
             continue
         if listed_st.st_size != entry.size:
-            checks.append(FileCheck(rel, FileStatus.CHANGED, f"does not match the sha256 in the manifest ({listed_st.st_size:,} "
-                                                          f"bytes, the manifest says {entry.size:,})"))
+            checks.append(FileCheck(rel, FileStatus.CHANGED, f"does not match the sha256 in the manifest "
+                                    f"({listed_st.st_size:,} bytes, the manifest says {entry.size:,})"))
             continue
         try:
             read = read_regular(root / rel, min(entry.size, MAX_FILE_BYTES), keep=keep(rel))

@@ -35,6 +35,8 @@ _KEY = re.compile(r"^b(\d+):(in|out):(.+)$")
 
 @dataclass(frozen=True)
 class GoldenSet:
+    """Golden input batches and, once the source has run on them, its reference outputs (one per batch)."""
+
     inputs: tuple[Batch, ...]
     references: tuple[Batch, ...] | None = None
 

@@ -22,6 +22,8 @@ class _Strict(BaseModel):
 
 
 class Tensor(_Strict):
+    """A graph input or output: name, element type, shape and, for an output, how parity judges it."""
+
     name: str
     dtype: str
     shape: list[int | str | None] | None
@@ -29,6 +31,8 @@ class Tensor(_Strict):
 
 
 class Source(_Strict):
+    """Where the model came from: the framework, the spec as given, the task, the exporter, the source files' sha256."""
+
     framework: str = Field(description="pytorch | transformers | sklearn")
     framework_version: str
     identifier: str = Field(description="the source spec as given")
@@ -39,6 +43,8 @@ class Source(_Strict):
 
 
 class Model(_Strict):
+    """The bundle's ONNX model: its file, the plaintext's sha256 and size, its opsets and signature."""
+
     file: str
     sha256: str = Field(pattern=SHA256, description="sha256 of the plaintext ONNX file")
     size: int
@@ -50,17 +56,23 @@ class Model(_Strict):
 
 
 class File(_Strict):
+    """One bundle file as the manifest lists it: sha256 and size."""
+
     sha256: str = Field(pattern=SHA256)
     size: int
 
 
 class Step(_Strict):
+    """One step applied to the model (convert, optimize, quantize, select, ...), its settings and figures."""
+
     name: str
     settings: dict[str, Any] = Field(default_factory=dict)
     figures: dict[str, Any] = Field(default_factory=dict)
 
 
 class Golden(_Strict):
+    """The golden set's file, its batch and example counts, and where its inputs came from."""
+
     file: str
     batches: int
     items: int
@@ -68,6 +80,8 @@ class Golden(_Strict):
 
 
 class OutputParity(_Strict):
+    """The manifest's record of one output's parity with the source framework."""
+
     name: str
     role: str
     items: int
@@ -80,6 +94,8 @@ class OutputParity(_Strict):
 
 
 class Parity(_Strict):
+    """The manifest's record of the parity report: the verdict, the tolerance and each output's figures."""
+
     passed: bool
     tolerance: dict[str, float]
     batches: int
@@ -89,6 +105,8 @@ class Parity(_Strict):
 
 
 class SealedFile(_Strict):
+    """A sealed file's plaintext name, sha256 and size, checked after every decryption."""
+
     plaintext: str = Field(description="the file's name before sealing (model.onnx, golden.npz)")
     sha256: str = Field(pattern=SHA256, description="sha256 of the plaintext, checked after decryption")
     size: int
@@ -106,6 +124,8 @@ class Sealed(_Strict):
 
 
 class Manifest(_Strict):
+    """The bundle's ``manifest.json``: what the bundle is, how it was made, and every file's sha256."""
+
     format: Literal["onnxguard-bundle/1"] = FORMAT
     name: str
     version: str
@@ -126,10 +146,12 @@ class Manifest(_Strict):
 
 
 def now() -> str:
+    """The current UTC time to the second in ISO 8601 with ``Z``, as the manifest records it."""
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (draft 2020-12), as shipped in ``schemas/manifest-1.schema.json``."""
     schema = Manifest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://onnxguard.dev/schemas/manifest-1.schema.json"

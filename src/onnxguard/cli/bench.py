@@ -12,7 +12,7 @@ from rich.table import Table
 from onnxguard import convert
 from onnxguard.bundle import golden
 from onnxguard.bundle.golden import Batch
-from onnxguard.cli import options, render, trusting
+from onnxguard.cli import loadtest, options, render, trusting
 from onnxguard.cli.app import app
 from onnxguard.cli.variant_common import is_bundle
 from onnxguard.convert import ConvertOptions, Source
@@ -42,7 +42,8 @@ def _signature_inputs(model) -> Batch:
     for spec in onnxfile.inputs(model):
         shape = [d if isinstance(d, int) else (1 if i == 0 else 16) for i, d in enumerate(spec.shape or ())]
         dtype = np.dtype(spec.dtype)
-        batch[spec.name] = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
+        values = rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)
+        batch[spec.name] = values.astype(dtype)
     return batch
 
 
@@ -60,25 +61,44 @@ def _torch_threads(src: Source, stack: contextlib.ExitStack) -> Callable[[int], 
 
 @app.command()
 def bench(
-    models: Annotated[list[Path], typer.Argument(help="Bundles and/or .onnx files, timed side by side.")],
+    models: Annotated[list[Path] | None, typer.Argument(help="Bundles and/or .onnx files, timed side by side.")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
     threads: Annotated[str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")] = "2",
     runs: Annotated[int, typer.Option("--runs", help="Timed calls per variant and cell.")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls per variant first.")] = 5,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Time cap per (batch, threads) cell.")] = 60.0,
-    compare: Annotated[bool, typer.Option("--compare", help="Also run the source framework (from the first bundle's manifest, or --source).")] = False,
-    source: Annotated[str | None, typer.Option("--source", help="Source model spec for --compare (default: the bundle's).")] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="Also run the source framework (from the first bundle's manifest, or --source).")] = False,
+    source: Annotated[str | None, typer.Option(
+        "--source", help="Source model spec for --compare (default: the bundle's).")] = None,
     input_shape: options.InputShape = None,
-    inputs: Annotated[Path | None, typer.Option("--inputs", help="An .npz batch to time on (rows repeated or cut to each batch size).")] = None,
+    inputs: Annotated[Path | None, typer.Option(
+        "--inputs", help="An .npz batch to time on (rows repeated or cut to each batch size).")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory per variant.")] = True,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write latency and throughput charts to this PNG.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write latency and throughput charts to this PNG.")] = None,
     json: options.Json = False,
     public_key: trusting.PublicKey = None,
     allow_unsigned: trusting.AllowUnsigned = False,
     identity: trusting.Identity = None,
     passphrase_env: trusting.PassphraseEnv = None,
+    url: loadtest.Url = None,
+    model_name: loadtest.Model = None,
+    key_env: loadtest.KeyEnv = None,
+    concurrency: loadtest.Concurrency = "1,4,16,64",
+    duration: loadtest.Duration = 10.0,
+    max_requests: loadtest.MaxRequests = 100_000,
+    texts: loadtest.Texts = None,
 ) -> None:
-    """Latency percentiles, throughput, size and peak memory, interleaved in one run, with ratios."""
+    """Latency percentiles, throughput, size and peak memory, interleaved in one run, with ratios; or, with
+    --url, a bounded load on a running server: throughput and latency per concurrency level."""
+    if url is not None:
+        if models:
+            raise InputError("give bundles/.onnx files or --url, not both")
+        loadtest.bench_url(url, model_name, key_env, concurrency, duration, max_requests, inputs, texts, plot, json)
+        return
+    if not models:
+        raise InputError("nothing to time: give bundles and/or .onnx files, or --url URL of a running server")
     opts = bench_lib.BenchOptions(_ints(batch_sizes, "--batch-sizes"), _ints(threads, "--threads"), warmup, runs,
                                   max_seconds, memory)
     variant_list, first_bundle, batch, first_model = [], None, None, None
@@ -118,7 +138,8 @@ def bench(
         return
     t = Table(title=f"bench ({report.machine['cores']} cores, onnxruntime {report.machine['onnxruntime']}; "
                     f"ratios: {baseline} p50 / variant p50, same run)", title_justify="left")
-    for col in ("variant", "batch", "threads", "p50 ms", "p95 ms", "p99 ms", "items/s", "x baseline", "size", "peak MB"):
+    for col in ("variant", "batch", "threads", "p50 ms", "p95 ms", "p99 ms", "items/s", "x baseline", "size",
+                "peak MB"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for x in report.timings:
         t.add_row(x.variant, str(x.batch), str(x.threads), f"{x.p50_ms:.3f}", f"{x.p95_ms:.3f}", f"{x.p99_ms:.3f}",

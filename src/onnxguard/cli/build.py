@@ -40,22 +40,33 @@ def build(
     rtol: options.Rtol = _DT.rtol,
     min_cosine: options.MinCosine = _DT.min_cosine,
     min_label_agreement: options.MinAgreement = _DT.min_label_agreement,
-    optimize: Annotated[str, typer.Option("--optimize", help="none | auto (measure, keep the faster) | fusions | basic | extended | all.")] = "auto",
-    quantize: Annotated[str, typer.Option("--quantize", help="none | auto (try dynamic and static INT8, keep the fastest that passes the gate) | dynamic | static | fp16.")] = "none",
+    optimize: Annotated[str, typer.Option(
+        "--optimize", help="none | auto (measure, keep the faster) | fusions | basic | extended | all.")] = "auto",
+    quantize: Annotated[str, typer.Option(
+        "--quantize", help="none | auto (try dynamic and static INT8, keep the fastest that passes the gate) | dynamic "
+                           "| static | fp16.")] = "none",
     calibration: options.Calibration = None,
     calibration_method: options.CalibrationMethod = "minmax",
     gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size at which candidates are timed.")] = 1,
-    threads: Annotated[int, typer.Option("--threads", help="Threads at which candidates are timed (0: all cores).")] = 0,
-    sign_key: Annotated[Path | None, typer.Option("--sign-key", help="Sign the bundle with this private key (PEM; see keygen).")] = None,
-    recipient: Annotated[list[str] | None, typer.Option("--recipient", help="Seal the model and golden set to this age recipient "
-                                                        "(age1..., ssh-ed25519 ...); repeatable.")] = None,
-    scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Security-scan the chosen model before bundling it.")] = True,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Scan policy TOML (default: the built-in default profile).")] = None,
+    threads: Annotated[int, typer.Option(
+        "--threads", help="Threads at which candidates are timed (0: all cores).")] = 0,
+    sign_key: Annotated[Path | None, typer.Option(
+        "--sign-key", help="Sign the bundle with this private key (PEM; see keygen).")] = None,
+    recipient: Annotated[list[str] | None, typer.Option(
+        "--recipient", help="Seal the model and golden set to this age recipient (age1..., ssh-ed25519 ...); "
+                            "repeatable.")] = None,
+    scan: Annotated[bool, typer.Option(
+        "--scan/--no-scan", help="Security-scan the chosen model before bundling it.")] = True,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", help="Scan policy TOML (default: the built-in default profile).")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="Scan policy profile: default | strict.")] = None,
-    fail_on: Annotated[str, typer.Option("--fail-on", help="Stop the build on a scan finding at or above: info | low | medium | high | critical.")] = "medium",
-    force: Annotated[bool, typer.Option("--force", help="Keep a requested variant that fails the accuracy gate (recorded in the manifest).")] = False,
+    fail_on: Annotated[str, typer.Option(
+        "--fail-on", help="Stop the build on a scan finding at or above: info | low | medium | high | "
+                          "critical.")] = "medium",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Keep a requested variant that fails the accuracy gate (recorded in the manifest).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUTPUT.")] = False,
     json: options.Json = False,
 ) -> None:
@@ -98,7 +109,10 @@ def candidates(sel: Selection) -> None:
     for c in sel.candidates:
         cos = [o.min_cosine for o in c.gate.outputs if o.min_cosine is not None] if c.gate else []
         agree = [o.label_agreement for o in c.gate.outputs if o.label_agreement is not None] if c.gate else []
-        gate = "[red]error[/] (see manifest)" if c.error else ("[green]passed[/]" if c.gate.passed else "[red]failed[/]")
+        if c.error or c.gate is None:  # a candidate that could not be made or gated
+            gate = "[red]error[/] (see manifest)"
+        else:
+            gate = "[green]passed[/]" if c.gate.passed else "[red]failed[/]"
         name = f"[bold]{c.name}[/] (chosen)" if c is sel.winner else c.name
         t.add_row(name, render.size(c.size) if not c.error else "-", gate, f"{min(cos):.5f}" if cos else "-",
                   f"{min(agree):.2%}" if agree else "-", f"{c.p50_ms:.2f}" if c.p50_ms else "-",

@@ -17,7 +17,8 @@ from onnxguard.trust import TrustPolicy, open_bundle
 @app.command()
 def consistency(
     source: Annotated[Path, typer.Argument(help="The bundle whose golden set is the contract.")],
-    targets: Annotated[list[Path] | None, typer.Argument(help="Target directories, other bundles, .onnx files.")] = None,
+    targets: Annotated[list[Path] | None, typer.Argument(
+        help="Target directories, other bundles, .onnx files.")] = None,
     public_key: trusting.PublicKey = None,
     allow_unsigned: trusting.AllowUnsigned = False,
     identity: trusting.Identity = None,

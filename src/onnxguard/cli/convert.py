@@ -14,7 +14,8 @@ from onnxguard.model import onnxfile
 
 @app.command()
 def convert(
-    source: Annotated[str, typer.Argument(help="file.py:factory, model.pt2, a Transformers dir or hub id, model.skops")],
+    source: Annotated[str, typer.Argument(
+        help="file.py:factory, model.pt2, a Transformers dir or hub id, model.skops")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The .onnx file to write.")],
     opset: options.Opset = None,
     exporter: options.Exporter = "auto",

@@ -19,11 +19,16 @@ _DT = options.DEFAULT_TOLERANCE
 def optimize(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The .onnx file (or bundle, for a bundle) to write.")],
-    level: Annotated[str, typer.Option("--level", help="ONNX Runtime level: none | basic | extended | all (all is tied to this CPU).")] = "extended",
-    fusions: Annotated[bool | None, typer.Option("--fusions/--no-fusions", help="Transformer fusions (default: on for transformer graphs).")] = None,
-    model_type: Annotated[str | None, typer.Option("--model-type", help="Transformer model type (default: the bundle's source config, else bert).")] = None,
-    num_heads: Annotated[int, typer.Option("--num-heads", help="Attention heads (0: from the bundle, else detected).")] = 0,
-    hidden_size: Annotated[int, typer.Option("--hidden-size", help="Hidden size (0: from the bundle, else detected).")] = 0,
+    level: Annotated[str, typer.Option(
+        "--level", help="ONNX Runtime level: none | basic | extended | all (all is tied to this CPU).")] = "extended",
+    fusions: Annotated[bool | None, typer.Option(
+        "--fusions/--no-fusions", help="Transformer fusions (default: on for transformer graphs).")] = None,
+    model_type: Annotated[str | None, typer.Option(
+        "--model-type", help="Transformer model type (default: the bundle's source config, else bert).")] = None,
+    num_heads: Annotated[int, typer.Option(
+        "--num-heads", help="Attention heads (0: from the bundle, else detected).")] = 0,
+    hidden_size: Annotated[int, typer.Option(
+        "--hidden-size", help="Hidden size (0: from the bundle, else detected).")] = 0,
     golden_npz: GoldenRefs = None,
     atol: options.Atol = _DT.atol,
     rtol: options.Rtol = _DT.rtol,

@@ -28,14 +28,17 @@ def _tokenizer(parent):
 def quantize(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The .onnx file (or bundle, for a bundle) to write.")],
-    mode: Annotated[str, typer.Option("--mode", help="dynamic (INT8 weights) | static (INT8 QDQ, calibrated) | fp16.")] = "dynamic",
-    per_channel: Annotated[bool, typer.Option("--per-channel", help="dynamic: per-channel weight scales (static is always per-channel).")] = False,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="dynamic (INT8 weights) | static (INT8 QDQ, calibrated) | fp16.")] = "dynamic",
+    per_channel: Annotated[bool, typer.Option(
+        "--per-channel", help="dynamic: per-channel weight scales (static is always per-channel).")] = False,
     calibration: options.Calibration = None,
     method: options.CalibrationMethod = "minmax",
-    keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
+    keep_io_types: Annotated[bool, typer.Option(
+        "--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
     reduce_range: Annotated[bool | None, typer.Option(
-        "--reduce-range/--full-range", help="INT8: 7-bit weights, for x86 CPUs without VNNI, whose INT8 kernels saturate "
-                                            "(default: detected on this CPU).")] = None,
+        "--reduce-range/--full-range", help="INT8: 7-bit weights, for x86 CPUs without VNNI, whose INT8 kernels "
+                                            "saturate (default: detected on this CPU).")] = None,
     golden_npz: GoldenRefs = None,
     gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
@@ -64,6 +67,7 @@ def quantize(
     render.out.print(f"quantize ({mode}): {render.size(result.size_before)} -> {render.size(result.size_after)}"
                      + (" (after ONNX Runtime pre-processing)" if result.preprocessed else ""))
     step = Step(name="quantize", settings=result.options.settings(),
-                figures={"size_before": result.size_before, "size_after": result.size_after, "preprocessed": result.preprocessed})
+                figures={"size_before": result.size_before, "size_after": result.size_after,
+                         "preprocessed": result.preprocessed})
     finish(result.model, parent, step, output, golden_npz, force, overwrite,
            options.gate(gate_min_cosine, gate_min_label_agreement), model)

@@ -16,7 +16,8 @@ from onnxguard.model import info as inspect_lib
 
 @app.command()
 def quickstart(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the example writes its files.")] = Path("onnxguard-quickstart"),
+    workdir: Annotated[Path, typer.Option(
+        "--workdir", help="Where the example writes its files.")] = Path("onnxguard-quickstart"),
 ) -> None:
     """Train a small CNN on scikit-learn's digits and build a bundle from it: the whole path in one run."""
     render.out.rule("onnxguard quickstart: digits CNN -> ONNX bundle")

@@ -27,7 +27,8 @@ def scan(
     fmt: Annotated[str, typer.Option("--format", help="Output format: text | json | sarif.")] = "text",
     fail_on: Annotated[str, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this severity: "
                                          + " | ".join(SEVERITIES) + ".")] = "medium",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the report here instead of stdout.")] = None,
     public_key: trusting.PublicKey = None,
     identity: trusting.Identity = None,
     passphrase_env: trusting.PassphraseEnv = None,

@@ -35,8 +35,9 @@ def sign(
                                                                  "chain certificates (PEM), repeatable.")] = None,
     sigstore: Annotated[bool, typer.Option("--sigstore", help="Sigstore keyless signing (needs a network and an "
                                            "OIDC identity).")] = False,
-    identity_token_env: Annotated[str | None, typer.Option("--identity-token-env", help="Sigstore: name of the "
-                                                           "environment variable holding an OIDC identity token.")] = None,
+    identity_token_env: Annotated[str | None, typer.Option(
+        "--identity-token-env", help="Sigstore: name of the environment variable holding an OIDC identity "
+                                     "token.")] = None,
     staging: Annotated[bool, typer.Option("--staging", help="Sigstore: use the staging instance.")] = False,
     json: options.Json = False,
 ) -> None:

@@ -15,7 +15,8 @@ from onnxguard.cli.app import app
 @app.command()
 def target(
     source: Annotated[Path, typer.Argument(help="The bundle.")],
-    to: Annotated[str, typer.Option("--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU) | web (onnxruntime-web, WASM).")],
+    to: Annotated[str, typer.Option(
+        "--to", help="mobile (ORT format, ARM) | edge (ORT format, any CPU) | web (onnxruntime-web, WASM).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The target directory to create.")],
     public_key: trusting.PublicKey = None,
     allow_unsigned: trusting.AllowUnsigned = False,

@@ -134,7 +134,8 @@ def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input
 
 def _dynamo(module, args, inputs: list[InputSpec], output_names, opset) -> onnx.ModelProto:
     dims: dict[str, torch.export.Dim] = {}
-    shapes = tuple({a: dims.setdefault(s, torch.export.Dim(s)) for a, s in spec.dynamic_axes().items()} for spec in inputs)
+    shapes = tuple({a: dims.setdefault(s, torch.export.Dim(s)) for a, s in spec.dynamic_axes().items()}
+                   for spec in inputs)
     params = list(inspect.signature(module.forward).parameters.values())
     if len(params) == 1 and params[0].kind == params[0].VAR_POSITIONAL:
         shapes = (shapes,)  # forward(*args): the spec for the args tuple is one element
@@ -192,6 +193,7 @@ class _Positional(torch.nn.Module):
 
 def random_batch(inputs: list[InputSpec], batch: int, rng: np.random.Generator, sizes: dict[str, int],
                  fill: float | None = None) -> Batch:
+    """``batch`` rows for ``inputs`` (other symbolic dims sized by ``sizes``): random by dtype, or all ``fill``."""
     out = {}
     for spec in inputs:
         shape = spec.example({**sizes, "batch": batch})
@@ -221,6 +223,7 @@ def golden_from_specs(inputs: list[InputSpec], size: int, seed: int = 0) -> list
 
 
 def to_tensors(batch: Batch, inputs: list[InputSpec]) -> tuple[torch.Tensor, ...]:
+    """A batch as torch tensors in the order of ``inputs`` (the module's positional arguments)."""
     return tuple(torch.from_numpy(np.ascontiguousarray(batch[i.name])) for i in inputs)
 
 
@@ -262,7 +265,8 @@ class TorchSource:
             progress(Event("convert", f"exporting the ExportedProgram (opset {opset or DEFAULT_OPSET})"))
             try:
                 with quiet_exporter() as caught:
-                    onnx_program = torch.onnx.export(self.program, args, dynamo=True, opset_version=opset or DEFAULT_OPSET,
+                    onnx_program = torch.onnx.export(self.program, args, dynamo=True,
+                                                     opset_version=opset or DEFAULT_OPSET,
                                                      input_names=[i.name for i in self.inputs],
                                                      output_names=self.output_names, verbose=False)
             except Exception as e:  # noqa: BLE001  (see export_module: any exporter error is reported)
@@ -314,6 +318,7 @@ def import_spec(spec: str) -> torch.nn.Module:
 
 
 def load_module(spec: str, options: ConvertOptions) -> TorchSource:
+    """A ``file.py:factory`` spec as a :class:`TorchSource`, its inputs given by ``options.input_shapes``."""
     module = import_spec(spec)
     params = [p for p in inspect.signature(module.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -341,6 +346,8 @@ def _checked(cls, module, inputs, identifier, files, options: ConvertOptions, **
 
 
 def load_program(path: Path, options: ConvertOptions) -> TorchSource:
+    """A saved ``torch.export`` ExportedProgram (``.pt2``) as a :class:`TorchSource`, its inputs from the program's
+    signature."""
     try:
         with quiet_exporter():
             program = torch.export.load(str(path))

@@ -14,6 +14,8 @@ LABELS = [str(i) for i in range(10)]
 
 
 class DigitsCNN(nn.Module):
+    """The quickstart's small CNN for 8x8 digit images: two conv blocks, then a two-layer classifier."""
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -28,6 +30,8 @@ class DigitsCNN(nn.Module):
 
 @dataclass(frozen=True)
 class Data:
+    """scikit-learn's digits split into train and test images and labels."""
+
     x_train: np.ndarray  # (n, 1, 8, 8) float32 in [0, 1]
     y_train: np.ndarray
     x_test: np.ndarray
@@ -35,6 +39,7 @@ class Data:
 
 
 def load_data(seed: int = 0) -> Data:
+    """scikit-learn's bundled digits scaled to [0, 1], split 75/25 and stratified by label."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
+    """The bundle's answer for one test image: its label, the true label and the confidence."""
+
     label: str
     truth: str
     confidence: float
@@ -38,6 +40,8 @@ class Prediction:
 
 @dataclass(frozen=True)
 class QuickstartResult:
+    """What the quickstart made and measured, from the trained model to the targets' drift."""
+
     accuracy: float
     program: Path
     build: BuildResult
@@ -61,6 +65,7 @@ class ServingDemo:
 
 
 def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> QuickstartResult:
+    """Train the digits CNN, build a signed and sealed bundle of it, verify and open it, and check its targets."""
     from onnxguard.examples import digits
 
     workdir = Path(workdir)
@@ -74,7 +79,8 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     calibration = workdir / "calibration.npz"  # training images: the gate then judges on images it never saw
     GoldenSet(tuple({"image": data.x_train[i : i + 64]} for i in range(0, 512, 64))).save(calibration)
     options = BuildOptions(convert=ConvertOptions(task="classification"), name="digits-cnn", labels=digits.LABELS,
-                           golden_npz=golden_path, meta={"dataset": "sklearn digits", "test_accuracy": f"{accuracy:.4f}"},
+                           golden_npz=golden_path,
+                           meta={"dataset": "sklearn digits", "test_accuracy": f"{accuracy:.4f}"},
                            overwrite=True, optimize="auto", quantize="auto", calibration=calibration,
                            bench_batch=32)
     keys = _keys(workdir / "keys")
@@ -91,7 +97,8 @@ def run(workdir: str | Path, progress: Progress = silent, epochs: int = 12) -> Q
     logits = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max())) for p, t in zip(probs, data.y_test[-8:], strict=True))
+    predictions = tuple(Prediction(str(p.argmax()), str(t), float(p.max()))
+                        for p, t in zip(probs, data.y_test[-8:], strict=True))
     drift, skipped = _targets(opened, policy, workdir / "targets", progress)
     serving = serve_demo(result.bundle.path, policy, identity, workdir / "serve", data.x_test[-4:],
                          [str(t) for t in data.y_test[-4:]], progress)
@@ -179,7 +186,8 @@ def _targets(opened: OpenedBundle, policy: TrustPolicy, out: Path,
         else:
             skipped = ("no headless Chromium here, so the web target was not run in a browser "
                        "(apt install chromium chromium-driver; `make test` installs them)")
-    progress(Event("consistency", "golden set on every variant and target" + ("" if skipped else ", Chromium included")))
+    progress(Event("consistency",
+                   "golden set on every variant and target" + ("" if skipped else ", Chromium included")))
     return consistency.check(opened, checked, policy), skipped
 
 

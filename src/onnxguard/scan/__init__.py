@@ -96,7 +96,8 @@ def _checks(ctx: ScanContext, checks: tuple[Check, ...], progress: Progress) -> 
     return found
 
 
-def _scan_file(path: Path, display: str, policy: Policy, checks: tuple[Check, ...], progress: Progress) -> list[Finding]:
+def _scan_file(path: Path, display: str, policy: Policy, checks: tuple[Check, ...],
+               progress: Progress) -> list[Finding]:
     return _checks(_load(path, display, policy), checks, progress)
 
 

@@ -68,6 +68,8 @@ class Location:
 
 @dataclass(frozen=True)
 class Finding:
+    """One problem a check found: which check, how severe, what, and where in the model."""
+
     check: str
     severity: Severity
     message: str
@@ -151,6 +153,8 @@ class ScanContext:
 
 @runtime_checkable
 class Check(Protocol):
+    """What every check is: an id, a severity, a one-line title, a scope, and ``run`` yielding findings."""
+
     id: str
     severity: Severity
     title: str

@@ -134,7 +134,8 @@ def from_mapping(data: dict, profile: str | None = None, source: str = "policy")
     """A policy from TOML-shaped data; ``profile`` (from the command line) wins over the data's own."""
     unknown = sorted(set(data) - {f.name for f in fields(Policy)})
     if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(f.name for f in fields(Policy))}")
+        known = ", ".join(f.name for f in fields(Policy))
+        raise InputError(f"{source}: unknown key {unknown[0]!r}; known keys: {known}")
     name = profile or data.get("profile", "default")
     if not isinstance(name, str):
         raise InputError(f"{source}: 'profile' must be a string")

@@ -17,6 +17,8 @@ SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 @dataclass(frozen=True)
 class Body:
+    """A graph or function body as the walk meets it: its nodes, the names it defines and its nesting."""
+
     where: str                     # "graph", "graph/If_0.then_branch", "function local:f", ...
     nodes: tuple[onnx.NodeProto, ...]
     defined: frozenset[str]        # graph inputs + initializers, or function inputs
@@ -33,6 +35,7 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graphs ``node`` carries as attributes (If branches, Loop and Scan bodies), named by attribute."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.name, attr.g
@@ -64,6 +67,7 @@ def bodies(model: onnx.ModelProto) -> Iterator[Body]:
 
 
 def function_key(f: onnx.FunctionProto) -> str:
+    """``domain:name[@overload]``: how a model-local function is named."""
     return f"{f.domain or 'ai.onnx'}:{f.name}" + (f"@{f.overload}" if f.overload else "")
 
 
@@ -81,6 +85,8 @@ def visible(body: Body) -> set[str]:
 
 @dataclass(frozen=True)
 class StoredTensor:
+    """A tensor stored in the model (an initializer or a node attribute) and where it is."""
+
     tensor: onnx.TensorProto
     where: str            # the body it belongs to
     node: str | None      # the Constant (or other) node carrying it as an attribute, if any

@@ -16,6 +16,8 @@ TARGET_FORMAT = "onnxguard-target/1"
 
 @dataclass(frozen=True)
 class TargetResult:
+    """What ``target.make`` produced: the directory, its files, the operators it needs, the golden-set check."""
+
     path: Path
     kind: str
     files: dict[str, int]  # file -> size in bytes

@@ -32,6 +32,7 @@ def _kernels() -> dict[tuple[str, str], tuple[tuple[int, int], ...]]:
 
 
 def nodes(graph: onnx.GraphProto):
+    """Every node of ``graph``, those of its subgraphs included, depth first."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
@@ -68,6 +69,7 @@ def unsupported(model: onnx.ModelProto) -> list[str]:
 
 
 def check(model: onnx.ModelProto, target: str, runtime: str) -> None:
+    """Refuse (``InputError``) a model with an op the ``target``'s runtime has no kernel for."""
     missing = unsupported(model)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

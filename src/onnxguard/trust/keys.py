@@ -37,6 +37,8 @@ AGE_RECIPIENT = "age-recipient.txt"
 
 @dataclass(frozen=True)
 class KeyPaths:
+    """The files ``generate`` writes (signing key pair, age identity and recipient) and the recipient."""
+
     private_key: Path
     public_key: Path
     age_identity: Path

@@ -45,6 +45,8 @@ PathLike = str | os.PathLike[str]
 
 
 class Step(enum.Enum):
+    """The door's checks, in the order they run."""
+
     MANIFEST = "manifest"
     FILES = "files"
     SIGNATURE = "signature"
@@ -53,6 +55,8 @@ class Step(enum.Enum):
 
 
 class Status(enum.Enum):
+    """The outcome of one of the door's checks."""
+
     PASSED = "passed"
     FAILED = "failed"
     NOT_CHECKED = "not checked"  # a failure: nothing vouches for what was not checked
@@ -66,6 +70,8 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class StepResult:
+    """One check of the door: its outcome and the detail behind it."""
+
     step: Step
     status: Status
     detail: str
@@ -214,8 +220,9 @@ def _plaintext(b: Bundle, ids: list[object] | None, policy: TrustPolicy) -> tupl
         return StepResult(Step.PLAINTEXT, Status.NOT_APPLICABLE, "not sealed"), {}
     if ids is None:
         status = Status.WAIVED if isinstance(policy.scan, UnsafeUnscanned) else Status.NOT_CHECKED
+        waived = " (UnsafeUnscanned)" if status is Status.WAIVED else ""
         return StepResult(Step.PLAINTEXT, status, "sealed, opened without its identity: the plaintext was not "
-                                                  "decrypted" + (" (UnsafeUnscanned)" if status is Status.WAIVED else "")), {}
+                                                  f"decrypted{waived}"), {}
     plain: dict[str, bytes] = {}
     for rel, entry in sealed.files.items():
         buf = io.BytesIO()
@@ -265,13 +272,15 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
         steps.append(StepResult(Step.FILES, Status.NOT_CHECKED, "the manifest could not be read"))
         # The signature covers manifest.json too: checked against every regular file, it names what changed.
         steps.append(_signature(root, files.digests(root), policy)[0])
-        steps += [StepResult(s, Status.NOT_CHECKED, "the manifest could not be read") for s in (Step.PLAINTEXT, Step.SCAN)]
+        steps += [StepResult(s, Status.NOT_CHECKED, "the manifest could not be read")
+                  for s in (Step.PLAINTEXT, Step.SCAN)]
         return TrustReport(str(root), tuple(steps), waivers=waivers), None
     ids = None
     if manifest.sealed is not None and (identity is not None or passphrase is not None):
         ids = sealing.identities_for(root, manifest, identity, passphrase)  # a bad identity: exit 2, before any work
+    described = f"{manifest.name} {manifest.version}, sha256 {manifest_sha[:16]}..."
     steps.append(StepResult(Step.MANIFEST, Status.FAILED if problems else Status.PASSED,
-                            "; ".join(problems) or f"{manifest.name} {manifest.version}, sha256 {manifest_sha[:16]}..."))
+                            "; ".join(problems) or described))
 
     progress(Event("open", f"{root}: files", 1, len(Step)))
     sealed_names = set(manifest.sealed.files) if manifest.sealed else set()
@@ -290,7 +299,8 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
     plain: dict[str, bytes] = {}
     if not intact:
         steps.append(StepResult(Step.PLAINTEXT, Status.NOT_CHECKED, "skipped: the files do not match the manifest")
-                     if manifest.sealed is not None else StepResult(Step.PLAINTEXT, Status.NOT_APPLICABLE, "not sealed"))
+                     if manifest.sealed is not None
+                     else StepResult(Step.PLAINTEXT, Status.NOT_APPLICABLE, "not sealed"))
         steps.append(StepResult(Step.SCAN, Status.NOT_CHECKED, "skipped: the files do not match the manifest"))
         scan_report = None
     else:

@@ -79,6 +79,8 @@ class UnsafeUnscanned(ScanRule):
 
 @dataclass(frozen=True)
 class TrustPolicy:
+    """What the door requires: a signature rule (None: the signature step fails) and a scan rule."""
+
     signature: SignaturePolicy | None  # None: no rule given; the signature step is not checked, and fails
     scan: ScanRule = field(default_factory=ScanRule)
 

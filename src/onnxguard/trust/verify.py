@@ -33,6 +33,8 @@ PathLike = str | os.PathLike[str]
 
 
 class GoldenStatus(enum.Enum):
+    """Whether ``verify`` ran the golden set, and with what outcome."""
+
     NOT_REQUESTED = "not requested"
     PASSED = "passed"
     FAILED = "failed"
@@ -41,6 +43,8 @@ class GoldenStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What ``verify`` found: the door's report, the bundle's name and version, the golden-set check."""
+
     trust: TrustReport
     name: str | None
     version: str | None

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from onnxguard.scan.checks import (
+    bundle,
+    control_flow,
+    domains,
+    external_data,
+    file,
+    functions,
+    graph,
+    metadata,
+    operators,
+    resources,
+)
 from onnxguard.scan.interface import BaseCheck, Check, Severity
-from onnxguard.scan.checks import bundle, control_flow, domains, external_data, file, functions, graph, metadata, operators, resources
 
 
 class CheckError(BaseCheck):

@@ -12,6 +12,7 @@ from onnxguard.scan.walk import bodies, node_label
 
 
 def local_functions(ctx: ScanContext) -> set[tuple[str, str]]:
+    """The (domain, name) of every function the model defines itself."""
     return {(f.domain, f.name) for f in ctx.model.functions}
 
 
@@ -26,10 +27,10 @@ class NodeDomain(BaseCheck):
             for i, node in enumerate(body.nodes):
                 if node.domain not in allowed and (node.domain, node.op_type) not in local:
                     native = node.domain not in ALLOWED_DOMAINS + RUNTIME_DOMAINS
+                    needs = "; it needs a custom-op library (native code)" if native else ""
                     yield self.finding(ctx, f"{body.where}: node {quote(node_label(node, i))} is op "
                                             f"{quote(node.op_type)} of domain {quote(node.domain)}, not allowed by the "
-                                            "policy" + ("; it needs a custom-op library (native code)" if native else ""),
-                                       node=node_label(node, i))
+                                            f"policy{needs}", node=node_label(node, i))
 
 
 class OpsetDomain(BaseCheck):
@@ -46,7 +47,8 @@ class OpsetDomain(BaseCheck):
         for where, opset in imports:
             if opset.domain in allowed:
                 continue
-            what = f"{where} imports opset domain {quote(opset.domain)} version {opset.version}, not allowed by the policy"
+            what = (f"{where} imports opset domain {quote(opset.domain)} version {opset.version}, not allowed by the "
+                    "policy")
             if opset.domain in used:
                 yield self.finding(ctx, f"{what}; nodes use it")
             elif opset.domain in RUNTIME_DOMAINS:

@@ -36,6 +36,7 @@ class Reference:
 
 
 def external_tensors(model: onnx.ModelProto) -> list[Reference]:
+    """Every tensor the model stores as external data, with its external_data entries."""
     return [Reference(s, {e.key: e.value for e in s.tensor.external_data})
             for s in stored_tensors(model) if s.tensor.data_location == onnx.TensorProto.EXTERNAL]
 
@@ -55,11 +56,13 @@ def resolve(model_dir: str, location: str) -> tuple[str | None, str | None]:
         return None, f"location {quote(location)} leaves the model's directory"
     real_dir, real = os.path.realpath(model_dir), os.path.realpath(joined)
     if os.path.commonpath([real_dir, real]) != real_dir or real == real_dir:
-        return None, f"location {quote(location)} resolves through a symlink to {quote(real)}, outside the model's directory"
+        return None, (f"location {quote(location)} resolves through a symlink to {quote(real)}, outside the model's "
+                      "directory")
     return real, None
 
 
 def unsafe_locations(ctx: ScanContext) -> list[str]:
+    """Why each external-data location not proven inside the model's directory is unsafe."""
     model_dir = str(ctx.model_dir)
     return [why for ref in external_tensors(ctx.model)
             for _, why in [resolve(model_dir, ref.entries.get("location", ""))] if why is not None]
@@ -96,11 +99,12 @@ class File(BaseCheck):
     title = "external data file missing, not a regular file, or hardlinked"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for ref, path, st in _safe_files(ctx):
+        for ref, _, st in _safe_files(ctx):
             where = dict(node=ref.stored.node, tensor=ref.name)
             location = quote(ref.entries["location"])
             if st is None:
-                yield self.finding(ctx, f"external data file {location} of tensor {quote(ref.name)} does not exist", **where)
+                yield self.finding(ctx, f"external data file {location} of tensor {quote(ref.name)} does not exist",
+                                   **where)
             elif not stat.S_ISREG(st.st_mode):
                 yield self.finding(ctx, f"external data {location} of tensor {quote(ref.name)} is not a regular file "
                                         "(a device or pipe can hang or leak the loader)", **where)
@@ -116,7 +120,7 @@ class Range(BaseCheck):
     title = "external data offset/length invalid, past the end of the file, or not matching the tensor's dims"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for ref, path, st in _safe_files(ctx):
+        for ref, _, st in _safe_files(ctx):
             if st is None or not stat.S_ISREG(st.st_mode):
                 continue
             where = dict(node=ref.stored.node, tensor=ref.name)
@@ -139,7 +143,8 @@ class Range(BaseCheck):
         expected = None if count is None else tensors.nbytes(ref.stored.tensor.data_type, count)
         length = numbers.get("length", expected)
         if expected is not None and length != expected:
-            yield self.finding(ctx, f"{label}: length {length:,} bytes, but its dims and type need {expected:,}", **where)
+            yield self.finding(ctx, f"{label}: length {length:,} bytes, but its dims and type need {expected:,}",
+                               **where)
         if length is None:
             yield self.finding(ctx, f"{label}: no length, and its dims and type do not give one", **where)
         elif offset + length > size:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import onnx
 
-from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity
 from onnxguard.scan.checks import external_data
+from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity
 
 # Leading bytes of formats that are often passed off as a model. A pickle runs code when loaded, archives
 # may hold anything (including pickles: torch.save writes a zip).
@@ -49,8 +49,8 @@ class FileSize(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         if ctx.load_state == "too-large":
-            yield self.finding(ctx, f"file is {ctx.file_size:,} bytes, over the limit of {ctx.policy.max_file_bytes:,}; "
-                                    "it was not parsed")
+            yield self.finding(ctx, f"file is {ctx.file_size:,} bytes, over the limit of "
+                                    f"{ctx.policy.max_file_bytes:,}; it was not parsed")
 
 
 class FileFormat(BaseCheck):

@@ -124,8 +124,8 @@ class Undefined(BaseCheck):
                 for name in node.input:
                     if name and name not in available:
                         label = node_label(node, i)
-                        yield self.finding(ctx, f"{body.where}: node {quote(label)} reads {quote(name)}, which no node, "
-                                                "input or initializer produces", node=label, tensor=name)
+                        yield self.finding(ctx, f"{body.where}: node {quote(label)} reads {quote(name)}, which no "
+                                                "node, input or initializer produces", node=label, tensor=name)
             for name in body.outputs:
                 if name not in available:
                     yield self.finding(ctx, f"{body.where}: output {quote(name)} is never produced", tensor=name)

@@ -28,6 +28,7 @@ def _fields(model: onnx.ModelProto) -> Iterator[tuple[str, str, bool]]:
 
 
 def control_characters(text: str, free_text: bool) -> list[str]:
+    """The control and format characters in ``text`` as ``U+XXXX``; ``free_text`` allows ordinary whitespace."""
     allowed = TEXT_WHITESPACE if free_text else ""
     return sorted({f"U+{ord(c):04X}" for c in text
                    if c not in allowed and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
@@ -36,14 +37,16 @@ def control_characters(text: str, free_text: bool) -> list[str]:
 class Size(BaseCheck):
     id = "metadata.size"
     severity = Severity.MEDIUM
-    title = "a metadata value or doc string is over max_metadata_value_bytes, or all metadata over max_metadata_total_bytes"
+    title = ("a metadata value or doc string is over max_metadata_value_bytes, or all metadata over "
+             "max_metadata_total_bytes")
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         policy = ctx.policy
         for where, text, _ in _fields(ctx.model):
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > policy.max_metadata_value_bytes:
-                yield self.finding(ctx, f"{where} is {size:,} bytes, over the limit of {policy.max_metadata_value_bytes:,}")
+                yield self.finding(ctx, f"{where} is {size:,} bytes, over the limit of "
+                                        f"{policy.max_metadata_value_bytes:,}")
         total = sum(len((p.key + p.value).encode("utf-8", "surrogatepass")) for p in ctx.model.metadata_props)
         if total > policy.max_metadata_total_bytes:
             yield self.finding(ctx, f"metadata_props hold {total:,} bytes, over the limit of "

@@ -9,6 +9,7 @@ from onnxguard.scan.walk import bodies, node_label
 
 
 def matches(entries: tuple[str, ...], domain: str, op_type: str) -> bool:
+    """Whether ``entries`` name the op (as ``Op``, ``domain:Op``, or ``ai.onnx:Op`` for the default domain)."""
     return op_type in entries or f"{domain}:{op_type}" in entries or f"{domain or 'ai.onnx'}:{op_type}" in entries
 
 

@@ -22,6 +22,7 @@ SECURITY_SEVERITY = {Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.ME
 
 
 def uri(path: str) -> str:
+    """A SARIF artifact location: a file URI for an absolute path, else the percent-encoded relative path."""
     p = Path(path)
     return p.as_uri() if p.is_absolute() else urllib.parse.quote(p.as_posix())
 
@@ -53,6 +54,7 @@ def _result(f: Finding, index: dict[str, int]) -> dict:
 
 
 def to_dict(report: ScanReport) -> dict:
+    """The report as a SARIF 2.1.0 log: one run, one rule per check, one result per finding."""
     rules = [_rule(c) for c in report.checks]
     index = {r["id"]: i for i, r in enumerate(rules)}
     return {
@@ -67,4 +69,5 @@ def to_dict(report: ScanReport) -> dict:
 
 
 def render(report: ScanReport) -> str:
+    """The report's SARIF log as indented JSON, ASCII only."""
     return json.dumps(to_dict(report), indent=2, ensure_ascii=True) + "\n"

@@ -16,6 +16,7 @@ WIDTH = 140
 
 
 def render(report: ScanReport, color: bool = False) -> str:
+    """The report as text for a terminal (in colour when ``color``), untrusted names made printable."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=WIDTH, force_terminal=color, no_color=not color, highlight=False,
                       emoji=False, markup=False)

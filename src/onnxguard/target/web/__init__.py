@@ -40,6 +40,7 @@ NPM_TIMEOUT_S = 600
 
 
 def runtime_version() -> str:
+    """The onnxruntime-web version pinned by the package-lock beside this module."""
     lock = json.loads((HERE / "package-lock.json").read_text())
     return lock["packages"]["node_modules/onnxruntime-web"]["version"]
 
@@ -118,6 +119,7 @@ def golden_json(golden: GoldenSet) -> dict:
 
 
 def golden_text(golden: GoldenSet) -> str:
+    """``golden_json`` as compact JSON text: the page's ``golden.json``."""
     return json.dumps(golden_json(golden), separators=(",", ":"))
 
 
@@ -135,8 +137,8 @@ def decode_outputs(batches: list[dict]) -> list[Batch]:
 def _check_outputs(model) -> None:
     for o in model.graph.output:
         if o.type.WhichOneof("value") != "tensor_type":
-            raise InputError(f"output {o.name!r} is a {o.type.WhichOneof('value')}, and onnxruntime-web returns tensors "
-                             "only; rebuild the bundle without ZipMap (scikit-learn: the default)")
+            raise InputError(f"output {o.name!r} is a {o.type.WhichOneof('value')}, and onnxruntime-web returns "
+                             "tensors only; rebuild the bundle without ZipMap (scikit-learn: the default)")
 
 
 def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwrite: bool,

@@ -18,7 +18,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from onnxguard.errors import InputError, ModelError
 
@@ -86,6 +85,7 @@ def _first_line(e: Exception) -> str:
 
 
 def available() -> bool:
+    """Whether headless Chromium, its driver and selenium are all installed here."""
     try:
         executables()
         import selenium  # noqa: F401

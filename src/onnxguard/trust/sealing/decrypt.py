@@ -23,10 +23,14 @@ SUFFIX = ".age"
 
 
 class Reader(Protocol):
+    """What age ciphertext is read from: a file opened for reading, or a reader hashing it on the way."""
+
     def read(self, n: int = -1, /) -> bytes: ...
 
 
 class Writer(Protocol):
+    """What decrypted plaintext is written to: a file, or a buffer in memory."""
+
     def write(self, data: bytes, /) -> int: ...
 
     def flush(self) -> None: ...
@@ -89,9 +93,9 @@ def decrypt_to(b: Bundle, rel: str, ids: list[object], writer: Writer) -> Sealed
         if reader.sha.hexdigest() != listed.sha256 or reader.size != listed.size:
             raise BundleError(f"{path}: changed after the bundle was read (its sha256 is no longer the manifest's)")
     if w.sha.hexdigest() != entry.sha256 or w.size != entry.size:
-        raise BundleError(f"{path}: decrypts to a {entry.plaintext} whose sha256 is not the manifest's; the sealed file "
-                          "was replaced", hint="anyone with a recipient's public key can encrypt a file: check the "
-                          "bundle's signature")
+        raise BundleError(f"{path}: decrypts to a {entry.plaintext} whose sha256 is not the manifest's; the sealed "
+                          "file was replaced",
+                          hint="anyone with a recipient's public key can encrypt a file: check the bundle's signature")
     return entry
 
 
