@@ -22,6 +22,7 @@ from onnxguard.cli import (
     convert,
     inspect,
     keygen,
+    leakage,
     optimize,
     parity,
     quantize,
@@ -41,8 +42,8 @@ __all__ = ["VERBS", "app", "main"]
 
 # The verb modules: importing each one registers its command(s) on ``app`` (defined in onnxguard.cli.app, so that
 # no verb imports this package back).
-VERBS = (apikey, audit, bench, build, consistency, convert, inspect, keygen, optimize, parity, quantize, quickstart,
-         scan, seal, serve, sign, target, verify)
+VERBS = (apikey, audit, bench, build, consistency, convert, inspect, keygen, leakage, optimize, parity, quantize,
+         quickstart, scan, seal, serve, sign, target, verify)
 
 
 def _verb(group, argv: list[str]):
