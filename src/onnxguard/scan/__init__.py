@@ -12,6 +12,7 @@ once and hands the scanner the plaintext model (``scan_bytes``) and what it foun
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -125,21 +126,20 @@ def _load(path: Path, display: str, policy: Policy) -> ScanContext:
 def _context(data: bytes, display: str, policy: Policy, model_dir: Path | None, size: int,
              path: Path | None = None) -> ScanContext:
     """Parse ``data`` (the file's head only, when it is over the size limit) into a scan context."""
-    base = dict(policy=policy, path=path, display=display, model_dir=model_dir, file_size=size)
-    head = data[:HEAD_BYTES]
+    base = ScanContext(policy, path, display, model_dir=model_dir, file_size=size, head=data[:HEAD_BYTES])
     if size > policy.max_file_bytes or len(data) > policy.max_file_bytes:
-        return ScanContext(**base, head=head, load_state="too-large")
+        return dataclasses.replace(base, load_state="too-large")
     if not data:
-        return ScanContext(**base, head=head, load_state="empty", load_detail="the file is empty")
+        return dataclasses.replace(base, load_state="empty", load_detail="the file is empty")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
     except DecodeError as e:
-        return ScanContext(**base, head=head, load_state="decode-error", load_detail=f"protobuf decode failed ({e})")
+        return dataclasses.replace(base, load_state="decode-error", load_detail=f"protobuf decode failed ({e})")
     if not model.HasField("graph") or model.ir_version == 0:
-        return ScanContext(**base, head=head, load_state="not-a-model",
-                           load_detail="the protobuf has no graph or no IR version")
-    return ScanContext(**base, head=head, load_state="ok", model=model)
+        return dataclasses.replace(base, load_state="not-a-model",
+                                   load_detail="the protobuf has no graph or no IR version")
+    return dataclasses.replace(base, load_state="ok", model=model)
 
 
 def _run(ctx: ScanContext, checks: list[Check], progress: Progress) -> list[Finding]:

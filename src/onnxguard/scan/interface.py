@@ -150,15 +150,32 @@ class ScanContext:
     model: onnx.ModelProto | None = None
     bundle: BundleView | None = None
 
+    @property
+    def parsed(self) -> onnx.ModelProto:
+        """The parsed model, for the model checks: they run only when there is one (a crash otherwise is a
+        ``scan.error`` finding, so nothing passes unscanned)."""
+        if self.model is None:
+            raise ValueError(f"{self.display}: no parsed model to check")
+        return self.model
+
 
 @runtime_checkable
 class Check(Protocol):
-    """What every check is: an id, a severity, a one-line title, a scope, and ``run`` yielding findings."""
+    """What every check is: an id, a severity, a one-line title, a scope, and ``run`` yielding findings.
 
-    id: str
-    severity: Severity
-    title: str
-    scope: Scope
+    Read-only members, so that a check class may fix them more narrowly (``scope = "file"``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def severity(self) -> Severity: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def scope(self) -> Scope: ...
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]: ...
 

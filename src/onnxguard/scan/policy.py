@@ -18,6 +18,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from onnxguard.errors import InputError
 
@@ -76,7 +77,7 @@ DYNAMIC_ALLOCATION_OPS = ("ConstantOfShape", "Expand", "Tile", "Range", "Resize"
 SEQUENCE_OPS = ("SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
                 "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence")
 
-PROFILES: dict[str, dict[str, object]] = {
+PROFILES: dict[str, dict[str, Any]] = {
     # Every standard op, ONNX Runtime's com.microsoft ops, the limits above.
     "default": {},
     # For models from outside the team: no control flow, no value-sized allocations, no runtime-specific ops.
@@ -141,7 +142,7 @@ def from_mapping(data: dict, profile: str | None = None, source: str = "policy")
         raise InputError(f"{source}: 'profile' must be a string")
     if profile is None and name not in PROFILES:
         raise InputError(f"{source}: unknown scan profile {name!r}; use one of {', '.join(PROFILES)}")
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # checked field by field below
     for key, value in data.items():
         if key == "profile":
             continue

@@ -8,8 +8,9 @@ import onnx
 from onnx import TensorProto
 
 # Element types packed below one byte; every other fixed-size type takes its numpy itemsize.
-_PACKED_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4, TensorProto.INT2: 2,
-                TensorProto.UINT2: 2, TensorProto.FLOAT6E2M3: 6, TensorProto.FLOAT6E3M2: 6}
+_PACKED_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+                                TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.FLOAT6E2M3: 6,
+                                TensorProto.FLOAT6E3M2: 6}
 _TWO_VALUES = (TensorProto.COMPLEX64, TensorProto.COMPLEX128)  # stored as (real, imaginary) pairs
 
 

@@ -8,16 +8,19 @@ The scanner never opens a bundle itself: ``trust.scan_bundle`` reads every file 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from onnxguard.bundle.files import MANIFEST, SIGNATURE, FileStatus
+from onnxguard.bundle.files import MANIFEST, SIGNATURE, FileCheck, FileStatus
 from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
 
 
-def _files(ctx: ScanContext, *statuses: FileStatus):
-    for c in ctx.bundle.files if ctx.bundle else ():
+def _files(ctx: ScanContext, *statuses: FileStatus) -> Iterator[tuple[FileCheck, str]]:
+    view = ctx.bundle
+    if view is None:
+        return
+    for c in view.files:
         if c.status in statuses:
-            yield c, str(ctx.bundle.root / c.file)
+            yield c, str(view.root / c.file)
 
 
 class Manifest(BaseCheck):

@@ -15,7 +15,7 @@ class Nesting(BaseCheck):
     title = "subgraphs nest deeper than the policy's max_nesting_depth"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        deepest = max(bodies(ctx.model), key=lambda b: b.depth)
+        deepest = max(bodies(ctx.parsed), key=lambda b: b.depth)
         if deepest.depth > ctx.policy.max_nesting_depth:
             yield self.finding(ctx, f"subgraphs nest {deepest.depth} levels deep (limit "
                                     f"{ctx.policy.max_nesting_depth}), deepest at {deepest.where}")
@@ -28,7 +28,7 @@ class Count(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         counts = {op: 0 for op in CONTROL_FLOW_OPS}
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             for node in body.nodes:
                 if node.op_type in counts and node.domain in STANDARD_DOMAINS:
                     counts[node.op_type] += 1

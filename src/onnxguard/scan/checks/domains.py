@@ -13,7 +13,7 @@ from onnxguard.scan.walk import bodies, node_label
 
 def local_functions(ctx: ScanContext) -> set[tuple[str, str]]:
     """The (domain, name) of every function the model defines itself."""
-    return {(f.domain, f.name) for f in ctx.model.functions}
+    return {(f.domain, f.name) for f in ctx.parsed.functions}
 
 
 class NodeDomain(BaseCheck):
@@ -23,7 +23,7 @@ class NodeDomain(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         allowed, local = set(ctx.policy.allowed_domains), local_functions(ctx)
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             for i, node in enumerate(body.nodes):
                 if node.domain not in allowed and (node.domain, node.op_type) not in local:
                     native = node.domain not in ALLOWED_DOMAINS + RUNTIME_DOMAINS
@@ -41,9 +41,9 @@ class OpsetDomain(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         allowed = set(ctx.policy.allowed_domains) | {d for d, _ in local_functions(ctx)}
-        used = {n.domain for b in bodies(ctx.model) for n in b.nodes}
-        imports = [("model", o) for o in ctx.model.opset_import]
-        imports += [(f"function {quote(f.name)}", o) for f in ctx.model.functions for o in f.opset_import]
+        used = {n.domain for b in bodies(ctx.parsed) for n in b.nodes}
+        imports = [("model", o) for o in ctx.parsed.opset_import]
+        imports += [(f"function {quote(f.name)}", o) for f in ctx.parsed.functions for o in f.opset_import]
         for where, opset in imports:
             if opset.domain in allowed:
                 continue

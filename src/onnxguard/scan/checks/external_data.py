@@ -61,18 +61,23 @@ def resolve(model_dir: str, location: str) -> tuple[str | None, str | None]:
     return real, None
 
 
+def _about(check: BaseCheck, ctx: ScanContext, ref: Reference, message: str) -> Finding:
+    """A finding of ``check`` naming the node and tensor of the external reference ``ref``."""
+    return check.finding(ctx, message, node=ref.stored.node, tensor=ref.name)
+
+
 def unsafe_locations(ctx: ScanContext) -> list[str]:
     """Why each external-data location not proven inside the model's directory is unsafe."""
     model_dir = str(ctx.model_dir)
-    return [why for ref in external_tensors(ctx.model)
+    return [why for ref in external_tensors(ctx.parsed)
             for _, why in [resolve(model_dir, ref.entries.get("location", ""))] if why is not None]
 
 
 def _safe_files(ctx: ScanContext) -> Iterator[tuple[Reference, str, os.stat_result | None]]:
     """External references whose location is safe, with the stat of their file (``None``: missing)."""
-    for ref in external_tensors(ctx.model):
-        path, why = resolve(str(ctx.model_dir), ref.entries.get("location", ""))
-        if why is None:
+    for ref in external_tensors(ctx.parsed):
+        path, _ = resolve(str(ctx.model_dir), ref.entries.get("location", ""))
+        if path is not None:  # a location proven inside the model's directory
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -86,7 +91,7 @@ class Location(BaseCheck):
     title = "external data location is absolute, escapes the model's directory, or escapes through a symlink"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for ref in external_tensors(ctx.model):
+        for ref in external_tensors(ctx.parsed):
             _, why = resolve(str(ctx.model_dir), ref.entries.get("location", ""))
             if why is not None:
                 yield self.finding(ctx, f"external data of tensor {quote(ref.name)} {why} ({CVES}); "
@@ -100,18 +105,17 @@ class File(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         for ref, _, st in _safe_files(ctx):
-            where = dict(node=ref.stored.node, tensor=ref.name)
             location = quote(ref.entries["location"])
             if st is None:
-                yield self.finding(ctx, f"external data file {location} of tensor {quote(ref.name)} does not exist",
-                                   **where)
+                yield _about(self, ctx, ref, f"external data file {location} of tensor {quote(ref.name)} does not "
+                                             "exist")
             elif not stat.S_ISREG(st.st_mode):
-                yield self.finding(ctx, f"external data {location} of tensor {quote(ref.name)} is not a regular file "
-                                        "(a device or pipe can hang or leak the loader)", **where)
+                yield _about(self, ctx, ref, f"external data {location} of tensor {quote(ref.name)} is not a regular "
+                                             "file (a device or pipe can hang or leak the loader)")
             elif st.st_nlink > 1:
-                yield self.finding(ctx, f"external data file {location} of tensor {quote(ref.name)} has "
-                                        f"{st.st_nlink} hard links: it may be a file from outside the model's "
-                                        "directory", **where)
+                yield _about(self, ctx, ref, f"external data file {location} of tensor {quote(ref.name)} has "
+                                             f"{st.st_nlink} hard links: it may be a file from outside the model's "
+                                             "directory")
 
 
 class Range(BaseCheck):
@@ -123,33 +127,32 @@ class Range(BaseCheck):
         for ref, _, st in _safe_files(ctx):
             if st is None or not stat.S_ISREG(st.st_mode):
                 continue
-            where = dict(node=ref.stored.node, tensor=ref.name)
             label = f"external data of tensor {quote(ref.name)} in {quote(ref.entries['location'])}"
-            numbers = {}
+            numbers: dict[str, int] = {}
             for key in ("offset", "length"):
                 raw = ref.entries.get(key)
                 if raw is None:
                     continue
                 if not raw.isdigit():
-                    yield self.finding(ctx, f"{label}: {key} {quote(raw)} is not a non-negative integer", **where)
+                    yield _about(self, ctx, ref, f"{label}: {key} {quote(raw)} is not a non-negative integer")
                     break
                 numbers[key] = int(raw)
             else:
-                yield from self._range(ctx, ref, st.st_size, numbers, label, where)
+                yield from self._range(ctx, ref, st.st_size, numbers, label)
 
-    def _range(self, ctx, ref: Reference, size: int, numbers: dict[str, int], label: str, where: dict):
+    def _range(self, ctx: ScanContext, ref: Reference, size: int, numbers: dict[str, int],
+               label: str) -> Iterator[Finding]:
         offset = numbers.get("offset", 0)
         count = tensors.element_count(ref.stored.tensor)
         expected = None if count is None else tensors.nbytes(ref.stored.tensor.data_type, count)
         length = numbers.get("length", expected)
         if expected is not None and length != expected:
-            yield self.finding(ctx, f"{label}: length {length:,} bytes, but its dims and type need {expected:,}",
-                               **where)
+            yield _about(self, ctx, ref, f"{label}: length {length:,} bytes, but its dims and type need {expected:,}")
         if length is None:
-            yield self.finding(ctx, f"{label}: no length, and its dims and type do not give one", **where)
+            yield _about(self, ctx, ref, f"{label}: no length, and its dims and type do not give one")
         elif offset + length > size:
-            yield self.finding(ctx, f"{label}: offset {offset:,} + length {length:,} is past the end of the "
-                                    f"{size:,}-byte file", **where)
+            yield _about(self, ctx, ref, f"{label}: offset {offset:,} + length {length:,} is past the end of the "
+                                         f"{size:,}-byte file")
 
 
 CHECKS = (Location(), File(), Range())

@@ -86,7 +86,7 @@ class Checker(BaseCheck):
     title = "onnx.checker rejects the model"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        model = ctx.model
+        model = ctx.parsed
         if external_data.external_tensors(model):
             # In memory, onnx's checker resolves external data against the *current directory*; checking the
             # file by path resolves it against the model's directory, but only once every location is safe.
@@ -110,7 +110,7 @@ class ShapeInference(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         try:
-            onnx.shape_inference.infer_shapes(ctx.model, check_type=True, strict_mode=True, data_prop=True)
+            onnx.shape_inference.infer_shapes(ctx.parsed, check_type=True, strict_mode=True, data_prop=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             yield self.finding(ctx, f"strict shape inference: {_first_line(e)}")
 

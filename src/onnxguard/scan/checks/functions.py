@@ -24,7 +24,7 @@ class Shadowing(BaseCheck):
     title = "a model-local function has the name of a standard ONNX operator"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for f in ctx.model.functions:
+        for f in ctx.parsed.functions:
             if f.domain in STANDARD_DOMAINS and onnx.defs.has(f.name, f.domain):
                 yield self.finding(ctx, f"local function {quote(function_key(f))} shadows the standard ONNX operator "
                                         f"{quote(f.name)}", node=f.name)
@@ -36,9 +36,9 @@ class Recursion(BaseCheck):
     title = "model-local functions call themselves, directly or through each other"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        functions = {_key(f.domain, f.name, f.overload): f for f in ctx.model.functions}
+        functions = {_key(f.domain, f.name, f.overload): f for f in ctx.parsed.functions}
         calls: dict[Key, set[Key]] = {k: set() for k in functions}
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             if body.function is None:
                 continue
             owner = _key(body.function.domain, body.function.name, body.function.overload)

@@ -38,9 +38,9 @@ class SingleAssignment(BaseCheck):
     title = "a tensor name is produced more than once (the graph is not in SSA form)"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             outer = visible(body) - body.defined
-            declared = Counter()
+            declared: Counter[str] = Counter()
             if body.graph is not None:
                 initializers = [t.name for t in body.graph.initializer]
                 declared.update(v.name for v in body.graph.input)
@@ -72,7 +72,7 @@ class Cycles(BaseCheck):
     title = "nodes depend on each other in a cycle"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             cycle = find_cycle(body)
             if cycle:
                 labels = [node_label(body.nodes[i], i) for i in cycle]
@@ -104,7 +104,9 @@ def find_cycle(body: Body) -> list[int] | None:
     if not remaining:
         return None
     # Every remaining node has a remaining predecessor: walking back must revisit a node, closing a cycle.
-    path, seen, i = [], {}, min(remaining)
+    path: list[int] = []
+    seen: dict[int, int] = {}
+    i = min(remaining)
     while i not in seen:
         seen[i] = len(path)
         path.append(i)
@@ -118,7 +120,7 @@ class Undefined(BaseCheck):
     title = "a node input or graph output names a tensor nothing produces"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             available = visible(body) | {o for n in body.nodes for o in n.output if o}
             for i, node in enumerate(body.nodes):
                 for name in node.input:

@@ -42,12 +42,12 @@ class Size(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         policy = ctx.policy
-        for where, text, _ in _fields(ctx.model):
+        for where, text, _ in _fields(ctx.parsed):
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > policy.max_metadata_value_bytes:
                 yield self.finding(ctx, f"{where} is {size:,} bytes, over the limit of "
                                         f"{policy.max_metadata_value_bytes:,}")
-        total = sum(len((p.key + p.value).encode("utf-8", "surrogatepass")) for p in ctx.model.metadata_props)
+        total = sum(len((p.key + p.value).encode("utf-8", "surrogatepass")) for p in ctx.parsed.metadata_props)
         if total > policy.max_metadata_total_bytes:
             yield self.finding(ctx, f"metadata_props hold {total:,} bytes, over the limit of "
                                     f"{policy.max_metadata_total_bytes:,}")
@@ -59,7 +59,7 @@ class ControlCharacters(BaseCheck):
     title = "metadata or model strings contain control or bidirectional-override characters"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for where, text, free in _fields(ctx.model):
+        for where, text, free in _fields(ctx.parsed):
             found = control_characters(text, free)
             if found:
                 shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")

@@ -20,7 +20,7 @@ class Operators(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         policy = ctx.policy
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             for i, node in enumerate(body.nodes):
                 label = node_label(node, i)
                 op = f"{quote(node.op_type)}" + (f" of domain {quote(node.domain)}" if node.domain else "")

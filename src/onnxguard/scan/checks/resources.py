@@ -129,8 +129,8 @@ def _output_size(node: onnx.NodeProto, scope: Scope) -> tuple[int, int] | str | 
         repeats = _ints(scope.value(_arg(node, 1)))
         if repeats is None:
             return None
-        given = scope.shape(_arg(node, 0))
-        given = given if given is not None and len(given) == len(repeats) else [1] * len(repeats)
+        known = scope.shape(_arg(node, 0))
+        given = known if known is not None and len(known) == len(repeats) else [1] * len(repeats)
         return _prod(d * r for d, r in zip(given, repeats, strict=True)), scope.element_bits(_arg(node, 0))
     if op == "Range":
         start, limit, delta = (scope.value(_arg(node, i)) for i in range(3))
@@ -152,8 +152,8 @@ def _output_size(node: onnx.NodeProto, scope: Scope) -> tuple[int, int] | str | 
         if scales is None or len(scales) == 0:
             return None
         scales = [float(s) for s in np.asarray(scales).reshape(-1)]
-        given = scope.shape(x)
-        given = given if given is not None and len(given) == len(scales) else [1] * len(scales)
+        known = scope.shape(x)
+        given = known if known is not None and len(known) == len(scales) else [1] * len(scales)
         if not all(math.isfinite(s) for s in scales):
             return "non-finite scales"
         return _prod(math.floor(d * s) for d, s in zip(given, scales, strict=True)), scope.element_bits(x)
@@ -162,8 +162,8 @@ def _output_size(node: onnx.NodeProto, scope: Scope) -> tuple[int, int] | str | 
         if not pads or len(pads) % 2:
             return None
         half = len(pads) // 2
-        given = scope.shape(_arg(node, 0))
-        given = given if given is not None and len(given) == half and len(node.input) < 4 else [1] * half
+        known = scope.shape(_arg(node, 0))
+        given = known if known is not None and len(known) == half and len(node.input) < 4 else [1] * half
         return _prod(d + pads[i] + pads[i + half] for i, d in enumerate(given)), scope.element_bits(_arg(node, 0))
     if op == "OneHot":
         depth = scope.value(_arg(node, 1))
@@ -185,7 +185,7 @@ class Allocation(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         limit = ctx.policy.max_memory_bytes
-        for body in bodies(ctx.model):
+        for body in bodies(ctx.parsed):
             scope = None
             for i, node in enumerate(body.nodes):
                 if node.domain not in ("", "ai.onnx"):
@@ -212,7 +212,7 @@ class StoredDims(BaseCheck):
     title = "a stored tensor's declared dims do not match the data it holds"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
-        for s in stored_tensors(ctx.model):
+        for s in stored_tensors(ctx.parsed):
             t = s.tensor
             where = f"{s.where}: tensor {quote(t.name)}" + ("" if s.node is None else f" of node {quote(s.node)}")
             if tensors.element_count(t) is None:
@@ -233,8 +233,8 @@ class InputDims(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         policy = ctx.policy
-        initializers = {t.name for t in ctx.model.graph.initializer}
-        for v in ctx.model.graph.input:
+        initializers = {t.name for t in ctx.parsed.graph.initializer}
+        for v in ctx.parsed.graph.input:
             if v.name in initializers or not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
                 continue
             dims = v.type.tensor_type.shape.dim

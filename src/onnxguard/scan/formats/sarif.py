@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from onnxguard import __version__
 from onnxguard.scan.interface import Finding, ScanReport, Severity
@@ -46,7 +47,7 @@ def _result(f: Finding, index: dict[str, int]) -> dict:
     location: dict = {"physicalLocation": {"artifactLocation": {"uri": uri(f.location.file)}}}
     if logical:
         location["logicalLocations"] = logical
-    result = {"ruleId": f.check, "level": LEVELS[f.severity], "message": {"text": f.message},
+    result: dict[str, Any] = {"ruleId": f.check, "level": LEVELS[f.severity], "message": {"text": f.message},
               "locations": [location], "properties": {"severity": f.severity.label}}
     if f.check in index:
         result["ruleIndex"] = index[f.check]
