@@ -34,6 +34,7 @@ MODEL_SIGNING = {
     "OpenSSL", "blake3", "certifi", "charset_normalizer", "id", "in_toto_attestation", "jwt", "platformdirs",
     "requests", "rekor_types", "rfc3161_client", "rfc8785", "securesystemslib", "sigstore", "sigstore_models",
     "socks", "tuf", "urllib3", "_cython_3_3_0", "cython_runtime",
+    "brotli", "_brotli",  # urllib3 imports brotli when it is installed (it is, for the test clients' stack)
 }
 SERVING = ("onnxguard", "onnxguard.runtime", "onnxguard.preprocess", "onnxguard.preprocess.tokenizer",
            "onnxguard.preprocess.image", "onnxguard.preprocess.table", "onnxguard.bundle", "onnxguard.trust",

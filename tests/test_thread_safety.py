@@ -80,9 +80,9 @@ def test_library_calls_in_threads_leave_process_state_alone(tmp_path, monkeypatc
     calibration = tuple({"x": rng.standard_normal((4, 1, 8, 8)).astype(np.float32)} for _ in range(3))
 
     def ort_format(kind: str):
-        stage, scratch = tmp_path / f"{kind}-out", tmp_path / f"{kind}-scratch"
-        scratch.mkdir()
-        ortformat._convert(data, stage, scratch, kind, silent)
+        stage = tmp_path / f"{kind}-out"
+        stage.mkdir()
+        ortformat._convert(data, stage, kind, silent)
         return stage
 
     def timing():

@@ -289,7 +289,7 @@ def examine(path: PathLike, policy: TrustPolicy, identity: IdentitySource = None
     contents = files.check(root, manifest, keep=lambda rel: rel not in sealed_names)
     steps.append(StepResult(Step.FILES, Status.PASSED if contents.ok else Status.FAILED,
                             f"{len(contents.checks)} file(s) match the manifest" if contents.ok
-                            else "; ".join(contents.failures())))
+                            else "; ".join(f"{root / c.file}: {c.detail}" for c in contents.checks if not c.ok)))
 
     progress(Event("open", f"{root}: signature", 2, len(Step)))
     sig, signer = _signature(root, {**contents.digests, bundle_lib.MANIFEST: manifest_sha}, policy)
