@@ -59,7 +59,7 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     """Remove the staging directories of ``target`` left by processes that no longer run; returns them."""
     target = Path(target)
     parent, pattern = target.absolute().parent, _stale_pattern(target)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
@@ -194,3 +194,33 @@ def check_output(target: str | os.PathLike[str], *, inputs: Sequence[str | os.Pa
         raise InputError(f"{target}: exists and is not a directory", remedy=Remedy.OUTPUT)
     if not overwrite:
         raise _already_exists(target)
+
+
+def private_file(path: Path, what: str) -> None:
+    """Make sure ``path`` is a regular file only its owner can read: refuse a link or a non-file, create a missing
+    one with mode 0600 (never through a link), whatever the umask. ``what`` names it in errors ("the audit log")."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            private_file(path, what)  # made by another process meanwhile: check what it is
+            return
+        except FileNotFoundError:
+            raise InputError(f"{path}: the directory of {what} does not exist", hint="create the directory first",
+                             remedy=Remedy.OUTPUT) from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot create {what}: {e.strerror}", remedy=Remedy.OUTPUT) from None
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600: a key store and an audit log name keys and clients
+        finally:
+            os.close(fd)
+        return
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"{path}: {what} is a symbolic link", hint="give the path of the file itself, a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: {what} is not a regular file", hint="give the path of a regular file")
+

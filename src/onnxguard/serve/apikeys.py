@@ -31,11 +31,9 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +44,7 @@ from typing import Any
 
 import limits as limits_lib
 
+from onnxguard import staging
 from onnxguard.errors import InputError, OnnxguardError
 
 __all__ = [
@@ -214,35 +213,6 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
 
-def _open_file(path: Path) -> None:
-    """Refuse a link or a non-file; create a missing store with mode 0600 (never through a link)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            _open_file(path)  # created by another process meanwhile: check what it is
-            return
-        except FileNotFoundError:
-            raise InputError(f"{path}: the directory of the key store does not exist",
-                             hint="create the directory first") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot create the key store: {e.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-        finally:
-            os.close(fd)
-        return
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the key store: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise InputError(f"{path}: the key store is a symbolic link",
-                         hint="give the path of the file itself, a regular file")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: the key store is not a regular file", hint="give the path of a regular file")
-
-
 class KeyStore:
     """The API keys of a server, in one SQLite file; safe to share between threads and between processes.
 
@@ -251,7 +221,7 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        _open_file(self.path)
+        staging.private_file(self.path, "the key store")
         # Between the check above and SQLite opening the file, the path could be swapped for a link by someone
         # who can write to its directory; such a someone could replace the store anyway. Keep the store in a
         # directory only the server's user can write.

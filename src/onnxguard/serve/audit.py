@@ -70,6 +70,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from onnxguard import staging
 from onnxguard.errors import CheckFailed, InputError, OnnxguardError
 
 # Records waiting to be committed (queued, or in the transaction being written). A record is a few hundred
@@ -242,34 +243,6 @@ def _row_record(row: tuple[Any, ...]) -> Record | str:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
-
-
-def _create_file(path: Path) -> None:
-    """Refuse a link or a non-file; create a missing log with mode 0600 (never through a link)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            return _create_file(path)  # created by another process meanwhile: check what it is
-        except FileNotFoundError:
-            raise InputError(f"{path}: the directory of the audit log does not exist",
-                             hint="create the directory first") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot create the audit log: {e.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask: the log names clients and keys
-        finally:
-            os.close(fd)
-        return None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the audit log: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise InputError(f"{path}: the audit log is a symbolic link", hint="give the path of the file itself")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: the audit log is not a regular file", hint="give the path of a regular file")
-    return None
 
 
 def _read_meta(path: Path, db: sqlite3.Connection) -> str:
@@ -473,7 +446,7 @@ class AuditLog:
         self._every = checkpoint_every
         self._flush_interval = float(flush_interval)
         self._max_queue = max_queue
-        _create_file(self.path)
+        staging.private_file(self.path, "the audit log")
         # Between the check above and SQLite opening the file, the path could be swapped for a link by someone
         # who can write to its directory; keep the log in a directory only the server's user can write.
         try:
