@@ -109,8 +109,11 @@ def in_browser(directory: Path) -> Runner:
 
 def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles: dict[str, str]) -> TargetDrift:
     """Run ``golden`` through one model and measure its drift from the source framework's references."""
+    references = golden.references
+    if references is None:
+        raise InputError(f"{path}: the golden set holds no reference outputs to measure the drift against")
     outs, ms = run(golden)
-    report = parity.compare(golden.references, outs, roles)
+    report = parity.compare(references, outs, roles)
     numeric = [o for o in report.outputs if o.role != parity.LABELS]
     max_abs = max((o.max_abs for o in numeric), default=0.0)
     mean_abs = max((o.mean_abs for o in numeric), default=0.0)
@@ -119,7 +122,7 @@ def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles
     if scores:
         kls, agree = [], []
         for n in scores:
-            ref = np.concatenate([r[n].reshape(len(r[n]), -1) for r in golden.references]).astype(np.float64)
+            ref = np.concatenate([r[n].reshape(len(r[n]), -1) for r in references]).astype(np.float64)
             out = np.concatenate([o[n].reshape(len(o[n]), -1) for o in outs]).astype(np.float64)
             probabilities = bool(np.all(ref >= 0) and np.allclose(ref.sum(-1), 1.0, atol=1e-3))
             kls.append(_kl(ref, out, probabilities))

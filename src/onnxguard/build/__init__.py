@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import onnx
 
@@ -22,7 +24,7 @@ from onnxguard.accuracy import parity
 from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle import Bundle, digest
-from onnxguard.bundle.golden import GoldenSet
+from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source
@@ -87,6 +89,17 @@ class BuildState:
     outbox: contextlib.ExitStack | None = None  # closing it publishes the staging directory as the target
 
 
+_T = TypeVar("_T")
+
+
+def _made(value: _T | None, what: str) -> _T:
+    """``value``, which an earlier stage sets: a stage list that runs a stage before the one it needs is a bug in
+    that list, named here."""
+    if value is None:
+        raise RuntimeError(f"build stages out of order: {what} is not made yet")
+    return value
+
+
 @dataclass(frozen=True)
 class StageResult:
     """One stage as it ran: its name, its duration and what it reported."""
@@ -119,19 +132,22 @@ def stage_convert(state: BuildState) -> str:
 def stage_golden(state: BuildState) -> str:
     """The golden set: inputs (given or generated) and the source framework's outputs on them."""
     opts = state.options
-    state.golden, state.golden_origin = parity.golden_from_source(state.source, opts.golden_npz, opts.texts,
-                                                                 state.progress)
-    return f"{state.golden.items} examples in {len(state.golden.inputs)} batches ({state.golden_origin})"
+    golden, state.golden_origin = parity.golden_from_source(_made(state.source, "the source (convert)"),
+                                                           opts.golden_npz, opts.texts, state.progress)
+    state.golden = golden
+    return f"{golden.items} examples in {len(golden.inputs)} batches ({state.golden_origin})"
 
 
 def stage_parity(state: BuildState) -> str:
     """The export against the source on the golden set, at the strict tolerance; a failure stops the build."""
     state.progress(Event("parity", "running ONNX Runtime on the golden set"))
-    report = parity.parity(state.model, state.golden, state.source.output_roles, state.options.tolerance, state.notes)
+    source = _made(state.source, "the source (convert)")
+    report = parity.parity(_made(state.model, "the model (convert)"), _made(state.golden, "the golden set (golden)"),
+                           source.output_roles, state.options.tolerance, state.notes)
     state.parity = report
     if not report.passed:
         failures = "; ".join(f"{o.name}: {', '.join(o.failures)}" for o in report.outputs if not o.passed)
-        raise CheckFailed(f"parity failed against {state.source.framework} ({failures}); no bundle was written",
+        raise CheckFailed(f"parity failed against {source.framework} ({failures}); no bundle was written",
                           hint="fix the model or the export, or loosen the tolerance if the difference is expected")
     worst = max(o.max_abs for o in report.outputs)
     state.steps.append(Step(name="parity", settings=report.tolerance.__dict__,
@@ -155,16 +171,19 @@ def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelPr
 
 
 def _other_exporter(state: BuildState) -> str | None:
-    if state.source.framework not in ("pytorch", "transformers") or "ExportedProgram" in state.exporter:
+    framework = _made(state.source, "the source (convert)").framework
+    if framework not in ("pytorch", "transformers") or "ExportedProgram" in state.exporter:
         return None
     return "torchscript" if "(dynamo)" in state.exporter else "dynamo"
 
 
 def _reexported(state: BuildState, exporter: str) -> tuple[onnx.ModelProto, Step]:
     """Export again with ``exporter``; the result must pass the same strict parity as the first export."""
-    exported = state.source.export(state.options.convert.opset, exporter, silent)
+    source = _made(state.source, "the source (convert)")
+    exported = source.export(state.options.convert.opset, exporter, silent)
     convert.set_metadata(exported.model, state.options.meta)
-    report = parity.parity(exported.model, state.golden, state.source.output_roles, state.options.tolerance)
+    report = parity.parity(exported.model, _made(state.golden, "the golden set (golden)"), source.output_roles,
+                           state.options.tolerance)
     if not report.passed:
         failures = "; ".join(f for o in report.outputs for f in o.failures)
         raise ConversionError(f"the {exporter} export fails parity: {failures}")
@@ -187,11 +206,12 @@ def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[
 
 def stage_optimize(state: BuildState) -> str:
     """FP32 candidates: the plain export, and the optimized graphs asked for."""
-    choice, arch = state.options.optimize, state.source.architecture or {}
+    choice, arch = state.options.optimize, _made(state.source, "the source (convert)").architecture or {}
+    model = _made(state.model, "the model (convert)")
     strict = state.options.tolerance
-    state.candidates = [Candidate("fp32", state.model, tolerance=strict)]
+    state.candidates = [Candidate("fp32", model, tolerance=strict)]
     wanted = []
-    if choice in ("auto", "fusions") and optimize.is_transformer(state.model):
+    if choice in ("auto", "fusions") and optimize.is_transformer(model):
         fused = optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
                                          num_heads=arch.get("num_heads", 0), hidden_size=arch.get("hidden_size", 0))
         wanted.append(("fp32-fused", fused))
@@ -200,13 +220,13 @@ def stage_optimize(state: BuildState) -> str:
         wanted.append((f"fp32-{level}", optimize.OptimizeOptions(level=level)))
     for name, opts in wanted:
         state.progress(Event("optimize", name))
-        state.candidates.append(_attempt(name, [], lambda o=opts: _optimized(state.model, o), strict))
+        state.candidates.append(_attempt(name, [], functools.partial(_optimized, model, opts), strict))
     other = _other_exporter(state)
     if choice == "auto" and other:
         # The exporters emit different graphs for the same model, and ORT runs them at different speeds
         # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
         state.progress(Event("optimize", f"fp32-{other}: the same model through the {other} exporter"))
-        state.candidates.append(_attempt(f"fp32-{other}", [], lambda: _reexported(state, other), strict))
+        state.candidates.append(_attempt(f"fp32-{other}", [], functools.partial(_reexported, state, other), strict))
     return ", ".join(c.name + (" (failed)" if c.error else "") for c in state.candidates)
 
 
@@ -230,13 +250,14 @@ def stage_quantize(state: BuildState) -> str:
             opts = quantize.QuantizeOptions(mode=mode, calibration=calibration, method=state.options.calibration_method)
             name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
             state.progress(Event("quantize", name))
-            added.append(_attempt(name, base.steps, lambda b=base, o=opts: _quantized(b.model, o)))
+            added.append(_attempt(name, base.steps, functools.partial(_quantized, base.model, opts)))
     state.candidates += added
     return ", ".join(c.name + (" (failed)" if c.error else "") for c in added)
 
 
-def _calibration(state: BuildState) -> tuple:
-    return variants.calibration(state.options.calibration, state.golden, state.source.texts_inputs)
+def _calibration(state: BuildState) -> tuple[Batch, ...]:
+    return variants.calibration(state.options.calibration, state.golden,
+                                _made(state.source, "the source (convert)").texts_inputs)
 
 
 def stage_select(state: BuildState) -> str:
@@ -244,8 +265,9 @@ def stage_select(state: BuildState) -> str:
     if len(state.candidates) <= 1:
         return "only the plain export: nothing to choose"
     threads = state.options.bench_threads or os.cpu_count() or 1
-    sel = variants.select(state.candidates, state.golden, state.source.output_roles, state.options.bench_batch, threads,
-                          state.options.gate, force=state.options.force, progress=state.progress)
+    sel = variants.select(state.candidates, _made(state.golden, "the golden set (golden)"),
+                          _made(state.source, "the source (convert)").output_roles, state.options.bench_batch,
+                          threads, state.options.gate, force=state.options.force, progress=state.progress)
     state.selection, state.model = sel, sel.winner.model
     reexport = next((st for st in sel.winner.steps if st.name == "convert"), None)
     if reexport is not None:
@@ -260,8 +282,8 @@ def stage_scan(state: BuildState) -> str:
         return "skipped (scan turned off)"
     # Scanned from memory: the plaintext model is never written outside the staging directory (a sealed build
     # encrypts it there before it is published).
-    report = scanner.scan_bytes(state.model.SerializeToString(), bundle.MODEL, state.options.policy,
-                                progress=state.progress)
+    report = scanner.scan_bytes(_made(state.model, "the model (convert)").SerializeToString(), bundle.MODEL,
+                                state.options.policy, progress=state.progress)
     state.scan = report
     failing = report.at_or_above(scanner.Severity.parse(state.options.fail_on))
     if failing:
@@ -282,12 +304,14 @@ def stage_bundle(state: BuildState) -> str:
     """Write the bundle's files into the staging directory beside the target; ``publish`` moves it into place."""
     state.progress(Event("bundle", f"writing {state.target}"))
     manifest = make_manifest(state)
+    work = _made(state.staging, "the staging directory")
     try:
-        bundle.fill(state.staging, manifest, state.model, state.golden, state.source.assets)
+        bundle.fill(work, manifest, _made(state.model, "the model (convert)"), state.golden,
+                    _made(state.source, "the source (convert)").assets)
     except OSError as e:  # name the bundle the user asked for, not the staging directory
         raise InputError(f"{state.target}: cannot write the bundle ({e.strerror or e})",
                          hint="free some space", remedy=Remedy.OUTPUT) from e
-    state.bundle = bundle.read(state.staging)
+    state.bundle = bundle.read(work)
     return f"{len(state.bundle.manifest.files)} files"
 
 
@@ -297,8 +321,9 @@ def stage_seal(state: BuildState) -> str:
         return "skipped (no recipient)"
     from onnxguard.trust import sealing
 
-    result = sealing.seal(state.staging, state.options.recipients, progress=state.progress)
-    state.bundle = bundle.read(state.staging)
+    work = _made(state.staging, "the staging directory")
+    result = sealing.seal(work, state.options.recipients, progress=state.progress)
+    state.bundle = bundle.read(work)
     return f"{', '.join(sealed for _, sealed in result.files)} for {len(state.options.recipients)} recipient(s)"
 
 
@@ -308,13 +333,14 @@ def stage_sign(state: BuildState) -> str:
         return "skipped (no signing key)"
     from onnxguard.trust import signing
 
-    signing.sign(state.staging, state.options.sign_key, state.options.sign_password, progress=state.progress)
-    return f"{bundle.SIGNATURE} over {len(state.bundle.manifest.files) + 1} files"
+    signing.sign(_made(state.staging, "the staging directory"), state.options.sign_key, state.options.sign_password,
+                 progress=state.progress)
+    return f"{bundle.SIGNATURE} over {len(_made(state.bundle, 'the bundle (bundle)').manifest.files) + 1} files"
 
 
 def stage_publish(state: BuildState) -> str:
     """Rename the staging directory to the target (replacing it only when overwriting is allowed)."""
-    state.outbox.close()
+    _made(state.outbox, "the staging directory's publication").close()
     state.bundle = bundle.read(state.target)
     return str(state.target)
 
@@ -341,7 +367,8 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def make_manifest(state: BuildState) -> Manifest:
     """The manifest of what the stages made (files, sha256 and sizes are filled in when it is written)."""
-    source, model, opts = state.source, state.model, state.options
+    source, model, opts = _made(state.source, "the source (convert)"), _made(state.model, "the model"), state.options
+    golden, export = _made(state.golden, "the golden set (golden)"), _made(state.parity, "the parity report (parity)")
     roles = source.output_roles
     data = model.SerializeToString()
     return Manifest(
@@ -362,10 +389,9 @@ def make_manifest(state: BuildState) -> Manifest:
         labels=opts.labels or source.labels,
         preprocessing=source.preprocessing,
         steps=state.steps,
-        golden=Golden(file=bundle.GOLDEN, batches=len(state.golden.inputs), items=state.golden.items,
-                      origin=state.golden_origin),
-        parity=parity.summary(_with_notes(state.selection.winner.gate, state.parity.notes)
-                              if state.selection else state.parity),
+        golden=Golden(file=bundle.GOLDEN, batches=len(golden.inputs), items=golden.items, origin=state.golden_origin),
+        parity=parity.summary(_with_notes(_made(state.selection.winner.gate, "the winner's gate (select)"),
+                                          export.notes) if state.selection else export),
         scan=None if state.scan is None else scan_summary(state.scan, opts.fail_on),
         metadata=dict(opts.meta),
     )
@@ -410,4 +436,5 @@ def build(spec: str | Source, target: str | Path, options: BuildOptions = BuildO
             progress(Event(name, detail, done=True))
     if state.bundle is None or state.bundle.path != target:  # a stage list without "publish": published on exit
         state.bundle = bundle.read(target)
-    return BuildResult(state.bundle, state.parity, tuple(results), state.selection)
+    return BuildResult(state.bundle, _made(state.parity, "the parity report (parity)"), tuple(results),
+                       state.selection)

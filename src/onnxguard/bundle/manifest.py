@@ -27,7 +27,7 @@ class Tensor(_Strict):
     name: str
     dtype: str
     shape: list[int | str | None] | None
-    role: str | None = Field(None, description="scores | labels | values: how parity judges this output")
+    role: str | None = Field(default=None, description="scores | labels | values: how parity judges this output")
 
 
 class Source(_Strict):
@@ -39,7 +39,8 @@ class Source(_Strict):
     task: str | None
     exporter: str
     files: dict[str, str] = Field(description="sha256 of each source file, by path")
-    architecture: dict[str, Any] | None = Field(None, description="transformers: model_type, num_heads, hidden_size")
+    architecture: dict[str, Any] | None = Field(default=None,
+                                                description="transformers: model_type, num_heads, hidden_size")
 
 
 class Model(_Strict):
@@ -117,9 +118,9 @@ class Sealed(_Strict):
 
     format: Literal["age-encryption.org/v1"] = "age-encryption.org/v1"
     recipients: list[str] = Field(description="public recipients (age1..., ssh-ed25519 ..., ssh-rsa ...) as given")
-    passphrase: bool = Field(False, description="a passphrase can open the bundle too (see key_file)")
-    key_file: str | None = Field(None, description="passphrase mode: a bundle file holding an X25519 identity that the "
-                                                   "files are also sealed to, itself age-encrypted with the passphrase")
+    passphrase: bool = Field(default=False, description="a passphrase can open the bundle too (see key_file)")
+    key_file: str | None = Field(default=None, description="passphrase mode: a bundle file holding an X25519 "
+                                 "identity that the files are also sealed to, itself age-encrypted with the passphrase")
     files: dict[str, SealedFile] = Field(description="each sealed file of the bundle, by its name in the bundle")
 
 
@@ -141,8 +142,8 @@ class Manifest(_Strict):
     parity: Parity | None = None
     scan: dict[str, Any] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
-    sealed: Sealed | None = Field(None, description="set when the bundle is sealed: model.file and golden.file then "
-                                                    "name the .age files; model.sha256 stays the plaintext's")
+    sealed: Sealed | None = Field(default=None, description="set when the bundle is sealed: model.file and "
+                                  "golden.file then name the .age files; model.sha256 stays the plaintext's")
 
 
 def now() -> str:

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from onnxguard.accuracy.thresholds import GATE
+from onnxguard.bundle.golden import Batch
 from onnxguard.bundle.manifest import Step
 from onnxguard.cli import options, render, trusting
 from onnxguard.cli.app import app
@@ -58,7 +59,7 @@ def quantize(
                          "(or give a bundle: its golden set is used)")
     onnx_model, parent = open_input(model, output, overwrite, fail_on=fail_on, public_key=public_key,
                                     allow_unsigned=allow_unsigned, identity=identity, passphrase_env=passphrase_env)
-    calib = ()
+    calib: tuple[Batch, ...] = ()
     if mode == "static":
         calib = variants.calibration(calibration, parent.golden() if parent else None, _tokenizer(parent))
     opts = quantize_lib.QuantizeOptions(mode=mode, per_channel=per_channel, calibration=calib, method=method,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import onnx
 
@@ -45,18 +45,40 @@ class Exported:
 
 
 class Source(Protocol):
-    """A source model loaded in its own framework."""
+    """A source model loaded in its own framework.
 
-    framework: str  # "pytorch" | "transformers" | "sklearn"
-    framework_version: str
-    identifier: str  # the spec the user gave
-    task: str | None
-    files: tuple[Path, ...]  # the source files, hashed into the manifest
-    labels: list[str] | None  # class labels, index-aligned with score outputs
-    output_roles: dict[str, str]  # output name -> parity role
-    preprocessing: dict | None
-    assets: dict[str, Path]  # bundle-relative path -> file to copy in (tokenizer files)
-    architecture: dict | None  # transformers: model_type, num_heads, hidden_size (for graph fusions)
+    Its data members are read-only: a source may hold them as fields or compute them (``labels``,
+    ``output_roles``), and may narrow them (a Transformers source always knows its ``task``)."""
+
+    @property
+    def framework(self) -> str: ...  # "pytorch" | "transformers" | "sklearn"
+
+    @property
+    def framework_version(self) -> str: ...
+
+    @property
+    def identifier(self) -> str: ...  # the spec the user gave
+
+    @property
+    def task(self) -> str | None: ...
+
+    @property
+    def files(self) -> tuple[Path, ...]: ...  # the source files, hashed into the manifest
+
+    @property
+    def labels(self) -> list[str] | None: ...  # class labels, index-aligned with score outputs
+
+    @property
+    def output_roles(self) -> dict[str, str]: ...  # output name -> parity role
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None: ...
+
+    @property
+    def assets(self) -> dict[str, Path]: ...  # bundle-relative path -> file to copy in (tokenizer files)
+
+    @property
+    def architecture(self) -> dict[str, Any] | None: ...  # transformers: model_type, num_heads, hidden_size
 
     def export(self, opset: int | None, exporter: str, progress: Progress) -> Exported: ...
 

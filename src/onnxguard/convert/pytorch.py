@@ -134,13 +134,20 @@ def export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input
 
 def _dynamo(module, args, inputs: list[InputSpec], output_names, opset) -> onnx.ModelProto:
     dims: dict[str, torch.export.Dim] = {}
-    shapes = tuple({a: dims.setdefault(s, torch.export.Dim(s)) for a, s in spec.dynamic_axes().items()}
-                   for spec in inputs)
+    per_input = tuple({a: dims.setdefault(s, torch.export.Dim(s)) for a, s in spec.dynamic_axes().items()}
+                      for spec in inputs)
     params = list(inspect.signature(module.forward).parameters.values())
-    if len(params) == 1 and params[0].kind == params[0].VAR_POSITIONAL:
-        shapes = (shapes,)  # forward(*args): the spec for the args tuple is one element
+    variadic = len(params) == 1 and params[0].kind == params[0].VAR_POSITIONAL
+    shapes: tuple[object, ...] = (per_input,) if variadic else per_input  # forward(*args): one spec, the tuple's
     program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=[i.name for i in inputs],
                                 output_names=output_names, dynamic_shapes=shapes, verbose=False)
+    return _proto(program)
+
+
+def _proto(program: torch.onnx.ONNXProgram | None) -> onnx.ModelProto:
+    """The model of a dynamo export (which returns no program only when given a file to write, never here)."""
+    if program is None:
+        raise ConversionError("the dynamo exporter returned no ONNX program")
     return program.model_proto
 
 
@@ -148,8 +155,10 @@ def _torchscript(module, args, inputs: list[InputSpec], output_names, opset) -> 
     buf = io.BytesIO()
     axes = {i.name: i.dynamic_axes() for i in inputs}
     axes.update({o: {0: "batch"} for o in output_names})
-    torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=[i.name for i in inputs],
-                      output_names=output_names, dynamic_axes=axes)
+    # torch annotates ``f`` as a path only; the TorchScript exporter writes to any binary file object.
+    torch.onnx.export(module, args, buf, dynamo=False,  # type: ignore[arg-type]
+                      opset_version=opset, input_names=[i.name for i in inputs], output_names=output_names,
+                      dynamic_axes=axes)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -269,9 +278,9 @@ class TorchSource:
                                                      opset_version=opset or DEFAULT_OPSET,
                                                      input_names=[i.name for i in self.inputs],
                                                      output_names=self.output_names, verbose=False)
+                    model = _proto(onnx_program)
             except Exception as e:  # noqa: BLE001  (see export_module: any exporter error is reported)
                 raise ConversionError(f"{self.identifier}: export failed: {type(e).__name__}: {first_line(e)}") from e
-            model = onnx_program.model_proto
             name_batch_axis(model)
             return Exported(model, "torch.onnx.export (dynamo, ExportedProgram)", tuple(_notes(caught)))
         wrapped = _Positional(self.module, self.output_names).eval()
@@ -297,8 +306,10 @@ def import_spec(spec: str) -> torch.nn.Module:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file (spec {spec!r}: give path/to/file.py:factory)")
     mod_name = f"_onnxguard_user_{abs(hash(str(path.resolve())))}"
+    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ConversionError(f"{path}: cannot be imported as a Python module", hint="give path/to/file.py:factory")
     try:
-        mod_spec = importlib.util.spec_from_file_location(mod_name, path)
         mod = importlib.util.module_from_spec(mod_spec)
         sys.modules[mod_name] = mod
         mod_spec.loader.exec_module(mod)

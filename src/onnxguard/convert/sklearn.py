@@ -16,6 +16,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import skl2onnx
@@ -57,7 +58,23 @@ def _scan_pickle(path: Path, data: bytes) -> None:
                               "a scikit-learn model never needs these")
 
 
-def load_estimator(path: Path, trust_pickle: bool):
+@runtime_checkable
+class Estimator(Protocol):
+    """A fitted scikit-learn estimator, as far as the source runs it."""
+
+    def predict(self, x: np.ndarray) -> Any: ...
+
+
+@runtime_checkable
+class Classifier(Estimator, Protocol):
+    """A fitted classifier: class probabilities, and the classes they are for."""
+
+    classes_: Any
+
+    def predict_proba(self, x: np.ndarray) -> Any: ...
+
+
+def load_estimator(path: Path, trust_pickle: bool) -> object:
     """The estimator in ``path``: a .skops file through skops' type allow-list, a pickle only trusted and scanned."""
     if path.suffix == ".skops":
         import skops.io as sio
@@ -88,7 +105,7 @@ def load_estimator(path: Path, trust_pickle: bool):
 class SklearnSource:
     """A scikit-learn estimator as a ``convert.Source``."""
 
-    estimator: object
+    estimator: Estimator
     identifier: str
     files: tuple[Path, ...]
     n_features: int
@@ -102,12 +119,18 @@ class SklearnSource:
     parity_notes: tuple[str, ...] = (FLOAT64_NOTE,)  # what any comparison with this source should say
 
     @property
+    def classifier(self) -> Classifier | None:
+        """The estimator when it is a classifier (probabilities and classes), else None."""
+        return self.estimator if isinstance(self.estimator, Classifier) else None
+
+    @property
     def is_classifier(self) -> bool:
-        return hasattr(self.estimator, "predict_proba") and hasattr(self.estimator, "classes_")
+        return self.classifier is not None
 
     @property
     def labels(self) -> list[str] | None:
-        return [str(c) for c in self.estimator.classes_] if self.is_classifier else None
+        classifier = self.classifier
+        return [str(c) for c in classifier.classes_] if classifier is not None else None
 
     @property
     def output_roles(self) -> dict[str, str]:
@@ -148,8 +171,9 @@ class SklearnSource:
 
     def run(self, batch: Batch) -> Batch:
         x = batch["input"].astype(np.float64)
-        if self.is_classifier:
-            return {"label": np.asarray(self.estimator.predict(x)), "probabilities": self.estimator.predict_proba(x)}
+        classifier = self.classifier
+        if classifier is not None:
+            return {"label": np.asarray(classifier.predict(x)), "probabilities": classifier.predict_proba(x)}
         return {"variable": np.asarray(self.estimator.predict(x)).reshape(len(x), -1)}
 
 
@@ -157,6 +181,6 @@ def load(path: Path, options: ConvertOptions) -> SklearnSource:
     """Load a scikit-learn model file as a source."""
     estimator = load_estimator(path, options.trust_pickle)
     n = getattr(estimator, "n_features_in_", None)
-    if not isinstance(n, int | np.integer) or not hasattr(estimator, "predict"):
+    if not isinstance(n, int | np.integer) or not isinstance(estimator, Estimator):
         raise ConversionError(f"{path}: holds {type(estimator).__name__}, not a fitted scikit-learn estimator")
     return SklearnSource(estimator, str(path), (path,), int(n), options.golden_size, options.task)

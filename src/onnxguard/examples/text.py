@@ -49,14 +49,16 @@ def save_random_model(path: str | Path, arch: str = "distilbert", size: str = "t
     path = Path(path)
     layers, hidden, heads, inter = SIZES[size]
     vocab = 30522 if size == "base" else len(VOCAB)
-    labels = {"id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
-              "label2id": {f"LABEL_{i}": i for i in range(num_labels)}}
+    id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    label2id = {f"LABEL_{i}": i for i in range(num_labels)}
+    config: DistilBertConfig | BertConfig
     if arch == "distilbert":
         config = DistilBertConfig(vocab_size=vocab, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=inter,
-                                  max_position_embeddings=512, **labels)
+                                  max_position_embeddings=512, id2label=id2label, label2id=label2id)
     elif arch == "bert":
         config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                            intermediate_size=inter, max_position_embeddings=512, **labels)
+                            intermediate_size=inter, max_position_embeddings=512, id2label=id2label,
+                            label2id=label2id)
     else:
         raise ValueError(f"unknown architecture {arch!r}")
     torch.manual_seed(seed)

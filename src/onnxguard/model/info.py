@@ -72,7 +72,7 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
-    locations = set()
+    locations: set[str] = set()
     for g in graphs(model.graph):
         for t in g.initializer:
             if t.data_location == onnx.TensorProto.EXTERNAL:

@@ -7,6 +7,7 @@ not shown that it gives the source model's answers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,8 @@ class Selection:
 
 
 def _why(c: Candidate) -> str:
-    return f"{c.name}: {c.error or ', '.join(f for o in c.gate.outputs for f in o.failures)}"
+    failures = ", ".join(f for o in c.gate.outputs for f in o.failures) if c.gate is not None else "not gated"
+    return f"{c.name}: {c.error or failures}"
 
 
 def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str], batch_size: int, threads: int,
@@ -111,7 +113,7 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
         if c.error is None:
             progress(Event("select", f"gate: {c.name}", i, len(candidates)))
             c.gate = gate(c.model, golden, roles, c.tolerance or tolerance)
-    passing = [c for c in candidates if c.error is None and c.gate.passed]
+    passing = [c for c in candidates if c.error is None and c.gate is not None and c.gate.passed]
     eligible = [c for c in passing if c.eligible]
     if not eligible:
         failed = "; ".join(_why(c) for c in candidates if c.eligible)
@@ -125,18 +127,23 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
     report = bench.bench([bench.onnx_variant(c.name, c.model) for c in passing], measure_batch(golden, batch_size),
                          bench.BenchOptions(batch_sizes=(batch_size,), threads=(threads,), warmup=3, runs=runs,
                                             max_seconds=30, memory=False))
-    for t in report.timings:
-        next(c for c in passing if c.name == t.variant).p50_ms = t.p50_ms
+    timed = {t.variant: t.p50_ms for t in report.timings}
+    for c in passing:
+        c.p50_ms = timed.get(c.name)
+
+    def p50(c: Candidate) -> float:  # a variant the time cap left untimed is never the faster one
+        return math.inf if c.p50_ms is None else c.p50_ms
+
     best = eligible[0]
     for c in eligible[1:]:
-        if c.p50_ms < best.p50_ms * (1 - MIN_GAIN):
+        if p50(c) < p50(best) * (1 - MIN_GAIN):
             best = c
     base = candidates[0]
     if best is base or base.p50_ms is None:
-        reason = f"{best.name}: fastest passing variant ({best.p50_ms:.2f} ms p50)"
+        reason = f"{best.name}: fastest passing variant ({p50(best):.2f} ms p50)"
     else:
-        reason = (f"{best.name}: {best.p50_ms:.2f} ms p50 vs {base.name} {base.p50_ms:.2f} ms "
-                  f"({base.p50_ms / best.p50_ms:.2f}x), gate passed")
+        reason = (f"{best.name}: {p50(best):.2f} ms p50 vs {base.name} {base.p50_ms:.2f} ms "
+                  f"({base.p50_ms / p50(best):.2f}x), gate passed")
     progress(Event("select", reason))
     return Selection(best, tuple(candidates), reason, batch_size, threads)
 
@@ -228,23 +235,26 @@ def keep(model: onnx.ModelProto, output: str | Path, step: Step, *, parent=None,
     output = Path(output)
     check_output(output, parent=parent, overwrite=overwrite, inputs=[*inputs, *([golden_npz] if golden_npz else [])])
     if parent is not None:
-        references = parent.golden()
         roles = {o.name: o.role for o in parent.manifest.model.outputs if o.role}
-    else:
-        references = golden_files.load(golden_npz) if golden_npz is not None else None
-        if references is not None and references.references is None:
-            raise InputError(f"{golden_npz}: holds inputs only; the gate needs reference outputs",
-                             hint="give a golden set with the source's outputs, such as a bundle's golden.npz")
-        roles = {}
-    report = gate(model, references, roles, tolerance) if references is not None else None
-    failed = report is not None and not report.passed
-    if failed and not force:
+        gated = gate(model, parent.golden(), roles, tolerance)
+        _refuse_failed(gated, output, force)
+        b = derive(parent, model, step, gated, output, forced=not gated.passed, overwrite=overwrite)
+        return Kept(b.path, b.manifest.model.size, gated, not gated.passed, b)
+    references = golden_files.load(golden_npz) if golden_npz is not None else None
+    if references is not None and references.references is None:
+        raise InputError(f"{golden_npz}: holds inputs only; the gate needs reference outputs",
+                         hint="give a golden set with the source's outputs, such as a bundle's golden.npz")
+    report = gate(model, references, {}, tolerance) if references is not None else None
+    if report is not None:
+        _refuse_failed(report, output, force)
+    return Kept(output, onnxfile.save(model, output), report, report is not None and not report.passed)
+
+
+def _refuse_failed(report: ParityReport, output: Path, force: bool) -> None:
+    """``GateFailed`` for a variant that failed the gate, unless ``force`` keeps it."""
+    if not report.passed and not force:
         raise GateFailed(f"the variant fails the accuracy gate; nothing written to {output}", report,
                          hint="relax the gate", remedy=Remedy.FORCE)
-    if parent is not None:
-        b = derive(parent, model, step, report, output, forced=failed, overwrite=overwrite)
-        return Kept(b.path, b.manifest.model.size, report, failed, b)
-    return Kept(output, onnxfile.save(model, output), report, failed)
 
 
 def calibration(path: Path | None, golden: GoldenSet | None = None,

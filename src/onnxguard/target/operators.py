@@ -49,7 +49,8 @@ def _expanded(domain: str, op: str, version: int) -> bool:
         schema = onnx.defs.get_schema(op, version, domain)
     except onnx.defs.SchemaError:
         return False
-    return schema.has_function or schema.has_context_dependent_function
+    # onnx's stub (onnx_cpp2py_export/defs.pyi) leaves these two OpSchema properties out; they exist at runtime.
+    return bool(schema.has_function or schema.has_context_dependent_function)  # type: ignore[attr-defined]
 
 
 def unsupported(model: onnx.ModelProto) -> list[str]:

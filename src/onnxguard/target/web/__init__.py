@@ -113,6 +113,9 @@ def golden_json(golden: GoldenSet) -> dict:
     def batch(b: Batch) -> dict:
         return {k: _tensor(v) for k, v in b.items()}
 
+    if golden.references is None:
+        raise InputError("the golden set holds no reference outputs for the page to compare with",
+                         hint="use a bundle's golden set, which holds the source's outputs")
     return {"format": "onnxguard-golden-json/1", "items": golden.items,
             "batches": [{"inputs": batch(i), "references": batch(r)}
                         for i, r in zip(golden.inputs, golden.references, strict=True)]}
@@ -150,6 +153,7 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwr
     _check_outputs(model)
     dist = runtime_dir(progress)
     precision = kind_of(model)
+    operators_used = {(d or "ai.onnx"): ops for d, ops in _ops(model).items()}
     with staging.atomic_dir(out, overwrite=overwrite) as stage:
         (stage / "ort").mkdir()
         progress(Event("target", "writing the page, the model and the golden set"))
@@ -172,13 +176,13 @@ def make(parent: OpenedBundle, data: bytes, golden: GoldenSet, out: Path, overwr
             "labels": m.labels,
             "precision": precision,
             "thresholds": vars(THRESHOLDS[precision]),
-            "operators": {(d or "ai.onnx"): ops for d, ops in _ops(model).items()},
+            "operators": operators_used,
             "page": "index.html",
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     notes = (f"serve {out} from any static host (application/wasm for .wasm; COOP/COEP headers for threads) and "
              "open index.html; `onnxguard consistency` runs it in headless Chromium",)
-    return TargetResult(out, "web", files, manifest["operators"], None, notes)
+    return TargetResult(out, "web", files, operators_used, None, notes)
 
 
 def _ops(model) -> dict[str, list[str]]:

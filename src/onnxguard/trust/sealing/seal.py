@@ -69,8 +69,8 @@ def seal(bundle_dir: PathLike, recipients: Sequence[str] = (), out_dir: PathLike
     big = {m0.model.file} | ({m0.golden.file} if m0.golden else set())
     b = bundle_lib.read(bundle_dir, keep=lambda rel: rel not in big)  # the model and golden set are streamed
     if b.manifest.sealed is not None:
-        to = ", ".join(b.manifest.sealed.recipients) or "a passphrase"
-        raise InputError(f"{b.path}: is already sealed (to {to})")
+        whom = ", ".join(b.manifest.sealed.recipients) or "a passphrase"
+        raise InputError(f"{b.path}: is already sealed (to {whom})")
     parsed: dict[str, object] = {}
     for r in recipients:
         obj, canonical = parse_recipient(r)
