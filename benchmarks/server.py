@@ -1,0 +1,331 @@
+"""Benchmark E: the inference server against the in-process ceiling and the source documents' design, one run.
+
+    .venv/bin/python benchmarks/server.py                       # tiny DistilBERT + digits, 8 s per level
+    .venv/bin/python benchmarks/server.py --size base --duration 10
+
+Two signed bundles built by the real CLI (a random-weight DistilBERT text classifier, tiny or base config, and
+the scikit-learn logistic regression on the bundled digits), then, in one run:
+
+* the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (digits), padded to
+  the longest text of the batch, best items/s over batch sizes 1..32; and bare tokenize+run latency at batch 1;
+* the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
+  session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
+* ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
+  batching, the audit log (durable before each answer);
+
+each server loaded with ``onnxguard.speed.loadgen`` (one short text or one digit per request) at concurrency
+1, 4, 16, 64, each level bounded by ``--duration`` seconds and ``--max-requests``, the two servers taking
+turns level by level. The load generator runs on the same 2 cores as the server. Results:
+benchmarks/results/E_server.json, and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+CACHE = HERE / ".cache" / "server"
+RESULTS = HERE / "results"
+ONNXGUARD = Path(sys.executable).parent / "onnxguard"
+SEED_LENGTH = 128  # the seed design pads every text to this many tokens
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+# -- the source documents' seed design ------------------------------------------------------------------------------
+
+def seed_app(bundles: dict[str, Path], public_key: Path):
+    """FastAPI, one session.run per request, texts padded to 128 tokens, no batching (what the source documents
+    describe), serving :predict for each bundle. No keys, no validation, no audit."""
+    from fastapi import FastAPI
+
+    from onnxguard import runtime
+    from onnxguard.preprocess import tokenizer
+    from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
+
+    models = {}
+    for name, path in bundles.items():
+        opened = open_bundle(path, TrustPolicy(PublicKeys((public_key,))))
+        m = opened.manifest
+        tok = (tokenizer.load(dict(opened.contents), m.preprocessing, input_names=[t.name for t in m.model.inputs])
+               if m.preprocessing else None)
+        models[name] = (runtime.session(opened.model_bytes), tok, list(m.labels or ()))
+    app = FastAPI()
+
+    @app.post("/v1/models/{name}:predict")
+    def predict(name: str, body: dict) -> dict:  # a plain def: FastAPI runs it in its thread pool
+        session, tok, labels = models[name]
+        if tok is not None:
+            encoded = tok.encode(body["instances"])
+            feed = {k: np.pad(v, ((0, 0), (0, SEED_LENGTH - v.shape[1]))) for k, v in encoded.items()}
+            scores = session.run(None, feed)[0]
+        else:
+            feed = {session.get_inputs()[0].name: np.asarray(body["instances"], np.float32)}
+            scores = session.run(None, feed)[-1]
+        best = scores.reshape(len(body["instances"]), -1).argmax(-1)
+        return {"predictions": [{"label": labels[i] if labels else str(i)} for i in best]}
+
+    return app
+
+
+# -- building the bundles -------------------------------------------------------------------------------------------
+
+def cli(*args: str | Path, capture: bool = False) -> str:
+    cmd = [str(ONNXGUARD), *map(str, args)]
+    print("$ onnxguard", " ".join(map(str, args)), flush=True)
+    done = subprocess.run(cmd, text=True, capture_output=capture)
+    if done.returncode != 0:
+        raise SystemExit(f"onnxguard {args[0]} exited {done.returncode}: {done.stderr}")
+    return done.stdout
+
+
+def short_texts(n: int, seed: int = 0) -> list[str]:
+    """Short review-like texts of 12..17 words (14..19 tokens with [CLS] and [SEP]), as in MEASURED.md E."""
+    from onnxguard.examples.text import WORDS
+
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, int(rng.integers(12, 18)))) for _ in range(n)]
+
+
+def prepare(size: str) -> dict:
+    root = CACHE / size
+    done = root / "ready.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    from onnxguard.examples.text import save_random_model
+
+    cli("keygen", "--out", root / "keys")
+    key = root / "keys" / "signing-key.pem"
+    texts = root / "texts.txt"
+    texts.write_text("\n".join(short_texts(64, seed=1)) + "\n")
+    hf = save_random_model(root / f"distilbert-{size}", "distilbert", size, "text-classification", num_labels=2)
+    t0 = time.perf_counter()
+    cli("build", hf, "-o", root / "text", "--texts", texts, "--quantize", "auto", "--sign-key", key)
+    build_s = time.perf_counter() - t0
+    import skops.io as sio
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    sio.dump(LogisticRegression(max_iter=2000).fit(x[:1200], y[:1200]), root / "digits.skops")
+    cli("build", root / "digits.skops", "-o", root / "digits", "--sign-key", key)
+    info = {"root": str(root), "text": str(root / "text"), "digits": str(root / "digits"),
+            "public_key": str(root / "keys" / "signing-key.pub.pem"), "text_build_seconds": build_s}
+    done.write_text(json.dumps(info))
+    return info
+
+
+# -- in process ---------------------------------------------------------------------------------------------------
+
+def in_process(bundle: Path, public_key: Path, items: list, seconds: float) -> dict:
+    """Best items/s over batch sizes (one caller: tokenize + run, padded to the batch's longest text), and the
+    latency of one item at batch 1."""
+    from onnxguard import runtime
+    from onnxguard.preprocess import tokenizer
+    from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
+
+    opened = open_bundle(bundle, TrustPolicy(PublicKeys((public_key,))))
+    m = opened.manifest
+    session = runtime.session(opened.model_bytes)
+    tok = (tokenizer.load(dict(opened.contents), m.preprocessing, input_names=[t.name for t in m.model.inputs])
+           if m.preprocessing else None)
+    name = session.get_inputs()[0].name
+
+    def call(batch: list) -> None:
+        feed = tok.encode(batch) if tok is not None else {name: np.asarray(batch, np.float32)}
+        session.run(None, feed)
+
+    per_batch = {}
+    for b in BATCHES:
+        batches = [[items[(i * b + j) % len(items)] for j in range(b)] for i in range(max(1, 64 // b))]
+        for x in batches[:3]:
+            call(x)  # warm-up
+        times, end, i = [], time.perf_counter() + seconds, 0
+        while time.perf_counter() < end or len(times) < 5:
+            t0 = time.perf_counter()
+            call(batches[i % len(batches)])
+            times.append(time.perf_counter() - t0)
+            i += 1
+        per_batch[b] = {"calls": len(times), "p50_ms": float(np.median(times) * 1e3),
+                        "items_per_s": b * len(times) / sum(times)}
+    best = max(per_batch, key=lambda b: per_batch[b]["items_per_s"])
+    return {"ceiling_items_per_s": per_batch[best]["items_per_s"], "best_batch": best,
+            "bare_p50_ms": per_batch[1]["p50_ms"], "batches": per_batch}
+
+
+# -- servers ------------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, probe: str) -> None:
+    import httpx
+
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}")
+        try:
+            if httpx.get(url + probe, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{url} not ready in 300 s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "?")
+    return {"cpu": model, "cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=("tiny", "base"), default="tiny")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per level and server at most")
+    ap.add_argument("--max-requests", type=int, default=20_000, help="requests per level and server at most")
+    ap.add_argument("--levels", default="1,4,16,64")
+    ap.add_argument("--seed-app", nargs=3, metavar=("TEXT", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.seed_app:  # the child process: the seed design on uvicorn
+        import uvicorn
+
+        text, digits, pub = map(Path, args.seed_app)
+        uvicorn.run(seed_app({"text": text, "digits": digits}, pub), host="127.0.0.1", port=args.port,
+                    log_level="warning")
+        return
+
+    from onnxguard.serve import audit as audit_lib
+    from onnxguard.speed import loadgen
+
+    command = "python benchmarks/server.py " + " ".join(sys.argv[1:])
+    levels = tuple(int(x) for x in args.levels.split(","))
+    info = prepare(args.size)
+    root, pub = Path(info["root"]), Path(info["public_key"])
+    run_dir = root / f"run-{int(time.time())}"
+    run_dir.mkdir()
+    texts = short_texts(256, seed=2)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data[1200:1456].astype(np.float32).tolist()
+    work = {"text": texts, "digits": digits}
+
+    print("in-process ceilings ...", flush=True)
+    ceilings = {name: in_process(Path(info[name]), pub, items, 2.0) for name, items in work.items()}
+    for name, c in ceilings.items():
+        print(f"  {name}: {c['ceiling_items_per_s']:.0f}/s at batch {c['best_batch']}, bare p50 "
+              f"{c['bare_p50_ms']:.2f} ms", flush=True)
+
+    keys_db, audit_db = run_dir / "keys.db", run_dir / "audit.db"
+    secret = json.loads(cli("apikey", "create", "bench", "--keys", keys_db, "--rate", "100000/minute",
+                            "--budget", str(10**9), "--json", capture=True))["secret"]
+    og_port, seed_port = free_port(), free_port()
+    og_log, seed_log = open(run_dir / "onnxguard.log", "w"), open(run_dir / "seed.log", "w")
+    og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"digits={info['digits']}",
+                           "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
+                           "--host", "127.0.0.1", "--port", str(og_port)], stdout=og_log, stderr=subprocess.STDOUT)
+    seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["digits"], str(pub),
+                             "--port", str(seed_port)], stdout=seed_log, stderr=subprocess.STDOUT)
+    servers = {"seed design": (f"http://127.0.0.1:{seed_port}", seed, {}),
+               "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
+    try:
+        wait_ready(servers["onnxguard serve"][0], og, "/v2/health/ready")
+        wait_ready(servers["seed design"][0], seed, "/docs")
+        results: dict = {name: {s: [] for s in servers} for name in work}
+        for name, items in work.items():
+            bodies = loadgen.predict_bodies(items)
+            for i, c in enumerate(levels):
+                order = list(servers) if i % 2 == 0 else list(reversed(servers))  # take turns going first
+                for s in order:
+                    url, proc, headers = servers[s]
+                    report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(c,),
+                                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
+                    (lv,) = report.levels
+                    row = {**lv.to_dict(), "rss_mb": rss_mb(proc.pid),
+                           "share_of_ceiling": lv.throughput / ceilings[name]["ceiling_items_per_s"],
+                           "p50_over_bare_ms": None if lv.p50_ms is None else lv.p50_ms - ceilings[name]["bare_p50_ms"]}
+                    results[name][s].append(row)
+                    print(f"  {name:6} {s:15} c{c:<3} {lv.ok:6}/{lv.sent:<6} ok  {lv.throughput:8.1f}/s  "
+                          f"p50 {lv.p50_ms or float('nan'):8.2f} ms  p99 {lv.p99_ms or float('nan'):8.2f} ms  "
+                          f"errors {dict(lv.errors)}  rss {row['rss_mb']:.0f} MB", flush=True)
+        sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
+    finally:
+        for _, proc, _ in servers.values():
+            proc.terminate()
+        for _, proc, _ in servers.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        og_log.close()
+        seed_log.close()
+    verified = audit_lib.verify(audit_db)
+    records = len(audit_lib.tail(audit_db, 10**7))
+    out = {"benchmark": "E_server", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
+           "machine": machine(), "size": args.size, "duration": args.duration, "max_requests": args.max_requests,
+           "levels": levels, "text_build_seconds": info.get("text_build_seconds"),
+           "workload": {"text": "one short text (12-17 words, 14-19 tokens) per :predict request",
+                        "digits": "one 64-pixel digit per :predict request"},
+           "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
+                              "(max batch 32, no delay), audit log durable before each answer",
+           "client": "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores",
+           "ceilings": ceilings, "results": results,
+           "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "E_server.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(table(out))
+
+
+def table(out: dict) -> str:
+    lines = []
+    for name, by_server in out["results"].items():
+        c = out["ceilings"][name]
+        lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}), "
+                  f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms\n",
+                  "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
+                  "errors | server RSS |", "|---|---|---|---|---|---|---|---|---|"]
+        for s, rows in by_server.items():
+            for r in rows:
+                errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "none"
+                p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
+                p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}"
+                over = "-" if r["p50_over_bare_ms"] is None else f"{r['p50_over_bare_ms']:+.2f} ms"
+                lines.append(f"| {s} | {r['concurrency']} | {r['throughput']:,.1f} | {r['share_of_ceiling']:.2f} | "
+                             f"{p50} | {p99} | {over} | {errs} | {r['rss_mb']:.0f} MB |")
+    a = out["audit"]
+    lines.append(f"\naudit log: {a['records']} records for {a['requests_sent_incl_warmup']} requests sent "
+                 f"(warm-ups included); chain verifies: {a['verified']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
