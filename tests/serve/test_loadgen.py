@@ -151,3 +151,13 @@ def test_plot_of_several_reports(server, tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError):
         loadgen.plot([report], path, labels=["a", "b"])
+
+
+def test_inside_an_event_loop_is_an_input_error():
+    import asyncio
+
+    async def inside() -> None:
+        loadgen.run("http://127.0.0.1:1", "m", _rows(1), concurrency_levels=(1,), duration=1, max_requests=1)
+
+    with pytest.raises(InputError, match="its own event loop"):
+        asyncio.run(inside())

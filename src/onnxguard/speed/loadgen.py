@@ -261,6 +261,13 @@ def run(url: str, model: str, requests: Sequence[bytes | Mapping[str, Any]], *,
     if max_requests < 1:
         raise InputError(f"max_requests {max_requests} must be >= 1")
     bodies = encode(requests)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise InputError("the load generator runs its own event loop and was called from inside one",
+                         hint="call it from synchronous code, or from a thread (asyncio.to_thread)")
 
     async def main() -> list[Level]:
         done = []
