@@ -22,9 +22,11 @@ keys sorted, no spaces, ASCII only. Triggers refuse ``UPDATE`` and ``DELETE`` on
 mistakes, not an attacker who can write the file (he can drop the triggers), which is what the hash chain and
 the signed checkpoints are for.
 
-One writer thread owns the connection and commits in groups: it waits up to ``flush_interval`` for more
-records, inserts them all in one transaction, commits, and only then tells each caller its seq, so a response
-sent after ``append`` returns is always covered by a durable record. A checkpoint is written at every multiple
+One writer thread owns the connection and commits in groups: it takes every record queued (and, with
+``flush_interval`` > 0, waits that long for more), inserts them all in one transaction, commits, and only then
+tells each caller its seq, so a response sent after ``append`` returns is always covered by a durable record.
+By default it does not wait: a lone request pays one commit and no delay, and under load the records that
+arrive while a commit is being synced form the next group. A checkpoint is written at every multiple
 of ``checkpoint_every`` and at ``close``, signed when a key is given.
 
 What ``verify`` detects and what it cannot:
@@ -433,7 +435,7 @@ class AuditLog:
     """
 
     def __init__(self, path: Path, *, checkpoint_key: Path | None = None, checkpoint_every: int = 1000,
-                 flush_interval: float = 0.005, max_queue: int = MAX_QUEUE) -> None:
+                 flush_interval: float = 0.0, max_queue: int = MAX_QUEUE) -> None:
         self.path = Path(path)
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise InputError(f"{self.path}: checkpoint_every must be a whole number of records, at least 1, "
@@ -628,7 +630,8 @@ class AuditLog:
             _settle_all([waiter for _, waiter in left])
 
     def _next_batch(self) -> list[tuple[Record, _Waiter]] | None:
-        """The next group of records: waits for one, then up to ``flush_interval`` for more. None once closed."""
+        """The next group of records: waits for one, takes all that are queued, and with ``flush_interval`` > 0 waits
+        that long for more. None once closed."""
         with self._lock:
             while not self._pending and not self._closing:
                 self._has_records.wait()
