@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test venv system-deps lock clean
+.PHONY: quickstart test lint venv system-deps lock clean
 
 # The virtual environment is made from the lock file, once; `make lock` refreshes the lock.
 $(BIN)/onnxguard: requirements.lock pyproject.toml
@@ -31,8 +31,16 @@ system-deps:
 	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }; }; } || \
 	  { echo "install the Debian packages:$$missing (the tests need them)"; exit 1; }
 
+# The tests, after the linters: ruff (pyflakes, pycodestyle, isort, bugbear, blind-except, docstrings on the
+# public API) and mypy (strict on bundle/ and trust/, the trust boundary).
 test: venv system-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 lock:
 	$(BIN)/python -m pip install --quiet pip-tools==7.6.2
