@@ -12,6 +12,8 @@ from onnxguard.errors import InputError
 PathLike = str | os.PathLike[str]
 SECRET_PREFIX = "AGE-SECRET-KEY-1"
 SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
+# A recipients file is a few lines of public keys; far more is not one, and is not read.
+MAX_RECIPIENTS_BYTES = 1 << 20
 
 def parse_recipient(text: str, where: str = "recipient") -> tuple[object, str]:
     """A pyrage recipient and its canonical text (an ssh key's comment is dropped); errors begin with ``where``."""
@@ -37,12 +39,14 @@ def _short(s: str) -> str:
 
 def read_recipients_file(path: PathLike) -> list[str]:
     """One recipient per line, ``#`` comments and blank lines skipped (the format of ``age -R``)."""
+    from onnxguard.bundle import files  # the one reader of files a caller names
+
     p = Path(path)
+    if not os.path.lexists(p):
+        raise InputError(f"{p}: no such file (expected a recipients file, one age1... or ssh key per line)")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file (expected a recipients file, one age1... or ssh key per line)") from e
-    except (OSError, UnicodeDecodeError) as e:
+        lines = files.read_regular(p, MAX_RECIPIENTS_BYTES, what="a recipients file").data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
         raise InputError(f"{p}: cannot read as text ({e})") from e
     found = []
     for n, line in enumerate(lines, 1):
