@@ -188,7 +188,8 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         ctx = context.of(request.scope)
         ctx.rows = rows
         if ctx.key is not None and ctx.key.budget is not None:
-            allowed, remaining = await asyncio.get_running_loop().run_in_executor(None, keys.charge, ctx.key, rows)
+            # One UPDATE on a WAL file with synchronous=NORMAL: tens of microseconds, cheaper than a thread hop.
+            allowed, remaining = keys.charge(ctx.key, rows)
             if not allowed:
                 raise _Refused(429, f"the query budget of this key is spent ({remaining or 0} rows left, "
                                     f"{rows} asked)", {"Retry-After": "86400"}, reason="budget")
