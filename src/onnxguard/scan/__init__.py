@@ -3,8 +3,10 @@
 The scan never runs the model and never loads external data. It reads the file only when it is within the
 policy's size limit, parses the protobuf, and runs every check of :data:`checks.ALL_CHECKS`. A file that is
 not an ONNX model is a finding, not an error; only a path that cannot be read raises (``InputError``, exit 2).
-Fails closed: a check that crashes is a CRITICAL ``scan.error`` finding and a model that could not be scanned
-a CRITICAL ``scan.not-scanned`` one, so neither passes at any ``fail_on`` level.
+Fails closed: a check that crashes is a CRITICAL ``scan.error`` finding, a check that runs out of its work
+budget (nodes visited, elements folded, nesting depth, wall time: :mod:`onnxguard.scan.budget`) a CRITICAL
+``scan.budget`` one, and a model that could not be scanned a CRITICAL ``scan.not-scanned`` one, so none of
+them passes at any ``fail_on`` level.
 
 Bundles are scanned through the bundle door (``onnxguard.trust.scan_bundle``): it reads and checks the files
 once and hands the scanner the plaintext model (``scan_bytes``) and what it found (``bundle_report``).
@@ -16,6 +18,7 @@ import dataclasses
 import errno
 import os
 import stat
+import time
 from pathlib import Path
 
 import onnx
@@ -24,7 +27,8 @@ from google.protobuf.message import DecodeError
 from onnxguard.bundle.files import kind_of
 from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.scan.checks import ALL_CHECKS, CHECK_ERROR, NOT_SCANNED
+from onnxguard.scan import budget, walk
+from onnxguard.scan.checks import ALL_CHECKS, CHECK_ERROR, NOT_SCANNED, OVER_BUDGET
 from onnxguard.scan.checks.file import HEAD_BYTES
 from onnxguard.scan.interface import BundleView, Check, Finding, Location, ScanContext, ScanReport, Severity
 from onnxguard.scan.policy import Policy, for_profile
@@ -90,11 +94,30 @@ def _report(path: str, kind, policy: Policy, findings: list[Finding], checks: tu
 
 
 def _checks(ctx: ScanContext, checks: tuple[Check, ...], progress: Progress) -> list[Finding]:
-    found = _run(ctx, [c for c in checks if c.scope == "file"], progress)
-    if ctx.model is not None:
-        found += _run(ctx, [c for c in checks if c.scope == "model" and c not in (CHECK_ERROR, NOT_SCANNED)],
-                      progress)
+    deadline = time.monotonic() + budget.SCAN_SECONDS
+    with budget.scan_memo():
+        found = _run(ctx, [c for c in checks if c.scope == "file"], progress, deadline)
+        if ctx.model is not None:
+            too_large = _too_large(ctx, deadline)
+            if too_large is not None:
+                return [*found, too_large]
+            markers = (CHECK_ERROR, NOT_SCANNED, OVER_BUDGET)
+            found += _run(ctx, [c for c in checks if c.scope == "model" and c not in markers], progress, deadline)
     return found
+
+
+def _too_large(ctx: ScanContext, deadline: float) -> Finding | None:
+    """A finding when the model holds more nodes than any check may walk (``budget.MAX_MODEL_NODES``): it is
+    then not scanned further, and fails."""
+    counting = budget.Budget(deadline=deadline, max_nodes=budget.MAX_MODEL_NODES)
+    try:
+        with budget.charged_to(counting):
+            for _ in walk.bodies(ctx.parsed):
+                pass
+    except budget.BudgetExceeded as e:
+        return OVER_BUDGET.finding(ctx, f"the model is too large to scan ({e}; subgraphs and local functions "
+                                        "count): it is not passed")
+    return None
 
 
 def _scan_file(path: Path, display: str, policy: Policy, checks: tuple[Check, ...],
@@ -142,15 +165,30 @@ def _context(data: bytes, display: str, policy: Policy, model_dir: Path | None, 
     return dataclasses.replace(base, load_state="ok", model=model)
 
 
-def _run(ctx: ScanContext, checks: list[Check], progress: Progress) -> list[Finding]:
+def _run(ctx: ScanContext, checks: list[Check], progress: Progress, deadline: float | None = None) -> list[Finding]:
+    """Run each check under its own budget (``budget.CHECK_SECONDS``, and what is left of the scan's
+    ``deadline``). A crash is a ``scan.error`` finding, a budget overrun a ``scan.budget`` one: both CRITICAL,
+    kept with whatever the check found before."""
+    deadline = time.monotonic() + budget.SCAN_SECONDS if deadline is None else deadline
     found: list[Finding] = []
     for i, check in enumerate(checks):
         progress(Event("scan", f"{ctx.display}: {check.id}", i, len(checks)))
+        now = time.monotonic()
+        if now >= deadline:
+            found.append(OVER_BUDGET.finding(ctx, f"check {check.id} was not run: the scan's wall-time budget of "
+                                                  f"{budget.SCAN_SECONDS:.0f} s is spent; the model is not passed"))
+            continue
+        results: list[Finding] = []
         try:
-            results = list(_capped(check, ctx))
+            with budget.charged_to(budget.Budget(deadline=min(now + budget.CHECK_SECONDS, deadline))):
+                for finding in _capped(check, ctx):
+                    results.append(finding)
+        except budget.BudgetExceeded as e:
+            results.append(OVER_BUDGET.finding(ctx, f"check {check.id} ran out of its budget ({e}): the model is "
+                                                    "built to stall or exhaust the scanner; it is not passed"))
         except Exception as e:  # noqa: BLE001 -- fails closed: a crash is a CRITICAL finding, failing every level
-            results = [CHECK_ERROR.finding(ctx, f"check {check.id} could not finish: {type(e).__name__}: {e}; the "
-                                                "model is not passed")]
+            results.append(CHECK_ERROR.finding(ctx, f"check {check.id} could not finish: {type(e).__name__}: {e}; "
+                                                    "the model is not passed"))
         found += results
     return found
 

@@ -49,16 +49,37 @@ MAX_METADATA_TOTAL_BYTES = 2**20
 # A graph input whose fixed dim is this large makes every caller (and the server's validator) allocate it.
 MAX_INPUT_DIM = 2**24
 
+# A Loop with a constant trip count runs its body that many times at every call: a count of billions keeps a
+# request (or the session's first run) busy for hours. Exported loops iterate over a sequence length or a
+# beam: thousands. A million is far above them.
+MAX_LOOP_ITERATIONS = 2**20
+
+# Local functions calling local functions: ONNX Runtime and ONNX shape inference inline every call, so a chain
+# N deep in which each level calls the next twice expands to 2**N bodies. Exporters (onnxscript, the dynamo
+# exporter's module functions) nest a few levels.
+MAX_FUNCTION_DEPTH = 16
+
 # Domains whose operators ship with ONNX Runtime. Any other domain asks the runtime for a custom-op library,
-# i.e. native code chosen by the model's author. com.microsoft holds ONNX Runtime's own fused ops, which its
-# transformer optimizer and quantizer emit.
+# i.e. native code chosen by the model's author.
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-ALLOWED_DOMAINS = (*STANDARD_DOMAINS, "com.microsoft")
-# Further domains ONNX Runtime registers itself. Its transformer optimizer writes all of them into
-# opset_import even when no node uses them; an unused import of one of these asks for nothing outside the
-# runtime, so it is only noted (low). A node in one of them still needs the domain in allowed_domains.
-RUNTIME_DOMAINS = ("ai.onnx.preview", "ai.onnx.preview.training", "ai.onnx.training", "com.microsoft.experimental",
-                   "com.microsoft.nchwc", "com.ms.internal.nhwc", "org.pytorch.aten")
+# The domains ONNX Runtime registers itself (its own kernels, never a custom-op library), with what they hold.
+# Its graph optimizer writes every one of them into the opset_import of a model it saves, used or not; its
+# transformer optimizer and quantizer emit com.microsoft ops, its level-99 optimizer com.microsoft.nchwc ops.
+# The default profile allows them (`scan` notes their use at info: domain.runtime); deployment targets still
+# refuse the ones their runtime lacks (onnxguard.target.operators). A test keeps this list a superset of what
+# the installed onnxruntime registers.
+RUNTIME_DOMAINS: dict[str, str] = {
+    "com.microsoft": "ONNX Runtime's contrib ops (fused transformer, quantized and other CPU/GPU kernels)",
+    "com.microsoft.nchwc": ("ONNX Runtime's NCHWc-blocked CPU kernels, written by its level-99 (ORT_ENABLE_ALL) "
+                            "optimizer: specific to the CPU the model was optimized on"),
+    "com.ms.internal.nhwc": "ONNX Runtime's internal NHWC-layout ops, written by its layout transformer",
+    "com.microsoft.experimental": "ONNX Runtime's experimental contrib domain",
+    "org.pytorch.aten": "PyTorch ATen fallback ops, run by ONNX Runtime's ATen kernel through a registered executor",
+    "ai.onnx.preview": "ONNX's preview domain, registered by ONNX Runtime",
+    "ai.onnx.preview.training": "ONNX's training preview domain (optimizers, gradients), registered by ONNX Runtime",
+    "ai.onnx.training": "ONNX's training domain, registered by ONNX Runtime",
+}
+ALLOWED_DOMAINS = (*STANDARD_DOMAINS, *RUNTIME_DOMAINS)
 
 # External data: ``location`` must be a relative path inside the model's directory, after normalisation and
 # after resolving symlinks, and may not be hardlinked. These are not policy knobs; they are always enforced.
@@ -78,7 +99,7 @@ SEQUENCE_OPS = ("SequenceConstruct", "SequenceEmpty", "SequenceInsert", "Sequenc
                 "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence")
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Every standard op, ONNX Runtime's com.microsoft ops, the limits above.
+    # Every standard op, ONNX Runtime's own domains (com.microsoft, com.microsoft.nchwc, ...), the limits above.
     "default": {},
     # For models from outside the team: no control flow, no value-sized allocations, no runtime-specific ops.
     "strict": {
@@ -87,6 +108,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_memory_bytes": 2**30,
         "max_nesting_depth": 2,
         "max_control_flow_nodes": 0,
+        "max_loop_iterations": 2**16,
+        "max_function_depth": 4,
         "max_metadata_value_bytes": 4 * 2**10,
     },
 }
@@ -113,6 +136,10 @@ class Policy:
     max_metadata_total_bytes: int = field(default=MAX_METADATA_TOTAL_BYTES, metadata=_doc(
         "all metadata_props keys and values together"))
     max_input_dim: int = field(default=MAX_INPUT_DIM, metadata=_doc("largest fixed dim of a graph input"))
+    max_loop_iterations: int = field(default=MAX_LOOP_ITERATIONS, metadata=_doc(
+        "largest constant trip count of a Loop (one computed from constants counts too)"))
+    max_function_depth: int = field(default=MAX_FUNCTION_DEPTH, metadata=_doc(
+        "longest chain of model-local functions calling each other"))
     allowed_domains: tuple[str, ...] = field(default=ALLOWED_DOMAINS, metadata=_doc(
         "operator domains nodes and opset_import may use (\"\" is the default ONNX domain)"))
     allowed_ops: tuple[str, ...] | None = field(default=None, metadata=_doc(

@@ -3,14 +3,22 @@ where it sits, and every tensor stored in the model.
 
 A ``Body`` is a list of nodes with the names it defines itself (graph inputs and initializers, or function
 inputs) and, for subgraphs, the body that encloses it (outer-scope names are visible inside).
+
+Every walk is charged to the running check's budget (:mod:`onnxguard.scan.budget`): :func:`bodies` charges each
+body's nodes as it yields them and refuses nesting past ``MAX_WALK_DEPTH``, so no check can loop over a model
+for longer than its budget allows. Outer-scope lookups walk the chain of enclosing bodies (each body's produced
+names computed once), never copying a scope into every subgraph: thousands of small subgraphs cost linear time.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx
+
+from onnxguard.scan import budget
 
 SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
@@ -27,6 +35,25 @@ class Body:
     parent: Body | None
     graph: onnx.GraphProto | None  # None for function bodies
     function: onnx.FunctionProto | None = None  # the local function this body belongs to, if any
+    key: tuple[int | str, ...] = ()  # unique path: node indexes and attribute names from the graph or function
+
+    @functools.cached_property
+    def produced(self) -> frozenset[str]:
+        """Names the body's own nodes produce (computed once per body)."""
+        return frozenset(o for n in self.nodes for o in n.output if o)
+
+    def outer_defines(self, name: str) -> bool:
+        """Whether an enclosing body defines or produces ``name`` (what a subgraph may read from outside)."""
+        outer = self.parent
+        while outer is not None:
+            if name in outer.defined or name in outer.produced:
+                return True
+            outer = outer.parent
+        return False
+
+    def sees(self, name: str) -> bool:
+        """Whether a node of this body may read ``name``: defined or produced here, or in an enclosing body."""
+        return name in self.defined or name in self.produced or self.outer_defines(name)
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -45,25 +72,56 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
 
 
 def _graph_bodies(graph: onnx.GraphProto, where: str, depth: int, parent: Body | None,
-                  function: onnx.FunctionProto | None = None) -> Iterator[Body]:
+                  function: onnx.FunctionProto | None = None,
+                  key: tuple[int | str, ...] = ("graph",)) -> Iterator[Body]:
     defined = frozenset([v.name for v in graph.input] + [t.name for t in graph.initializer]
                         + [t.values.name for t in graph.sparse_initializer])
-    body = Body(where, tuple(graph.node), defined, tuple(v.name for v in graph.output), depth, parent, graph, function)
+    body = Body(where, tuple(graph.node), defined, tuple(v.name for v in graph.output), depth, parent, graph, function,
+                key)
+    charge = budget.current()
+    charge.enter(depth, where)
+    charge.visit(len(body.nodes) + 1, where)
     yield body
     for i, node in enumerate(graph.node):
         for attr_name, g in subgraphs(node):
-            yield from _graph_bodies(g, f"{where}/{node_label(node, i)}.{attr_name}", depth + 1, body, function)
+            yield from _graph_bodies(g, f"{where}/{node_label(node, i)}.{attr_name}", depth + 1, body, function,
+                                     (*key, i, attr_name))
 
 
 def bodies(model: onnx.ModelProto) -> Iterator[Body]:
-    """The main graph, every subgraph, every model-local function body and the subgraphs inside them."""
+    """The main graph, every subgraph, every model-local function body and the subgraphs inside them.
+
+    Within a scan the walk is made once and shared by the checks (each still charged for what it visits)."""
+    memo = budget.memo()
+    if memo is None:
+        yield from _bodies(model)
+        return
+    key = ("bodies", id(model))
+    cached = memo.get(key)
+    if cached is None:
+        walked = list(_bodies(model))  # charged to the check that walks first; an overrun is not kept
+        memo[key] = walked
+        yield from walked
+        return
+    assert isinstance(cached, list)
+    charge = budget.current()
+    for body in cached:
+        charge.enter(body.depth, body.where)
+        charge.visit(len(body.nodes) + 1, body.where)
+        yield body
+
+
+def _bodies(model: onnx.ModelProto) -> Iterator[Body]:
     yield from _graph_bodies(model.graph, "graph", 0, None)
-    for f in model.functions:
-        body = Body(f"function {function_key(f)}", tuple(f.node), frozenset(f.input), tuple(f.output), 0, None, None, f)
+    for fi, f in enumerate(model.functions):
+        body = Body(f"function {function_key(f)}", tuple(f.node), frozenset(f.input), tuple(f.output), 0, None, None, f,
+                    ("function", fi))
+        budget.current().visit(len(body.nodes) + 1, body.where)
         yield body
         for i, node in enumerate(f.node):
             for attr_name, g in subgraphs(node):
-                yield from _graph_bodies(g, f"{body.where}/{node_label(node, i)}.{attr_name}", 1, body, f)
+                yield from _graph_bodies(g, f"{body.where}/{node_label(node, i)}.{attr_name}", 1, body, f,
+                                         ("function", fi, i, attr_name))
 
 
 def function_key(f: onnx.FunctionProto) -> str:
@@ -73,7 +131,8 @@ def function_key(f: onnx.FunctionProto) -> str:
 
 def visible(body: Body) -> set[str]:
     """Names a node of ``body`` may read without producing them: its own defined names and every enclosing
-    scope's defined and produced names."""
+    scope's defined and produced names. Builds a set as large as every enclosing scope: checks ask
+    :meth:`Body.sees` / :meth:`Body.outer_defines` instead (a subgraph per node would make this quadratic)."""
     names = set(body.defined)
     outer = body.parent
     while outer is not None:
@@ -96,6 +155,7 @@ def stored_tensors(model: onnx.ModelProto) -> Iterator[StoredTensor]:
     """Every TensorProto the file stores: initializers, sparse initializers' parts, and tensor attributes."""
     for body in bodies(model):
         if body.graph is not None:
+            budget.current().visit(len(body.graph.initializer) + len(body.graph.sparse_initializer), body.where)
             for t in body.graph.initializer:
                 yield StoredTensor(t, body.where, None)
             for s in body.graph.sparse_initializer:

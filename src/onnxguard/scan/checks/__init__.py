@@ -6,13 +6,18 @@ from onnxguard.scan.checks import (
     bundle,
     control_flow,
     domains,
+    ep_context,
     external_data,
     file,
+    function_depth,
     functions,
     graph,
+    loops,
     metadata,
     operators,
     resources,
+    session_config,
+    tree_ensembles,
 )
 from onnxguard.scan.interface import BaseCheck, Check, Severity
 
@@ -43,10 +48,25 @@ class NotScanned(BaseCheck):
         return ()
 
 
+class OverBudget(BaseCheck):
+    """Not a check of its own: the id under which a check that ran out of its budget (nodes visited, elements
+    folded, nesting depth, wall time; see :mod:`onnxguard.scan.budget`) is reported, and a model too large to
+    scan at all. CRITICAL, like a crash: a model built to exhaust the scanner is never passed."""
+
+    id = "scan.budget"
+    severity = Severity.CRITICAL
+    title = "a check ran out of its work budget on this model (built to stall or exhaust it); the model is not passed"
+
+    def run(self, ctx):
+        return ()
+
+
 CHECK_ERROR = CheckError()
 NOT_SCANNED = NotScanned()
+OVER_BUDGET = OverBudget()
 
 ALL_CHECKS: tuple[Check, ...] = (
-    *file.CHECKS, *external_data.CHECKS, *domains.CHECKS, *operators.CHECKS, *functions.CHECKS,
-    *control_flow.CHECKS, *resources.CHECKS, *graph.CHECKS, *metadata.CHECKS, *bundle.CHECKS, CHECK_ERROR, NOT_SCANNED,
+    *file.CHECKS, *external_data.CHECKS, *ep_context.CHECKS, *domains.CHECKS, *operators.CHECKS, *functions.CHECKS,
+    *function_depth.CHECKS, *control_flow.CHECKS, *loops.CHECKS, *resources.CHECKS, *tree_ensembles.CHECKS,
+    *graph.CHECKS, *metadata.CHECKS, *session_config.CHECKS, *bundle.CHECKS, CHECK_ERROR, NOT_SCANNED, OVER_BUDGET,
 )

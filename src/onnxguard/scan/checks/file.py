@@ -1,5 +1,13 @@
 """The file itself: too large to read, not an ONNX model at all, an undecodable protobuf, and what ONNX's own
-checker and strict shape inference say about a model that parses."""
+checker and strict shape inference say about a model that parses.
+
+ONNX's checker and shape inference are C++ that no budget can interrupt, and shape inference is not linear:
+it infers every local-function body again at each call site (a call chain that doubles at each level costs
+2**depth), copies the enclosing scope into every subgraph (thousands of small If nodes cost their square), and
+with data propagation expands every shape vector into one protobuf message per element (a Concat doubling
+chain asks for tens of GB). So both are measured first, by bounded walks, and run only within the budgets of
+:mod:`onnxguard.scan.budget`; over them, they are skipped and the skip is a ``scan.budget`` finding (critical):
+a model built to stall them is never passed."""
 
 from __future__ import annotations
 
@@ -7,8 +15,11 @@ from collections.abc import Iterable
 
 import onnx
 
+from onnxguard.scan import budget, calls, symbolic
+from onnxguard.scan.budget import BudgetExceeded
 from onnxguard.scan.checks import external_data
-from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity
+from onnxguard.scan.interface import BaseCheck, Finding, Location, ScanContext, Severity, printable
+from onnxguard.scan.walk import bodies
 
 # Leading bytes of formats that are often passed off as a model. A pickle runs code when loaded, archives
 # may hold anything (including pickles: torch.save writes a zip).
@@ -87,12 +98,20 @@ class Checker(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         model = ctx.parsed
+        nodes, _ = cost(model)
+        if nodes > budget.INFERENCE_NODES:
+            raise BudgetExceeded("nodes onnx.checker would check", nodes, budget.INFERENCE_NODES,
+                                 "onnx.checker not run")
         if external_data.external_tensors(model):
             # In memory, onnx's checker resolves external data against the *current directory*; checking the
             # file by path resolves it against the model's directory, but only once every location is safe.
             if external_data.unsafe_locations(ctx):
                 yield self.finding(ctx, "onnx.checker not run: the model's external data locations are unsafe "
                                         "(see external-data findings)", severity=Severity.INFO)
+                return
+            if ctx.path is None:
+                yield self.finding(ctx, "onnx.checker not run: the model has external data and no file path to "
+                                        "check it from", severity=Severity.INFO)
                 return
             target: onnx.ModelProto | str = str(ctx.path)
         else:
@@ -109,10 +128,51 @@ class ShapeInference(BaseCheck):
     title = "strict ONNX shape and type inference fails"
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
+        model = ctx.parsed
+        _, scope_names = cost(model)
+        inlined = calls.inlined_nodes(calls.analysed(model))
+        if inlined > budget.INFERENCE_NODES:
+            raise BudgetExceeded("nodes shape inference would infer, local functions inlined", inlined,
+                                 budget.INFERENCE_NODES, "strict shape inference not run")
+        if scope_names > budget.INFERENCE_SCOPE_NAMES:
+            raise BudgetExceeded("outer-scope names shape inference would copy into subgraphs", scope_names,
+                                 budget.INFERENCE_SCOPE_NAMES, "strict shape inference not run")
+        # ONNX's data propagation expands shape vectors element by element: only when none is long.
+        longest, where = symbolic.analyse(model).longest_shape_data
+        data_prop = longest <= budget.INFERENCE_SHAPE_DATA
         try:
-            onnx.shape_inference.infer_shapes(ctx.parsed, check_type=True, strict_mode=True, data_prop=True)
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             yield self.finding(ctx, f"strict shape inference: {_first_line(e)}")
+        if not data_prop:
+            # Over a budget, though inference still ran: fails like every budget overrun (scan.budget, critical).
+            yield Finding("scan.budget", Severity.CRITICAL, printable(
+                f"check {self.id} ran strict shape inference without data propagation: a shape vector of "
+                f"{longest:,} entries ({where}) is over the budget of {budget.INFERENCE_SHAPE_DATA:,}; the model "
+                "is built to exhaust whoever propagates it, and is not passed"), Location(ctx.display))
+
+
+def cost(model: onnx.ModelProto) -> tuple[int, int]:
+    """What ONNX's passes would walk: the nodes in the file (subgraphs and function bodies once each) and the
+    outer-scope names copied into subgraphs (for each subgraph, every name its enclosing bodies define or
+    produce). Memoised within one scan."""
+    memo = budget.memo()
+    key = ("onnx-cost", id(model))
+    if memo is not None and key in memo:
+        cached = memo[key]
+        assert isinstance(cached, tuple)
+        return cached
+    nodes = names = 0
+    outer: dict[tuple[int | str, ...], int] = {}
+    for body in bodies(model):
+        nodes += len(body.nodes)
+        inherited = outer.get(body.parent.key, 0) if body.parent is not None else 0
+        names += inherited
+        outer[body.key] = inherited + len(body.defined) + len(body.produced)
+    result = (nodes, names)
+    if memo is not None:
+        memo[key] = result
+    return result
 
 
 def _first_line(e: Exception) -> str:

@@ -9,12 +9,14 @@ from collections.abc import Iterable
 
 import onnx
 
+from onnxguard.scan import budget
 from onnxguard.scan.interface import BaseCheck, Finding, ScanContext, Severity, quote
-from onnxguard.scan.walk import Body, bodies, node_label, subgraphs, visible
+from onnxguard.scan.walk import Body, bodies, node_label, subgraphs
 
 
 def free_names(graph: onnx.GraphProto) -> set[str]:
     """Names a subgraph (and the subgraphs inside it) reads from enclosing scopes."""
+    budget.current().visit(len(graph.node) + 1, "a subgraph's outer reads")
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     defined |= {t.values.name for t in graph.sparse_initializer}
     defined |= {o for n in graph.node for o in n.output}
@@ -39,12 +41,12 @@ class SingleAssignment(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         for body in bodies(ctx.parsed):
-            outer = visible(body) - body.defined
             declared: Counter[str] = Counter()
             if body.graph is not None:
                 initializers = [t.name for t in body.graph.initializer]
+                inputs = {v.name for v in body.graph.input}
                 declared.update(v.name for v in body.graph.input)
-                declared.update(n for n in initializers if n not in {v.name for v in body.graph.input})
+                declared.update(n for n in initializers if n not in inputs)
                 dup_init = [n for n, c in Counter(initializers).items() if c > 1]
                 for name in dup_init:
                     yield self.finding(ctx, f"{body.where}: initializer {quote(name)} is defined more than once",
@@ -58,9 +60,10 @@ class SingleAssignment(BaseCheck):
                 for out in node.output:
                     if not out:
                         continue
-                    if out in produced or out in outer:
+                    outer = out not in body.defined and body.outer_defines(out)
+                    if out in produced or outer:
                         label = node_label(node, i)
-                        origin = "an enclosing graph" if out in outer and out not in produced else body.where
+                        origin = "an enclosing graph" if outer and out not in produced else body.where
                         yield self.finding(ctx, f"{body.where}: node {quote(label)} produces {quote(out)}, already "
                                                 f"defined in {origin}", node=label, tensor=out)
                     produced.add(out)
@@ -82,6 +85,9 @@ class Cycles(BaseCheck):
 
 def find_cycle(body: Body) -> list[int] | None:
     """One cycle among the body's nodes, as node indexes in dependency order, or ``None`` (Kahn's algorithm)."""
+    if len(body.nodes) == 1:  # the common tiny branch: a cycle only if the node reads what it writes
+        only = body.nodes[0]
+        return [0] if {o for o in only.output if o} & _reads(only) else None
     producers: dict[str, list[int]] = {}
     for i, node in enumerate(body.nodes):
         for out in node.output:
@@ -121,15 +127,14 @@ class Undefined(BaseCheck):
 
     def run(self, ctx: ScanContext) -> Iterable[Finding]:
         for body in bodies(ctx.parsed):
-            available = visible(body) | {o for n in body.nodes for o in n.output if o}
             for i, node in enumerate(body.nodes):
                 for name in node.input:
-                    if name and name not in available:
+                    if name and not body.sees(name):
                         label = node_label(node, i)
                         yield self.finding(ctx, f"{body.where}: node {quote(label)} reads {quote(name)}, which no "
                                                 "node, input or initializer produces", node=label, tensor=name)
             for name in body.outputs:
-                if name not in available:
+                if not body.sees(name):
                     yield self.finding(ctx, f"{body.where}: output {quote(name)} is never produced", tensor=name)
 
 
