@@ -12,7 +12,17 @@ from pathlib import Path
 import jsonschema
 import onnx
 import pytest
-from scan_corpus import UNSAFE, Case, ext_absolute, ext_hardlink, ext_symlink, ext_traversal, scan_any
+from scan_corpus import (
+    CLEAN,
+    UNSAFE,
+    Case,
+    ep_context_traversal,
+    ext_absolute,
+    ext_hardlink,
+    ext_symlink,
+    ext_traversal,
+    scan_any,
+)
 from scan_support import ORDINARY
 
 from onnxguard import scan
@@ -35,6 +45,12 @@ def test_unsafe_model_is_flagged(case: Case, tmp_path, sarif_schema):
     jsonschema.Draft4Validator(sarif_schema).validate(sarif.to_dict(report))
 
 
+@pytest.mark.parametrize("name, build", CLEAN, ids=[name for name, _ in CLEAN])
+def test_clean_sibling_has_no_finding_at_or_above_medium(name, build, tmp_path):
+    report = scan_any(build(tmp_path))
+    assert report.at_or_above(Severity.MEDIUM) == (), [(f.check, f.message) for f in report.findings]
+
+
 @pytest.mark.parametrize("fixture", ORDINARY)
 def test_ordinary_model_has_no_finding_at_or_above_medium(fixture, request, sarif_schema):
     path: Path = request.getfixturevalue(fixture)
@@ -44,13 +60,17 @@ def test_ordinary_model_has_no_finding_at_or_above_medium(fixture, request, sari
 
 
 def test_optimized_transformer_really_uses_runtime_ops(hf_optimized):
+    """The default profile notes ONNX Runtime's own com.microsoft ops at info; the strict profile (standard
+    domains only) still refuses them as domain.node, high."""
     domains = {n.domain for n in onnx.load(str(hf_optimized), load_external_data=False).graph.node}
     assert "com.microsoft" in domains
+    default = scan.scan(hf_optimized)
+    assert [f.severity for f in default.findings if f.check == "domain.runtime"] == [Severity.INFO]
     strict = scan.scan(hf_optimized, policy.for_profile("strict"))
     assert {f.check for f in strict.at_or_above(Severity.HIGH)} >= {"domain.node"}
 
 
-@pytest.mark.parametrize("build", [ext_traversal, ext_absolute, ext_symlink, ext_hardlink])
+@pytest.mark.parametrize("build", [ext_traversal, ext_absolute, ext_symlink, ext_hardlink, ep_context_traversal])
 def test_scanner_never_opens_a_path_outside_the_model_directory(build, tmp_path, monkeypatch):
     """Every open() the scan makes is recorded; none may resolve outside the model's directory (the sentinel
     ``secret.bin`` lies next to it). onnx's external-data loader must never be called at all."""
@@ -78,7 +98,8 @@ def test_scanner_never_opens_a_path_outside_the_model_directory(build, tmp_path,
     assert opened, "the recorder saw no open() at all; it does not observe the scanner"
     outside = [p for p in opened if os.path.commonpath([model_dir, p]) != model_dir]
     assert outside == [], f"opened outside {model_dir}: {outside}"
-    assert {f.check for f in report.at_or_above(Severity.HIGH)} & {"external-data.path", "external-data.file"}
+    assert {f.check for f in report.at_or_above(Severity.HIGH)} & {"external-data.path", "external-data.file",
+                                                                   "ep-context.path"}
 
 
 def test_every_check_id_is_unique_and_documented():
@@ -90,5 +111,5 @@ def test_every_check_id_is_unique_and_documented():
 
 
 def test_every_check_but_the_crash_marker_is_exercised_by_the_corpus():
-    covered = {c.check for c in UNSAFE} | {"bundle.signature", "scan.error", "scan.not-scanned"}
+    covered = {c.check for c in UNSAFE} | {"bundle.signature", "scan.error", "scan.not-scanned", "domain.runtime"}
     assert {c.id for c in scan.ALL_CHECKS} - covered == set()
