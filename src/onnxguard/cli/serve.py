@@ -16,7 +16,7 @@ from onnxguard.trust import TrustPolicy
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "limits_storage", "certfile", "keyfile",
                "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs",
-               "cors_origins"}
+               "cors_origins", "max_request_rows", "allow_nonfinite"}
 
 
 def _config(path: Path | None) -> dict[str, Any]:
@@ -76,7 +76,8 @@ def serve(
         raise InputError("no API key store: every caller needs a key",
                          hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
     options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
-                                                  "workers", "public_metrics", "public_docs") if k in conf},
+                                                  "workers", "public_metrics", "public_docs", "max_request_rows",
+                                                  "allow_nonfinite") if k in conf},
                            cors_origins=tuple(conf.get("cors_origins", ())))
     overrides = {k: v for k, v in (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue))
                  if v is not None} | ({"public_metrics": True} if public_metrics else {})

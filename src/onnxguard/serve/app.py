@@ -48,6 +48,7 @@ from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from onnxguard.serve.models import ServedModel, classify, restrict
 from onnxguard.serve.ratelimit import RateLimit
+from onnxguard.serve.validation import MAX_BATCH
 
 SERVER = "onnxguard"
 DIGEST_HEADER = "onnxguard-model-digest"
@@ -65,6 +66,8 @@ class ServeOptions:
     public_metrics: bool = False
     public_docs: bool = False
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
+    max_request_rows: int = MAX_BATCH  # rows one request may carry
+    allow_nonfinite: bool = False  # accept NaN and infinity in float inputs
 
 
 class _Refused(Exception):  # noqa: N818 - an HTTP answer, not a failure
