@@ -50,7 +50,7 @@ def test_response_round_trips_through_the_binary_extension():
 
 @pytest.mark.parametrize("body, n, fragment", [
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}'
-     + b"\0" * 4, None, "does not fit the binary data"),
+     + b"\0" * 4, 100, "does not fit the binary data"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}', None, "2 values"),
     (b'{"inputs": [{"name": "x", "datatype": "F32", "shape": [1], "data": [1]}]}', None, "datatype 'F32'"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},'
