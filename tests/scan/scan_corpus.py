@@ -551,6 +551,21 @@ def many_small_loops(d: Path, count: int = 20_000) -> Path:
     return save(model(nodes, [vi("x", [4])], [vi(prev, [4])], [const("trip", 1)]), d / "model.onnx")
 
 
+def tiny_messages_bomb(d: Path, count: int = 10_000_000) -> Path:
+    """One node holding ``count`` empty attributes: 2 bytes each on disk, about 200 bytes each parsed. A 20 MB
+    file that parses into 2 GB; refused from its wire format, before parsing."""
+    from google.protobuf.internal import encoder
+
+    node = helper.make_node("Relu", ["x"], ["y"]).SerializeToString() + (encoder.TagBytes(5, 2) + b"\0") * count
+    graph = (encoder.TagBytes(1, 2) + encoder._VarintBytes(len(node)) + node
+             + helper.make_graph([], "g", [vi("x", [4])], [vi("y", [4])]).SerializeToString())
+    head = helper.make_model(helper.make_graph([], "g", [], []), opset_imports=OPSET)
+    head.ClearField("graph")
+    path = d / "model.onnx"
+    path.write_bytes(head.SerializeToString() + encoder.TagBytes(7, 2) + encoder._VarintBytes(len(graph)) + graph)
+    return path
+
+
 def too_many_nodes(d: Path, count: int = 310_000) -> Path:
     """More nodes than any check may walk (budget.MAX_MODEL_NODES): a few MB of Relu nodes."""
     nodes = [helper.make_node("Relu", [f"h{k}"], [f"h{k + 1}"]) for k in range(count)]
@@ -669,6 +684,7 @@ UNSAFE = [
     Case("mul-chain-bomb", mul_chain_bomb, "resources.allocation"),
     Case("many-small-ifs", many_small_ifs, "scan.budget"),
     Case("too-many-nodes", too_many_nodes, "scan.budget"),
+    Case("tiny-messages-bomb", tiny_messages_bomb, "scan.budget"),
 ]
 
 # Clean siblings of the runtime-surface cases: ordinary uses of the same features, with no finding at or above

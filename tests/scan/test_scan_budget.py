@@ -31,6 +31,7 @@ from scan_corpus import (
     relu_model,
     save,
     shape_derived_bomb,
+    tiny_messages_bomb,
     too_many_nodes,
     vi,
 )
@@ -100,23 +101,29 @@ def test_a_model_built_to_stall_the_scanner_finishes_within_budget_and_fails(bui
     assert result["peak_mb"] < baseline_peak_mb + STALL_EXTRA_PEAK_MB, result
 
 
-@pytest.mark.parametrize("build", [range_bomb, range_computed_bomb, shape_derived_bomb, concat_doubling_bomb],
-                         ids=lambda b: b.__name__)
-def test_memory_bombs_are_measured_not_materialised(build, tmp_path, baseline_peak_mb):
+BOMBS = [(range_bomb, "resources.allocation"), (range_computed_bomb, "resources.allocation"),
+         (shape_derived_bomb, "resources.allocation"), (concat_doubling_bomb, "resources.allocation"),
+         (tiny_messages_bomb, "scan.budget")]
+
+
+@pytest.mark.parametrize("build, check", BOMBS, ids=[b.__name__ for b, _ in BOMBS])
+def test_memory_bombs_are_measured_not_materialised(build, check, tmp_path, baseline_peak_mb):
     """A Range of 10**12 elements from constants (the case that grew the old scan to 19.7 GB came from
-    constants too), one whose limit is a Mul chain, a Shape-derived Expand and a Concat doubling chain: each is
-    flagged, in seconds, without the child's peak memory moving."""
-    result = scan_child(build(tmp_path))
-    assert "resources.allocation" in result["failing"], result
+    constants too), one whose limit is a Mul chain, a Shape-derived Expand, a Concat doubling chain, and a 20 MB
+    file that parses into 2 GB: each is flagged, in seconds, without the child's peak memory moving (beyond the
+    file itself, read once)."""
+    path = build(tmp_path)
+    result = scan_child(path)
+    assert check in result["failing"], result
     assert result["seconds"] < 10, result
-    assert result["peak_mb"] < baseline_peak_mb + EXTRA_PEAK_MB, result
+    assert result["peak_mb"] < baseline_peak_mb + EXTRA_PEAK_MB + path.stat().st_size / 2**20, result
 
 
 def test_docs_carry_every_budget_with_its_value():
     docs = (Path(__file__).parents[2] / "docs" / "scan.md").read_text()
     for name in ("CHECK_SECONDS", "SCAN_SECONDS", "MAX_MODEL_NODES", "MAX_NODES_VISITED", "MAX_FOLD_ELEMENTS",
-                 "MAX_FOLDED_ELEMENTS", "MAX_WALK_DEPTH", "INFERENCE_NODES", "INFERENCE_SCOPE_NAMES",
-                 "INFERENCE_SHAPE_DATA"):
+                 "MAX_FOLDED_ELEMENTS", "MAX_WALK_DEPTH", "MAX_PARSE_OVERHEAD", "MAX_WIRE_FIELDS", "INFERENCE_NODES",
+                 "INFERENCE_SCOPE_NAMES", "INFERENCE_SHAPE_DATA"):
         value = getattr(budget, name)
         shown = f"{value:.0f} s" if name.endswith("SECONDS") else f"{value:,}"
         assert f"| `{name}` | {shown} |" in docs, name

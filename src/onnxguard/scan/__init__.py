@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from onnxguard.bundle.files import kind_of
 from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.scan import budget, walk
+from onnxguard.scan import budget, walk, wire
 from onnxguard.scan.checks import ALL_CHECKS, CHECK_ERROR, NOT_SCANNED, OVER_BUDGET
 from onnxguard.scan.checks.file import HEAD_BYTES
 from onnxguard.scan.interface import BundleView, Check, Finding, Location, ScanContext, ScanReport, Severity
@@ -97,6 +97,9 @@ def _checks(ctx: ScanContext, checks: tuple[Check, ...], progress: Progress) -> 
     deadline = time.monotonic() + budget.SCAN_SECONDS
     with budget.scan_memo():
         found = _run(ctx, [c for c in checks if c.scope == "file"], progress, deadline)
+        if ctx.load_state == "over-budget":
+            found.append(OVER_BUDGET.finding(ctx, f"the file was not parsed: {ctx.load_detail}; it is built to exhaust "
+                                                  "whoever loads it, and is not passed"))
         if ctx.model is not None:
             too_large = _too_large(ctx, deadline)
             if too_large is not None:
@@ -154,6 +157,9 @@ def _context(data: bytes, display: str, policy: Policy, model_dir: Path | None, 
         return dataclasses.replace(base, load_state="too-large")
     if not data:
         return dataclasses.replace(base, load_state="empty", load_detail="the file is empty")
+    too_costly = _parse_cost(data)
+    if too_costly is not None:
+        return dataclasses.replace(base, load_state="over-budget", load_detail=too_costly)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -163,6 +169,23 @@ def _context(data: bytes, display: str, policy: Policy, model_dir: Path | None, 
         return dataclasses.replace(base, load_state="not-a-model",
                                    load_detail="the protobuf has no graph or no IR version")
     return dataclasses.replace(base, load_state="ok", model=model)
+
+
+def _parse_cost(data: bytes) -> str | None:
+    """Why parsing ``data`` would take more memory than ``budget.MAX_PARSE_OVERHEAD`` (measured on the wire
+    format; a file too small to get there is not measured), or ``None``."""
+    if len(data) * wire.WORST_RATIO <= budget.MAX_PARSE_OVERHEAD:
+        return None
+    try:
+        cost, fields = wire.overhead(data, budget.MAX_PARSE_OVERHEAD, budget.MAX_WIRE_FIELDS)
+    except wire.Malformed:
+        return None  # the parser reports it (file.decode)
+    if cost > budget.MAX_PARSE_OVERHEAD:
+        return (f"parsing it would take over {budget.MAX_PARSE_OVERHEAD:,} bytes of memory beyond its tensor data "
+                f"(a file of {len(data):,} bytes made of tiny messages)")
+    if fields > budget.MAX_WIRE_FIELDS:
+        return f"it holds over {budget.MAX_WIRE_FIELDS:,} protobuf fields"
+    return None
 
 
 def _run(ctx: ScanContext, checks: list[Check], progress: Progress, deadline: float | None = None) -> list[Finding]:

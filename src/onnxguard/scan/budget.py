@@ -67,6 +67,17 @@ MAX_FOLDED_ELEMENTS = 2_000_000
 # 30 graphs deep anyway; exported models nest 0-3 levels. Deeper is built to exhaust recursion.
 MAX_WALK_DEPTH = 64
 
+# Memory parsing the file may take beyond its payloads (tensor data, bounded by max_file_bytes), estimated on the
+# wire format before parsing (scan.wire): every message, string and repeated number is an object once parsed,
+# so a file of tiny messages parses into 20 to 100 times its size. Ordinary graphs of the largest size the
+# scanner walks (MAX_MODEL_NODES) parse into a few hundred MB; over this the file is not parsed at all.
+MAX_PARSE_OVERHEAD = 512 * 2**20
+
+# Fields the wire walk reads before it gives up (about 2 s of walking); ordinary graphs of MAX_MODEL_NODES
+# nodes hold a few million. Files small enough that no content can parse past MAX_PARSE_OVERHEAD are not
+# walked at all.
+MAX_WIRE_FIELDS = 6_000_000
+
 # --- budgets for ONNX's own C++ passes, measured before they run ----------------------------------------
 
 # onnx.checker and shape inference visit every node; shape inference also infers every local-function

@@ -135,8 +135,9 @@ class BundleView:
 class ScanContext:
     """What the checks read. ``model`` is ``None`` when the file could not be parsed (the file checks say why).
 
-    ``load_state`` is one of ``ok``, ``too-large``, ``empty``, ``decode-error``, ``not-a-model``, ``missing``
-    and ``load_detail`` carries the parser's message.
+    ``load_state`` is one of ``ok``, ``too-large``, ``empty``, ``decode-error``, ``not-a-model``, ``missing``,
+    ``over-budget`` (parsing would take more memory than the scan's budget) and ``load_detail`` carries the
+    parser's message.
     """
 
     policy: Policy
