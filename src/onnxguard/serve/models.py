@@ -29,6 +29,7 @@ from onnxguard.serve.validation import InputSpec, Signature
 from onnxguard.trust.opening import OpenedBundle
 
 PLATFORM = "onnxruntime_onnx"
+SPINNING = "session.intra_op.allow_spinning"
 
 
 @dataclass
@@ -79,7 +80,11 @@ def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max
          allow_nonfinite: bool = False) -> ServedModel:
     """Build the session from the opened bundle's bytes, its signature and preprocessing, and self-check it."""
     m = opened.manifest
-    session = runtime.session(opened.model_bytes, threads=threads, name=str(opened.path / opened.model_name))
+    # No spin-waiting between runs: the runtime's idle threads would take the cores the event loop (and, on a
+    # small host, the client) needs. Measured on this 2-core host, one short text through DistilBERT-base INT8
+    # at concurrency 1: p50 16.0 ms with spinning, 7.4 ms without.
+    session = runtime.session(opened.model_bytes, threads=threads, name=str(opened.path / opened.model_name),
+                              config={SPINNING: "0"})
     tok = None
     if m.preprocessing and m.preprocessing.get("kind", "tokenizer") == "tokenizer":
         tok = tokenizer_lib.load(dict(opened.contents), m.preprocessing,
