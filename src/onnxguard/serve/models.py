@@ -135,15 +135,13 @@ def classify(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
     probs = _probabilities(outputs[scores].reshape(len(outputs[scores]), -1).astype(np.float64))
     k = int(policy.split(":", 1)[1]) if policy.startswith("topk:") else None
     out = []
-    for row in probs:
-        order = np.argsort(-row)
-        best = int(order[0])
+    for row, best in zip(probs, probs.argmax(-1).tolist(), strict=True):
         pred: dict[str, Any] = {"label": _label(best, names)}
         if policy == "full":
             pred["score"] = float(row[best])
             pred["scores"] = {_label(i, names): float(p) for i, p in enumerate(row)}
         elif k is not None:
-            pred["top"] = [{"label": _label(int(i), names), "score": float(row[i])} for i in order[:k]]
+            pred["top"] = [{"label": _label(int(i), names), "score": float(row[i])} for i in np.argsort(-row)[:k]]
         out.append(pred)
     return out
 
