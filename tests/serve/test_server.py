@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -360,6 +361,41 @@ def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
             assert "access-control-allow-origin" not in other.headers
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)  # plain HTTP is not answered
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_a_sealed_bundle_served_with_its_identity_from_a_file_descriptor(tmp_path, served_bundles):
+    from serve_support import make_keys
+
+    from onnxguard.trust import keys, sealing, signing
+
+    owner = keys.generate(tmp_path / "owner")
+    sealed = sealing.seal(served_bundles["digits"], [owner.recipient], tmp_path / "sealed").bundle.path
+    signing.sign(sealed, served_bundles["private_key"])
+    secrets = make_keys(tmp_path / "keys.db")
+    port = free_port()
+    read_end, write_end = os.pipe()
+    os.write(write_end, owner.age_identity.read_bytes())
+    os.close(write_end)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(ONNXGUARD), "serve", str(sealed), "--public-key",
+                                 str(served_bundles["public_key"]), "--identity-fd", str(read_end), "--keys", str(tmp_path / "keys.db"), "--audit",
+                                 str(tmp_path / "audit.db"), "--port", str(port)], pass_fds=(read_end,), stdout=out,
+                                stderr=subprocess.STDOUT)
+    os.close(read_end)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v2/models/digits",
+                              headers={"Authorization": f"Bearer {secrets['full']}"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert proc.poll() is None and r.status_code == 200, log.read_text()
     finally:
         proc.terminate()
         proc.wait(60)

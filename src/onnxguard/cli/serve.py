@@ -40,6 +40,8 @@ def serve(
     public_key: trusting.PublicKey = None,
     allow_unsigned: trusting.AllowUnsigned = False,
     identity: trusting.Identity = None,
+    identity_fd: Annotated[int | None, typer.Option("--identity-fd", help="Read the age identity from this inherited "
+                                                    "file descriptor (e.g. 3<identity.txt): no path to name.")] = None,
     passphrase_env: trusting.PassphraseEnv = None,
     keys: Annotated[Path | None, typer.Option("--keys", help="API key store (onnxguard apikey create ... "
                                               "--keys FILE).")] = None,
@@ -86,7 +88,9 @@ def serve(
     cfg = server.ServerConfig(
         bundles=tuple(paths), names=tuple(names),
         policy=TrustPolicy(trusting.signature_policy(public_key, allow_unsigned), trusting.scan_rule(False)),
-        identity=trusting.identity_source(identity), passphrase=trusting.passphrase(passphrase_env),
+        identity=(trusting.identity_from_fd(identity_fd) if identity_fd is not None
+                  else trusting.identity_source(identity)),
+        passphrase=trusting.passphrase(passphrase_env),
         keys=Path(keys_path), audit=Path(audit_path), checkpoint_key=pick(audit_key, "audit_key", None),
         host=pick(host, "host", "127.0.0.1"), port=int(pick(port, "port", 8000)),
         limits_storage=pick(limits_storage, "limits_storage", "memory://"),

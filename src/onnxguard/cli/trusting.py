@@ -69,6 +69,26 @@ def identity_source(identity: Path | None) -> list[object] | None:
     return None
 
 
+def identity_from_fd(fd: int) -> list[object]:
+    """The identity written to an inherited file descriptor (``3<identity.txt``, a pipe from a secret store):
+    read once, closed, never a path on disk that the server names."""
+    from onnxguard.trust.sealing.identities import MAX_IDENTITY_BYTES, identities_from_bytes
+
+    chunks, size = [], 0
+    try:
+        while size <= MAX_IDENTITY_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise InputError(f"--identity-fd {fd}: cannot read ({e.strerror})") from e
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # already closed or never open: the read above said so
+    return identities_from_bytes(b"".join(chunks), f"--identity-fd {fd}")
+
+
 def passphrase(passphrase_env: str | None) -> str | None:
     """The passphrase from ``--passphrase-env VAR``, else from ``$ONNXGUARD_AGE_PASSPHRASE`` when set."""
     if passphrase_env is not None:

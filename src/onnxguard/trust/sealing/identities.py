@@ -78,6 +78,13 @@ def identities(source: PathLike | str, passphrase: str | None = None, where: str
     return _parse_identities(data, where or str(p), passphrase)
 
 
+def identities_from_bytes(data: bytes, where: str, passphrase: str | None = None) -> list[object]:
+    """Parse identities from bytes already read (a file descriptor the caller was handed, for example)."""
+    if len(data) > MAX_IDENTITY_BYTES:
+        raise InputError(f"{where}: over {MAX_IDENTITY_BYTES:,} bytes, not an identity file")
+    return _parse_identities(data, where, passphrase)
+
+
 def identities_for(root: PathLike, manifest: Manifest, identity: IdentitySource = None,
             passphrase: str | None = None) -> list[object]:
     """The identities to open the bundle at ``root`` with: ``identity`` (a path, an ``AGE-SECRET-KEY-1...``
