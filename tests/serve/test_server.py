@@ -381,9 +381,9 @@ def test_a_sealed_bundle_served_with_its_identity_from_a_file_descriptor(tmp_pat
     os.close(write_end)
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(ONNXGUARD), "serve", str(sealed), "--public-key",
-                                 str(served_bundles["public_key"]), "--identity-fd", str(read_end), "--keys", str(tmp_path / "keys.db"), "--audit",
-                                 str(tmp_path / "audit.db"), "--port", str(port)], pass_fds=(read_end,), stdout=out,
+        args = [str(sealed), "--public-key", str(served_bundles["public_key"]), "--identity-fd", str(read_end),
+                "--keys", str(tmp_path / "keys.db"), "--audit", str(tmp_path / "audit.db"), "--port", str(port)]
+        proc = subprocess.Popen([str(ONNXGUARD), "serve", *args], pass_fds=(read_end,), stdout=out,
                                 stderr=subprocess.STDOUT)
     os.close(read_end)
     try:
