@@ -3,6 +3,11 @@
 Tasks: ``text-classification`` (output ``logits``) and ``feature-extraction`` (output ``embeddings``,
 pooled over the attention mask: ``mean`` or ``cls``). The tokenizer goes into the bundle.
 
+The task is the saved architecture's (``config.architectures[0]``): ``*ForSequenceClassification`` is
+text-classification, a bare ``*Model`` encoder is feature-extraction. Any other head (token classification,
+question answering, language modelling, image classification ...) is refused by name, never dropped in silence;
+``--task feature-extraction`` asks for the encoder's embeddings of any text model by name, and says so in the notes.
+
 Padding is the trap here: a graph exported from unpadded examples can bake in "no mask" shortcuts.
 The export example is a padded batch, both axes are dynamic, and the golden set holds right- and
 left-padded batches of very different lengths, the longest allowed sequence and a single token.
@@ -81,6 +86,7 @@ class HFSource:
     framework: str = "transformers"
     framework_version: str = f"{transformers.__version__} (torch {torch.__version__})"
     assets: dict[str, Path] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # for the parity report: a head an explicit --task left out
 
     @property
     def output_name(self) -> str:
@@ -106,7 +112,8 @@ class HFSource:
         specs = [InputSpec(n, ("batch", "sequence"), "int64") for n in self.input_names]
         args = tuple(torch.from_numpy(batch[n]) for n in self.input_names)
         exported = export_module(self.wrapper, args, specs, [self.output_name], opset, exporter, progress)
-        return Exported(exported.model, f"{exported.exporter}, {self.attn_implementation} attention", exported.notes)
+        return Exported(exported.model, f"{exported.exporter}, {self.attn_implementation} attention",
+                        self.notes + tuple(exported.notes))
 
     # -- golden set --------------------------------------------------------------------------------
     def _special(self, ids: list[int]) -> list[int]:
@@ -177,6 +184,19 @@ def no_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _quiet_load_report():
+    """Transformers logs a multi-line "LOAD REPORT" of dropped or missing tensors; ``load`` decides what they mean."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _architecture(config) -> dict:
     """Model type, head count and hidden size, under the names that differ between architectures."""
     def first(*names):
@@ -185,11 +205,76 @@ def _architecture(config) -> dict:
             "hidden_size": first("hidden_size", "dim", "d_model", "n_embd")}
 
 
-def _task_from_config(config) -> str:
+# Heads no task here keeps, by the end of their class name: what a build would silently drop.
+UNSUPPORTED_HEADS = (
+    ("ForTokenClassification", "token classification"),
+    ("ForQuestionAnswering", "question answering"),
+    ("ForImageClassification", "image classification"),
+    ("ForCausalLM", "causal language modelling"),
+    ("LMHeadModel", "language modelling"),
+    ("ForMaskedLM", "masked language modelling"),
+    ("ForMultipleChoice", "multiple choice"),
+    ("ForConditionalGeneration", "sequence-to-sequence generation"),
+    ("ForPreTraining", "pre-training"),
+    ("ForNextSentencePrediction", "next sentence prediction"),
+)
+
+
+def _auto_class_name(auto, config) -> str | None:
+    """The class ``auto`` (``AutoModel``, ...) makes for this config, or None where it makes none."""
+    try:
+        return auto._model_mapping[type(config)].__name__
+    except (KeyError, AttributeError, ValueError):
+        return None
+
+
+def _native_task(config) -> tuple[str | None, str | None]:
+    """The saved architecture (``config.architectures[0]``) and the task that keeps its head, or None."""
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "text-classification"
-    return "feature-extraction"
+    arch = str(archs[0]) if archs else None
+    if arch is None:
+        return None, None
+    if arch.endswith("ForSequenceClassification"):
+        return arch, "text-classification"
+    if any(arch.endswith(suffix) for suffix, _ in UNSUPPORTED_HEADS):
+        return arch, None
+    base = _auto_class_name(AutoModel, config)
+    if arch == base or (base is None and arch.endswith("Model")):
+        return arch, "feature-extraction"
+    return arch, None
+
+
+def _head_name(arch: str) -> str:
+    return next((what for suffix, what in UNSUPPORTED_HEADS if arch.endswith(suffix)), "this architecture")
+
+
+def _resolve_task(spec: str, config, requested: str | None) -> tuple[str, str | None]:
+    """The task to build and, where an explicit ``--task feature-extraction`` leaves a head out, a note saying so.
+
+    The task is the saved architecture's: ``*ForSequenceClassification`` keeps its classifier, ``*Model`` (the bare
+    encoder) gives pooled embeddings. Any other head is refused by name rather than dropped without a word."""
+    arch, native = _native_task(config)
+    if requested is not None and requested not in TASKS:
+        raise ConversionError(f"{spec}: task {requested!r} is not supported (only {' and '.join(TASKS)})",
+                              remedy=Remedy.TASK)
+    if arch is None:
+        if requested is None:
+            raise ConversionError(f"{spec}: config.json names no architecture, so its task cannot be read from it",
+                                  hint=f"give --task ({' or '.join(TASKS)})")
+        return requested, None
+    if requested is None or requested == native:
+        if native is None:
+            what = _head_name(arch)
+            if what == "this architecture":
+                raise ConversionError(f"{spec}: {arch}: this architecture is not supported yet (supported: "
+                                      "*ForSequenceClassification and bare *Model encoders)")
+            raise ConversionError(f"{spec}: {arch}: {what} is not supported yet; the build would drop its head")
+        return native, None
+    if requested == "feature-extraction":  # asked for by name: the encoder's embeddings, its head left out
+        return requested, f"{arch}'s head is left out: --task feature-extraction builds the encoder's embeddings"
+    raise ConversionError(f"{spec}: --task {requested} contradicts the saved {arch}, which has no "
+                          f"{requested} head (its classifier would be random weights)",
+                          hint="leave --task out to build the task the model was saved for")
 
 
 def load(spec: str, options: ConvertOptions) -> HFSource:
@@ -200,19 +285,27 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
     except (OSError, ValueError) as e:
         raise ConversionError(f"{spec}: not a loadable Transformers model ({str(e).splitlines()[0]}); give a model "
                               "directory with config.json, or a hub id where a network exists") from e
-    task = options.task or _task_from_config(config)
-    if task not in TASKS:
-        raise ConversionError(f"{spec}: task {task!r} is not supported (only {' and '.join(TASKS)})",
-                              remedy=Remedy.TASK)
+    task, head_note = _resolve_task(spec, config, options.task)
+    if not isinstance(getattr(config, "vocab_size", None), int):
+        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        raise ConversionError(f"{spec}: {arch}: takes no token ids (its config has no vocab_size); only text models "
+                              "are supported yet")
     if options.pooling not in POOLINGS:
         raise ConversionError(f"pooling {options.pooling!r}: not one of {', '.join(POOLINGS)}",
                               hint=f"use {' or '.join(POOLINGS)}")
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
-        with no_progress_bars():
-            model = auto.from_pretrained(spec, attn_implementation=options.attn_implementation).eval()
-    except (OSError, ValueError) as e:
+        with no_progress_bars(), _quiet_load_report():
+            model, info = auto.from_pretrained(spec, attn_implementation=options.attn_implementation,
+                                               output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: tensors of the wrong size
         raise ConversionError(f"{spec}: cannot load the {task} model: {str(e).splitlines()[0]}") from e
+    model.eval()
+    # Weights the checkpoint lacks are random: a model built on them is wrong. The pooler is never used here.
+    missing = sorted(k for k in info.get("missing_keys") or () if not k.startswith("pooler."))
+    if missing:
+        raise ConversionError(f"{spec}: the saved weights lack {len(missing)} tensor(s) of {type(model).__name__} "
+                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they would be random")
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError):
@@ -234,7 +327,8 @@ def load(spec: str, options: ConvertOptions) -> HFSource:
         labels = None
     source = HFSource(wrapper.eval(), tokenizer, names, spec, (path,) if path.is_dir() else (), task, labels,
                       max_length, config.vocab_size, options.pooling if task == "feature-extraction" else None,
-                      attn_implementation=options.attn_implementation, architecture=_architecture(config))
+                      attn_implementation=options.attn_implementation, architecture=_architecture(config),
+                      notes=(head_note,) if head_note else ())
     if tokenizer is not None:
         source.prefix, source.suffix = _special_frame(tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix="onnxguard-tokenizer-"))
