@@ -104,12 +104,14 @@ def _check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike | 
 def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | None = None, threads: int = 0,
             optimization: str | None = None, optimized_model_path: str | os.PathLike | None = None,
             config: Mapping[str, str] | None = None, disabled_optimizers: Sequence[str] = (),
-            name: str = "the model") -> ort.InferenceSession:
+            profile_prefix: str | os.PathLike | None = None, name: str = "the model") -> ort.InferenceSession:
     """An ONNX Runtime CPU session over ``model`` (an ``onnx.ModelProto``, or ONNX or ORT-format bytes).
 
     ``threads``: intra-op threads, 0 lets the runtime choose. ``optimization``: a name of :data:`LEVELS`, None
     for the runtime's default. ``optimized_model_path``: where ONNX Runtime saves the optimized graph (offline
-    optimization). ``model_dir``: the only folder external data may come from. ``name`` names the model in errors.
+    optimization). ``model_dir``: the only folder external data may come from. ``profile_prefix``: turns on ONNX
+    Runtime's profiler, which writes its JSON to ``<prefix>_<date>.json`` (the path ``sess.end_profiling()``
+    returns); it must be absolute, so that nothing lands in the working directory. ``name`` names the model in errors.
     """
     proto: onnx.ModelProto | None
     if isinstance(model, onnx.ModelProto):
@@ -130,6 +132,11 @@ def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | No
         opts.graph_optimization_level = LEVELS[optimization]
     if optimized_model_path is not None:
         opts.optimized_model_filepath = os.fspath(optimized_model_path)
+    if profile_prefix is not None:
+        if not os.path.isabs(os.fspath(profile_prefix)):
+            raise InputError(f"the profile prefix {os.fspath(profile_prefix)!r} must be an absolute path")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.fspath(profile_prefix)
     for key, value in (config or {}).items():
         if key == EXTERNAL_FOLDER_KEY:
             raise InputError(f"the session entry {key} is set from model_dir only")

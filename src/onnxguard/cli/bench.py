@@ -75,6 +75,10 @@ def bench(
     inputs: Annotated[Path | None, typer.Option(
         "--inputs", help="An .npz batch to time on (rows repeated or cut to each batch size).")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory per variant.")] = True,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="Also the top operators by time per variant, from ONNX Runtime's profiler (separate "
+                          "runs, not in the timings).")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Operator types shown per variant with --profile.")] = 5,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Write latency and throughput charts to this PNG.")] = None,
     json: options.Json = False,
@@ -100,7 +104,7 @@ def bench(
     if not models:
         raise InputError("nothing to time: give bundles and/or .onnx files, or --url URL of a running server")
     opts = bench_lib.BenchOptions(_ints(batch_sizes, "--batch-sizes"), _ints(threads, "--threads"), warmup, runs,
-                                  max_seconds, memory)
+                                  max_seconds, memory, profile=profile, profile_top=top)
     variant_list, first_bundle, batch, first_model = [], None, None, None
     for path in models:
         if is_bundle(path):
@@ -147,5 +151,16 @@ def bench(
                   "-" if x.size_bytes is None else render.size(x.size_bytes),
                   "-" if x.peak_mb is None else f"{x.peak_mb:.0f}")
     render.out.print(t)
+    for x in report.timings:
+        if x.profile is None:
+            continue
+        render.out.print(f"top operators: {x.variant}, batch {x.batch}, {x.threads} threads (ONNX Runtime's "
+                         "profiler; ms and calls per run, share of the run)", soft_wrap=True)
+        p = Table()
+        for col in ("operator", "ms", "share", "calls"):
+            p.add_column(col, justify="left" if col == "operator" else "right")
+        for op in x.profile:
+            p.add_row(op.op, f"{op.ms:.3f}", f"{op.share:.0%}", str(op.calls))
+        render.out.print(p)
     if plot is not None:
         render.out.print(f"plot: {plot}")

@@ -4,11 +4,17 @@ Every variant (ONNX models, and optionally the source framework) runs on the sam
 warm-up, *interleaved*: one call of each variant per round, so that a slow patch of a shared machine
 hits all of them alike. Figures are percentiles of per-call wall time; ratios are taken against a
 named baseline measured in the same run.
+
+With ``BenchOptions(profile=True)``, each ONNX variant is also run, after its timed calls and apart from them (the
+profiler slows every call), under ONNX Runtime's profiler in a temporary directory the library creates and
+removes: its node events, grouped by operator type, give the operators that take the time (:class:`OpTime`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +40,20 @@ class BenchOptions:
     runs: int = 50
     max_seconds: float = 60.0  # per (batch size, threads) cell, all variants together
     memory: bool = True
+    profile: bool = False  # the top operators by time, from ONNX Runtime's profiler, in separate runs
+    profile_top: int | None = 10  # operator types kept per variant and cell (None: all)
+    profile_runs: int = 10  # profiled calls per variant and cell, after one untimed call
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One operator type in a profiled run: its kernels' time per call of the model (summed over its nodes), its
+    share of the model's run time as ONNX Runtime measures it (``model_run``), and its kernel calls per run."""
+
+    op: str
+    ms: float
+    share: float
+    calls: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class Timing:
     size_bytes: int | None
     peak_mb: float | None
     speedup: float | None = None  # baseline p50 / this p50, same run
+    profile: tuple[OpTime, ...] | None = None  # slowest operator types first; None when not profiled
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,13 @@ class BenchReport:
 
 @dataclass(frozen=True)
 class Variant:
-    """Something to time: ``make(threads)`` returns a function that runs one batch."""
+    """Something to time: ``make(threads)`` returns a function that runs one batch; ``profile(batch, threads,
+    runs, top)``, where the variant has one, its top operators by time."""
 
     name: str
     make: Callable[[int], Callable[[Batch], object]]
     size_bytes: int | None = None
+    profile: Callable[[Batch, int, int, int | None], tuple[OpTime, ...]] | None = None
 
 
 def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
@@ -85,7 +108,55 @@ def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
         names = {i.name for i in sess.get_inputs()}
         return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
 
-    return Variant(name, make, len(data))
+    def profile(batch: Batch, threads: int, runs: int, top: int | None) -> tuple[OpTime, ...]:
+        return profile_onnx(data, batch, threads, runs=runs, top=top, name=name)
+
+    return Variant(name, make, len(data), profile)
+
+
+def summarize_profile(events: list[dict], skip: int = 0, top: int | None = None) -> tuple[OpTime, ...]:
+    """Node events of an ONNX Runtime profile grouped by operator type, slowest first, over the model runs after
+    the first ``skip``; times and calls are per run."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[skip:]
+    if not runs:
+        return ()
+    start, run_us = runs[0]["ts"], sum(e["dur"] for e in runs)
+    total: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < start:
+            continue
+        op = str(e.get("args", {}).get("op_name") or e["name"].removesuffix("_kernel_time"))
+        total[op] = total.get(op, 0.0) + e["dur"]
+        calls[op] = calls.get(op, 0) + 1
+    ops = sorted(total, key=lambda op: (-total[op], op))[:top]
+    n = len(runs)
+    return tuple(OpTime(op, total[op] / n / 1e3, total[op] / run_us if run_us else 0.0, round(calls[op] / n))
+                 for op in ops)
+
+
+def profile_onnx(model: onnx.ModelProto | bytes, batch: Batch, threads: int, *, runs: int = 10,
+                 top: int | None = 10, name: str = "the model") -> tuple[OpTime, ...]:
+    """``model``'s top operator types by time on ``batch``: one untimed call, then ``runs`` profiled ones.
+
+    The profiler writes into a temporary directory made here (an absolute prefix: never the working directory),
+    which is removed with the profile in it before this returns.
+    """
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    with tempfile.TemporaryDirectory(prefix="onnxguard-profile-") as tmp:
+        sess = runtime.session(data, threads=threads, name=name, profile_prefix=os.path.join(tmp, "ort"))
+        names = {i.name for i in sess.get_inputs()}
+        feed = {k: v for k, v in batch.items() if k in names}
+        try:
+            for _ in range(1 + max(runs, 1)):
+                sess.run(None, feed)
+        finally:
+            path = sess.end_profiling()
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)
+        del sess
+    return summarize_profile(events if isinstance(events, list) else [], skip=1, top=top)
 
 
 def source_variant(source, size_bytes: int | None = None,
@@ -189,6 +260,11 @@ def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchO
             if time.perf_counter() > deadline:
                 break
         del runners
+        profiles = {}
+        if options.profile:
+            progress(Event("bench", f"batch {batch_size}, {threads} threads: profiling", ci, len(cells)))
+            profiles = {v.name: v.profile(batch, threads, options.profile_runs, options.profile_top)
+                        for v in variants if v.profile is not None}
         base_p50 = _pct(cell[baseline], 50) if baseline else None
         for v in variants:
             s = cell[v.name]
@@ -196,30 +272,33 @@ def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchO
             peak = peak_memory_mb(v, batch, threads) if options.memory else None
             timings.append(Timing(v.name, batch_size, threads, len(s), p50, _pct(s, 95), _pct(s, 99), float(np.mean(s)),
                                   batch_size / (p50 / 1e3), v.size_bytes, peak,
-                                  None if base_p50 is None else base_p50 / p50))
+                                  None if base_p50 is None else base_p50 / p50, profiles.get(v.name)))
             samples[f"{v.name}@{batch_size}/{threads}"] = s
         progress(Event("bench", f"batch {batch_size}, {threads} threads: done", ci + 1, len(cells)))
     return BenchReport(tuple(timings), samples, baseline, machine())
 
 
 def plot(report: BenchReport, path: str | Path) -> None:
-    """Latency distribution per variant (one panel per batch size/threads) and throughput against batch size."""
+    """Latency distribution per variant (one panel per batch size/threads), throughput against batch size and,
+    for a profiled run, each variant's share of run time per operator type."""
     # The figure is drawn without pyplot: no backend is chosen and no figure is registered in this process.
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
     cells = sorted({(t.batch, t.threads) for t in report.timings})
     names = list(dict.fromkeys(t.variant for t in report.timings))
-    ncols = min(3, len(cells) + 1)
-    nrows = -(-(len(cells) + 1) // ncols)
+    profiled = [t for t in report.timings if t.profile]
+    panels = len(cells) + 1 + (1 if profiled else 0)
+    ncols = min(3, panels)
+    nrows = -(-panels // ncols)
     fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
-    for ax in flat[len(cells) + 1:]:
+    for ax in flat[panels:]:
         ax.set_visible(False)
     for ax, (b, th) in zip(flat, cells, strict=False):
         data = [report.samples[f"{n}@{b}/{th}"] for n in names]
-        ax.boxplot(data, showfliers=False, vert=False)
+        ax.boxplot(data, showfliers=False, orientation="horizontal")
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set_xlabel("latency per call (ms)")
         ax.set_title(f"batch {b}, {th} thread(s)")
@@ -239,5 +318,20 @@ def plot(report: BenchReport, path: str | Path) -> None:
     ax.set_title("throughput")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    if profiled:
+        ax = flat[len(cells) + 1]
+        colors: dict[str, str] = {}
+        for row, t in enumerate(profiled):
+            left = 0.0
+            for op in t.profile or ():
+                color = colors.setdefault(op.op, f"C{len(colors) % 10}")  # one colour per operator type
+                ax.barh(row, op.share, left=left, color=color, edgecolor="white")
+                if op.share >= 0.15:  # room for the name
+                    ax.text(left + op.share / 2, row, op.op, ha="center", va="center", fontsize=7)
+                left += op.share
+        ax.set_yticks(range(len(profiled)), [f"{t.variant} b{t.batch}/{t.threads}t" for t in profiled], fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of run time (ONNX Runtime profiler)")
+        ax.set_title("top operators")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
