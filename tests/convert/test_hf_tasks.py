@@ -111,3 +111,27 @@ def test_a_bare_encoder_builds_embeddings_from_its_architecture(saved, cli, tmp_
     out = tmp_path / "embed.onnx"
     r = cli("convert", saved("BertModel"), "-o", out)
     assert r.code == 0, str(r)
+
+
+@pytest.mark.parametrize(("config_cls", "arch", "what"), [
+    ("ConvNextConfig", "ConvNextForImageClassification", "image classification"),
+    ("ResNetConfig", "ResNetForImageClassification", "image classification"),
+    ("LlamaConfig", "LlamaForCausalLM", "causal language modelling"),
+    ("BertConfig", "BertForMultipleChoice", "multiple choice"),
+    ("T5Config", "T5ForConditionalGeneration", "sequence-to-sequence generation"),
+    ("T5Config", "T5EncoderModel", "this architecture is not supported yet"),
+])
+def test_the_task_is_read_from_the_architecture_before_any_weights_load(config_cls, arch, what):
+    import transformers
+
+    from onnxguard.convert.hf import _resolve_task
+    from onnxguard.errors import ConversionError
+
+    config = getattr(transformers, config_cls)(architectures=[arch])
+    with pytest.raises(ConversionError) as e:
+        _resolve_task("model-dir", config, None)
+    assert str(e.value).startswith(f"model-dir: {arch}: {what}") and "\n" not in str(e.value)
+    assert _resolve_task("d", transformers.BertConfig(architectures=["BertForSequenceClassification"]), None) == (
+        "text-classification", None)
+    bare = transformers.BertConfig(architectures=["BertModel"])
+    assert _resolve_task("d", bare, None) == ("feature-extraction", None)
