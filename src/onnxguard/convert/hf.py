@@ -260,7 +260,7 @@ def _resolve_task(spec: str, config, requested: str | None) -> tuple[str, str | 
     if arch is None:
         if requested is None:
             raise ConversionError(f"{spec}: config.json names no architecture, so its task cannot be read from it",
-                                  hint=f"give --task ({' or '.join(TASKS)})")
+                                  hint=f"name the task ({' or '.join(TASKS)})", remedy=Remedy.TASK)
         return requested, None
     if requested is None or requested == native:
         if native is None:
@@ -271,10 +271,11 @@ def _resolve_task(spec: str, config, requested: str | None) -> tuple[str, str | 
             raise ConversionError(f"{spec}: {arch}: {what} is not supported yet; the build would drop its head")
         return native, None
     if requested == "feature-extraction":  # asked for by name: the encoder's embeddings, its head left out
-        return requested, f"{arch}'s head is left out: --task feature-extraction builds the encoder's embeddings"
-    raise ConversionError(f"{spec}: --task {requested} contradicts the saved {arch}, which has no "
+        return requested, f"{arch}'s head is left out: the task feature-extraction, asked for, builds the encoder's " \
+            "embeddings"
+    raise ConversionError(f"{spec}: the task {requested} contradicts the saved {arch}, which has no "
                           f"{requested} head (its classifier would be random weights)",
-                          hint="leave --task out to build the task the model was saved for")
+                          hint="name no task, to build the one the model was saved for")
 
 
 def load(spec: str, options: ConvertOptions) -> HFSource:
