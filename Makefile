@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test lint venv system-deps lock clean
+.PHONY: quickstart test lint venv system-deps lock clean bench-anchors
 
 # The virtual environment is made from the lock file, once; `make lock` refreshes the lock.
 $(BIN)/onnxguard: requirements.lock pyproject.toml
@@ -49,5 +49,12 @@ lock:
 	$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe \
 	  --no-emit-find-links --no-emit-index-url -o requirements-core.lock pyproject.toml
 
+# The anchor servers of benchmark E (LitServe), in a venv of their own: they are not onnxguard dependencies.
+bench-anchors: .venv-anchors/bin/litserve-ready
+.venv-anchors/bin/litserve-ready: benchmarks/anchors/requirements.lock
+	test -x .venv-anchors/bin/python || $(PYTHON) -m venv .venv-anchors
+	.venv-anchors/bin/python -m pip install --quiet -r benchmarks/anchors/requirements.lock
+	touch $@
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) .venv-anchors build src/*.egg-info

@@ -13,9 +13,12 @@ the scikit-learn logistic regression on the bundled digits), then, in one run:
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
   batching, the audit log (durable before each answer);
 
+* the anchor: LitServe 0.2.19 (benchmarks/anchors/litserve_app.py, in its own venv: ``make bench-anchors``) with
+  dynamic batching 32 / 2 ms over the same model.onnx and tokenizer.json (text only; ``--no-anchor`` skips it);
+
 each server loaded with ``onnxguard.speed.loadgen`` (one short text or one digit per request) at concurrency
 1, 4, 16, 64, each level bounded by ``--duration`` seconds and ``--max-requests``, the two servers taking
-turns level by level. The load generator runs on the same 2 cores as the server. Results:
+turns going first level by level. The load generator runs on the same 2 cores as the server. Results:
 benchmarks/results/E_server.json, and a markdown table on stdout.
 """
 
@@ -38,8 +41,10 @@ HERE = Path(__file__).parent
 CACHE = HERE / ".cache" / "server"
 RESULTS = HERE / "results"
 ONNXGUARD = Path(sys.executable).parent / "onnxguard"
+ANCHOR = "LitServe 0.2.19"
 SEED_LENGTH = 128  # the seed design pads every text to this many tokens
 BATCHES = (1, 2, 4, 8, 16, 32)
+ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
 # -- the source documents' seed design ------------------------------------------------------------------------------
@@ -219,6 +224,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per level and server at most")
     ap.add_argument("--max-requests", type=int, default=20_000, help="requests per level and server at most")
     ap.add_argument("--levels", default="1,4,16,64")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
     ap.add_argument("--seed-app", nargs=3, metavar=("TEXT", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -254,23 +260,33 @@ def main() -> None:
     keys_db, audit_db = run_dir / "keys.db", run_dir / "audit.db"
     secret = json.loads(cli("apikey", "create", "bench", "--keys", keys_db, "--rate", "100000/minute",
                             "--budget", str(10**9), "--json", capture=True))["secret"]
-    og_port, seed_port = free_port(), free_port()
-    og_log, seed_log = open(run_dir / "onnxguard.log", "w"), open(run_dir / "seed.log", "w")
+    if not args.no_anchor and not ANCHORS_PYTHON.exists():
+        raise SystemExit("the LitServe anchor needs its venv: make bench-anchors (or pass --no-anchor)")
+    og_port, seed_port, anchor_port = free_port(), free_port(), free_port()
+    logs = {name: open(run_dir / f"{name}.log", "w") for name in ("onnxguard", "seed", "litserve")}
     og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"digits={info['digits']}",
                            "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
-                           "--host", "127.0.0.1", "--port", str(og_port)], stdout=og_log, stderr=subprocess.STDOUT)
+                           "--host", "127.0.0.1", "--port", str(og_port)],
+                          stdout=logs["onnxguard"], stderr=subprocess.STDOUT)
     seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["digits"], str(pub),
-                             "--port", str(seed_port)], stdout=seed_log, stderr=subprocess.STDOUT)
+                             "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT)
     servers = {"seed design": (f"http://127.0.0.1:{seed_port}", seed, {}),
                "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
+    if not args.no_anchor:
+        anchor = subprocess.Popen([str(ANCHORS_PYTHON), str(HERE / "anchors" / "litserve_app.py"), info["text"],
+                                   "--port", str(anchor_port)], stdout=logs["litserve"], stderr=subprocess.STDOUT)
+        servers[ANCHOR] = (f"http://127.0.0.1:{anchor_port}", anchor, {})
     try:
         wait_ready(servers["onnxguard serve"][0], og, "/v2/health/ready")
         wait_ready(servers["seed design"][0], seed, "/docs")
-        results: dict = {name: {s: [] for s in servers} for name in work}
+        if ANCHOR in servers:
+            wait_ready(servers[ANCHOR][0], servers[ANCHOR][1], "/health")
+        results: dict = {name: {s: [] for s in servers if name == "text" or s != ANCHOR} for name in work}
         for name, items in work.items():
             bodies = loadgen.predict_bodies(items)
             for i, c in enumerate(levels):
-                order = list(servers) if i % 2 == 0 else list(reversed(servers))  # take turns going first
+                names = list(results[name])
+                order = names[i % len(names):] + names[:i % len(names)]  # take turns going first
                 for s in order:
                     url, proc, headers = servers[s]
                     report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(c,),
@@ -292,8 +308,8 @@ def main() -> None:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        og_log.close()
-        seed_log.close()
+        for log in logs.values():
+            log.close()
     verified = audit_lib.verify(audit_db)
     records = len(audit_lib.tail(audit_db, 10**7))
     out = {"benchmark": "E_server", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
@@ -304,6 +320,8 @@ def main() -> None:
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
                               "(max batch 32, no delay), audit log durable before each answer",
            "client": "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores",
+           "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
+                                                 "tokenizer, no spinning",
            "ceilings": ceilings, "results": results,
            "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
     RESULTS.mkdir(exist_ok=True)
