@@ -16,7 +16,7 @@ from onnxguard.trust import TrustPolicy
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "limits_storage", "certfile", "keyfile",
                "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs",
-               "cors_origins", "max_request_rows", "allow_nonfinite"}
+               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port"}
 
 
 def _config(path: Path | None) -> dict[str, Any]:
@@ -60,6 +60,8 @@ def serve(
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without a key.")] = False,
     certfile: Annotated[Path | None, typer.Option("--certfile", help="TLS certificate (PEM).")] = None,
     keyfile: Annotated[Path | None, typer.Option("--keyfile", help="TLS private key (PEM).")] = None,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="Also serve the protocol over gRPC on this "
+                                                  "port (same host, keys, limits, audit, TLS; default off).")] = None,
 ) -> None:
     """Serve bundles over the Open Inference Protocol: every bundle opened through the trust checks and
     self-checked on its golden set before anything listens; every caller keyed, limited and audited."""
@@ -94,7 +96,8 @@ def serve(
         keys=Path(keys_path), audit=Path(audit_path), checkpoint_key=pick(audit_key, "audit_key", None),
         host=pick(host, "host", "127.0.0.1"), port=int(pick(port, "port", 8000)),
         limits_storage=pick(limits_storage, "limits_storage", "memory://"),
-        certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None, options=options)
+        certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None, options=options,
+        grpc_port=None if (g := pick(grpc_port, "grpc_port", None)) is None else int(g))
     with render.progress_display(enabled=render.err.is_terminal) as progress:
         prepared = server.prepare(cfg, progress)
     scheme = "https" if cfg.certfile else "http"
@@ -102,4 +105,6 @@ def serve(
     for m in prepared.models:
         render.err.print(f"serving {m.name} {m.version} (sha256:{m.digest[:16]}..., {m.self_check})")
     render.err.print(f"listening on {scheme}://{bound[0]}:{bound[1]} (Ctrl-C stops after answering what was accepted)")
+    if cfg.grpc_port is not None:
+        render.err.print(f"gRPC on {bound[0]}:{cfg.grpc_port}" + (" (TLS)" if cfg.certfile else ""))
     server.run(prepared)

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -48,6 +49,7 @@ class ServerConfig:
     certfile: Path | None = None
     keyfile: Path | None = None
     options: app_lib.ServeOptions = app_lib.ServeOptions()
+    grpc_port: int | None = None  # also the Open Inference Protocol over gRPC on this port (None: off)
 
 
 @dataclass
@@ -66,6 +68,8 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         raise InputError("no bundle to serve", hint="give at least one bundle directory")
     if (config.certfile is None) != (config.keyfile is None):
         raise InputError("TLS needs both a certificate file and its key file")
+    if config.grpc_port is not None and config.grpc_port in (0, config.port):
+        raise InputError(f"gRPC port {config.grpc_port}: give a port of its own, other than the HTTP port")
     served = []
     for i, path in enumerate(config.bundles):
         progress(Event("serve", f"opening {path}", i, len(config.bundles)))
@@ -81,6 +85,12 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
     audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key)
     app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage))
     sock = bind(config.host, config.port)
+    if config.grpc_port is not None:  # checked free now; gRPC binds it in run(), in the event loop it serves on
+        try:
+            bind(config.host, config.grpc_port).close()
+        except InputError:
+            sock.close()
+            raise
     progress(Event("serve", f"{len(served)} model(s) ready: " + "; ".join(f"{m.name} ({m.self_check})" for m in served),
                    done=True))
     return Prepared(config, app, served, sock)
@@ -110,8 +120,16 @@ def run(prepared: Prepared) -> None:
     import uvicorn
 
     c = prepared.config
-    config = uvicorn.Config(prepared.app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
+    app: Any = prepared.app
+    front = None
+    if c.grpc_port is not None:  # gRPC calls go through the same app, in the same event loop
+        from onnxguard.serve.grpc import service as grpc_service
+
+        front = grpc_service.GrpcFront(prepared.app, c.host, c.grpc_port, max_message_bytes=c.options.max_body_bytes,
+                                       certfile=c.certfile, keyfile=c.keyfile, drain_seconds=DRAIN_SECONDS)
+        app = front.wrap(app)  # started after the app's startup, drained before its shutdown
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
                             access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
                             ssl_certfile=str(c.certfile) if c.certfile else None,
                             ssl_keyfile=str(c.keyfile) if c.keyfile else None)
-    uvicorn.Server(config).run(sockets=[prepared.sock])
+    (front.uvicorn(config) if front else uvicorn.Server(config)).run(sockets=[prepared.sock])
