@@ -124,6 +124,18 @@ class Sealed(_Strict):
     files: dict[str, SealedFile] = Field(description="each sealed file of the bundle, by its name in the bundle")
 
 
+class Lengths(_Strict):
+    """How ``runtime.LengthAware`` runs a padded batch of this model without its padding, measured by ``build``."""
+
+    mask: str = Field(description="the attention mask input that gives each row's real length")
+    cost: dict[str, float] = Field(description="overhead_ms, token_ms, token2_ms: one run of B rows at width L "
+                                   "takes overhead + B*L*(token + token2*L) ms")
+    max_buckets: int
+    shift_free: bool = Field(description="outputs do not depend on where padding sits: left-padded rows may move")
+    sequence_outputs: list[str] = Field(description="outputs with a sequence axis (axis 1), padded back")
+    measured: dict[str, Any] = Field(default_factory=dict, description="threads, CPU, the timed points")
+
+
 class Manifest(_Strict):
     """The bundle's ``manifest.json``: what the bundle is, how it was made, and every file's sha256."""
 
@@ -142,6 +154,8 @@ class Manifest(_Strict):
     parity: Parity | None = None
     scan: dict[str, Any] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    lengths: Lengths | None = Field(default=None, description="text models: the bucket plan for running padded "
+                                    "batches without their padding")
     sealed: Sealed | None = Field(default=None, description="set when the bundle is sealed: model.file and "
                                   "golden.file then name the .age files; model.sha256 stays the plaintext's")
 
