@@ -91,8 +91,10 @@ def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.n
         if agree < tol.min_label_agreement:
             failures.append(f"label agreement {agree:.2%} < {tol.min_label_agreement:.2%}")
         return OutputParity(name, role, items, 0.0, 0.0, None, agree, not failures, tuple(failures))
-    ref = np.concatenate([r.reshape(len(r), -1) for r in refs]).astype(np.float64)
-    out = np.concatenate([o.reshape(len(o), -1) for o in outs]).astype(np.float64)
+    # Each batch is flattened on its own: per-token outputs have rows of a different length in each batch.
+    ref_rows = [r.reshape(len(r), -1).astype(np.float64) for r in refs]
+    out_rows = [o.reshape(len(o), -1).astype(np.float64) for o in outs]
+    ref, out = np.concatenate([r.ravel() for r in ref_rows]), np.concatenate([o.ravel() for o in out_rows])
     diff = np.abs(out - ref)
     max_abs = float(diff.max()) if diff.size else 0.0
     mean_abs = float(diff.mean()) if diff.size else 0.0
@@ -102,7 +104,8 @@ def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.n
     if over.any():
         failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} "
                         f"(max |diff| {max_abs:.3g})")
-    min_cos = float(_cosines(out, ref).min()) if len(ref) else 1.0
+    min_cos = min((float(_cosines(o, r).min()) for o, r in zip(out_rows, ref_rows, strict=True) if len(r)),
+                  default=1.0)
     if min_cos < tol.min_cosine:
         failures.append(f"min cosine {min_cos:.6f} < {tol.min_cosine}")
     agreement = None
