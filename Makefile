@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test lint venv system-deps lock clean bench-anchors
+.PHONY: quickstart test lint venv system-deps lock clean proto bench-anchors
 
 # The virtual environment is made from the lock file, once; `make lock` refreshes the lock.
 $(BIN)/onnxguard: requirements.lock pyproject.toml
@@ -55,6 +55,14 @@ bench-anchors: .venv-anchors/bin/litserve-ready
 	test -x .venv-anchors/bin/python || $(PYTHON) -m venv .venv-anchors
 	.venv-anchors/bin/python -m pip install --quiet -r benchmarks/anchors/requirements.lock
 	touch $@
+
+# The gRPC modules of the Open Inference Protocol, generated from its .proto (grpcio-tools: a dev dependency; the
+# server needs only grpcio and protobuf). tests/serve/test_grpc.py checks that the committed ones are up to date.
+PROTO     := src/onnxguard/serve/grpc/grpc_predict_v2.proto
+PROTO_OUT ?= src
+proto:
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) $(PROTO)
 
 clean:
 	rm -rf $(VENV) .venv-anchors build src/*.egg-info
