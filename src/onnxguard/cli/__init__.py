@@ -20,6 +20,7 @@ from onnxguard.cli import (
     build,
     consistency,
     convert,
+    diff,
     inspect,
     keygen,
     leakage,
@@ -42,7 +43,7 @@ __all__ = ["VERBS", "app", "main"]
 
 # The verb modules: importing each one registers its command(s) on ``app`` (defined in onnxguard.cli.app, so that
 # no verb imports this package back).
-VERBS = (apikey, audit, bench, build, consistency, convert, inspect, keygen, leakage, optimize, parity, quantize,
+VERBS = (apikey, audit, bench, build, consistency, convert, diff, inspect, keygen, leakage, optimize, parity, quantize,
          quickstart, scan, seal, serve, sign, target, verify)
 
 
