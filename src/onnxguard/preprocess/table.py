@@ -1,17 +1,25 @@
-"""``table.spec(preprocessing) -> TableSpec`` and ``table.prepare(rows, spec)``: rows -> float32 2-D.
+"""``table.spec(preprocessing) -> TableSpec`` and ``table.prepare(rows, spec)``: table rows -> the model's inputs.
 
-The manifest's ``preprocessing`` entry for a tabular model::
+The manifest's ``preprocessing`` entry for a tabular model takes one of two forms. One float input, all columns
+numeric (every scikit-learn model but a ColumnTransformer pipeline)::
 
     {"kind": "table", "input": "input", "columns": 4}                       # or
     {"kind": "table", "input": "input", "columns": ["sepal length", ...]}   # named columns
 
-Rows are a 2-D array-like of numbers with exactly that many columns, or, with named columns, a list of
-mappings from every column name to a number. Values must be finite unless ``"missing": true`` (then NaN
-is passed on for models that treat it as a missing value).
+One typed input per column (a ColumnTransformer pipeline: strings for categorical columns, floats for numeric)::
+
+    {"kind": "table", "columns": [{"name": "age", "dtype": "float32", "input": "age"},
+                                  {"name": "city", "dtype": "string", "input": "city"}]}
+
+Rows are lists of values in column order or, with named columns, mappings from every column name to its value.
+The first form gives ``{input: float32 (rows, columns)}``, the second one ``(rows, 1)`` array per column (float32,
+or numpy unicode strings). Numbers must be finite unless ``"missing": true`` (then NaN, or ``None`` in a typed
+table, is passed on for models that treat it as a missing value).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,16 +28,59 @@ import numpy as np
 from onnxguard.errors import InputError, ModelError
 
 WHERE = "the manifest's table preprocessing"
+FLOAT = "float32"
+STRING = "string"
+DTYPES = (FLOAT, STRING)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a typed table: its name, its type (``float32`` or ``string``) and the ONNX input that takes
+    it, shaped (rows, 1)."""
+
+    name: str
+    dtype: str
+    input: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "dtype": self.dtype, "input": self.input}
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A tabular model's input, as the manifest describes it (see the module's docstring)."""
+    """A tabular model's inputs, as the manifest describes them (see the module's docstring)."""
 
     columns: int
     input: str = "input"
     names: tuple[str, ...] | None = None
     missing: bool = False
+    typed: tuple[Column, ...] = ()  # one input per column; empty: one float input of ``columns`` columns
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The ONNX inputs the rows become."""
+        return tuple(c.input for c in self.typed) or (self.input,)
+
+
+def entry(columns: Sequence[Column], missing: bool = False) -> dict:
+    """The manifest's ``preprocessing`` entry of a typed table (what :func:`spec` reads back)."""
+    return {"kind": "table", "columns": [c.to_dict() for c in columns], "missing": missing}
+
+
+def _typed(columns: list) -> tuple[Column, ...]:
+    out = []
+    for i, c in enumerate(columns):
+        if not isinstance(c, Mapping) or set(c) != {"name", "dtype", "input"}:
+            raise ModelError(f"{WHERE}: column {i} is not a mapping of name, dtype and input")
+        name, dtype, inp = c["name"], c["dtype"], c["input"]
+        if not all(isinstance(v, str) and v for v in (name, dtype, inp)):
+            raise ModelError(f"{WHERE}: column {i}: name, dtype and input must be non-empty strings")
+        if dtype not in DTYPES:
+            raise ModelError(f"{WHERE}: column {name!r} has dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        out.append(Column(name, dtype, inp))
+    if len({c.name for c in out}) != len(out) or len({c.input for c in out}) != len(out):
+        raise ModelError(f"{WHERE}: column names and inputs must be distinct")
+    return tuple(out)
 
 
 def spec(preprocessing: Mapping) -> TableSpec:
@@ -37,17 +88,20 @@ def spec(preprocessing: Mapping) -> TableSpec:
     pre = dict(preprocessing)
     if pre.get("kind") != "table":
         raise ModelError(f"the manifest's preprocessing is {pre.get('kind')!r}, not a table")
+    missing = pre.get("missing", False)
+    if not isinstance(missing, bool):
+        raise ModelError(f"{WHERE}: missing {missing!r} is not true or false")
     columns = pre.get("columns")
     names = None
+    if isinstance(columns, list | tuple) and columns and any(isinstance(c, Mapping) for c in columns):
+        typed = _typed(list(columns))
+        return TableSpec(len(typed), names=tuple(c.name for c in typed), missing=missing, typed=typed)
     if isinstance(columns, list | tuple):
         if not columns or not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
             raise ModelError(f"{WHERE}: columns must be distinct names")
         names, columns = tuple(columns), len(columns)
     if not isinstance(columns, int) or isinstance(columns, bool) or columns < 1:
         raise ModelError(f"{WHERE}: columns {columns!r} is neither a positive count nor a list of names")
-    missing = pre.get("missing", False)
-    if not isinstance(missing, bool):
-        raise ModelError(f"{WHERE}: missing {missing!r} is not true or false")
     return TableSpec(columns, str(pre.get("input", "input")), names, missing)
 
 
@@ -66,9 +120,52 @@ def _from_mappings(rows: Sequence[Mapping], names: tuple[str, ...]) -> list[list
     return out
 
 
+def _cell(value, column: Column, row: int, missing: bool):
+    where = f"row {row}, column {column.name!r}"
+    if column.dtype == STRING:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {value!r} is not a string")
+        return value
+    if value is None and missing:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InputError(f"{where}: {value!r} is not a number")
+    with np.errstate(over="ignore"):
+        number = np.float32(value)
+    if np.isinf(number) or (np.isnan(number) and not missing):
+        raise InputError(f"{where}: {value!r} is not a finite float32 number")
+    return number
+
+
+def _prepare_typed(rows, table_spec: TableSpec) -> dict[str, np.ndarray]:
+    if isinstance(rows, np.ndarray):
+        rows = rows.tolist()
+    if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
+        raise InputError(f"rows must be a list of rows, not {type(rows).__name__}")
+    if not rows:
+        raise InputError("no rows given")
+    names = tuple(c.name for c in table_spec.typed)
+    if isinstance(rows[0], Mapping):
+        rows = _from_mappings(rows, names)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Sequence) or isinstance(row, str | bytes):
+            raise InputError(f"row {i} is a {type(row).__name__}; give a list of {len(names)} values in column "
+                             "order, or a mapping of column names")
+        if len(row) != len(names):
+            raise InputError(f"row {i} has {len(row)} value(s); the model takes {len(names)} columns {list(names)}")
+    out = {}
+    for j, column in enumerate(table_spec.typed):
+        values = [_cell(row[j], column, i, table_spec.missing) for i, row in enumerate(rows)]
+        array = np.array(values, dtype=np.str_ if column.dtype == STRING else np.float32)
+        out[column.input] = array.reshape(len(rows), 1)
+    return out
+
+
 def prepare(rows, table_spec: TableSpec) -> dict[str, np.ndarray]:
-    """``{input: float32 (rows, columns)}``; a wrong column count, a non-number or a non-finite value is an
-    ``InputError``."""
+    """The model's inputs for ``rows`` (see the module's docstring); a wrong column count or name, a value of the
+    wrong type or a non-finite number is an ``InputError`` naming the row and column."""
+    if table_spec.typed:
+        return _prepare_typed(rows, table_spec)
     if isinstance(rows, Sequence) and rows and isinstance(rows[0], Mapping):
         if table_spec.names is None:
             raise InputError("rows are mappings, but the model's columns have no names; give rows of numbers")
