@@ -12,7 +12,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,13 +25,13 @@ from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle import Bundle, digest
 from onnxguard.bundle.golden import Batch, GoldenSet
-from onnxguard.bundle.manifest import Golden, Manifest, Model, Step, Tensor, now
+from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source
-from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, Remedy
+from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.speed import optimize, quantize
+from onnxguard.speed import bench, lengths, optimize, quantize
 from onnxguard.speed import select as variants
 from onnxguard.speed.select import Candidate, Selection
 
@@ -85,6 +85,7 @@ class BuildState:
     selection: Selection | None = None
     scan: scanner.ScanReport | None = None
     bundle: Bundle | None = None
+    lengths: Lengths | None = None  # a text model's bucket plan (stage_lengths)
     staging: Path | None = None  # where the bundle is written, sealed and signed before it is published
     outbox: contextlib.ExitStack | None = None  # closing it publishes the staging directory as the target
 
@@ -276,6 +277,32 @@ def stage_select(state: BuildState) -> str:
     return sel.reason
 
 
+def stage_lengths(state: BuildState) -> str:
+    """A text model's bucket plan (``runtime.LengthAware``), measured on the chosen model and gated; see
+    :mod:`onnxguard.speed.lengths`. A model it does not fit is built as it is, with the reason recorded."""
+    model = _made(state.model, "the model (convert)")
+    export = state.candidates[0].model if state.candidates else model
+    winner_gate = state.selection.winner.gate if state.selection else None
+    tolerance = winner_gate.tolerance if winner_gate is not None else state.options.tolerance
+    threads = state.options.bench_threads or os.cpu_count() or 1
+    try:
+        planned = lengths.plan(model, export, _made(state.golden, "the golden set (golden)"),
+                               _made(state.source, "the source (convert)").output_roles, tolerance, threads,
+                               state.progress)
+    except OnnxguardError as e:
+        return f"no plan: {e}"
+    p = planned.plan
+    if p is None:
+        if "takes no" not in planned.why:
+            state.steps.append(Step(name="lengths", figures={"plan": None, "why": planned.why, **planned.figures}))
+        return f"no plan: {planned.why}"
+    state.lengths = Lengths(mask=p.mask, cost=asdict(p.cost), max_buckets=p.max_buckets, shift_free=p.shift_free,
+                            sequence_outputs=list(p.sequence_outputs or ()),
+                            measured={"threads": threads, "cpu": bench.machine()["cpu"], "why": planned.why,
+                                      **planned.figures})
+    return planned.why
+
+
 def stage_scan(state: BuildState) -> str:
     """The security scan of the chosen model, as `onnxguard scan` runs it, before it enters the bundle."""
     if not state.options.scan:
@@ -353,6 +380,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("optimize", stage_optimize),
     ("quantize", stage_quantize),
     ("select", stage_select),
+    ("lengths", stage_lengths),
     ("scan", stage_scan),
     ("bundle", stage_bundle),
     ("seal", stage_seal),
@@ -394,6 +422,7 @@ def make_manifest(state: BuildState) -> Manifest:
                                           export.notes) if state.selection else export),
         scan=None if state.scan is None else scan_summary(state.scan, opts.fail_on),
         metadata=dict(opts.meta),
+        lengths=state.lengths,
     )
 
 
