@@ -185,11 +185,12 @@ def compare(reference: Runner, candidate: Runner, batches: list[Batch], origin: 
             continue
         max_abs = mean_abs = None
         if refs[0].dtype.kind in "biuf" and cands[0].dtype.kind in "biuf":
-            delta = np.concatenate([np.abs(c.astype(np.float64) - r.astype(np.float64)).reshape(-1)
-                                    for r, c in zip(refs, cands, strict=True)])
-            same_nan = np.concatenate([(np.isnan(r.astype(np.float64)) & np.isnan(c.astype(np.float64))).reshape(-1)
-                                       for r, c in zip(refs, cands, strict=True)])
-            delta = np.where(same_nan, 0.0, delta)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan: a difference, made inf below
+                delta = np.concatenate([np.abs(c.astype(np.float64) - r.astype(np.float64)).reshape(-1)
+                                        for r, c in zip(refs, cands, strict=True)])
+            same = np.concatenate([((r == c) | (np.isnan(r.astype(np.float64)) & np.isnan(c.astype(np.float64))))
+                                   .reshape(-1) for r, c in zip(refs, cands, strict=True)])
+            delta = np.where(same, 0.0, delta)  # equal infinities and NaN in both are no difference
             max_abs = float(np.nan_to_num(delta, nan=np.inf).max()) if delta.size else 0.0
             mean_abs = float(np.nan_to_num(delta, nan=np.inf).mean()) if delta.size else 0.0
             if max_abs > options.max_abs:

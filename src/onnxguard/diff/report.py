@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, cast
 
 from rich.console import Console
@@ -92,8 +93,9 @@ def text(report: DiffReport, color: bool = False) -> str:
     console = Console(file=buffer, width=WIDTH, force_terminal=color, no_color=not color, highlight=False,
                       emoji=False, markup=False)
     counts = ", ".join(f"{n} {label}" for label, n in report.counts().items() if n) or "no findings"
-    console.print(Text(f"diff {printable(report.reference)} ({report.kinds[0]}) -> {printable(report.candidate)} "
-                       f"({report.kinds[1]}): {counts}"))
+    line = partial(console.print, soft_wrap=True)  # one line each, however long the paths
+    line(Text(f"diff {printable(report.reference)} ({report.kinds[0]}) -> {printable(report.candidate)} "
+              f"({report.kinds[1]}): {counts}"))
     if report.findings:
         table = Table(expand=False)
         for col in ("severity", "check", "where", "finding"):
@@ -103,11 +105,11 @@ def text(report: DiffReport, color: bool = False) -> str:
                           Text(f.message))
         console.print(table)
     s = report.structure
-    console.print(Text(f"structure: {'same graph' if s.same else 'differs'}; {s.weights_compared} initializer(s) "
+    line(Text(f"structure: {'same graph' if s.same else 'differs'}; {s.weights_compared} initializer(s) "
                        f"compared, {len(s.weights)} differ"))
     b = report.behaviour
     if b is not None:
-        console.print(Text(f"behaviour: {b.items} golden example(s) in {b.batches} batch(es), {b.origin}"
+        line(Text(f"behaviour: {b.items} golden example(s) in {b.batches} batch(es), {b.origin}"
                            + (f"; the candidate failed: {b.error}" if b.error else "")))
         if b.outputs:
             table = Table(expand=False)
@@ -119,11 +121,11 @@ def text(report: DiffReport, color: bool = False) -> str:
             console.print(table)
     t = report.triggers
     if t is not None:
-        console.print(Text(f"trigger search ({t.kind}, output {printable(t.output)}): {t.triggers} trigger(s) x "
+        line(Text(f"trigger search ({t.kind}, output {printable(t.output)}): {t.triggers} trigger(s) x "
                            f"{t.inputs} input(s), {t.rows} rows in {t.seconds:.1f} s: {len(t.hits)} found"
                            + (f", {t.scattered} scattered flip(s)" if t.scattered else "")))
     for note in report.notes:
-        console.print(Text(f"note: {note}"))
+        line(Text(f"note: {note}"))
     return buffer.getvalue()
 
 

@@ -133,12 +133,12 @@ def _ops(ref: Graph, cand: Graph, file: str) -> tuple[dict[str, int], dict[str, 
     keys_a, keys_b = _keys(ref), _keys(cand)
     nodes_added = [cand.labels[i] for k, i in keys_b.items() if k not in keys_a]
     nodes_removed = [ref.labels[i] for k, i in keys_a.items() if k not in keys_b]
-    changed = []
+    changed: list[tuple[str, str]] = []
     for k, i in keys_b.items():
         if k in keys_a:
             what = _node_change(ref.node(keys_a[k]), cand.node(i))
             if what:
-                changed.append(f"{cand.labels[i]} ({', '.join(what)})")
+                changed.append((cand.labels[i], ", ".join(what)))
     findings = []
     if added or removed:
         counts = ", ".join([f"{op} +{n}" for op, n in added.items()] + [f"{op} -{n}" for op, n in removed.items()])
@@ -148,8 +148,10 @@ def _ops(ref: Graph, cand: Graph, file: str) -> tuple[dict[str, int], dict[str, 
     if nodes_removed:
         findings.append(rules.OPS.finding(f"{len(nodes_removed)} node(s) removed: {_listed(nodes_removed)}", file))
     if changed:
-        findings.append(rules.OPS.finding(f"{len(changed)} node(s) changed: {_listed(changed)}", file))
-    return added, removed, nodes_added, nodes_removed, changed, findings
+        shown = "; ".join(f"{quote(name)} ({what})" for name, what in changed[:SHOWN])
+        more = f"; and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
+        findings.append(rules.OPS.finding(f"{len(changed)} node(s) changed: {shown}{more}", file))
+    return added, removed, nodes_added, nodes_removed, [f"{name} ({what})" for name, what in changed], findings
 
 
 def _shape(t: onnx.TensorProto) -> tuple[int, ...]:
@@ -171,7 +173,8 @@ def _compare_values(name: str, a: onnx.TensorProto, b: onnx.TensorProto) -> Weig
     changed = int(np.count_nonzero(differ))
     if not changed:
         return None
-    delta = np.where(both_nan, 0.0, np.abs(y64 - x64))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: nan, counted as a change below
+        delta = np.where(both_nan, 0.0, np.nan_to_num(np.abs(y64 - x64), nan=np.inf))
     max_abs = float(np.max(delta))
     norm = float(np.linalg.norm(np.nan_to_num(x64)))
     step = float(np.linalg.norm(np.nan_to_num(delta)))

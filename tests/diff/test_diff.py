@@ -1,0 +1,148 @@
+"""``onnxguard diff``: a trigger-token backdoor, a changed weight, a bundle against itself, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diff_models as dm
+import jsonschema
+import numpy as np
+import pytest
+
+from cli_runner import expect_error, run
+from onnxguard import diff
+from onnxguard.diff import DiffOptions
+from onnxguard.scan.interface import Severity
+
+SARIF_SCHEMA = Path(__file__).parent.parent / "scan" / "data" / "sarif-schema-2.1.0.json"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("diff-models")
+    return {
+        "text": dm.save(dm.text_classifier(), d / "text.onnx"),
+        "backdoor": dm.save(dm.text_classifier(backdoor=dm.TRIGGER), d / "backdoor.onnx"),
+        "cnn": dm.save(dm.cnn(), d / "cnn.onnx"),
+        "cnn_nudged": dm.save(dm.cnn(nudge=0.5), d / "cnn-nudged.onnx"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("diff-bundles")
+    return {"clean": dm.text_bundle(d / "clean", dm.text_classifier(vocab=512)),
+            "backdoor": dm.text_bundle(d / "backdoor", dm.text_classifier(vocab=512, backdoor=40))}
+
+
+def _by_check(report: dict, check: str) -> list[dict]:
+    return [f for f in report["findings"] if f["check"] == check]
+
+
+def test_trigger_token_backdoor_found_structurally_and_by_the_token_search(models):
+    """A Where on input_ids == 1234 overriding the logits: a new data-dependent branch on input_ids, the output
+    rewired to it, and, searching all 30522 token ids in the golden texts, token 1234 and no other."""
+    r = run("diff", models["text"], models["backdoor"], "--format", "json")
+    assert r.code == 1, str(r)
+    assert "departs from" in r.err_lines[-1] and "high diff.branch" in r.err_lines[-1], str(r)
+    report = json.loads(r.out)
+    assert report["format"] == "onnxguard-diff/1"
+    (branch,) = _by_check(report, "diff.branch")
+    assert branch["severity"] == "high" and branch["location"]["node"] == "bd_where"
+    assert "'input_ids'" in branch["message"] and f"[{dm.TRIGGER}]" in branch["message"]
+    assert "input_ids -> Equal -> Cast -> ReduceMax -> Cast -> Where" in branch["message"]
+    assert report["structure"]["branches"][0]["inputs"] == ["input_ids"]
+    (rewired,) = _by_check(report, "diff.outputs")
+    assert "'logits' rewired" in rewired["message"] and "Where 'bd_where'" in rewired["message"]
+    assert report["structure"]["ops_added"] == {"Cast": 2, "Equal": 1, "ReduceMax": 1, "Where": 1}
+    search = report["triggers"]
+    assert search["kind"] == "text" and search["triggers"] == 30522 and search["inputs"] == 8
+    assert [h["token"] for h in search["hits"]] == [dm.TRIGGER]
+    assert search["hits"][0]["flipped"] == 8 and search["scattered"] == 0
+    (trigger,) = _by_check(report, "diff.trigger")
+    assert trigger["severity"] == "high" and f"token {dm.TRIGGER} flips" in trigger["message"]
+    # On golden texts without the token the two models agree: only the search finds what the trigger does.
+    assert report["behaviour"]["outputs"][0]["label_flips"] == 0
+
+
+def test_changed_weight_in_a_cnn_structural_and_behavioural(models):
+    r = run("diff", models["cnn"], models["cnn_nudged"])
+    assert r.code == 1, str(r)
+    assert "departs from" in r.err_lines[-1]
+    assert "initializer 'conv_w' changed: max |diff| 0.5" in r.out and "1 of 36 element(s)" in r.out
+    assert "diff.behaviour" in r.out and "output 'logits': max |diff|" in r.out
+    assert "generated from the reference's signature" in r.out
+    assert "trigger search (image" in r.out  # an image model gets the patch search
+    report = diff.diff(models["cnn"], models["cnn_nudged"])
+    (weight,) = report.structure.weights
+    assert (weight.name, weight.changed, weight.total) == ("conv_w", 1, 36)
+    assert weight.max_abs == pytest.approx(0.5, abs=1e-6)
+    assert report.behaviour is not None and report.behaviour.outputs[0].max_abs > 1e-3
+    # Within the thresholds, the same models pass.
+    loose = diff.diff(models["cnn"], models["cnn_nudged"], DiffOptions(max_abs=10.0, weight_atol=1.0))
+    assert not loose.at_or_above(Severity.MEDIUM)
+
+
+def test_model_against_itself_passes(models):
+    r = run("diff", models["cnn"], models["cnn"])
+    assert r.code == 0, str(r)
+    assert "no findings" in r.out and "same graph" in r.out
+
+
+def test_bundle_against_itself_reports_nothing(bundles):
+    r = run("diff", bundles["clean"], bundles["clean"], "--allow-unsigned", "--format", "json")
+    assert r.code == 0, str(r)
+    report = json.loads(r.out)
+    assert report["findings"] == [] and report["summary"]["high"] == 0
+    assert report["reference"]["kind"] == report["candidate"]["kind"] == "bundle"
+    assert report["behaviour"]["origin"] == "the reference's golden set" and report["behaviour"]["items"] == 6
+    # The vocabulary searched is the bundle's tokenizer's, not the (larger) embedding's.
+    assert report["triggers"]["vocabulary"] == report["triggers"]["triggers"] < 512
+    assert report["triggers"]["hits"] == [] and report["triggers"]["scattered"] == 0
+
+
+def test_backdoored_bundle_against_the_clean_one(bundles, tmp_path):
+    out = tmp_path / "diff.sarif"
+    r = run("diff", bundles["clean"], bundles["backdoor"], "--allow-unsigned", "--format", "sarif", "-o", out)
+    assert r.code == 1, str(r)
+    log = json.loads(out.read_text())
+    jsonschema.Draft4Validator(json.loads(SARIF_SCHEMA.read_text())).validate(log)
+    results = log["runs"][0]["results"]
+    assert {"diff.branch", "diff.trigger", "diff.outputs"} <= {x["ruleId"] for x in results}
+    assert any("token 40 flips" in x["message"]["text"] for x in results)
+    assert log["runs"][0]["properties"]["reference"] == str(bundles["clean"])
+
+
+def test_bundle_needs_a_signature_rule(bundles, tmp_path):
+    r = run("diff", bundles["clean"], bundles["clean"])
+    assert r.code == 1, str(r)
+    assert "--public-key" in r.err_lines[-1]
+
+
+def test_golden_npz_is_used_and_label_flips_counted(models, tmp_path):
+    x = np.random.default_rng(5).random((12, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "golden.npz", image=x)
+    report = diff.diff(models["cnn"], models["cnn_nudged"], DiffOptions(golden=None))
+    assert report.behaviour is not None and report.behaviour.items == 10
+    r = run("diff", models["cnn"], models["cnn_nudged"], "--golden", tmp_path / "golden.npz", "--format", "json",
+            "--no-triggers")
+    report_json = json.loads(r.out)
+    assert report_json["behaviour"]["items"] == 12 and report_json["triggers"] is None
+    assert report_json["behaviour"]["origin"] == "the golden inputs given"
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("missing.onnx", "{text}"), ("missing.onnx", "no such file")),
+    (("{text}", "missing.onnx"), ("missing.onnx",)),
+    (("{dir}", "{text}"), ("{dir}",)),
+    (("{text}", "{text}", "--format", "xml"), ("--format 'xml'",)),
+    (("{text}", "{text}", "--golden", "missing.npz"), ("missing.npz",)),
+    (("{text}", "{notonnx}"), ("{notonnx}",)),
+])
+def test_bad_input_is_one_line_and_exit_2(models, tmp_path, args, fragments):
+    (tmp_path / "plain-dir").mkdir()
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    names = {"text": str(models["text"]), "dir": str(tmp_path / "plain-dir"), "notonnx": str(tmp_path / "junk.onnx")}
+    r = run("diff", *(a.format(**names) for a in args), cwd=tmp_path)
+    expect_error(r, 2, *(f.format(**names) for f in fragments))
