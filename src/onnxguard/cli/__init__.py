@@ -22,10 +22,12 @@ from onnxguard.cli import (
     convert,
     diff,
     inspect,
+    keybroker,
     keygen,
     leakage,
     optimize,
     parity,
+    predict,
     quantize,
     quickstart,
     render,
@@ -43,8 +45,8 @@ __all__ = ["VERBS", "app", "main"]
 
 # The verb modules: importing each one registers its command(s) on ``app`` (defined in onnxguard.cli.app, so that
 # no verb imports this package back).
-VERBS = (apikey, audit, bench, build, consistency, convert, diff, inspect, keygen, leakage, optimize, parity, quantize,
-         quickstart, scan, seal, serve, sign, target, verify)
+VERBS = (apikey, audit, bench, build, consistency, convert, diff, inspect, keybroker, keygen, leakage, optimize, parity,
+         predict, quantize, quickstart, scan, seal, serve, sign, target, verify)
 
 
 def _verb(group, argv: list[str]):

@@ -14,9 +14,22 @@ from onnxguard.trust import keys
 def keygen(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the keys (created; existing key files are "
                                       "never overwritten).")],
+    platform: Annotated[bool, typer.Option("--platform", help="Make the simulation platform's attestation key "
+                                           "(Ed25519) instead: serve --confidential --platform-key.")] = False,
     json: options.Json = False,
 ) -> None:
-    """Make a signing key pair (EC P-256, PEM) and an age identity with its recipient."""
+    """Make a signing key pair (EC P-256, PEM) and an age identity with its recipient (with --platform: the
+    simulation platform's Ed25519 attestation key pair)."""
+    if platform:
+        from onnxguard.confidential.platform import simulation
+
+        made = simulation.generate_key(out)
+        if json:
+            render.print_json(made.to_dict())
+            return
+        render.out.print(f"platform key (private, keep secret)  {made.private_key}")
+        render.out.print(f"platform key (public, for verifiers) {made.public_key}: {made.fingerprint}")
+        return
     paths = keys.generate(out)
     if json:
         render.print_json(paths.to_dict())
