@@ -9,6 +9,7 @@ The source kind is read from the spec:
 ``org/name`` (not a local path)  Hugging Face hub id (needs a network)
 ``model.skops``                  scikit-learn, loaded with skops
 ``model.pkl`` / ``.joblib``      scikit-learn pickle, only when trusted explicitly
+``model.onnx``                   an ONNX model as it is (scanned before it runs)
 ===============================  ===========================================
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import onnx
 
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported, Source
+from onnxguard.errors import Remedy
 from onnxguard.progress import Event, Progress, silent
 
 __all__ = ["ConvertOptions", "ConvertResult", "Source", "convert", "detect", "load", "set_metadata", "spec_path"]
@@ -32,6 +34,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SKLEARN_SUFFIXES = (".skops", ".pkl", ".pickle", ".joblib")
 # A missing one of these means a missing extra, not a broken source model.
 FRAMEWORK_MODULES = ("torch", "transformers", "sklearn", "skl2onnx", "skops", "onnxscript", "picklescan")
+# torchvision is left out of the lock: its release for torch 2.13 (0.28.0) does not import against the CPU build
+# of torch 2.13.0 ("operator torchvision::nms does not exist"), and 0.29 needs torch 2.14.
+TORCHVISION_WHY = ("torchvision is not part of onnxguard's lock (0.28.0, its release for torch 2.13, does not import "
+                   "against the CPU build of torch 2.13.0, and 0.29 needs torch 2.14)")
+_MODULE_FACTORY = re.compile(r"^torchvision(\.\w+)*:\w+$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ def spec_path(spec: str) -> Path | None:
 
 
 def detect(spec: str) -> str:
-    """The source kind of ``spec``: ``torch-module``, ``torch-program``, ``transformers`` or ``sklearn``."""
+    """The source kind of ``spec``: ``torch-module``, ``torch-program``, ``transformers``, ``sklearn`` or ``onnx``."""
     path = Path(spec)
     file_part = spec.rpartition(":")[0]
     if file_part.endswith(".py"):
@@ -67,16 +74,49 @@ def detect(spec: str) -> str:
         kind = "torch-program"
     elif path.suffix in SKLEARN_SUFFIXES:
         kind = "sklearn"
+    elif path.suffix == ".onnx":
+        kind = "onnx"
     elif not path.exists() and _HUB_ID.match(spec):
         return "transformers"
+    elif not path.exists() and _MODULE_FACTORY.match(spec):
+        raise _torchvision_spec(spec)
     else:
         raise ConversionError(f"{spec}: unknown source kind; give file.py:factory, a .pt2 ExportedProgram, a "
-                              "Transformers model directory, or a .skops scikit-learn model")
+                              "Transformers model directory, a .skops scikit-learn model, or a .onnx model")
     if not path.is_file():
         if os.path.lexists(path):  # a FIFO, a device, a dangling link: never opened, never "no such file"
             raise ConversionError(f"{path}: is {_kind(path)}, not a regular file", hint="give the model file itself")
         raise ConversionError(f"{path}: no such file")
     return kind
+
+
+def torchvision_error(where: str, e: BaseException) -> ConversionError | None:
+    """The one-line error for model code that needs torchvision when it is missing or broken, else None."""
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision":
+        problem = "torchvision is not installed"
+    elif "torchvision" in str(e):
+        problem = f"torchvision does not import ({type(e).__name__}: {str(e).strip().splitlines()[0]})"
+    else:
+        return None
+    return ConversionError(f"{where}: needs torchvision, and {problem}; {TORCHVISION_WHY}",
+                           hint="install a torch and torchvision pair that import together, or export the model "
+                                "to ONNX where they do and build from the .onnx file")
+
+
+def _torchvision_spec(spec: str) -> ConversionError:
+    """``torchvision.models:resnet18``: a torchvision factory by name."""
+    import importlib
+
+    try:
+        importlib.import_module(spec.partition(":")[0])
+    # Importing torchvision runs its operator registration, which raises RuntimeError against a mismatched torch.
+    except (ImportError, RuntimeError, AttributeError) as e:
+        error = torchvision_error(spec, e)
+        if error is not None:
+            return error
+        raise
+    return ConversionError(f"{spec}: a factory is given as file.py:factory; write one that returns "
+                           f"{spec.replace(':', '.')}() and give its input shape", remedy=Remedy.INPUT_SHAPES)
 
 
 def _kind(path: Path) -> str:
@@ -110,6 +150,10 @@ def load(spec: str, options: ConvertOptions = DEFAULT_OPTIONS) -> Source:
             from onnxguard.convert import hf
 
             return hf.load(spec, options)
+        if kind == "onnx":
+            from onnxguard.convert import onnxfile as onnx_source
+
+            return onnx_source.load(Path(spec), options)
         from onnxguard.convert import sklearn as sklearn_source
 
         return sklearn_source.load(Path(spec), options)
