@@ -48,3 +48,12 @@ def test_load_goes_through_the_door(text_bundle, tmp_path):
         runtime.load(text_bundle, TrustPolicy(None))
     with pytest.raises(InputError, match="TrustPolicy"):
         runtime.load(text_bundle)
+
+
+@pytest.mark.slow
+def test_bench_reports_plain_and_length_aware(cli, text_bundle):
+    r = cli("bench", text_bundle, "--allow-unsigned", "--batch-sizes", "8", "--runs", "3", "--warmup", "1",
+            "--no-memory", "--json")
+    assert r.code == 0, r
+    names = [t["variant"] for t in json.loads(r.out)["timings"]]
+    assert len(names) == 2 and names[1] == names[0] + " length-aware"

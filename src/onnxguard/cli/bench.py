@@ -18,6 +18,7 @@ from onnxguard.cli.variant_common import is_bundle
 from onnxguard.convert import ConvertOptions, Source
 from onnxguard.errors import InputError
 from onnxguard.model import onnxfile
+from onnxguard.runtime.loading import plan_of
 from onnxguard.speed import bench as bench_lib
 from onnxguard.speed import select as variants
 
@@ -112,6 +113,9 @@ def bench(
                                        passphrase_env=passphrase_env)
             first_bundle = first_bundle or b
             variant_list.append(bench_lib.onnx_variant(f"{b.manifest.name} ({path.name})", b.model_bytes))
+            if b.manifest.lengths is not None:  # a text model: its padded batches also run without their padding
+                variant_list.append(bench_lib.length_aware_variant(
+                    f"{b.manifest.name} ({path.name}) length-aware", b.model_bytes, plan_of(b.manifest)))
             batch = batch or variants.measure_batch(b.golden(), 1)
         else:
             model = onnxfile.load(path)

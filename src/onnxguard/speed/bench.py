@@ -28,6 +28,7 @@ from onnxguard import runtime
 from onnxguard.bundle.golden import Batch
 from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.runtime.lengths import LengthPlan
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,17 @@ def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
         return profile_onnx(data, batch, threads, runs=runs, top=top, name=name)
 
     return Variant(name, make, len(data), profile)
+
+
+def length_aware_variant(name: str, model: onnx.ModelProto | bytes, plan: LengthPlan | None = None) -> Variant:
+    """An ONNX text model run length-aware (:class:`onnxguard.runtime.LengthAware`): padded batches without their
+    padding, per ``plan`` (a bundle's recorded plan; None: the default)."""
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+
+    def make(threads: int) -> Callable[[Batch], object]:
+        return runtime.LengthAware(runtime.session(data, threads=threads, name=name), plan).run
+
+    return Variant(name, make, len(data))
 
 
 def summarize_profile(events: list[dict], skip: int = 0, top: int | None = None) -> tuple[OpTime, ...]:
