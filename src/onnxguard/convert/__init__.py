@@ -94,7 +94,7 @@ def torchvision_error(where: str, e: BaseException) -> ConversionError | None:
     """The one-line error for model code that needs torchvision when it is missing or broken, else None."""
     if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision":
         problem = "torchvision is not installed"
-    elif "torchvision" in str(e):
+    elif "torchvision::" in str(e):  # its C++ operators, registered on import, do not fit this torch
         problem = f"torchvision does not import ({type(e).__name__}: {str(e).strip().splitlines()[0]})"
     else:
         return None

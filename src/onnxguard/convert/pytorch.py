@@ -25,6 +25,7 @@ import torch
 
 from onnxguard.accuracy.parity import SCORES, VALUES
 from onnxguard.bundle.golden import Batch
+from onnxguard.convert import torchvision_error
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 from onnxguard.errors import Remedy
 from onnxguard.progress import Event, Progress
@@ -315,14 +316,16 @@ def import_spec(spec: str) -> torch.nn.Module:
         mod_spec.loader.exec_module(mod)
     # User code can raise anything on import; all of it means "the spec does not import".
     except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"{path}: does not import: {type(e).__name__}: {e}; fix the file or its imports") from e
+        raise torchvision_error(str(path), e) or ConversionError(
+            f"{path}: does not import: {type(e).__name__}: {e}; fix the file or its imports") from e
     factory = getattr(mod, attr, None)
     if factory is None:
         raise ConversionError(f"{path}: has no attribute {attr!r}; name a factory function or an nn.Module class")
     try:
         module = factory()
     except Exception as e:  # noqa: BLE001  (user code, as above)
-        raise ConversionError(f"{spec}: calling {attr}() failed: {type(e).__name__}: {e}") from e
+        raise torchvision_error(spec, e) or ConversionError(
+            f"{spec}: calling {attr}() failed: {type(e).__name__}: {e}") from e
     if not isinstance(module, torch.nn.Module):
         raise ConversionError(f"{spec}: {attr}() returned {type(module).__name__}, not a torch.nn.Module")
     return module.eval()
