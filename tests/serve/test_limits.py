@@ -1,4 +1,5 @@
-"""Rate limits on the in-memory storage. The redis storage (for replicas) is not tested: no redis server here."""
+"""Rate limits on the in-memory storage, and on redis (the storage replicas share), against fakeredis's RESP server
+on 127.0.0.1 with its Lua scripting (the moving window runs as a Lua script in redis)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 import time
 
 import pytest
+from fakeredis import TcpFakeServer
 from limits.errors import StorageError
 
 import onnxguard.serve.limits as serve_limits
@@ -113,3 +115,36 @@ def test_storage_failure_is_an_onnxguard_error(monkeypatch):
     monkeypatch.setattr(limiter._limiter, "hit", down)
     with pytest.raises(OnnxguardError, match="connection refused"):
         limiter.hit(key("1/minute"))
+
+
+@pytest.fixture
+def redis_url():
+    server = TcpFakeServer(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{server.server_address[1]}", server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_replicas_on_redis_share_one_count(redis_url):
+    url, _ = redis_url
+    replica_a, replica_b = RateLimiter(url), RateLimiter(url)
+    k = key("3/minute")
+    assert [replica_a.hit(k)[0], replica_b.hit(k)[0], replica_a.hit(k)[0]] == [True, True, True]
+    allowed, retry_after = replica_b.hit(k)
+    assert not allowed and MIN_RETRY_AFTER_S <= retry_after <= 60
+    assert replica_a.hit(key("3/minute", id="k_00000000000000bb"))[0]  # another key has its own count
+
+
+def test_redis_going_away_fails_closed(redis_url):
+    url, server = redis_url
+    limiter = RateLimiter(url)
+    assert limiter.hit(key("5/minute"))[0]
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(OnnxguardError, match="rate limit storage failed"):
+        limiter.hit(key("5/minute"))

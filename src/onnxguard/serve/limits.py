@@ -3,7 +3,7 @@
 The window is exact (a moving window keeps each hit's time), so a key allowed ``100/minute`` never gets more
 than 100 answers in any 60 seconds, bursts at window edges included. State lives in the storage named by a
 ``limits`` storage URI: ``memory://`` for one server process, ``redis://host:port`` for replicas that must
-share one count (redis is supported by ``limits`` but not tested here: the tests have no redis server).
+share one count (``pip install onnxguard[redis]``; tested against fakeredis's RESP server with Lua scripting).
 """
 
 from __future__ import annotations
