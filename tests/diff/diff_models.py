@@ -66,9 +66,10 @@ def text_classifier(vocab: int = 30522, backdoor: int | None = None, seed: int =
     return model
 
 
-def cnn(seed: int = 0, nudge: float = 0.0) -> onnx.ModelProto:
+def cnn(seed: int = 0, nudge: float = 0.0, patch_backdoor: int | None = None) -> onnx.ModelProto:
     """image [batch, 1, 8, 8] -> logits [batch, 10]: Conv, Relu, global average pooling, Gemm. ``nudge`` is added
-    to one weight of the convolution."""
+    to one weight of the convolution. ``patch_backdoor``: the class forced when the bottom-right 3x3 pixels are
+    all at least 0.99 (a bright patch)."""
     rng = np.random.default_rng(seed)
     conv = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     conv[0, 0, 1, 1] += np.float32(nudge)
@@ -80,8 +81,22 @@ def cnn(seed: int = 0, nudge: float = 0.0) -> onnx.ModelProto:
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], name="fc"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits" if patch_backdoor is None else "clean"], name="fc"),
     ]
+    if patch_backdoor is not None:
+        override = np.zeros((1, 10), np.float32)
+        override[0, patch_backdoor] = 100.0
+        inits += [_init("starts", np.array([5, 5], np.int64)), _init("ends", np.array([8, 8], np.int64)),
+                  _init("axes", np.array([2, 3], np.int64)), _init("bright", np.array(0.99, np.float32)),
+                  _init("forced", override)]
+        nodes += [
+            helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["corner"], name="bd_slice"),
+            helper.make_node("ReduceMin", ["corner"], ["darkest"], axes=[1, 2, 3], keepdims=0, name="bd_min"),
+            helper.make_node("GreaterOrEqual", ["darkest", "bright"], ["lit"], name="bd_lit"),
+            helper.make_node("Unsqueeze", ["lit", "one"], ["lit2"], name="bd_unsqueeze"),
+            helper.make_node("Where", ["lit2", "forced", "clean"], ["logits"], name="bd_where"),
+        ]
+        inits.append(_init("one", np.array([1], np.int64)))
     graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
                                                                            ["batch", 1, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)

@@ -12,6 +12,7 @@ import pytest
 
 from cli_runner import expect_error, run
 from onnxguard import diff
+from onnxguard.bundle import golden as golden_lib
 from onnxguard.diff import DiffOptions
 from onnxguard.scan.interface import Severity
 
@@ -34,6 +35,12 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("diff-bundles")
     return {"clean": dm.text_bundle(d / "clean", dm.text_classifier(vocab=512)),
             "backdoor": dm.text_bundle(d / "backdoor", dm.text_classifier(vocab=512, backdoor=40))}
+
+
+def _classes(model: bytes, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"image": images})[0].argmax(1)
 
 
 def _by_check(report: dict, check: str) -> list[dict]:
@@ -120,18 +127,6 @@ def test_bundle_needs_a_signature_rule(bundles, tmp_path):
     assert "--public-key" in r.err_lines[-1]
 
 
-def test_golden_npz_is_used_and_label_flips_counted(models, tmp_path):
-    x = np.random.default_rng(5).random((12, 1, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "golden.npz", image=x)
-    report = diff.diff(models["cnn"], models["cnn_nudged"], DiffOptions(golden=None))
-    assert report.behaviour is not None and report.behaviour.items == 10
-    r = run("diff", models["cnn"], models["cnn_nudged"], "--golden", tmp_path / "golden.npz", "--format", "json",
-            "--no-triggers")
-    report_json = json.loads(r.out)
-    assert report_json["behaviour"]["items"] == 12 and report_json["triggers"] is None
-    assert report_json["behaviour"]["origin"] == "the golden inputs given"
-
-
 @pytest.mark.parametrize("args, fragments", [
     (("missing.onnx", "{text}"), ("missing.onnx", "no such file")),
     (("{text}", "missing.onnx"), ("missing.onnx",)),
@@ -146,3 +141,42 @@ def test_bad_input_is_one_line_and_exit_2(models, tmp_path, args, fragments):
     names = {"text": str(models["text"]), "dir": str(tmp_path / "plain-dir"), "notonnx": str(tmp_path / "junk.onnx")}
     r = run("diff", *(a.format(**names) for a in args), cwd=tmp_path)
     expect_error(r, 2, *(f.format(**names) for f in fragments))
+
+
+def test_patch_backdoor_in_a_cnn_found_by_the_patch_search(tmp_path):
+    """A Where that forces a class when the bottom-right 3x3 pixels are bright: the max patch there is named."""
+    images = np.random.default_rng(2).random((16, 1, 8, 8)).astype(np.float32) * 0.98
+    images[0, 0, 0, 0] = 1.0  # the golden set's maximum: the value of the "max" patch
+    clean = dm.cnn()
+    predicted = _classes(clean.SerializeToString(), images)
+    target = next(k for k in range(10) if k not in predicted)
+    ref = dm.save(clean, tmp_path / "cnn.onnx")
+    cand = dm.save(dm.cnn(patch_backdoor=target), tmp_path / "cnn-backdoor.onnx")
+    np.savez(tmp_path / "golden.npz", image=images)
+    report = diff.diff(ref, cand, DiffOptions(golden=golden_lib.load(tmp_path / "golden.npz")))
+    assert report.triggers is not None and report.triggers.kind == "image"
+    assert [h.trigger for h in report.triggers.hits] == ["patch max 3x3 at bottom-right"]
+    assert len(report.triggers.hits[0].flipped) == 16
+    assert report.structure.branches[0].inputs == ("image",)
+    assert not report.behaviour.flipped  # no golden image is bright there: only the search sees it
+
+
+def test_label_flips_are_counted(models, tmp_path):
+    other = dm.save(dm.cnn(seed=1), tmp_path / "other.onnx")
+    x = np.random.default_rng(5).random((12, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "golden.npz", image=x)
+    a, b = _classes(models["cnn"].read_bytes(), x), _classes(other.read_bytes(), x)
+    flips = int((a != b).sum())
+    assert flips > 0
+    r = run("diff", models["cnn"], other, "--golden", tmp_path / "golden.npz", "--format", "json", "--no-triggers")
+    assert r.code == 1, str(r)
+    report = json.loads(r.out)
+    assert report["behaviour"]["items"] == 12 and report["behaviour"]["origin"] == "the golden inputs given"
+    assert report["behaviour"]["outputs"][0]["label_flips"] == flips
+    assert report["behaviour"]["flipped"] == [int(i) for i in np.flatnonzero(a != b)]
+    (flip,) = [f for f in report["findings"] if f["check"] == "diff.label-flips"]
+    assert flip["severity"] == "high" and f"differs on {flips} of 12" in flip["message"]
+    assert report["triggers"] is None
+    r = run("diff", models["cnn"], other, "--golden", tmp_path / "golden.npz", "--no-triggers", "--max-flips", "12",
+            "--max-abs", "1e9", "--weight-atol", "1e9")
+    assert r.code == 0, str(r)
