@@ -1,0 +1,310 @@
+"""The Open Inference Protocol over gRPC (--grpc-port): a real server process on 127.0.0.1 called with
+tritonclient.grpc, its answers and refusals those of the HTTP app it goes through.
+
+The test process never imports onnxguard's generated protocol modules: tritonclient registers the same
+``inference`` messages in protobuf's default pool, so its own stubs (the same wire format) make the raw calls.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from serve_support import Server, free_port, make_keys, start
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+import cli_runner
+from onnxguard.serve import audit as audit_lib
+from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
+
+
+class GrpcServer(Server):
+    grpc_port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(self.target)
+
+    def meta(self, key: str = "full") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[key]}"}
+
+
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory, served_bundles):
+    """``onnxguard serve digits --grpc-port N``, with keys and an audit log of its own."""
+    root = tmp_path_factory.mktemp("grpc")
+    secrets = make_keys(root / "keys.db")
+    port, gport = free_port(), free_port()
+    b = served_bundles
+    log = root / "server.log"
+    proc = start([f"digits={b['digits']}", "--public-key", str(b["public_key"]), "--keys", str(root / "keys.db"),
+                  "--audit", str(root / "audit.db"), "--grpc-port", str(gport)], port, log)
+    s = GrpcServer(f"http://127.0.0.1:{port}", port, proc, secrets, root / "keys.db", root / "audit.db",
+                   {"digits": b["digits"]}, b["public_key"], log)
+    s.grpc_port = gport
+    yield s
+    assert s.stop() in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises the signal once drained
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def _golden(bundle):
+    return open_bundle(bundle, TrustPolicy(PublicKeys((bundle.parent / "keys" / "signing-key.pub.pem",))))
+
+
+def _input(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def _refused(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return info.value
+
+
+def _raw_call(server: GrpcServer, method: str, request, metadata: dict[str, str] | None = None):
+    """A call through tritonclient's own stub, for what its client hides: trailing metadata, typed contents."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return getattr(stub, method).with_call(request, metadata=tuple((metadata or {}).items()), timeout=30)
+
+
+# -- round trips ---------------------------------------------------------------------------------------------------
+
+def test_tritonclient_round_trip_equals_the_golden_and_http_outputs(grpc_server):
+    opened = _golden(grpc_server.bundles["digits"])
+    golden = opened.golden()
+    client = grpc_server.client()
+    for batch, ref in zip(golden.inputs, golden.references, strict=True):
+        (name, x), = batch.items()
+        outs = [grpcclient.InferRequestedOutput(n) for n in ref]
+        result = client.infer("digits", [_input(x, name)], outputs=outs, headers=grpc_server.meta(),
+                              request_id="r-1")
+        assert result.get_response().id == "r-1" and result.get_response().model_name == "digits"
+        body = {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        http = httpx.post(f"{grpc_server.url}/v2/models/digits/infer", json=body, headers=grpc_server.headers())
+        http_outputs = {o["name"]: o for o in http.json()["outputs"]}
+        for n, want in ref.items():
+            got = result.as_numpy(n)
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5) if want.dtype.kind == "f" else \
+                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got.ravel(), np.asarray(http_outputs[n]["data"], got.dtype))
+
+
+def test_typed_contents_give_the_same_outputs_as_raw_bytes(grpc_server):
+    x = np.random.default_rng(1).random((3, 64), dtype=np.float32)
+    raw = grpc_server.client().infer("digits", [_input(x)], headers=grpc_server.meta()).as_numpy("probabilities")
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[3, 64])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    response, _ = _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta())
+    names = [o.name for o in response.outputs]
+    got = np.frombuffer(response.raw_output_contents[names.index("probabilities")], np.float32).reshape(3, -1)
+    np.testing.assert_array_equal(got, raw)
+    # values in another field than the datatype's go through the app's own conversion and checks
+    request.inputs[0].datatype = "FP64"
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "datatype FP64" in info.value.details()
+    request.inputs[0].datatype = "FP32"
+    del request.inputs[0].contents.fp32_contents[-1]
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "191 values" in info.value.details()
+
+
+# -- health and metadata --------------------------------------------------------------------------------------------
+
+def test_health_and_metadata_with_the_digest(grpc_server):
+    client = grpc_server.client()
+    assert client.is_server_live() and client.is_server_ready()  # no key, as over HTTP
+    assert client.is_model_ready("digits", headers=grpc_server.meta())
+    assert client.is_model_ready("digits", "1.2.3", headers=grpc_server.meta())
+    server_meta = client.get_server_metadata(headers=grpc_server.meta())
+    assert server_meta.name == "onnxguard" and "binary_tensor_data" in server_meta.extensions
+    meta = client.get_model_metadata("digits", headers=grpc_server.meta())
+    http = httpx.get(f"{grpc_server.url}/v2/models/digits", headers=grpc_server.headers()).json()
+    assert meta.name == "digits" and list(meta.versions) == http["versions"] == ["1.2.3"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == \
+        [(t["name"], t["datatype"], t["shape"]) for t in http["inputs"]]
+    assert [t.name for t in meta.outputs] == [t["name"] for t in http["outputs"]]
+    _, call = _raw_call(grpc_server, "ModelMetadata", pb.ModelMetadataRequest(name="digits"), grpc_server.meta())
+    assert dict(call.trailing_metadata())["onnxguard-model-digest"] == http["parameters"]["digest"]
+    x = np.zeros((1, 64), np.float32)
+    request = pb.ModelInferRequest(model_name="digits", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 64])], raw_input_contents=[x.tobytes()])
+    _, call = _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta())
+    assert dict(call.trailing_metadata())["onnxguard-model-digest"] == http["parameters"]["digest"]
+
+
+def test_an_unknown_model_or_version_is_not_found(grpc_server):
+    client = grpc_server.client()
+    e = _refused(lambda: client.get_model_metadata("nope", headers=grpc_server.meta()))
+    assert e.status() == "StatusCode.NOT_FOUND" and "no model named 'nope'" in e.message()
+    e = _refused(lambda: client.is_model_ready("digits", "9", headers=grpc_server.meta()))
+    assert e.status() == "StatusCode.NOT_FOUND" and "no version '9'" in e.message()
+    e = _refused(lambda: client.infer("digits/versions/1.2.3", [_input(np.zeros((1, 64), np.float32))],
+                                      headers=grpc_server.meta()))
+    assert e.status() == "StatusCode.NOT_FOUND"  # a '/' in a name does not reach another route
+
+
+# -- who may call ---------------------------------------------------------------------------------------------------
+
+def test_no_key_or_a_wrong_key_is_unauthenticated(grpc_server):
+    client = grpc_server.client()
+    x = np.zeros((1, 64), np.float32)
+    for headers in (None, {"authorization": "Bearer nope"}):
+        e = _refused(lambda h=headers: client.infer("digits", [_input(x)], headers=h))
+        assert e.status() == "StatusCode.UNAUTHENTICATED" and "API key" in e.message()
+    e = _refused(lambda: client.get_model_metadata("digits"))
+    assert e.status() == "StatusCode.UNAUTHENTICATED"
+
+
+def test_a_key_out_of_scope_is_permission_denied(grpc_server):
+    e = _refused(lambda: grpc_server.client().infer("digits", [_input(np.zeros((1, 64), np.float32))],
+                                                    headers=grpc_server.meta("text-only")))
+    assert e.status() == "StatusCode.PERMISSION_DENIED" and "may not call model 'digits'" in e.message()
+
+
+def test_a_rate_limit_is_resource_exhausted_with_retry_after(grpc_server):
+    x = np.zeros((1, 64), np.float32)
+    client = grpc_server.client()
+    for _ in range(3):  # the key allows 3 a minute
+        client.infer("digits", [_input(x)], headers=grpc_server.meta("slow"))
+    request = pb.ModelInferRequest(model_name="digits", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 64])], raw_input_contents=[x.tobytes()])
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta("slow"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in info.value.details()
+    assert 1 <= int(dict(info.value.trailing_metadata())["retry-after"]) <= 60
+
+
+# -- bad input: INVALID_ARGUMENT naming the problem ------------------------------------------------------------------
+
+BAD = [
+    ("wrong datatype", "input", "FP64", (1, 64), "datatype FP64"),
+    ("wrong dim", "input", "FP32", (1, 63), "dimension 1 is 63"),
+    ("wrong rank", "input", "FP32", (64,), "rank 1"),
+    ("wrong name", "pixels", "FP32", (1, 64), "missing input(s) ['input']"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs_are_invalid_argument_naming_the_problem(grpc_server, case):
+    _, name, datatype, shape, fragment = case
+    x = np.zeros(shape, np.float64 if datatype == "FP64" else np.float32)
+    e = _refused(lambda: grpc_server.client().infer("digits", [_input(x, name, datatype)],
+                                                    headers=grpc_server.meta()))
+    assert e.status() == "StatusCode.INVALID_ARGUMENT" and fragment in e.message(), e.message()
+
+
+def test_malformed_raw_contents_are_invalid_argument(grpc_server):
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+    cases = [([b"\0" * 10], "10 bytes of binary data"),  # too few bytes for the shape
+             ([b"\0" * 256, b"\0" * 4], "4 bytes of binary data are not claimed"),  # raw contents with no input
+             ([], "neither 'data' nor binary data")]
+    for raw, fragment in cases:
+        request = pb.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=raw)
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_call(grpc_server, "ModelInfer", request, grpc_server.meta())
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in info.value.details()
+
+
+# -- audit and metrics ----------------------------------------------------------------------------------------------
+
+def _count(metrics: str, status: str, reason: str) -> float:
+    prefix = f'onnxguard_requests_total{{model="digits",reason="{reason}",status="{status}"}} '
+    return sum(float(line[len(prefix):]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_every_grpc_call_is_audited_and_counted(grpc_server):
+    def metrics() -> str:
+        return httpx.get(f"{grpc_server.url}/metrics", headers=grpc_server.headers()).text
+
+    metrics_before = metrics()  # itself a request, and audited: before the count
+    records_before = len(audit_lib.tail(grpc_server.audit_db, 10**6))
+    client = grpc_server.client()
+    x = np.zeros((2, 64), np.float32)
+    client.infer("digits", [_input(x)], headers=grpc_server.meta())
+    _refused(lambda: client.infer("digits", [_input(x)]))
+    _refused(lambda: client.infer("digits", [_input(x.astype(np.float64), datatype="FP64")],
+                                  headers=grpc_server.meta()))
+    client.get_model_metadata("digits", headers=grpc_server.meta())
+    rows = [r for _, r in audit_lib.tail(grpc_server.audit_db, 4)]
+    assert len(audit_lib.tail(grpc_server.audit_db, 10**6)) == records_before + 4
+    assert [r.status for r in rows] == [200, 401, 400, 200]
+    assert [r.reason for r in rows[1:3]] == ["no key", "bad input"]
+    assert rows[0].batch_id is not None and rows[0].key_id and rows[1].key_id is None
+    assert all(r.client.startswith("127.0.0.1:") and r.model == "digits" for r in rows)
+    assert rows[0].digest == rows[3].digest and rows[0].request_sha256  # the body's hash, never the body
+    after = metrics()
+    for status, reason in (("401", "no key"), ("400", "bad input")):
+        assert _count(after, status, reason) == _count(metrics_before, status, reason) + 1
+    r = cli_runner.run("audit", "verify", grpc_server.audit_db)
+    assert r.code == 0 and "PASSED" in r.out, str(r)
+
+
+# -- the generated modules ------------------------------------------------------------------------------------------
+
+def test_the_generated_modules_are_up_to_date(tmp_path):
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "proto", f"PROTO_OUT={tmp_path}",
+                        f"BIN={Path(sys.executable).parent}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    committed = REPO / "src" / "onnxguard" / "serve" / "grpc"
+    fresh = tmp_path / "onnxguard" / "serve" / "grpc"
+    for name in GENERATED:
+        assert filecmp.cmp(committed / name, fresh / name, shallow=False), f"{name} is stale: run make proto"
+
+
+def test_the_serving_install_does_not_need_grpcio_tools():
+    code = ("import sys; sys.modules['grpc_tools'] = None; "  # as if not installed: importing it fails
+            "from onnxguard.serve.grpc import service, grpc_predict_v2_pb2 as pb; "
+            "assert pb.ModelInferRequest(model_name='m').SerializeToString() == b'\\n\\x01m'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+# -- graceful shutdown (last: it stops the module's server) ----------------------------------------------------------
+
+def test_sigterm_answers_the_calls_in_flight_then_refuses(grpc_server):
+    import threading
+    import time
+
+    x = np.zeros((1, 64), np.float32)
+    client = grpc_server.client()
+    result: dict[str, object] = {}
+
+    def slow_call() -> None:  # the 'padded' key is answered no earlier than 300 ms after arrival
+        try:
+            result["ok"] = client.infer("digits", [_input(x)], headers=grpc_server.meta("padded")).as_numpy("label")
+        except InferenceServerException as e:
+            result["error"] = e
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    time.sleep(0.1)
+    grpc_server.proc.send_signal(signal.SIGTERM)
+    t.join(30)
+    assert "ok" in result, result
+    assert grpc_server.proc.wait(60) in (0, -signal.SIGTERM)
+    with pytest.raises(InferenceServerException):
+        grpcclient.InferenceServerClient(grpc_server.target).is_server_live()
+    assert audit_lib.verify(grpc_server.audit_db).passed
