@@ -62,9 +62,9 @@ def diff(reference: Side, candidate: Side, options: DiffOptions | None = None,
     ref, cand = _subject(reference), _subject(candidate)
     ref_model, cand_model = onnxfile.parse(ref.model, ref.name), onnxfile.parse(cand.model, cand.name)
     progress(Event("diff", "structure", 0, 3))
-    structure = structural.compare(ref_model, cand_model, cand.name, options)
-    progress(Event("diff", "behaviour", 1, 3))
     ref_graph = index(ref_model)
+    structure = structural.compare(ref_graph, index(cand_model), cand.name, options)
+    progress(Event("diff", "behaviour", 1, 3))
     runner_ref, runner_cand = behaviour.Runner(ref, ref_model), behaviour.Runner(cand, cand_model)
     batches, origin = _golden(ref, cand, options, lambda: behaviour.generate(ref_graph, options,
                                                                              options.vocab_size or ref.vocab_size))

@@ -152,13 +152,18 @@ def index(model: onnx.ModelProto) -> Graph:
     ancestry: dict[str, frozenset[str]] = {n: frozenset((n,)) for n in inputs}
     empty: frozenset[str] = frozenset()
     for _ in range(2):
+        late = False  # a node read a tensor produced further on: one more pass settles it
         for node in g.node:
             reads = [n for n in node.input if n]
-            for _, sub in subgraphs(node):
-                reads += [n for n in _outer_names(sub) if n in ancestry]
+            if node.attribute:
+                for _, sub in subgraphs(node):
+                    reads += [n for n in _outer_names(sub) if n in ancestry]
+            late = late or any(n in producer and n not in ancestry for n in reads)
             union = frozenset().union(*(ancestry.get(n, empty) for n in reads))
             union = shared.setdefault(union, union)
             for out in node.output:
                 if out:
                     ancestry[out] = union
+        if not late:
+            break
     return Graph(model, inputs, producer, labels, initializers, ancestry)

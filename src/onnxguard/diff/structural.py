@@ -136,7 +136,8 @@ def _ops(ref: Graph, cand: Graph, file: str) -> tuple[dict[str, int], dict[str, 
     changed: list[tuple[str, str]] = []
     for k, i in keys_b.items():
         if k in keys_a:
-            what = _node_change(ref.node(keys_a[k]), cand.node(i))
+            a, b = ref.node(keys_a[k]), cand.node(i)
+            what = [] if a.SerializeToString() == b.SerializeToString() else _node_change(a, b)
             if what:
                 changed.append((cand.labels[i], ", ".join(what)))
     findings = []
@@ -310,11 +311,13 @@ def _io(ref: Graph, cand: Graph, file: str) -> tuple[list[str], list[str], list[
     return outputs, inputs, findings
 
 
-def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, file: str,
+def compare(reference: onnx.ModelProto | Graph, candidate: onnx.ModelProto | Graph, file: str,
             options: DiffOptions | None = None) -> StructuralDiff:
-    """The structural diff of ``candidate`` against ``reference``; findings are located in ``file``."""
+    """The structural diff of ``candidate`` against ``reference`` (models, or their graphs already indexed);
+    findings are located in ``file``."""
     options = options or DiffOptions()
-    ref, cand = index(reference), index(candidate)
+    ref = reference if isinstance(reference, Graph) else index(reference)
+    cand = candidate if isinstance(candidate, Graph) else index(candidate)
     added, removed, nodes_added, nodes_removed, changed, op_findings = _ops(ref, cand, file)
     weights, compared, weight_findings = _weights(ref, cand, file, options)
     branches, branch_findings = _new_branches(ref, cand, file)
