@@ -288,6 +288,11 @@ class SklearnSource:
     feature_names: tuple[str, ...] | None = None  # the names it was fitted with (feature_names_in_)
     parity_notes: tuple[str, ...] = (FLOAT64_NOTE,)  # what any comparison with this source should say
 
+    def __post_init__(self) -> None:
+        why = refusal(self.estimator)
+        if why is not None:
+            raise ConversionError(f"{self.identifier}: {why}")
+
     @property
     def classifier(self) -> Classifier | None:
         """The estimator when it is a classifier (probabilities and classes), else None."""
@@ -446,9 +451,6 @@ def load(path: Path, options: ConvertOptions) -> SklearnSource:
     n = getattr(estimator, "n_features_in_", None)
     if not isinstance(n, int | np.integer) or not isinstance(estimator, Estimator):
         raise ConversionError(f"{path}: holds {type(estimator).__name__}, not a fitted scikit-learn estimator")
-    why = refusal(estimator)
-    if why is not None:
-        raise ConversionError(f"{path}: {why}")
     names = getattr(estimator, "feature_names_in_", None)
     return SklearnSource(estimator, str(path), (path,), int(n), options.golden_size, options.task,
                          layout=table_layout(estimator),
