@@ -54,11 +54,10 @@ def saved(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("cls_name", "what"), [
-    ("BertForTokenClassification", "token classification is not supported yet; the build would drop its head"),
-    ("BertForQuestionAnswering", "question answering is not supported yet; the build would drop its head"),
     ("GPT2LMHeadModel", "language modelling is not supported yet; the build would drop its head"),
     ("BertForMaskedLM", "masked language modelling is not supported yet"),
-    ("ViTForImageClassification", "image classification is not supported yet"),
+    ("BertForMultipleChoice", "multiple choice is not supported yet"),
+    ("ViTForImageClassification", "has no image processor (preprocessor_config.json), so raw images cannot be"),
 ])
 def test_a_head_no_task_keeps_is_refused_by_name(cls_name, what, saved, cli, expect_err, tmp_path):
     src = saved(cls_name)
@@ -69,7 +68,8 @@ def test_a_head_no_task_keeps_is_refused_by_name(cls_name, what, saved, cli, exp
 
 def test_an_image_encoder_without_a_vocabulary_is_refused_by_name(saved, cli, expect_err, tmp_path):
     out = tmp_path / "bundle"
-    expect_err(cli("build", saved("ViTModel"), "-o", out), 2, "ViTModel", "no vocab_size", "only text models")
+    expect_err(cli("build", saved("ViTModel"), "-o", out), 2, "ViTModel", "no vocab_size",
+               "only *ForImageClassification is supported yet")
     assert not out.exists()
 
 
@@ -114,8 +114,6 @@ def test_a_bare_encoder_builds_embeddings_from_its_architecture(saved, cli, tmp_
 
 
 @pytest.mark.parametrize(("config_cls", "arch", "what"), [
-    ("ConvNextConfig", "ConvNextForImageClassification", "image classification"),
-    ("ResNetConfig", "ResNetForImageClassification", "image classification"),
     ("LlamaConfig", "LlamaForCausalLM", "causal language modelling"),
     ("BertConfig", "BertForMultipleChoice", "multiple choice"),
     ("T5Config", "T5ForConditionalGeneration", "sequence-to-sequence generation"),
@@ -135,3 +133,8 @@ def test_the_task_is_read_from_the_architecture_before_any_weights_load(config_c
         "text-classification", None)
     bare = transformers.BertConfig(architectures=["BertModel"])
     assert _resolve_task("d", bare, None) == ("feature-extraction", None)
+    for config_cls, arch, task in (("ConvNextConfig", "ConvNextForImageClassification", "image-classification"),
+                                   ("ResNetConfig", "ResNetForImageClassification", "image-classification"),
+                                   ("BertConfig", "BertForTokenClassification", "token-classification"),
+                                   ("BertConfig", "BertForQuestionAnswering", "question-answering")):
+        assert _resolve_task("d", getattr(transformers, config_cls)(architectures=[arch]), None) == (task, None)
