@@ -131,6 +131,29 @@ def test_typed_contents_give_the_same_outputs_as_raw_bytes(grpc_server):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "191 values" in info.value.details()
 
 
+def test_concurrent_calls_are_batched_and_each_gets_its_own_rows(grpc_server):
+    import threading
+
+    from onnxguard import runtime
+
+    rng = np.random.default_rng(2)
+    xs = [rng.random((1 + i % 3, 64), dtype=np.float32) for i in range(24)]
+    results: dict[int, np.ndarray] = {}
+    client = grpc_server.client()
+
+    def call(i: int) -> None:
+        results[i] = client.infer("digits", [_input(xs[i])], headers=grpc_server.meta()).as_numpy("probabilities")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    sess = runtime.session(_golden(grpc_server.bundles["digits"]).model_bytes)
+    for i, x in enumerate(xs):
+        np.testing.assert_allclose(results[i], sess.run(["probabilities"], {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
 # -- health and metadata --------------------------------------------------------------------------------------------
 
 def test_health_and_metadata_with_the_digest(grpc_server):
@@ -260,6 +283,77 @@ def test_every_grpc_call_is_audited_and_counted(grpc_server):
         assert _count(after, status, reason) == _count(metrics_before, status, reason) + 1
     r = cli_runner.run("audit", "verify", grpc_server.audit_db)
     assert r.code == 0 and "PASSED" in r.out, str(r)
+
+
+# -- TLS, the size limit, the port ------------------------------------------------------------------------------------
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+def test_tls_and_the_body_limit_apply_to_grpc_from_a_config_file(tmp_path, served_bundles):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    secrets = make_keys(tmp_path / "keys.db")
+    port, gport = free_port(), free_port()
+    (tmp_path / "serve.toml").write_text(
+        f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\ncertfile = "{cert}"\n'
+        f'keyfile = "{key}"\ngrpc_port = {gport}\nmax_body_bytes = 4096\n')
+    proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
+                  str(tmp_path / "serve.toml")], port, tmp_path / "log.txt", scheme="https",
+                 verify=ssl.create_default_context(cafile=str(cert)))
+    try:
+        assert f"gRPC on 127.0.0.1:{gport} (TLS)" in (tmp_path / "log.txt").read_text()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{gport}", ssl=True, root_certificates=str(cert))
+        auth = {"authorization": f"Bearer {secrets['full']}"}
+        x = np.zeros((1, 64), np.float32)
+        assert client.infer("digits", [_input(x)], headers=auth).as_numpy("label").shape == (1,)
+        big = np.zeros((20, 64), np.float32)  # 5,120 bytes of tensor: over the 4,096-byte body limit
+        e = _refused(lambda: client.infer("digits", [_input(big)], headers=auth))
+        assert e.status() == "StatusCode.RESOURCE_EXHAUSTED", e.message()
+        e = _refused(lambda: grpcclient.InferenceServerClient(f"127.0.0.1:{gport}").is_server_live())
+        assert e.status() == "StatusCode.UNAVAILABLE"  # plaintext is not answered
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+@pytest.mark.slow  # a server process that opens its bundle before it finds the port taken
+def test_a_grpc_port_in_use_or_shared_with_http_is_refused(tmp_path, served_bundles):
+    import socket
+
+    make_keys(tmp_path / "keys.db")
+    args = [str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--keys",
+            str(tmp_path / "keys.db"), "--audit", str(tmp_path / "audit.db"), "--host", "127.0.0.1"]
+    port = free_port()
+    r = cli_runner.run("serve", *args, "--port", str(port), "--grpc-port", str(port))
+    cli_runner.expect_error(r, 2, f"gRPC port {port}", "other than the HTTP port")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        r = cli_runner.run("serve", *args, "--port", str(free_port()), "--grpc-port", str(busy), process=True,
+                           timeout=120)
+    cli_runner.expect_error(r, 2, f"127.0.0.1:{busy}", "cannot listen")
 
 
 # -- the generated modules ------------------------------------------------------------------------------------------
