@@ -17,6 +17,8 @@ Every response carries ``onnxguard-model-digest`` when it concerns a model. Bad 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import os
 import time
@@ -37,6 +39,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onnxguard import __version__
 from onnxguard.errors import InputError, OnnxguardError
+from onnxguard.preprocess import image as image_lib
+from onnxguard.preprocess import table as table_lib
 from onnxguard.serve import context, protocol, validation
 from onnxguard.serve.apikeys import KeyStore
 from onnxguard.serve.audit import AuditLog
@@ -311,9 +315,15 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
 
 
 def _prepare(m: ServedModel, instances: list[Any]) -> dict[str, np.ndarray]:
-    """Raw instances as model inputs: texts through the bundle's tokenizer; otherwise one tensor's rows."""
+    """Raw instances as model inputs through the bundle's recorded preprocessing: texts through its tokenizer,
+    images (pixel values, or ``{"b64": PNG}``) resized and normalised, table rows by column; otherwise the rows of
+    the model's one input."""
     if m.tokenizer is not None:
         return m.tokenizer.encode(validation.texts(instances))
+    if m.image is not None:
+        return image_lib.prepare_raw([_image(x, i) for i, x in enumerate(instances)], m.image)
+    if m.table is not None:
+        return table_lib.prepare(instances, m.table)
     if len(m.signature.inputs) != 1:
         raise validation.ValidationError(f"model {m.name!r} takes {len(m.signature.inputs)} inputs; send them "
                                          "through /v2/models/{name}/infer")
@@ -325,3 +335,14 @@ def _prepare(m: ServedModel, instances: list[Any]) -> dict[str, np.ndarray]:
                                          f"({str(e).splitlines()[0]})") from None
     return {spec.name: arr}
 
+
+def _image(instance: Any, i: int) -> Any:
+    """An image instance: pixel values as given, or the bytes of ``{"b64": "..."}`` (the KServe v1 convention)."""
+    if not isinstance(instance, dict):
+        return instance
+    if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
+        raise validation.ValidationError(f"instance {i}: an image is pixel values or {{\"b64\": \"<base64 PNG>\"}}")
+    try:
+        return base64.b64decode(instance["b64"], validate=True)
+    except binascii.Error:
+        raise validation.ValidationError(f"instance {i}: 'b64' is not valid base64") from None
