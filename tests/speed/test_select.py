@@ -127,3 +127,36 @@ def test_select_fails_or_is_forced_when_no_eligible_variant_passes(identity_gold
         select.select(candidates(), identity_golden, {"y": VALUES}, batch_size=8, threads=1)
     sel = select.select(candidates(), identity_golden, {"y": VALUES}, batch_size=8, threads=1, force=True)
     assert sel.forced and sel.winner.name == "wrong" and "FORCED" in sel.reason
+
+
+@pytest.mark.slow
+def test_a_candidate_that_raises_is_dropped_and_the_build_goes_on(cli, digits_files, tmp_path, monkeypatch):
+    """Issue 14 point 2: an optimize candidate raising ONNX Runtime's own error in this process, and a quantize
+    candidate raising while it is made, are dropped with their reasons; the build keeps the others."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    from onnxguard.errors import ModelError
+    from onnxguard.speed import optimize, quantize
+
+    def broken_optimize(model, options, progress=None):
+        raise ort_state.Fail("forced: the optimizer fell over")
+
+    real_quantize = quantize.quantize
+
+    def broken_dynamic(model, options, progress=None):
+        if options.mode == "dynamic":
+            raise ModelError("forced: dynamic quantization failed")
+        return real_quantize(model, options)
+
+    monkeypatch.setattr(optimize, "optimize", broken_optimize)
+    monkeypatch.setattr(quantize, "quantize", broken_dynamic)
+    out = tmp_path / "b"
+    r = cli("build", digits_files["pt2"], "-o", out, "--task", "classification", "--golden", digits_files["golden"],
+            "--optimize", "extended", "--quantize", "auto", "--calibration", digits_files["calib"])
+    assert r.code == 0, r
+    sel = _select(bundle.read(out).manifest.model_dump())
+    by_name = {c["name"]: c for c in sel["candidates"]}
+    assert "the optimizer fell over" in by_name["fp32-extended"]["error"]
+    assert "dynamic quantization failed" in by_name["fp32-int8-dynamic"]["error"]
+    assert "its base fp32-extended" in by_name["fp32-extended-int8-dynamic"]["error"]
+    assert "error" not in by_name["fp32"] and sel["winner"] in ("fp32", "fp32-int8-static")

@@ -28,7 +28,7 @@ from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source
-from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, OnnxguardError, Remedy
+from onnxguard.errors import CheckFailed, ConversionError, InputError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.speed import bench, lengths, optimize, quantize
@@ -161,16 +161,6 @@ OPTIMIZE_CHOICES = ("none", "auto", "fusions", *optimize.LEVELS)
 QUANTIZE_CHOICES = ("none", "auto", *quantize.MODES)
 
 
-def _attempt(name: str, steps: list[Step], make: Callable[[], tuple[onnx.ModelProto, Step]],
-             tolerance: Tolerance | None = None) -> Candidate:
-    """A candidate whose construction failed is kept, with its error, for the record."""
-    try:
-        model, step = make()
-    except (ModelError, ConversionError) as e:
-        return Candidate(name, onnx.ModelProto(), list(steps), error=str(e), tolerance=tolerance)
-    return Candidate(name, model, [*steps, step], tolerance=tolerance)
-
-
 def _other_exporter(state: BuildState) -> str | None:
     framework = _made(state.source, "the source (convert)").framework
     if framework not in ("pytorch", "transformers") or "ExportedProgram" in state.exporter:
@@ -198,15 +188,16 @@ def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[
     return r.model, Step(name="optimize", settings=opts.__dict__, figures=r.figures())
 
 
-def _quantized(model: onnx.ModelProto, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
-    r = quantize.quantize(model, opts)
+def _quantized(base: Candidate, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
+    """``base``'s model (made by then: select makes a parent before its children) quantized."""
+    r = quantize.quantize(_made(base.model, f"the {base.name} candidate"), opts)
     return r.model, Step(name="quantize", settings=r.options.settings(),
                          figures={"size_before": r.size_before, "size_after": r.size_after,
                                   "preprocessed": r.preprocessed})
 
 
 def stage_optimize(state: BuildState) -> str:
-    """FP32 candidates: the plain export, and the optimized graphs asked for."""
+    """FP32 candidates: the plain export, and the optimized graphs asked for (made one at a time by select)."""
     choice, arch = state.options.optimize, _made(state.source, "the source (convert)").architecture or {}
     model = _made(state.model, "the model (convert)")
     strict = state.options.tolerance
@@ -220,15 +211,14 @@ def stage_optimize(state: BuildState) -> str:
         level = "extended" if choice == "auto" else choice
         wanted.append((f"fp32-{level}", optimize.OptimizeOptions(level=level)))
     for name, opts in wanted:
-        state.progress(Event("optimize", name))
-        state.candidates.append(_attempt(name, [], functools.partial(_optimized, model, opts), strict))
+        state.candidates.append(Candidate(name, make=functools.partial(_optimized, model, opts), tolerance=strict))
     other = _other_exporter(state)
     if choice == "auto" and other:
         # The exporters emit different graphs for the same model, and ORT runs them at different speeds
         # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
-        state.progress(Event("optimize", f"fp32-{other}: the same model through the {other} exporter"))
-        state.candidates.append(_attempt(f"fp32-{other}", [], functools.partial(_reexported, state, other), strict))
-    return ", ".join(c.name + (" (failed)" if c.error else "") for c in state.candidates)
+        state.candidates.append(Candidate(f"fp32-{other}", make=functools.partial(_reexported, state, other),
+                                          tolerance=strict))
+    return ", ".join(c.name for c in state.candidates) + " (each made, gated and timed in select)"
 
 
 def stage_quantize(state: BuildState) -> str:
@@ -243,17 +233,16 @@ def stage_quantize(state: BuildState) -> str:
             c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline
     calibration = _calibration(state) if "static" in modes else ()
     added = []
-    for base in [c for c in state.candidates if c.error is None]:
+    for base in list(state.candidates):
         for mode in modes:
-            exported_as_is = all(st.name == "convert" for st in base.steps)
+            exported_as_is = base.make is None or getattr(base.make, "func", None) is _reexported
             if mode == "static" and not exported_as_is:
                 continue  # QDQ on top of fused or offline-optimized graphs adds nothing but failure modes
             opts = quantize.QuantizeOptions(mode=mode, calibration=calibration, method=state.options.calibration_method)
             name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
-            state.progress(Event("quantize", name))
-            added.append(_attempt(name, base.steps, functools.partial(_quantized, base.model, opts)))
+            added.append(Candidate(name, make=functools.partial(_quantized, base, opts), parent=base))
     state.candidates += added
-    return ", ".join(c.name + (" (failed)" if c.error else "") for c in added)
+    return ", ".join(c.name for c in added) + " (each made, gated and timed in select)"
 
 
 def _calibration(state: BuildState) -> tuple[Batch, ...]:
@@ -281,7 +270,7 @@ def stage_lengths(state: BuildState) -> str:
     """A text model's bucket plan (``runtime.LengthAware``), measured on the chosen model and gated; see
     :mod:`onnxguard.speed.lengths`. A model it does not fit is built as it is, with the reason recorded."""
     model = _made(state.model, "the model (convert)")
-    export = state.candidates[0].model if state.candidates else model
+    export = _made(state.candidates[0].model, "the plain export") if state.candidates else model
     winner_gate = state.selection.winner.gate if state.selection else None
     tolerance = winner_gate.tolerance if winner_gate is not None else state.options.tolerance
     threads = state.options.bench_threads or os.cpu_count() or 1

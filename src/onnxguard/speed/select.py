@@ -8,13 +8,15 @@ not shown that it gives the source model's answers.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from onnxguard import bundle, staging
+from onnxguard import bundle, runtime, staging
 from onnxguard import scan as scanner
 from onnxguard.accuracy import parity
 from onnxguard.accuracy.parity import ParityReport, Tolerance
@@ -22,7 +24,7 @@ from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle import golden as golden_files
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
-from onnxguard.errors import CheckFailed, InputError, Remedy
+from onnxguard.errors import CheckFailed, InputError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.scan.interface import Severity
@@ -33,24 +35,49 @@ __all__ = ["GATE", "MIN_GAIN", "Candidate", "GateFailed", "Kept", "Selection", "
 
 # A candidate must be this much faster than a simpler one to be preferred (timing noise on shared CPUs).
 MIN_GAIN = 0.03
+# The sequential timing test: at least MIN_PAIRS paired calls, then stop as soon as the mean log ratio is this
+# many standard errors on one side of the MIN_GAIN line (clearly slower, or clearly faster).
+MIN_PAIRS = 3
+CONFIDENCE = 2.5
+# What a candidate that raises while it is made, gated or timed raises: it is dropped with its reason, never the
+# build. (ONNX Runtime's own errors, and onnx's checker, for tools that run in this process.)
+CANDIDATE_ERRORS = (OnnxguardError, *runtime.LOAD_ERRORS, *runtime.RUN_ERRORS, onnx.checker.ValidationError)
+
+Maker = Callable[[], tuple[onnx.ModelProto, Step]]
 
 
 @dataclass
 class Candidate:
-    """A variant of the model: how it was made, its gate report and its timing (or why it could not be made)."""
+    """A variant of the model: how it was made, its gate report and its timing (or why it could not be made).
+
+    A candidate is made when ``select`` comes to it (``make``, from its ``parent``'s model), gated, timed against
+    the best so far, and freed when it lost: one large model at a time, not all of them together.
+    """
 
     name: str
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None = None
     steps: list[Step] = field(default_factory=list)
     gate: ParityReport | None = None
     p50_ms: float | None = None
     error: str | None = None
     eligible: bool = True  # False: timed as a baseline only (an explicit quantization mode asks for a quantized model)
     tolerance: Tolerance | None = None  # None: the gate's; FP32 variants are held to the export's strict parity
+    make: Maker | None = field(default=None, repr=False)  # how to make the model (None: given)
+    parent: Candidate | None = field(default=None, repr=False)  # the candidate ``make`` starts from
+    size_bytes: int | None = None
+    vs: str | None = None  # what it was timed against, and the ratio
+    early: bool = False  # the sequential test stopped timing it early
 
     @property
     def size(self) -> int:
-        return self.model.ByteSize()
+        if self.size_bytes is None and self.model is not None:
+            self.size_bytes = self.model.ByteSize()
+        return self.size_bytes or 0
+
+    def free(self) -> None:
+        """Drop the model (its figures stay)."""
+        _ = self.size
+        self.model = None
 
     def figures(self) -> dict:
         d: dict = {"name": self.name, "size": self.size, "steps": [s.name for s in self.steps]}
@@ -61,6 +88,9 @@ class Candidate:
                          for o in self.gate.outputs}
         if self.p50_ms is not None:
             d["p50_ms"] = round(self.p50_ms, 4)
+        if self.vs is not None:
+            d["timed_against"] = self.vs
+            d["stopped_early"] = self.early
         if self.error:
             d["error"] = self.error
         return d
@@ -91,7 +121,7 @@ class Selection:
     def step(self) -> Step:
         gate = GATE if self.winner.gate is None else self.winner.gate.tolerance
         return Step(name="select", settings={"batch_size": self.batch_size, "threads": self.threads,
-                                             "gate": gate.__dict__},
+                                             "gate": gate.__dict__, "timing": "sequential, paired"},
                     figures={"winner": self.winner.name, "reason": self.reason, "forced": self.forced,
                              "candidates": [c.figures() for c in self.candidates]})
 
@@ -101,49 +131,169 @@ def _why(c: Candidate) -> str:
     return f"{c.name}: {c.error or failures}"
 
 
+@dataclass(frozen=True)
+class Race:
+    """Paired timings of an incumbent and a challenger, and whether the sequential test stopped early."""
+
+    incumbent_ms: list[float]
+    challenger_ms: list[float]
+    early: bool
+
+    @property
+    def ratio(self) -> float:
+        """Median of challenger / incumbent over the pairs (below 1: the challenger is faster)."""
+        return float(np.exp(np.median(np.log(np.array(self.challenger_ms) / np.array(self.incumbent_ms)))))
+
+
+def race(incumbent: Callable[[Batch], object], challenger: Callable[[Batch], object], batch: Batch, runs: int = 20,
+         max_seconds: float = 30.0, warmup: int = 2) -> Race:
+    """Time both on ``batch`` in pairs (who goes first alternates) until the sequential test decides: after
+    ``MIN_PAIRS`` pairs, stop once the mean log ratio is ``CONFIDENCE`` standard errors clear of the ``MIN_GAIN``
+    line on either side; else after ``runs`` pairs or ``max_seconds``."""
+    for _ in range(warmup):
+        incumbent(batch)
+        challenger(batch)
+    a: list[float] = []
+    b: list[float] = []
+    line = math.log(1 - MIN_GAIN)
+    deadline = time.perf_counter() + max_seconds
+    for i in range(runs):
+        for first in ((incumbent, a), (challenger, b))[:: 1 if i % 2 == 0 else -1]:
+            run, into = first
+            t0 = time.perf_counter()
+            run(batch)
+            into.append((time.perf_counter() - t0) * 1e3)
+        n = len(a)
+        if n >= MIN_PAIRS:
+            d = np.log(np.array(b) / np.array(a))
+            se = float(d.std(ddof=1)) / math.sqrt(n)
+            if abs(float(d.mean()) - line) > CONFIDENCE * se and n < runs:
+                return Race(a, b, True)
+        if time.perf_counter() > deadline:
+            break
+    return Race(a, b, False)
+
+
+def _alone(run: Callable[[Batch], object], batch: Batch, runs: int, max_seconds: float) -> list[float]:
+    for _ in range(2):
+        run(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < runs and (len(times) < MIN_PAIRS or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        run(batch)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _ordered(candidates: list[Candidate]) -> list[Candidate]:
+    """Each candidate right after its parent's subtree starts: a parent is made before its children and can be
+    freed once they are done."""
+    children: dict[int, list[Candidate]] = {}
+    roots = []
+    for c in candidates:
+        if c.parent is not None and any(c.parent is p for p in candidates):
+            children.setdefault(id(c.parent), []).append(c)
+        else:
+            roots.append(c)
+    out: list[Candidate] = []
+
+    def visit(c: Candidate) -> None:
+        out.append(c)
+        for child in children.get(id(c), []):
+            visit(child)
+
+    for r in roots:
+        visit(r)
+    return out
+
+
+def _runner(model: onnx.ModelProto, threads: int, name: str) -> Callable[[Batch], object]:
+    sess = runtime.session(model.SerializeToString(), threads=threads, name=name)
+    names = {i.name for i in sess.get_inputs()}
+    return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
+
+
 def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str], batch_size: int, threads: int,
            tolerance: Tolerance = GATE, runs: int = 20, force: bool = False, progress: Progress = silent) -> Selection:
-    """Gate every candidate, time those that pass (interleaved, same run), keep the fastest eligible one.
+    """Make, gate and time the candidates one at a time; keep the fastest eligible one that passes.
 
-    The first candidate is the baseline (the plain export); a later one wins only if it is at least
-    ``MIN_GAIN`` faster than the best so far, so noise never picks a more complex graph. When no eligible
-    candidate passes the gate: ``CheckFailed``, or with ``force`` the first eligible one, recorded as forced.
+    The first candidate is the baseline (the plain export). Each later one that passes the gate is timed in pairs
+    against the best so far (:func:`race`), and wins only if it is at least ``MIN_GAIN`` faster, so noise never
+    picks a more complex graph. A loser's model is freed as soon as no candidate still to come is made from it.
+    A candidate that raises while made, gated or timed is dropped with its reason. When no eligible candidate
+    passes the gate: ``CheckFailed``, or with ``force`` the first eligible one, recorded as forced.
     """
-    for i, c in enumerate(candidates):
-        if c.error is None:
-            progress(Event("select", f"gate: {c.name}", i, len(candidates)))
+    batch = measure_batch(golden, batch_size)
+    order = _ordered(candidates)
+    base = order[0]
+    best: Candidate | None = None  # the fastest eligible passing candidate so far
+    best_run: Callable[[Batch], object] | None = None
+    ref: Candidate | None = None  # what a challenger is timed against while no eligible one passed
+    ref_run: Callable[[Batch], object] | None = None
+    fallback: Candidate | None = None  # the first eligible candidate made, for force
+
+    def keep_model(c: Candidate, done: set[int]) -> bool:
+        pending = any(k.parent is c and id(k) not in done for k in order)
+        return c is base or c is best or (c is fallback and best is None) or pending
+
+    done: set[int] = set()
+    for i, c in enumerate(order):
+        done.add(id(c))
+        progress(Event("select", c.name, i, len(order)))
+        phase = "making it"
+        try:
+            if c.model is None and c.error is None:
+                if c.make is None or (c.parent is not None and c.parent.model is None):
+                    c.error = c.error or f"its base {c.parent.name if c.parent else '?'} could not be made"
+                else:
+                    model, step = c.make()
+                    c.model, c.steps = model, [*(c.parent.steps if c.parent else []), *c.steps, step]
+            if c.error is not None or c.model is None:
+                continue
+            if c.eligible and fallback is None:
+                fallback = c
+            progress(Event("select", f"gate: {c.name}", i, len(order)))
+            phase = "gating it"
             c.gate = gate(c.model, golden, roles, c.tolerance or tolerance)
-    passing = [c for c in candidates if c.error is None and c.gate is not None and c.gate.passed]
-    eligible = [c for c in passing if c.eligible]
-    if not eligible:
+            if not c.gate.passed:
+                continue
+            phase = "timing it"
+            run = _runner(c.model, threads, c.name)
+            opponent, opponent_run = (best, best_run) if best is not None else (ref, ref_run)
+            if opponent is None or opponent_run is None:
+                c.p50_ms = float(np.median(_alone(run, batch, runs, 30)))
+                wins = c.eligible
+            else:
+                progress(Event("select", f"timing {c.name} against {opponent.name}", i, len(order)))
+                r = race(opponent_run, run, batch, runs)
+                c.p50_ms = float(np.median(r.challenger_ms))
+                c.vs, c.early = f"{opponent.name} x{r.ratio:.3f}", r.early
+                wins = c.eligible and (best is None or r.ratio < 1 - MIN_GAIN)
+            if wins:
+                best, best_run = c, run
+            elif ref is None:
+                ref, ref_run = c, run
+        except CANDIDATE_ERRORS as e:
+            c.error = f"dropped, it raised while {phase}: {runtime.first_line(e)}"
+            progress(Event("select", f"{c.name} dropped: {e}"))
+        finally:
+            for k in order[: i + 1]:
+                if k.model is not None and not keep_model(k, done):
+                    k.free()
+    if best is None:
         failed = "; ".join(_why(c) for c in candidates if c.eligible)
-        usable = [c for c in candidates if c.eligible and c.error is None]
-        if not force or not usable:
+        usable = fallback if fallback is not None and fallback.model is not None else None
+        if not force or usable is None:
             raise CheckFailed(f"no variant passed the accuracy gate ({failed})",
                               hint="relax the gate", remedy=Remedy.FORCE)
-        return Selection(usable[0], tuple(candidates), f"{usable[0].name}: FORCED past a failed gate ({failed})",
+        return Selection(usable, tuple(candidates), f"{usable.name}: FORCED past a failed gate ({failed})",
                          batch_size, threads, forced=True)
-    progress(Event("select", f"timing {len(passing)} variants at batch {batch_size}, {threads} threads"))
-    report = bench.bench([bench.onnx_variant(c.name, c.model) for c in passing], measure_batch(golden, batch_size),
-                         bench.BenchOptions(batch_sizes=(batch_size,), threads=(threads,), warmup=3, runs=runs,
-                                            max_seconds=30, memory=False))
-    timed = {t.variant: t.p50_ms for t in report.timings}
-    for c in passing:
-        c.p50_ms = timed.get(c.name)
-
-    def p50(c: Candidate) -> float:  # a variant the time cap left untimed is never the faster one
-        return math.inf if c.p50_ms is None else c.p50_ms
-
-    best = eligible[0]
-    for c in eligible[1:]:
-        if p50(c) < p50(best) * (1 - MIN_GAIN):
-            best = c
-    base = candidates[0]
-    if best is base or base.p50_ms is None:
-        reason = f"{best.name}: fastest passing variant ({p50(best):.2f} ms p50)"
+    if best is base or base.p50_ms is None or best.p50_ms is None:
+        reason = f"{best.name}: fastest passing variant ({best.p50_ms or math.inf:.2f} ms p50)"
     else:
-        reason = (f"{best.name}: {p50(best):.2f} ms p50 vs {base.name} {base.p50_ms:.2f} ms "
-                  f"({base.p50_ms / p50(best):.2f}x), gate passed")
+        reason = (f"{best.name}: {best.p50_ms:.2f} ms p50 vs {base.name} {base.p50_ms:.2f} ms "
+                  f"({base.p50_ms / best.p50_ms:.2f}x), gate passed")
     progress(Event("select", reason))
     return Selection(best, tuple(candidates), reason, batch_size, threads)
 
