@@ -63,6 +63,9 @@ PROTO_OUT ?= src
 proto:
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
 	  --grpc_python_out=$(PROTO_OUT) $(PROTO)
+	# a descriptor pool of its own: tritonclient.grpc puts the same `inference` names in protobuf's default one
+	sed -i.orig 's/_descriptor_pool\.Default()/_descriptor_pool.DescriptorPool()/' \
+	  $(PROTO_OUT)/$(PROTO:src/%.proto=%_pb2.py) && rm $(PROTO_OUT)/$(PROTO:src/%.proto=%_pb2.py).orig
 
 clean:
 	rm -rf $(VENV) .venv-anchors build src/*.egg-info
