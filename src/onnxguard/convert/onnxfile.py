@@ -43,7 +43,8 @@ def _roles(model: onnx.ModelProto) -> dict[str, str]:
     for spec in reader.outputs(model):
         if spec.dtype in ("object", "bool") or spec.dtype.startswith(("int", "uint")):
             roles[spec.name] = LABELS
-        elif spec.name.lower() in SCORE_NAMES and spec.shape is not None and len(spec.shape) == 2:
+        elif spec.name.lower() in SCORE_NAMES and spec.shape is not None and len(spec.shape) == 2 \
+                and spec.shape[1] != 1:  # one column has nothing to take the argmax of
             roles[spec.name] = SCORES
         else:
             roles[spec.name] = VALUES
