@@ -62,8 +62,8 @@ def diff(reference: Side, candidate: Side, options: DiffOptions | None = None,
     ref, cand = _subject(reference), _subject(candidate)
     ref_model, cand_model = onnxfile.parse(ref.model, ref.name), onnxfile.parse(cand.model, cand.name)
     progress(Event("diff", "structure", 0, 3))
-    ref_graph = index(ref_model)
-    structure = structural.compare(ref_graph, index(cand_model), cand.name, options)
+    ref_graph, cand_graph = index(ref_model), index(cand_model)
+    structure = structural.compare(ref_graph, cand_graph, cand.name, options)
     progress(Event("diff", "behaviour", 1, 3))
     runner_ref, runner_cand = behaviour.Runner(ref, ref_model), behaviour.Runner(cand, cand_model)
     batches, origin = _golden(ref, cand, options, lambda: behaviour.generate(ref_graph, options,
@@ -79,8 +79,11 @@ def diff(reference: Side, candidate: Side, options: DiffOptions | None = None,
     else:
         progress(Event("diff", "triggers", 2, 3))
         ids = next((n for n in runner_ref.inputs if n.endswith("input_ids")), None)
-        vocab = options.vocab_size or ref.vocab_size or cand.vocab_size or (
-            ref_graph.embedding_rows(ids) if ids is not None else None)
+        vocab = options.vocab_size or ref.vocab_size or cand.vocab_size
+        if ids is not None:
+            # Never past either model's embedding: an id it has no row for is an error, not a trigger.
+            rows = [r for r in (ref_graph.embedding_rows(ids), cand_graph.embedding_rows(ids)) if r]
+            vocab = min([vocab, *rows] if vocab else rows, default=None)
         found = triggers.search(runner_ref, runner_cand, batches, behaviour.prediction_output(ref_out[0], roles),
                                 vocab, options, cand.name, progress)
         if isinstance(found, str):

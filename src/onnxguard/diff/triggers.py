@@ -34,12 +34,14 @@ CHANNELS = (1, 3, 4)
 MAX_HIT_FINDINGS = 20
 # Flipped inputs kept per trigger in the report.
 MAX_EXAMPLES = 32
+# Golden texts looked at to choose the shortest from.
+MAX_CANDIDATE_TEXTS = 4096
 
 
 @dataclass(frozen=True)
 class Hit:
     """A trigger that flips the candidate's prediction on ``len(flipped)`` of ``tried`` inputs, and none of the
-    reference's; ``flipped`` are indices among the inputs tried (in golden order)."""
+    reference's; ``flipped`` are the golden examples' indices (in order over the golden batches)."""
 
     trigger: str
     token: int | None
@@ -95,11 +97,15 @@ class _Pair:
         return moved[differ(cand, base_cand) & ~differ(ref, base_ref)]
 
 
-def _texts(batches: list[Batch], names: list[str], ids: str, static: bool, options: DiffOptions) -> list[Batch]:
-    """Up to ``trigger_texts`` golden rows, each as its real tokens (by its attention mask) unless the model's
-    sequence length is fixed, cut to ``max_text_tokens``."""
-    texts: list[Batch] = []
+def _texts(batches: list[Batch], names: list[str], ids: str, static: bool,
+           options: DiffOptions) -> list[tuple[int, Batch]]:
+    """The ``trigger_texts`` shortest golden texts of three tokens or more (shorter ones only when there are not
+    enough), each as its real tokens (by its attention mask) unless the model's sequence length is fixed, cut to
+    ``max_text_tokens``; with each its index in golden order. The cost of the search grows with the length of
+    the texts, and a trigger works in a short text as in a long one."""
+    texts: list[tuple[int, Batch]] = []
     mask = next((n for n in names if "mask" in n), None)
+    index = 0
     for b in batches:
         for r in range(len(b[ids])):
             row = {n: np.asarray(b[n][r]) for n in names}
@@ -109,10 +115,14 @@ def _texts(batches: list[Batch], names: list[str], ids: str, static: bool, optio
                     row = {n: v[keep] for n, v in row.items()}
                 row = {n: v[: options.max_text_tokens] for n, v in row.items()}
             if len(row[ids]):
-                texts.append(row)
-            if len(texts) >= options.trigger_texts:
-                return texts
-    return texts
+                texts.append((index, row))
+            index += 1
+            if len(texts) >= MAX_CANDIDATE_TEXTS:
+                break
+        if len(texts) >= MAX_CANDIDATE_TEXTS:
+            break
+    texts.sort(key=lambda t: (len(t[1][ids]) < 3, len(t[1][ids])))
+    return sorted(texts[: options.trigger_texts], key=lambda t: t[0])
 
 
 def _insert(text: Batch, ids: str, tokens: np.ndarray, static: bool) -> Batch:
@@ -174,16 +184,16 @@ def text_search(pair: _Pair, batches: list[Batch], vocab: int, options: DiffOpti
         return "the golden set has no texts; the token search was not run"
     started = time.perf_counter()
     count = min(vocab, options.max_tokens)
-    tokens = np.arange(count, dtype=texts[0][ids].dtype)
+    tokens = np.arange(count, dtype=texts[0][1][ids].dtype)
     flips: dict[int, list[int]] = {}
-    for i, text in enumerate(texts):
+    for i, (golden_index, text) in enumerate(texts):
         progress(Event("triggers", f"tokens in text {i + 1} of {len(texts)}", i, len(texts)))
         one = {k: v[None, :] for k, v in text.items()}
         base_ref, base_cand = pair.predict(pair.reference, one), pair.predict(pair.candidate, one)
         for start in range(0, count, options.batch_rows):
             block = tokens[start:start + options.batch_rows]
             for row in pair.candidate_only(_insert(text, ids, block, static), base_ref, base_cand):
-                flips.setdefault(int(block[row]), []).append(i)
+                flips.setdefault(int(block[row]), []).append(golden_index)
     progress(Event("triggers", f"{count} tokens x {len(texts)} texts", len(texts), len(texts), done=True))
     hits, scattered = _hits(flips, len(texts), options, {t: f"token {t}" for t in flips}, token=True)
     return TriggerSearch("text", pair.output, count, len(texts), pair.rows, time.perf_counter() - started,
@@ -227,7 +237,7 @@ def image_search(pair: _Pair, batches: list[Batch], name: str, layout: str, opti
     """Small patches on a few golden images."""
     started = time.perf_counter()
     rows = [{k: v[r:r + 1] for k, v in b.items()} for b in batches for r in range(len(b[name]))]
-    rows = rows[: options.trigger_images]
+    rows = rows[: options.trigger_images]  # the first images, in golden order: index i is golden example i
     low = min(float(r[name].min()) for r in rows)
     high = max(float(r[name].max()) for r in rows)
     flips: dict[int, list[int]] = {}
