@@ -58,7 +58,7 @@ from transformers import (
 from onnxguard.accuracy.parity import SCORES, VALUES
 from onnxguard.bundle.golden import Batch
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
-from onnxguard.convert.pytorch import InputSpec, export_module
+from onnxguard.convert.pytorch import _ANSI, InputSpec, export_module
 from onnxguard.errors import InputError, ModelError, Remedy
 from onnxguard.preprocess import image as image_preprocessing
 from onnxguard.progress import Progress
@@ -124,7 +124,7 @@ class _TransformersLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         lines = self.threads.get(record.thread or 0)
         if lines is not None:
-            lines.append(f"transformers {record.levelname.lower()}: {record.getMessage()}")
+            lines.append(_ANSI.sub("", f"transformers {record.levelname.lower()}: {record.getMessage()}"))
         else:
             print(f"[transformers] {record.getMessage()}", file=sys.stderr)
 
@@ -153,8 +153,10 @@ def captured() -> Iterator[list[str]]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            yield lines
-        lines += [f"{w.category.__name__}: {w.message}" for w in caught]
+            try:
+                yield lines
+            finally:
+                lines += [_ANSI.sub("", f"{w.category.__name__}: {w.message}") for w in caught]
     finally:
         with _LOG_LOCK:
             if outer is None:
@@ -191,12 +193,13 @@ def no_progress_bars():
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Noise captured for the duration; an error raised inside carries it (see :func:`captured`)."""
-    with captured() as lines:
-        try:
+    lines: list[str] = []
+    try:
+        with captured() as lines:
             yield
-        except (ConversionError, InputError, ModelError) as e:
-            _with_log(e, lines)
-            raise
+    except (ConversionError, InputError, ModelError) as e:
+        _with_log(e, lines)
+        raise
 
 
 # -- the source ----------------------------------------------------------------------------------------------------
