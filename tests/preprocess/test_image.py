@@ -110,7 +110,8 @@ def test_grey_and_transparent_images_become_rgb_as_transformers_converts_them():
     rgba[:16, :, :] = (255, 0, 0, 255)  # opaque red on top, fully transparent below: white
     for raw in (rgba.tolist(), _png(rgba)):
         out = image.prepare_raw([raw], s)["pixel_values"][0]
-        np.testing.assert_allclose(out[:, 0, 0], [1, 0, 0]) and np.testing.assert_allclose(out[:, 31, 0], [1, 1, 1])
+        np.testing.assert_allclose(out[:, 0, 0], [1, 0, 0])
+        np.testing.assert_allclose(out[:, 31, 0], [1, 1, 1])
     bgr = image.prepare_raw([_gradient(32, 32)], image.spec({**COLOUR, "channel_order": "BGR", "resize": None,
                                                              "crop": None}))["pixel_values"][0]
     np.testing.assert_array_equal(bgr, image.prepare_raw([_gradient(32, 32)[..., ::-1].copy()], image.spec(
