@@ -16,7 +16,7 @@ from onnxguard.trust import TrustPolicy
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "limits_storage", "certfile", "keyfile",
                "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs",
-               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port"}
+               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes"}
 
 
 def _config(path: Path | None) -> dict[str, Any]:
@@ -55,6 +55,9 @@ def serve(
     max_delay_ms: Annotated[float | None, typer.Option("--max-delay-ms", help="Wait this long for more requests "
                                                        "before a batch that is not full (default 0).")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="Rows queued per model before 503.")] = None,
+    lanes: Annotated[int | None, typer.Option("--lanes", min=1, help="Batches run side by side under load, each on "
+                                              "its share of the cores (default: one per core, at most 4; 1: every "
+                                              "batch on every core).")] = None,
     limits_storage: Annotated[str | None, typer.Option("--limits-storage", help="Rate limit storage: memory:// "
                                                        "(default) or redis://HOST:PORT shared by replicas.")] = None,
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without a key.")] = False,
@@ -81,10 +84,10 @@ def serve(
                          hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
     options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
                                                   "workers", "public_metrics", "public_docs", "max_request_rows",
-                                                  "allow_nonfinite") if k in conf},
+                                                  "allow_nonfinite", "lanes") if k in conf},
                            cors_origins=tuple(conf.get("cors_origins", ())))
-    overrides = {k: v for k, v in (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue))
-                 if v is not None} | ({"public_metrics": True} if public_metrics else {})
+    given = (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue), ("lanes", lanes))
+    overrides = {k: v for k, v in given if v is not None} | ({"public_metrics": True} if public_metrics else {})
     options = ServeOptions(**{**options.__dict__, **overrides})
     cert, key = pick(certfile, "certfile", None), pick(keyfile, "keyfile", None)
     cfg = server.ServerConfig(

@@ -67,6 +67,7 @@ class ServeOptions:
     max_delay_ms: float = 0.0  # wait for more requests before a batch that is not full (0: batch what is queued)
     max_queue: int = 512  # rows queued per model before 503
     workers: int = 0  # inference threads (0: the cores)
+    lanes: int = 0  # batches run side by side under load, each on its share of the cores (0: one per core, <= 4)
     public_metrics: bool = False
     public_docs: bool = False
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
@@ -109,7 +110,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
     if len(by_name) != len(models):
         raise InputError("two bundles are served under the same model name", hint="give each a distinct name")
     metrics = metrics or Metrics()
-    executor = ThreadPoolExecutor(max_workers=options.workers or os.cpu_count() or 1,
+    executor = ThreadPoolExecutor(max_workers=options.workers or max([os.cpu_count() or 1, *(m.lanes for m in models)]),
                                   thread_name_prefix="onnxguard-infer")
 
     @asynccontextmanager
@@ -117,7 +118,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         for m in models:
             m.batcher = Batcher(m.run, executor, max_batch=options.max_batch, max_delay=options.max_delay_ms / 1e3,
                                 max_queue=options.max_queue, pad_id=m.tokenizer.pad_id if m.tokenizer else 0,
-                                on_batch=metrics.batch_observer(m.name))
+                                on_batch=metrics.batch_observer(m.name), run_lane=m.run_lane, lanes=m.lanes)
             m.batcher.start()
         try:
             yield

@@ -8,8 +8,9 @@ runtime never serves.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from onnxguard.serve.validation import InputSpec, Signature
 from onnxguard.trust.opening import OpenedBundle
 
 PLATFORM = "onnxruntime_onnx"
+MAX_LANES = 4
 SPINNING = "session.intra_op.allow_spinning"
 
 
@@ -52,12 +54,22 @@ class ServedModel:
     table: table_lib.TableSpec | None = field(default=None, repr=False)  # table rows -> the model's inputs
     batcher: Batcher | None = field(default=None, repr=False)
     self_check: str = ""
+    lane_session: ort.InferenceSession | None = field(default=None, repr=False)  # one lane's threads (batching.py)
+    lanes: int = 1
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One session run (blocking; safe from several threads); a runtime refusal is one-line ``InputError``."""
+        """One run on every core (blocking; safe from several threads); a runtime refusal is one-line
+        ``InputError``."""
+        return self._run(self.session, inputs)
+
+    def run_lane(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run on one lane's share of the cores, as :meth:`run` otherwise."""
+        return self._run(self.lane_session or self.session, inputs)
+
+    def _run(self, session: ort.InferenceSession, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         try:
-            values = self.session.run(names, dict(inputs))
+            values = session.run(names, dict(inputs))
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
                 ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
             raise InputError(f"model {self.name!r} refused the input: {runtime.first_line(e)}") from e
@@ -80,43 +92,59 @@ def _specs(tensors: Any) -> tuple[InputSpec, ...]:
                  for t in tensors)
 
 
+def default_lanes() -> int:
+    """Batches run at once under load: one per core on a small host, at most 4 (each lane then has several
+    threads)."""
+    return max(1, min(os.cpu_count() or 1, MAX_LANES))
+
+
 def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max_batch: int | None = None,
-         allow_nonfinite: bool = False) -> ServedModel:
-    """Build the session from the opened bundle's bytes, its signature and preprocessing, and self-check it."""
+         allow_nonfinite: bool = False, lanes: int = 0) -> ServedModel:
+    """Build the sessions from the opened bundle's bytes (one on every core; with ``lanes`` > 1, one more whose
+    threads are one lane's share, for batches run side by side: see batching.py), its signature and
+    preprocessing, and self-check them. ``lanes``: 0 for :func:`default_lanes`."""
     m = opened.manifest
+    lanes = lanes or default_lanes()
+    where = str(opened.path / opened.model_name)
     # No spin-waiting between runs: the runtime's idle threads would take the cores the event loop (and, on a
     # small host, the client) needs. Measured on this 2-core host, one short text through DistilBERT-base INT8
     # at concurrency 1: p50 16.0 ms with spinning, 7.4 ms without.
-    session = runtime.session(opened.model_bytes, threads=threads, name=str(opened.path / opened.model_name),
-                              config={SPINNING: "0"})
+    session = runtime.session(opened.model_bytes, threads=threads, name=where, config={SPINNING: "0"})
+    lane_session = None
+    if lanes > 1:
+        lane_threads = max(1, (threads or os.cpu_count() or 1) // lanes)
+        lane_session = runtime.session(opened.model_bytes, threads=lane_threads, name=where, config={SPINNING: "0"})
     tok, image, table = None, None, None
-    kind = m.preprocessing.get("kind", "tokenizer") if m.preprocessing else None
+    pre = m.preprocessing or {}
+    kind = pre.get("kind", "tokenizer") if pre else None
     if kind == "tokenizer":
-        tok = tokenizer_lib.load(dict(opened.contents), m.preprocessing,
-                                 input_names=[t.name for t in m.model.inputs])
+        tok = tokenizer_lib.load(dict(opened.contents), pre, input_names=[t.name for t in m.model.inputs])
     elif kind == "image":
-        image = image_lib.spec(m.preprocessing)
+        image = image_lib.spec(pre)
     elif kind == "table":
-        table = table_lib.spec(m.preprocessing)
+        table = table_lib.spec(pre)
     vocab = tok.vocab_size if tok is not None else None
     sig = Signature(_specs(m.model.inputs), vocab_size=vocab, allow_nonfinite=allow_nonfinite,
                     **({"max_batch": max_batch} if max_batch else {}))
     model = ServedModel(name or m.name, m.version, opened.digest, opened, session, sig, _specs(m.model.outputs),
-                        dict(opened.roles), tuple(m.labels) if m.labels else None, tok, image, table)
-    model.self_check = _self_check(model)
+                        dict(opened.roles), tuple(m.labels) if m.labels else None, tok, image, table,
+                        lane_session=lane_session, lanes=lanes)
+    model.self_check = _self_check(model, model.run)
+    if lane_session is not None:
+        _self_check(model, model.run_lane)
     return model
 
 
-def _self_check(model: ServedModel) -> str:
+def _self_check(model: ServedModel, run_one: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]) -> str:
     """Warm up, then the golden set through this session against the source's references (consistency's rules)."""
     golden = model.opened.golden() if model.opened.manifest.golden is not None else None
     if golden is None or golden.references is None:
         return "no golden set: warm-up only"
 
     def run(g: GoldenSet) -> tuple[list[Batch], float]:
-        model.run(g.inputs[0])  # warm-up, not timed
+        run_one(g.inputs[0])  # warm-up, not timed
         start = time.perf_counter()
-        outs = [model.run(b) for b in g.inputs]
+        outs = [run_one(b) for b in g.inputs]
         return outs, (time.perf_counter() - start) * 1e3 / max(g.items, 1)
 
     kind = kind_of(onnxfile.parse(model.opened.model_bytes, str(model.opened.path / model.opened.model_name)))

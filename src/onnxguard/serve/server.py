@@ -80,7 +80,7 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         name = config.names[i] if i < len(config.names) else None
         progress(Event("serve", f"{path}: self-check on the golden set"))
         served.append(models_lib.load(opened, name=name, max_batch=config.options.max_request_rows,
-                                      allow_nonfinite=config.options.allow_nonfinite))
+                                      allow_nonfinite=config.options.allow_nonfinite, lanes=config.options.lanes))
     keys = KeyStore(config.keys)
     audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key)
     app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage))

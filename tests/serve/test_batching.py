@@ -1,0 +1,139 @@
+"""The batching queue on its own: lanes, lone requests on every core, failures, the bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from onnxguard.errors import InputError
+from onnxguard.serve.batching import Batcher, Overloaded
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recorder:
+    """Two run functions (every core, one lane) that double their input, slowly, and record what ran how."""
+
+    def __init__(self, seconds: float = 0.02, fail: type[BaseException] | None = None) -> None:
+        self.seconds, self.fail = seconds, fail
+        self.calls: list[tuple[str, int]] = []
+        self.active: set[str] = set()
+        self.overlaps: list[tuple[str, ...]] = []
+        self.lock = threading.Lock()
+
+    def _call(self, how: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            token = f"{how}-{len(self.calls)}"
+            self.calls.append((how, len(inputs["x"])))
+            self.active.add(token)
+            self.overlaps.append(tuple(sorted(a.split("-")[0] for a in self.active)))
+        try:
+            time.sleep(self.seconds)
+            if self.fail is not None:
+                raise self.fail("the runtime broke")
+            return {"y": inputs["x"] * 2}
+        finally:
+            with self.lock:
+                self.active.discard(token)
+
+    def run(self, inputs):
+        return self._call("all", inputs)
+
+    def run_lane(self, inputs):
+        return self._call("lane", inputs)
+
+
+def serve(recorder: Recorder, requests: list[np.ndarray], *, lanes: int = 2, stagger: float = 0.0, **kw):
+    """Submit each request (after ``stagger`` seconds between them) to a batcher; the answers, in order."""
+    async def main():
+        with ThreadPoolExecutor(4) as pool:
+            b = Batcher(recorder.run, pool, run_lane=recorder.run_lane if lanes > 1 else None, lanes=lanes, **kw)
+            b.start()
+
+            async def one(i, x):
+                await asyncio.sleep(i * stagger)
+                return await b.submit({"x": x}, len(x))
+
+            answers = await asyncio.gather(*(one(i, x) for i, x in enumerate(requests)), return_exceptions=True)
+            await b.close()
+            return answers
+    return asyncio.run(main())
+
+
+def rows(n: int) -> list[np.ndarray]:
+    return [np.full((1, 3), i, np.float32) for i in range(n)]
+
+
+def test_a_lone_request_runs_at_once_on_every_core():
+    rec = Recorder()
+    (answer,) = serve(rec, rows(1))
+    outputs, batch_id = answer
+    assert rec.calls == [("all", 1)]
+    np.testing.assert_array_equal(outputs["y"], np.zeros((1, 3)))
+
+
+def test_under_load_batches_run_side_by_side_on_lanes_and_each_request_gets_its_rows():
+    rec = Recorder(seconds=0.05)
+    requests = rows(16)
+    answers = serve(rec, requests, lanes=2, max_batch=32)
+    for x, (outputs, _) in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(outputs["y"], x * 2)
+    hows = [how for how, _ in rec.calls]
+    assert "lane" in hows
+    assert ("lane", "lane") in rec.overlaps  # two batches at once
+    assert not any("all" in o and len(o) > 1 for o in rec.overlaps)  # a run on every core never shares them
+    assert sum(n for _, n in rec.calls) == 16
+
+
+def test_one_lane_runs_one_batch_at_a_time_on_every_core():
+    rec = Recorder()
+    answers = serve(rec, rows(12), lanes=1)
+    assert all(not isinstance(a, BaseException) for a in answers)
+    assert {how for how, _ in rec.calls} == {"all"}
+    assert all(len(o) == 1 for o in rec.overlaps)
+
+
+def test_busy_lanes_gather_a_fuller_batch():
+    """Requests arriving one by one while a lane is busy are gathered (up to the lane's share) rather than run one
+    by one."""
+    rec = Recorder(seconds=0.03)
+    serve(rec, rows(24), lanes=2, max_batch=16, stagger=0.001, gather=0.01)
+    sizes = [n for how, n in rec.calls if how == "lane"]
+    assert sizes and max(sizes) > 1
+    assert len(rec.calls) < 24
+
+
+def test_an_unexpected_failure_answers_every_waiting_request_and_the_queue_goes_on():
+    rec = Recorder(fail=RuntimeError)
+    answers = serve(rec, rows(6), lanes=2)
+    assert all(isinstance(a, RuntimeError) for a in answers)
+    rec.fail = None
+    answers = serve(rec, rows(3), lanes=2)
+    assert all(isinstance(a, tuple) for a in answers)
+
+
+def test_a_refused_batch_is_rerun_one_request_at_a_time():
+    class OneBad(Recorder):
+        def _call(self, how, inputs):
+            if (inputs["x"] < 0).any():
+                raise InputError("negative")
+            return super()._call(how, inputs)
+
+    rec = OneBad(seconds=0.01)
+    requests = rows(4) + [np.full((1, 3), -1, np.float32)] + rows(3)
+    answers = serve(rec, requests, lanes=2)
+    assert isinstance(answers[4], InputError)
+    assert all(isinstance(a, tuple) for i, a in enumerate(answers) if i != 4)
+
+
+def test_a_full_queue_refuses_at_once():
+    rec = Recorder(seconds=0.05)
+    answers = serve(rec, rows(10), lanes=2, max_queue=4)
+    refused = [a for a in answers if isinstance(a, Overloaded)]
+    assert refused and all(a.retry_after >= 1 for a in refused)
+    assert len(refused) < 10
