@@ -1,8 +1,7 @@
 """The Open Inference Protocol over gRPC (--grpc-port): a real server process on 127.0.0.1 called with
-tritonclient.grpc, its answers and refusals those of the HTTP app it goes through.
-
-The test process never imports onnxguard's generated protocol modules: tritonclient registers the same
-``inference`` messages in protobuf's default pool, so its own stubs (the same wire format) make the raw calls.
+tritonclient.grpc, its answers and refusals those of the HTTP app it goes through; raw calls through
+tritonclient's own stubs (another copy of the same proto: the wire format is the contract); and the translation
+to and from the HTTP binary extension, in process.
 """
 
 from __future__ import annotations
@@ -283,6 +282,93 @@ def test_every_grpc_call_is_audited_and_counted(grpc_server):
         assert _count(after, status, reason) == _count(metrics_before, status, reason) + 1
     r = cli_runner.run("audit", "verify", grpc_server.audit_db)
     assert r.code == 0 and "PASSED" in r.out, str(r)
+
+
+# -- the translation, in process -------------------------------------------------------------------------------------
+
+def _decoded(request):
+    from onnxguard.serve import protocol
+    from onnxguard.serve.grpc import tensors
+
+    body, head = tensors.request_body(request)
+    return protocol.decode_request(body, head)
+
+
+def _ours():
+    from onnxguard.serve.grpc import grpc_predict_v2_pb2
+
+    return grpc_predict_v2_pb2
+
+
+def test_raw_and_typed_contents_become_the_http_request():
+    ours = _ours()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    request = ours.ModelInferRequest(model_name="m", id="r", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    ids = request.inputs.add(name="ids", datatype="INT8", shape=[3])
+    ids.contents.int_contents.extend([-1, 0, 127])  # INT8 travels in int32: JSON data, converted by the app
+    words = request.inputs.add(name="words", datatype="BYTES", shape=[2])
+    words.contents.bytes_contents.extend([b"a", b"\xffbc"])
+    exact = request.inputs.add(name="exact", datatype="INT64", shape=[2])
+    exact.contents.int64_contents.extend([2**40, -3])
+    request.outputs.add(name="y")
+    request.parameters["priority"].int64_param = 3
+    decoded = _decoded(request)
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    assert decoded.inputs["ids"].dtype == np.int8 and decoded.inputs["ids"].tolist() == [-1, 0, 127]
+    assert decoded.inputs["words"].tolist() == [b"a", b"\xffbc"]
+    assert decoded.inputs["exact"].dtype == np.int64 and decoded.inputs["exact"].tolist() == [2**40, -3]
+    assert decoded.outputs == ("y",) and decoded.binary_outputs == {"y"} and decoded.binary_all
+    assert decoded.id == "r" and decoded.parameters["priority"] == 3
+
+
+@pytest.mark.parametrize("case", [
+    ("INT8", "int_contents", [300], "not all INT8"),
+    ("FP32", "fp32_contents", [1.0] * 5, "5 values for shape [2, 3]"),
+    ("FP16", "fp32_contents", [1.0] * 5, "5 values for shape [2, 3]"),
+], ids=["int8 out of range", "fp32 count", "fp16 count"])
+def test_typed_contents_that_do_not_fit_are_refused_by_the_app_naming_them(case):
+    from onnxguard.serve.protocol import ProtocolError
+
+    datatype, field, values, fragment = case
+    request = _ours().ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[2, 3] if len(values) == 5 else [1])
+    getattr(tensor.contents, field).extend(values)
+    with pytest.raises(ProtocolError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        _decoded(request)
+
+
+def test_the_apps_binary_answer_becomes_raw_output_contents():
+    from onnxguard.serve import protocol
+    from onnxguard.serve.grpc import asgi, tensors
+
+    probs = np.random.default_rng(3).random((2, 4), dtype=np.float32)
+    names = np.array([b"cat", b"dog"], dtype=object)
+    req = protocol.InferRequest({}, None, frozenset(), True, id="r")
+    body, head = protocol.encode_response("m", "1", [("p", probs), ("n", names)], req, {"took": 1.5})
+    answer = asgi.Answer(200, {protocol.HEADER_LENGTH: str(head)}, body)
+    response = tensors.infer_response(answer)
+    assert (response.model_name, response.model_version, response.id) == ("m", "1", "r")
+    assert response.parameters["took"].double_param == 1.5
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("p", "FP32", [2, 4]),
+                                                                              ("n", "BYTES", [2])]
+    np.testing.assert_array_equal(np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 4), probs)
+    assert response.raw_output_contents[1] == b"\x03\x00\x00\x00cat\x03\x00\x00\x00dog"
+    # the same response read by tritonclient's copy of the proto
+    parsed = pb.ModelInferResponse.FromString(response.SerializeToString())
+    assert parsed.raw_output_contents[0] == probs.tobytes() and parsed.outputs[1].datatype == "BYTES"
+
+
+def test_peers_and_paths():
+    from onnxguard.serve.grpc import service
+
+    assert service.peer_address("ipv4:127.0.0.1:5000") == ("127.0.0.1", 5000)
+    assert service.peer_address("ipv6:[::1]:5001") == ("::1", 5001)
+    assert service.peer_address("ipv6:%5B::1%5D:5002") == ("::1", 5002)
+    assert service.peer_address("unix:/run/s.sock") == ("unix:/run/s.sock", 0)
+    assert service.model_path("m", "", "/infer") == "/v2/models/m/infer"
+    assert service.model_path("m", "2", "/ready") == "/v2/models/m/versions/2/ready"
+    assert service.model_path("a/versions/2", "") == "/v2/models/a%2Fversions%2F2"
 
 
 # -- TLS, the size limit, the port ------------------------------------------------------------------------------------
