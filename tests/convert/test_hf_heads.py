@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from onnxguard import bundle, runtime
+from onnxguard.errors import InputError
 from onnxguard.preprocess import image
 
 ATOL = 1e-4
@@ -146,6 +147,9 @@ def test_question_answering_gives_start_and_end_logits_of_question_context_pairs
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+    from onnxguard.convert import hf
+    from onnxguard.convert.interface import ConvertOptions
+
     src, out = built("qa", "--optimize", "none")
     b = bundle.read(out)
     m = b.manifest
@@ -154,6 +158,14 @@ def test_question_answering_gives_start_and_end_logits_of_question_context_pairs
     # the golden set holds pairs: segment ids 0 (question) then 1 (context)
     golden = b.golden().inputs[0]
     assert set(np.unique(golden["token_type_ids"])) == {0, 1}
+    # a texts file gives one question and its context per line, tab-separated, tokenized as pairs
+    loaded = hf.load(str(src), ConvertOptions())
+    right, left = loaded.texts_inputs(["what film\tthe film was good", "who\tthe actor"])
+    assert right["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert right["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0]  # padded on the right
+    assert left["attention_mask"][1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    with pytest.raises(InputError, match="one question and its context per line, separated by a tab"):
+        loaded.texts_inputs(["no tab here"])
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     source = AutoModelForQuestionAnswering.from_pretrained(src).eval()
     questions, contexts = _texts(5, 2, 2, 6), _texts(5, 3, 5, 40)

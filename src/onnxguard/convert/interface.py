@@ -27,7 +27,8 @@ class ConvertOptions:
     opset: int | None = None  # None: the converter's default
     exporter: str = "auto"  # torch: auto | dynamo | torchscript
     input_shapes: tuple[str, ...] = ()  # torch modules: NAME=DIMS[:DTYPE] or DIMS
-    task: str | None = None  # transformers: text-classification | feature-extraction
+    task: str | None = None  # transformers (None: the saved architecture's): text-classification |
+    # token-classification | question-answering | image-classification | feature-extraction
     pooling: str = "mean"  # feature-extraction: mean | cls
     max_length: int | None = None  # transformers: longest sequence in the golden set
     trust_pickle: bool = False  # scikit-learn .pkl/.joblib, only after a pickle scan
