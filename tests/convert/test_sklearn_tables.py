@@ -69,7 +69,7 @@ def _check_people_bundle(b, predict, predict_proba, names):
                                                                           strict=True)]
     spec = table.spec(pre)
     inputs = table.prepare(rows, spec)
-    assert inputs[names[2]].dtype.kind == "U" and inputs[names[0]].dtype == np.float32
+    assert inputs[names[2]].dtype == object and inputs[names[0]].dtype == np.float32
     np.testing.assert_array_equal(table.prepare([list(r.values()) for r in rows], spec)[names[2]], inputs[names[2]])
     out = _run(b, inputs)
     x = _object_rows(age, income, city)

@@ -13,8 +13,9 @@ One typed input per column (a ColumnTransformer pipeline: strings for categorica
 
 Rows are lists of values in column order or, with named columns, mappings from every column name to its value.
 The first form gives ``{input: float32 (rows, columns)}``, the second one ``(rows, 1)`` array per column (float32,
-or numpy unicode strings). Numbers must be finite unless ``"missing": true`` (then NaN, or ``None`` in a typed
-table, is passed on for models that treat it as a missing value).
+or an object array of ``str``: what ONNX Runtime and the server's BYTES inputs take). Numbers must be finite
+unless ``"missing": true`` (then NaN, or ``None`` in a typed table, is passed on for models that treat it as a
+missing value).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def _prepare_typed(rows, table_spec: TableSpec) -> dict[str, np.ndarray]:
     out = {}
     for j, column in enumerate(table_spec.typed):
         values = [_cell(row[j], column, i, table_spec.missing) for i, row in enumerate(rows)]
-        array = np.array(values, dtype=np.str_ if column.dtype == STRING else np.float32)
+        array = np.array(values, dtype=object if column.dtype == STRING else np.float32)
         out[column.input] = array.reshape(len(rows), 1)
     return out
 
