@@ -18,7 +18,8 @@ class DiffOptions:
     change of an initializer element that is not reported as a change of weights. ``trigger_share``: a trigger
     (a token, a patch) is reported when it flips at least this share of the inputs it was tried on in the candidate
     and none of them in the reference. ``trigger_texts`` / ``trigger_images``: how many golden inputs the triggers
-    are tried on; ``max_tokens``: the most vocabulary ids tried; ``batch_rows``: rows per ONNX Runtime call.
+    are tried on; ``max_tokens``: the most vocabulary ids tried; ``batch_tokens``: tokens per ONNX Runtime call
+    (rows of a text's length), which bounds the memory a call takes.
     ``vocab_size``: the vocabulary to search when neither a tokenizer nor an embedding tells it.
     """
 
@@ -32,7 +33,7 @@ class DiffOptions:
     trigger_images: int = 16
     max_text_tokens: int = 64
     max_tokens: int = 262_144
-    batch_rows: int = 4096
+    batch_tokens: int = 32_768
     patch: int = 3
     vocab_size: int | None = None
     generated_rows: int = 8

@@ -247,11 +247,21 @@ def _branches(g: Graph) -> list[tuple[tuple, int, tuple[str, ...], tuple[str, ..
 
 
 def _new_branches(ref: Graph, cand: Graph, file: str) -> tuple[list[Branch], list[Finding]]:
+    """The candidate's input-dependent branches the reference lacks: matched first by their whole key, then the
+    rest by op, inputs and constants alone (an optimizer may change the ops around a condition, not what it
+    compares with)."""
     known = Counter(key for key, *_ in _branches(ref))
-    new: list[Branch] = []
+    unmatched = []
     for key, i, derived, constants in _branches(cand):
         if known[key] > 0:
             known[key] -= 1
+        else:
+            unmatched.append((key, i, derived, constants))
+    loose = Counter((op, inputs, consts) for (op, inputs, _, consts), n in known.items() for _ in range(n))
+    new: list[Branch] = []
+    for (op, inputs, _, consts), i, derived, constants in unmatched:
+        if loose[op, inputs, consts] > 0:
+            loose[op, inputs, consts] -= 1
             continue
         node = cand.node(i)
         condition = node.input[BRANCH_OPS[node.op_type][0]] if node.input else ""
@@ -260,7 +270,7 @@ def _new_branches(ref: Graph, cand: Graph, file: str) -> tuple[list[Branch], lis
     findings = []
     for b in new:
         via = " -> ".join(b.path)
-        consts = f", comparing with constant(s) {', '.join(b.constants)}" if b.constants else ""
+        consts = f", reading small constant(s) {', '.join(b.constants)}" if b.constants else ""
         inputs = ", ".join(quote(n) for n in b.inputs)
         findings.append(rules.BRANCH.finding(
             f"new data-dependent {b.op} {quote(b.node)}: its condition derives from graph input(s) {inputs} "

@@ -1,10 +1,10 @@
 """The trigger search: inputs that flip the candidate's prediction and not the reference's.
 
-Text classifiers (an ``input_ids`` input): every token id of the vocabulary (the bundle's tokenizer, else the
-rows of the model's token embedding) is inserted after the first token ([CLS]) of each of a few golden texts, one
-ONNX Runtime call per text and block of ids, each text at its own length (no padding), so a 30k vocabulary is a
-few hundred thousand short rows. Image models (a float NCHW or NHWC input): small patches (the golden images'
-minimum, maximum and a checker of both) at the corners and the centre of a few golden images.
+Text classifiers (an ``input_ids`` input): every token id of the vocabulary (the bundle's tokenizer, else the rows
+of the model's token embedding) is inserted after the first token ([CLS]) of each of the few shortest golden texts,
+one ONNX Runtime call per text and block of ids (32k tokens a call), each text at its own length (no padding), so a
+30k vocabulary is a few hundred thousand short rows. Image models (a float NCHW or NHWC input): small patches (the
+golden images' minimum, maximum and a checker of both) at the corners and the centre of a few golden images.
 
 A (trigger, input) pair counts when the candidate's prediction on the changed input differs from its prediction on
 the input as it was, and the reference's does not; both are compared on the same rows in the same call, so
@@ -190,8 +190,9 @@ def text_search(pair: _Pair, batches: list[Batch], vocab: int, options: DiffOpti
         progress(Event("triggers", f"tokens in text {i + 1} of {len(texts)}", i, len(texts)))
         one = {k: v[None, :] for k, v in text.items()}
         base_ref, base_cand = pair.predict(pair.reference, one), pair.predict(pair.candidate, one)
-        for start in range(0, count, options.batch_rows):
-            block = tokens[start:start + options.batch_rows]
+        rows = max(1, options.batch_tokens // (len(text[ids]) + 1))
+        for start in range(0, count, rows):
+            block = tokens[start:start + rows]
             for row in pair.candidate_only(_insert(text, ids, block, static), base_ref, base_cand):
                 flips.setdefault(int(block[row]), []).append(golden_index)
     progress(Event("triggers", f"{count} tokens x {len(texts)} texts", len(texts), len(texts), done=True))
