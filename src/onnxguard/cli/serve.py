@@ -56,8 +56,8 @@ def serve(
                                                        "before a batch that is not full (default 0).")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="Rows queued per model before 503.")] = None,
     lanes: Annotated[int | None, typer.Option("--lanes", min=1, help="Batches run side by side under load, each on "
-                                              "its share of the cores (default: one per core, at most 4; 1: every "
-                                              "batch on every core).")] = None,
+                                              "its share of the cores; a second session per model (default 1: "
+                                              "every batch on every core).")] = None,
     limits_storage: Annotated[str | None, typer.Option("--limits-storage", help="Rate limit storage: memory:// "
                                                        "(default) or redis://HOST:PORT shared by replicas.")] = None,
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without a key.")] = False,

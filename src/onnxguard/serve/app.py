@@ -67,7 +67,7 @@ class ServeOptions:
     max_delay_ms: float = 0.0  # wait for more requests before a batch that is not full (0: batch what is queued)
     max_queue: int = 512  # rows queued per model before 503
     workers: int = 0  # inference threads (0: the cores)
-    lanes: int = 0  # batches run side by side under load, each on its share of the cores (0: one per core, <= 4)
+    lanes: int = 1  # batches run side by side under load, each on its share of the cores (batching.py)
     public_metrics: bool = False
     public_docs: bool = False
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off

@@ -5,14 +5,16 @@ forms batches from what is queued (up to ``max_batch`` rows), groups text reques
 small, pads each group to its longest sequence, runs it in the thread pool (off the event loop) and hands each
 request its own rows back, trimmed to its own length.
 
-Lanes. A session whose runs are split over all the cores spends a fifth more CPU per row than one thread per
-run (measured on this 2-core host, DistilBERT-base INT8, batch 16: 4.3 against 3.4 CPU-ms per text): its threads
-wait for each other at every operator, and under load they wait for the event loop too. So under load a model
-runs ``lanes`` batches at once, each on one lane (``run_lane``: a session of ``cores / lanes`` threads); a lone
-request with nothing else running takes the whole machine (``run``: the session of every core) for the lowest
-latency. With no load a request runs at once, alone: batching adds no latency at concurrency 1. While other lanes
-are busy the next batch waits up to ``gather`` seconds for rows to fill its share (``max_batch / lanes``),
-since the cores are busy anyway; ``max_delay`` > 0 makes every batch wait that long for more requests.
+Lanes (opt-in, ``lanes`` > 1). A session whose runs are split over all the cores spends about a fifth more CPU
+per row than one thread per run (measured on this 2-core host, DistilBERT-base INT8, batch 16, in process: 4.3
+against 3.4 CPU-ms per text): its threads wait for each other at every operator. With lanes, under load a model
+runs up to ``lanes`` batches at once, each on one lane (``run_lane``: a second session with ``cores / lanes``
+threads); a lone request with nothing else running takes the whole machine (``run``) for the lowest latency.
+While other lanes are busy the next batch waits up to ``gather`` seconds for about as many rows as the last batch
+had (under closed-loop load, the cohort that comes back). Through the server on this host, with the load
+generator on the same cores, lanes did not beat one lane (batches fragment while the event loop is busy), so one
+lane is the default. ``max_delay`` > 0 makes every batch wait that long for more requests. With no load a request
+runs at once, alone: batching adds no latency at concurrency 1.
 
 The queue is bounded in rows: past ``max_queue`` a request is refused at once (``Overloaded``: HTTP 503 with
 ``Retry-After``) instead of growing memory. A batch the runtime refuses is re-run one request at a time, so one
@@ -38,7 +40,7 @@ SEQUENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Requests of lengths within this ratio share a batch: padding a 16-token text to 128 costs 8x its own work.
 LENGTH_RATIO = 1.5
 # Seconds a batch waits for rows while other lanes keep the cores busy: about one batch-1 run of a small model.
-GATHER_SECONDS = 0.002
+GATHER_SECONDS = 0.005
 
 
 class Overloaded(Exception):  # noqa: N818 - the name a 503 handler reads well with
@@ -76,6 +78,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # lanes in use; a run on every core holds them all
+        self._last_rows = 1  # rows of the batch that finished last: under steady load, about what comes back next
         self._freed: asyncio.Event | None = None
         self._closing = False
 
@@ -135,8 +138,8 @@ class Batcher:
                 free = self.lanes - self._busy + 1
                 # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
                 limit = min(self.max_batch, max(math.ceil((self._queued_rows) / free), 1))
-                if self._busy > 1:
-                    limit = max(limit, self.max_batch // self.lanes)
+                if self._busy > 1:  # the cores are busy: wait for about the rows the last batch had (a cohort)
+                    limit = min(self.max_batch, max(limit, self._last_rows))
             rows = batch[0].rows
             wait = max(self.max_delay, self.gather if taken == 1 and self._busy > 1 else 0.0)
             deadline = loop.time() + wait
@@ -166,6 +169,7 @@ class Batcher:
             if not isinstance(e, Exception):
                 raise
         finally:
+            self._last_rows = sum(p.rows for p in batch)
             self._busy -= taken
             assert self._freed is not None
             self._freed.set()

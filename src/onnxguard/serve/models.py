@@ -32,7 +32,6 @@ from onnxguard.serve.validation import InputSpec, Signature
 from onnxguard.trust.opening import OpenedBundle
 
 PLATFORM = "onnxruntime_onnx"
-MAX_LANES = 4
 SPINNING = "session.intra_op.allow_spinning"
 
 
@@ -92,19 +91,12 @@ def _specs(tensors: Any) -> tuple[InputSpec, ...]:
                  for t in tensors)
 
 
-def default_lanes() -> int:
-    """Batches run at once under load: one per core on a small host, at most 4 (each lane then has several
-    threads)."""
-    return max(1, min(os.cpu_count() or 1, MAX_LANES))
-
-
 def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max_batch: int | None = None,
-         allow_nonfinite: bool = False, lanes: int = 0) -> ServedModel:
+         allow_nonfinite: bool = False, lanes: int = 1) -> ServedModel:
     """Build the sessions from the opened bundle's bytes (one on every core; with ``lanes`` > 1, one more whose
     threads are one lane's share, for batches run side by side: see batching.py), its signature and
-    preprocessing, and self-check them. ``lanes``: 0 for :func:`default_lanes`."""
+    preprocessing, and self-check them."""
     m = opened.manifest
-    lanes = lanes or default_lanes()
     where = str(opened.path / opened.model_name)
     # No spin-waiting between runs: the runtime's idle threads would take the cores the event loop (and, on a
     # small host, the client) needs. Measured on this 2-core host, one short text through DistilBERT-base INT8
