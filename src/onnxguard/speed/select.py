@@ -67,6 +67,7 @@ class Candidate:
     size_bytes: int | None = None
     vs: str | None = None  # what it was timed against, and the ratio
     early: bool = False  # the sequential test stopped timing it early
+    to_base: float = 1.0  # its time / the baseline's, through the paired ratios of the winners it was timed against
 
     @property
     def size(self) -> int:
@@ -142,7 +143,18 @@ class Race:
     @property
     def ratio(self) -> float:
         """Median of challenger / incumbent over the pairs (below 1: the challenger is faster)."""
-        return float(np.exp(np.median(np.log(np.array(self.challenger_ms) / np.array(self.incumbent_ms)))))
+        return float(np.exp(np.median(self._logs())))
+
+    def _logs(self) -> np.ndarray:
+        return np.log(np.array(self.challenger_ms) / np.array(self.incumbent_ms))
+
+    @property
+    def challenger_wins(self) -> bool:
+        """At least ``MIN_GAIN`` faster by the median pair, and faster at all with confidence (the mean log ratio
+        ``CONFIDENCE`` standard errors below 0): noise never picks the more complex graph."""
+        d = self._logs()
+        se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+        return self.ratio < 1 - MIN_GAIN and float(d.mean()) + CONFIDENCE * se < 0
 
 
 def race(incumbent: Callable[[Batch], object], challenger: Callable[[Batch], object], batch: Batch, runs: int = 20,
@@ -269,7 +281,8 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 r = race(opponent_run, run, batch, runs)
                 c.p50_ms = float(np.median(r.challenger_ms))
                 c.vs, c.early = f"{opponent.name} x{r.ratio:.3f}", r.early
-                wins = c.eligible and (best is None or r.ratio < 1 - MIN_GAIN)
+                c.to_base = r.ratio * opponent.to_base
+                wins = c.eligible and (best is None or r.challenger_wins)
             if wins:
                 best, best_run = c, run
             elif ref is None:
@@ -291,9 +304,9 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                          batch_size, threads, forced=True)
     if best is base or base.p50_ms is None or best.p50_ms is None:
         reason = f"{best.name}: fastest passing variant ({best.p50_ms or math.inf:.2f} ms p50)"
-    else:
-        reason = (f"{best.name}: {best.p50_ms:.2f} ms p50 vs {base.name} {base.p50_ms:.2f} ms "
-                  f"({base.p50_ms / best.p50_ms:.2f}x), gate passed")
+    else:  # the product of the paired ratios along the chain of winners back to the baseline
+        reason = (f"{best.name}: {best.p50_ms:.2f} ms p50, {1 / best.to_base:.2f}x {base.name} in paired timings "
+                  f"(vs {base.name} {base.p50_ms:.2f} ms), gate passed")
     progress(Event("select", reason))
     return Selection(best, tuple(candidates), reason, batch_size, threads)
 
