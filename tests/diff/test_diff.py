@@ -8,7 +8,9 @@ from pathlib import Path
 import diff_models as dm
 import jsonschema
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from cli_runner import expect_error, run
 from onnxguard import diff
@@ -180,3 +182,43 @@ def test_label_flips_are_counted(models, tmp_path):
     r = run("diff", models["cnn"], other, "--golden", tmp_path / "golden.npz", "--no-triggers", "--max-flips", "12",
             "--max-abs", "1e9", "--weight-atol", "1e9")
     assert r.code == 0, str(r)
+
+
+def _masked(extra_identity: bool) -> onnx.ModelProto:
+    """x masked where mask == 0, its condition through an Identity or not (as an optimizer may leave it)."""
+    cond = "is_pad0" if extra_identity else "is_pad"
+    nodes = [helper.make_node("Equal", ["mask", "zero"], [cond], name="pad_equal"),
+             helper.make_node("Where", ["is_pad", "low", "x"], ["y"], name="pad_where")]
+    if extra_identity:
+        nodes.insert(1, helper.make_node("Identity", [cond], ["is_pad"], name="copy"))
+    graph = helper.make_graph(
+        nodes, "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.float32(-1e4), "low")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", dm.OPSET)], ir_version=8)
+
+
+def test_a_branch_both_models_have_is_not_new():
+    """The reference's own mask Where, reached through other ops in the candidate, matches (no diff.branch)."""
+    from onnxguard.diff import structural
+
+    same = structural.compare(_masked(False), _masked(True), "candidate.onnx")
+    assert same.branches == () and not [f for f in same.findings if f.check == "diff.branch"]
+    assert same.ops_added == {"Identity": 1}
+
+
+def test_a_candidate_that_cannot_run_the_golden_inputs_is_a_finding(models, tmp_path):
+    renamed = dm.text_classifier()
+    for node in renamed.graph.node:
+        node.input[:] = ["token_ids" if n == "input_ids" else n for n in node.input]
+    renamed.graph.input[0].name = "token_ids"
+    r = run("diff", models["text"], dm.save(renamed, tmp_path / "renamed.onnx"), "--format", "json")
+    assert r.code == 1, str(r)
+    report = json.loads(r.out)
+    assert {"input 'input_ids' removed", "input 'token_ids' added"} <= {
+        f["message"] for f in report["findings"] if f["check"] == "diff.inputs"}
+    (cannot,) = [f for f in report["findings"] if f["check"] == "diff.behaviour"]
+    assert cannot["severity"] == "high" and "cannot run the golden inputs" in cannot["message"]
+    assert report["triggers"] is None and any("not run" in n for n in report["notes"])
