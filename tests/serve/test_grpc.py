@@ -311,9 +311,16 @@ def test_raw_and_typed_contents_become_the_http_request():
     words.contents.bytes_contents.extend([b"a", b"\xffbc"])
     exact = request.inputs.add(name="exact", datatype="INT64", shape=[2])
     exact.contents.int64_contents.extend([2**40, -3])
+    f64 = request.inputs.add(name="f64", datatype="FP64", shape=[2])
+    f64.contents.fp64_contents.extend([0.1, 1e300])  # read from the packed wire form
+    stray = request.inputs.add(name="stray", datatype="FP32", shape=[2])
+    stray.contents.fp32_contents.extend([1.5, -2.5])
+    stray.contents.int_contents.append(7)  # another field set too: read element by element, the datatype's field
     request.outputs.add(name="y")
     request.parameters["priority"].int64_param = 3
     decoded = _decoded(request)
+    assert decoded.inputs["f64"].dtype == np.float64 and decoded.inputs["f64"].tolist() == [0.1, 1e300]
+    assert decoded.inputs["stray"].dtype == np.float32 and decoded.inputs["stray"].tolist() == [1.5, -2.5]
     np.testing.assert_array_equal(decoded.inputs["x"], x)
     assert decoded.inputs["ids"].dtype == np.int8 and decoded.inputs["ids"].tolist() == [-1, 0, 127]
     assert decoded.inputs["words"].tolist() == [b"a", b"\xffbc"]

@@ -70,6 +70,25 @@ def _bytes_elements(values: Any) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
+def _packed(contents: pb.InferTensorContents, field: str) -> np.ndarray | None:
+    """A float field's elements read from its packed wire form, without a Python float per element; None unless
+    it is the only field set (its tag, the payload's length as a varint, the little-endian payload)."""
+    wire = contents.SerializeToString()
+    if not wire or wire[0] != (contents.DESCRIPTOR.fields_by_name[field].number << 3) | 2:
+        return None
+    length, pos, shift = 0, 1, 0
+    while pos < len(wire) and shift < 64:
+        byte = wire[pos]
+        length |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            break
+    dtype = FIELDS[field][1].newbyteorder("<")
+    if pos + length != len(wire) or length % dtype.itemsize:
+        return None
+    return np.frombuffer(wire, dtype=dtype, offset=pos)
+
+
 def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | Any:
     """An input's typed contents: raw bytes when its field holds the datatype's elements, else JSON ``data``."""
     contents = tensor.contents
@@ -83,7 +102,9 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | Any:
         if tensor.datatype == "BYTES":
             return _bytes_elements(values)
         return [v.decode("utf-8", "replace") for v in values]  # the app refuses them as not numbers
-    arr = np.asarray(values, dtype=FIELDS[field][1])
+    arr = _packed(contents, field) if field in ("fp32_contents", "fp64_contents") else None
+    if arr is None:
+        arr = np.asarray(values, dtype=FIELDS[field][1])
     count = int(np.prod(tensor.shape, dtype=np.int64)) if all(d >= 0 for d in tensor.shape) else -1
     if protocol.DATATYPES.get(tensor.datatype) == arr.dtype and arr.size == count:
         return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
