@@ -222,3 +222,27 @@ def test_a_candidate_that_cannot_run_the_golden_inputs_is_a_finding(models, tmp_
     (cannot,) = [f for f in report["findings"] if f["check"] == "diff.behaviour"]
     assert cannot["severity"] == "high" and "cannot run the golden inputs" in cannot["message"]
     assert report["triggers"] is None and any("not run" in n for n in report["notes"])
+
+
+def test_a_candidate_that_crashes_on_a_token_is_a_finding(tmp_path):
+    """A token that makes the candidate fail (a lookup out of its table) is reported, the diff does not stop at
+    exit 2 as it would for an input the reference cannot run."""
+    crashing = dm.text_classifier(vocab=512)
+    crashing.graph.initializer.extend([numpy_helper.from_array(v, name) for name, v in (
+        ("bomb", np.array(77, np.int64)), ("far", np.array(10**6, np.int64)),
+        ("table", np.zeros((1, 2), np.float32)), ("near", np.array([0], np.int64)))])
+    out = crashing.graph.node[-1]
+    out.output[0] = "pre_logits"
+    crashing.graph.node.extend([
+        helper.make_node("Equal", ["input_ids", "bomb"], ["hit"]),
+        helper.make_node("Where", ["hit", "far", "near"], ["where"]),
+        helper.make_node("Gather", ["table", "where"], ["looked"]),
+        helper.make_node("ReduceSum", ["looked", "near"], ["extra"], keepdims=0),
+        helper.make_node("ReduceSum", ["extra", "near"], ["extra2"], keepdims=0),
+        helper.make_node("Add", ["pre_logits", "extra2"], ["logits"])])
+    ref = dm.save(dm.text_classifier(vocab=512), tmp_path / "ref.onnx")
+    report = diff.diff(ref, dm.save(crashing, tmp_path / "crashing.onnx"))
+    (failed,) = [f for f in report.findings if f.check == "diff.behaviour"]
+    assert failed.severity is Severity.HIGH and "fails on inputs the reference runs" in failed.message
+    assert report.triggers is None and "the candidate failed" in report.notes[-1]
+    assert [b.node for b in report.structure.branches] == ["Where#11"]

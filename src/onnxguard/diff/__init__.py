@@ -18,15 +18,17 @@ run through :mod:`onnxguard.runtime`; the library never prints and reports progr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from onnxguard.bundle.golden import Batch
-from onnxguard.diff import behaviour, structural, triggers
+from onnxguard.diff import behaviour, rules, structural, triggers
 from onnxguard.diff.graph import index
 from onnxguard.diff.options import DiffOptions
 from onnxguard.diff.report import FORMATS, DiffReport, render
 from onnxguard.diff.subject import Subject, from_bundle, from_file
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.scan.interface import Finding
 from onnxguard.trust import OpenedBundle
 
 __all__ = ["FORMATS", "DiffOptions", "DiffReport", "Subject", "diff", "from_bundle", "from_file", "render"]
@@ -42,7 +44,8 @@ def _subject(side: Side) -> Subject:
     return from_file(side)
 
 
-def _golden(ref: Subject, cand: Subject, options: DiffOptions, generate) -> tuple[list[Batch], str]:
+def _golden(ref: Subject, cand: Subject, options: DiffOptions,
+            generate: Callable[[], list[Batch]]) -> tuple[list[Batch], str]:
     if options.golden is not None:
         return list(options.golden.inputs), "the golden inputs given"
     if ref.golden is not None:
@@ -71,6 +74,7 @@ def diff(reference: Side, candidate: Side, options: DiffOptions | None = None,
     roles = dict(ref.roles) or dict(cand.roles)
     behaved, ref_out = behaviour.compare(runner_ref, runner_cand, batches, origin, roles, options, cand.name)
     notes: list[str] = []
+    failed: list[Finding] = []
     search = None
     if not options.triggers:
         notes.append("the trigger search was not asked for")
@@ -84,14 +88,20 @@ def diff(reference: Side, candidate: Side, options: DiffOptions | None = None,
             # Never past either model's embedding: an id it has no row for is an error, not a trigger.
             rows = [r for r in (ref_graph.embedding_rows(ids), cand_graph.embedding_rows(ids)) if r]
             vocab = min([vocab, *rows] if vocab else rows, default=None)
-        found = triggers.search(runner_ref, runner_cand, batches, behaviour.prediction_output(ref_out[0], roles),
-                                vocab, options, cand.name, progress)
+        try:
+            found = triggers.search(runner_ref, runner_cand, batches,
+                                    behaviour.prediction_output(ref_out[0], roles), vocab, options, cand.name,
+                                    progress)
+        except triggers.CandidateFailed as e:
+            failed.append(rules.BEHAVIOUR.finding(f"the candidate fails on inputs the reference runs (trigger "
+                                                  f"search): {e}", cand.name, severity=rules.FLIPS.severity))
+            found = "the trigger search stopped: the candidate failed"
         if isinstance(found, str):
             notes.append(found)
         else:
             search = found
     progress(Event("diff", "done", 3, 3, done=True))
-    findings = list(structure.findings) + list(behaved.findings) + list(search.findings if search else ())
+    findings = [*structure.findings, *behaved.findings, *failed, *(search.findings if search else ())]
     findings.sort(key=lambda f: -f.severity)
     return DiffReport(ref.name, cand.name, (ref.kind, cand.kind), options.thresholds(), structure, behaved, search,
                       tuple(findings), tuple(notes))

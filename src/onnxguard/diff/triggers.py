@@ -25,6 +25,7 @@ from onnxguard.bundle.golden import Batch
 from onnxguard.diff import rules
 from onnxguard.diff.behaviour import LABELS, SCORES, Runner, differ, labels
 from onnxguard.diff.options import DiffOptions
+from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.scan.interface import Finding, Severity
 
@@ -75,6 +76,10 @@ class TriggerSearch:
                 "scattered": self.scattered}
 
 
+class CandidateFailed(Exception):
+    """The candidate could not run rows the reference ran (a trigger that crashes it): a finding, not an error."""
+
+
 class _Pair:
     """Both models' predictions on the same rows; counts the candidate-only flips."""
 
@@ -84,7 +89,12 @@ class _Pair:
 
     def predict(self, runner: Runner, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         self.rows += len(next(iter(batch.values())))
-        return labels(runner.run(batch)[self.output], self.role)
+        try:
+            return labels(runner.run(batch)[self.output], self.role)
+        except InputError as e:
+            if runner is self.candidate:
+                raise CandidateFailed(str(e)) from e
+            raise
 
     def candidate_only(self, batch: Batch, base_ref: np.ndarray, base_cand: np.ndarray) -> np.ndarray:
         """Rows of ``batch`` whose candidate prediction moved from ``base_cand`` while the reference's stayed."""
