@@ -449,6 +449,37 @@ def test_a_grpc_port_in_use_or_shared_with_http_is_refused(tmp_path, served_bund
     cli_runner.expect_error(r, 2, f"127.0.0.1:{busy}", "cannot listen")
 
 
+def test_a_grpc_port_taken_after_the_check_stops_the_server_cleanly():
+    import socket
+    from contextlib import asynccontextmanager
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from onnxguard.errors import InputError
+    from onnxguard.serve.grpc.service import GrpcFront
+
+    events = []
+
+    @asynccontextmanager
+    async def lifespan(_):
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+    with socket.socket() as held, socket.socket() as http:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        http.bind(("127.0.0.1", 0))
+        http.listen()
+        front = GrpcFront(app, "127.0.0.1", held.getsockname()[1], max_message_bytes=1 << 20)
+        server = front.uvicorn(uvicorn.Config(front.wrap(app), lifespan="on", log_config=None))
+        with pytest.raises(InputError, match="gRPC cannot listen"):
+            server.run(sockets=[http])
+    assert events == ["startup", "shutdown"]  # the app was shut down, not left running
+
+
 # -- the generated modules ------------------------------------------------------------------------------------------
 
 def test_the_generated_modules_are_up_to_date(tmp_path):
