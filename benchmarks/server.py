@@ -176,6 +176,51 @@ def in_process(bundle: Path, public_key: Path, items: list, seconds: float) -> d
             "ceiling_config": best_label, "bare_p50_ms": bare, "batches": results}
 
 
+# -- wrk: the C load generator MEASURED.md E used ----------------------------------------------------------------
+
+WRK_SCRIPT = r"""
+local bodies = {}
+for line in io.lines(os.getenv("WRK_BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("WRK_AUTH")
+if auth ~= nil and auth ~= "" then wrk.headers["Authorization"] = auth end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "us": %d, "status": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"timeout": %d, "p50": %d, "p95": %d, "p99": %d, "mean": %f, "max": %d}\n', summary.requests,
+    summary.duration, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(50),
+    latency:percentile(95), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrency: int, duration: float,
+              work: Path) -> dict:
+    """One level under wrk (one thread, ``concurrency`` keep-alive connections, 30 s timeout): the same fields as
+    ``loadgen.Level``. wrk counts non-2xx answers without their status, so they are all under "non-2xx"."""
+    script, lines = work / "wrk.lua", work / "bodies.jsonl"
+    script.write_text(WRK_SCRIPT)
+    lines.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    env = {**os.environ, "WRK_BODIES": str(lines), "WRK_AUTH": headers.get("Authorization", "")}
+    done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "30s",
+                           "-s", str(script), url + path], capture_output=True, text=True, env=env, check=True)
+    r = json.loads(next(line[4:] for line in done.stdout.splitlines() if line.startswith("WRK ")))
+    errors = {k: r[k] for k in ("connect", "read", "write", "timeout") if r[k]}
+    if r["status"]:
+        errors["non-2xx"] = r["status"]
+    seconds, ok = r["us"] / 1e6, r["requests"] - r["status"]
+    return {"concurrency": concurrency, "sent": r["requests"], "ok": ok, "errors": errors, "shed": None,
+            "seconds": seconds, "throughput": ok / seconds, "p50_ms": r["p50"] / 1e3, "p95_ms": r["p95"] / 1e3,
+            "p99_ms": r["p99"] / 1e3, "mean_ms": r["mean"] / 1e3, "max_ms": r["max"] / 1e3,
+            "stopped_by": "duration"}
+
+
 # -- servers ------------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -225,6 +270,8 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=20_000, help="requests per level and server at most")
     ap.add_argument("--levels", default="1,4,16,64")
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
+    ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
+                    help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
     ap.add_argument("--seed-app", nargs=3, metavar=("TEXT", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -289,16 +336,21 @@ def main() -> None:
                 order = names[i % len(names):] + names[:i % len(names)]  # take turns going first
                 for s in order:
                     url, proc, headers = servers[s]
-                    report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(c,),
-                                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
-                    (lv,) = report.levels
-                    row = {**lv.to_dict(), "rss_mb": rss_mb(proc.pid),
-                           "share_of_ceiling": lv.throughput / ceilings[name]["ceiling_items_per_s"],
-                           "p50_over_bare_ms": None if lv.p50_ms is None else lv.p50_ms - ceilings[name]["bare_p50_ms"]}
+                    if args.client == "wrk":
+                        lv = wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, c, args.duration, run_dir)
+                    else:
+                        report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(c,),
+                                             duration=args.duration, max_requests=args.max_requests,
+                                             endpoint="predict")
+                        lv = report.levels[0].to_dict()
+                    row = {**lv, "rss_mb": rss_mb(proc.pid),
+                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],
+                           "p50_over_bare_ms": None if lv["p50_ms"] is None
+                           else lv["p50_ms"] - ceilings[name]["bare_p50_ms"]}
                     results[name][s].append(row)
-                    print(f"  {name:6} {s:15} c{c:<3} {lv.ok:6}/{lv.sent:<6} ok  {lv.throughput:8.1f}/s  "
-                          f"p50 {lv.p50_ms or float('nan'):8.2f} ms  p99 {lv.p99_ms or float('nan'):8.2f} ms  "
-                          f"errors {dict(lv.errors)}  rss {row['rss_mb']:.0f} MB", flush=True)
+                    print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "
+                          f"p50 {lv['p50_ms'] or float('nan'):8.2f} ms  p99 {lv['p99_ms'] or float('nan'):8.2f} ms  "
+                          f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
         sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
     finally:
         for _, proc, _ in servers.values():
@@ -319,7 +371,8 @@ def main() -> None:
                         "digits": "one 64-pixel digit per :predict request"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
                               "(max batch 32, no delay), audit log durable before each answer",
-           "client": "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores",
+           "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
+                      else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
                                                  "tokenizer, no spinning",
            "ceilings": ceilings, "results": results,
