@@ -119,3 +119,33 @@ def test_int8_weights_are_7_bit_where_the_cpu_saturates(cli, digits_bundle, tmp_
     r = cli("quantize", digits_bundle, "-o", tmp_path / "full", "--mode", "dynamic", "--full-range", "--allow-unsigned")
     assert r.code == 0, r
     assert bundle.read(tmp_path / "full").manifest.steps[-1].settings["reduce_range"] is False
+
+
+@pytest.mark.slow
+def test_the_static_cnn_candidate_passes_the_gate_with_7_bit_weights(cli, digits_files, tmp_path):
+    """Static INT8 keeps 7-bit weights whatever the building CPU (the bundle may be served where U8S8 kernels
+    saturate), says why in the manifest, and the candidate still passes the gate against PyTorch."""
+    out = tmp_path / "b"
+    r = cli("build", digits_files["pt2"], "-o", out, "--task", "classification", "--golden", digits_files["golden"],
+            "--optimize", "none", "--quantize", "static")
+    assert r.code == 0, r
+    m = bundle.read(out).manifest
+    step = next(s for s in m.steps if s.name == "quantize")
+    assert step.settings["weight_bits"] == 7 and step.settings["reduce_range"] is True
+    assert "saturate" in step.settings["why"] and step.settings["per_channel"] is True
+    select_step = next(s for s in m.steps if s.name == "select")
+    assert select_step.figures["winner"] == "fp32-int8-static" and m.parity is not None and m.parity.passed
+    model = onnxfile.parse(bundle.read(out).model_bytes(), "model.onnx")
+    weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and np.prod(i.dims) > 16]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+
+
+def test_calibration_from_the_golden_set_leaves_out_its_constant_edge_cases():
+    from onnxguard.bundle.golden import GoldenSet
+    from onnxguard.speed import select
+
+    rng = np.random.default_rng(0)
+    varied = {"image": rng.standard_normal((4, 3)).astype(np.float32)}
+    g = GoldenSet((varied, {"image": np.zeros((2, 3), np.float32)}, {"image": np.full((2, 3), 1e3, np.float32)}))
+    assert select.calibration(None, g) == (varied,)

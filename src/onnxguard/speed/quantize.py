@@ -41,7 +41,8 @@ class QuantizeOptions:
     calibration: tuple[Batch, ...] = field(default=(), repr=False)  # static: sample inputs
     method: str = "minmax"
     keep_io_types: bool = True  # fp16: float32 inputs and outputs
-    reduce_range: bool | None = None  # 7-bit weights; None: where this CPU's INT8 kernels saturate (see below)
+    reduce_range: bool | None = None  # 7-bit weights; None: static always, dynamic where this CPU saturates (below)
+    why: str = ""  # why the weights have the bits they have (set by ``quantize`` when it chooses)
 
     def settings(self) -> dict:
         s: dict[str, object] = {"mode": self.mode}
@@ -49,9 +50,11 @@ class QuantizeOptions:
             s.update(per_channel=self.per_channel, reduce_range=self.reduce_range)
         elif self.mode == "static":
             s.update(format="QDQ", per_channel=True, method=self.method, calibration_batches=len(self.calibration),
-                     reduce_range=self.reduce_range)
+                     reduce_range=self.reduce_range, activations="uint8 asymmetric", weights="int8 symmetric")
         else:
             s.update(keep_io_types=self.keep_io_types)
+        if self.mode != "fp16":
+            s.update(weight_bits=7 if self.reduce_range else 8, why=self.why)
         return s
 
 
@@ -73,6 +76,15 @@ class QuantizeResult:
 # guide advises for such CPUs. A model quantized on a VNNI machine can still saturate on one without:
 # `onnxguard consistency` on the deployment machine is what tells.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+# Static INT8 runs U8S8 QLinearConv/QGemm kernels wherever the bundle is deployed, not where it was built: a bundle
+# built on a VNNI machine is served on AVX2 ones. With weights in [-64, 64] a pair sum is at most 2*255*64 = 32640,
+# inside int16, so 7-bit weights never saturate on any x86 CPU; static INT8 therefore always uses them (unless
+# asked otherwise). Dynamic INT8 of transformers loses more to the lost bit (MatMuls with outlier activations), so
+# it keeps 8 bits where the building CPU has VNNI, as ONNX Runtime's guide advises.
+STATIC_WHY = ("7-bit weights: static INT8 runs U8S8 kernels wherever the bundle is deployed, and without VNNI (AVX2) "
+              "their int16 pair sums saturate with 8-bit weights (2*255*127 > 32767); 2*255*64 never does")
 
 
 def saturating_cpu(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> bool:
@@ -188,8 +200,16 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         if not options.calibration:
             raise ModelError("static quantization needs calibration inputs (an .npz, a texts file, or the bundle's "
                              "golden set)")
-    if options.reduce_range is None and options.mode != "fp16":
-        options = dataclasses.replace(options, reduce_range=saturating_cpu())
+    if options.reduce_range is None and options.mode == "static":
+        options = dataclasses.replace(options, reduce_range=True, why=STATIC_WHY)
+    elif options.reduce_range is None and options.mode == "dynamic":
+        saturating = saturating_cpu()
+        options = dataclasses.replace(options, reduce_range=saturating, why=(
+            "7-bit weights: this CPU has no VNNI, and its U8S8 kernels saturate with 8-bit weights" if saturating
+            else "8-bit weights: this CPU has VNNI (no saturation); run `onnxguard consistency` on an AVX2-only "
+                 "deployment machine"))
+    elif options.mode != "fp16" and not options.why:
+        options = dataclasses.replace(options, why=f"{7 if options.reduce_range else 8}-bit weights, as asked")
     size_before = model.ByteSize()
     with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
         work = Path(tmp)

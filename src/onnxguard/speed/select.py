@@ -420,6 +420,12 @@ def _refuse_failed(report: ParityReport, output: Path, force: bool) -> None:
                          hint="relax the gate", remedy=Remedy.FORCE)
 
 
+def _constant(batch: Batch) -> bool:
+    """A batch whose every floating-point input holds one value throughout (a golden edge case)."""
+    floats = [v for v in batch.values() if v.dtype.kind == "f" and v.size]
+    return bool(floats) and all(float(v.min()) == float(v.max()) for v in floats)
+
+
 def calibration(path: Path | None, golden: GoldenSet | None = None,
                 tokenize: Callable[[list[str]], list[Batch]] | None = None) -> tuple[Batch, ...]:
     """Static quantization's calibration inputs: an .npz of inputs, a texts file (tokenized with ``tokenize``),
@@ -428,7 +434,10 @@ def calibration(path: Path | None, golden: GoldenSet | None = None,
         if golden is None:
             raise InputError("static quantization needs calibration inputs",
                              hint="give an .npz of model inputs, or a bundle (its golden set is used)")
-        return tuple(golden.inputs)
+        # The golden set holds edge cases on purpose (all zeros, every value 1e3): as calibration data they
+        # stretch MinMax ranges until real inputs fall into a few INT8 steps. Calibrate on the varied batches only.
+        varied = tuple(b for b in golden.inputs if not _constant(b))
+        return varied or tuple(golden.inputs)
     if Path(path).suffix == ".npz":
         return tuple(golden_files.load(path).inputs)
     if tokenize is None:
