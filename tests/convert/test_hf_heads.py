@@ -70,18 +70,28 @@ def _save(path: Path, kind: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def saved(tmp_path_factory):
+    """``saved(kind)``: the model's directory, saved once."""
+    root = tmp_path_factory.mktemp("heads")
+
+    def save(kind: str) -> Path:
+        src = root / kind
+        return src if src.exists() else _save(src, kind)
+
+    return save
+
+
+@pytest.fixture(scope="module")
+def built(saved, tmp_path_factory):
     """``built(kind, *flags)``: the saved model's directory and its bundle, built once with the real CLI."""
     import cli_runner
 
-    root = tmp_path_factory.mktemp("heads")
+    root = tmp_path_factory.mktemp("bundles")
     made: dict[tuple[str, ...], tuple[Path, Path]] = {}
 
     def build(kind: str, *flags: str) -> tuple[Path, Path]:
         if (kind, *flags) not in made:
-            src = root / kind
-            if not src.exists():
-                _save(src, kind)
+            src = saved(kind)
             out = root / f"{kind}-{len(made)}.bundle"
             r = cli_runner.run("build", src, "-o", out, *flags)
             assert r.code == 0, str(r)
@@ -234,3 +244,20 @@ def test_image_classification_from_raw_images_as_transformers(kind, built):
         ref = source(pixel_values=torch.from_numpy(theirs)).logits.numpy()
     assert got.shape == ref.shape == (3, 3)
     assert np.abs(got - ref).max() < ATOL and (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"size": {"height": 48, "width": 48}}, "the model does not take its image processor's 48x48 images"),
+    ({"do_pad": True}, "ViTImageProcessor: do_pad is not supported yet in a recorded image preprocessing"),
+    ({"size": {"longest_edge": 40}}, "resizing to {'longest_edge': 40} is not supported yet"),
+])
+def test_an_image_processor_the_bundle_cannot_reproduce_is_refused_in_one_line(change, message, saved, copy_tree, cli,
+                                                                               expect_err, tmp_path):
+    import json
+
+    src = copy_tree(saved("vit"))
+    config = json.loads((src / "preprocessor_config.json").read_text())
+    (src / "preprocessor_config.json").write_text(json.dumps({**config, **change}))
+    out = tmp_path / "bundle"
+    expect_err(cli("build", src, "-o", out), 2, message)
+    assert not out.exists()

@@ -228,6 +228,7 @@ class HFSource:
     assets: dict[str, Path] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # for the parity report: a head an explicit --task left out
     processor: Any | None = None  # an image model's Transformers image processor
+    channels: int = 3  # an image model's input channels (1: grey, 3: RGB)
     image: dict | None = None  # an image model's preprocessing, as the manifest records it
 
     @property
@@ -341,8 +342,7 @@ class HFSource:
         return {"pixel_values": np.ascontiguousarray(out["pixel_values"], np.float32)}
 
     def _channels(self, picture: np.ndarray) -> np.ndarray:
-        c = (self.image or {}).get("channels", 3)
-        return picture if c == 3 else picture.mean(-1, keepdims=True).round().astype(np.uint8)
+        return picture if self.channels == 3 else picture.mean(-1, keepdims=True).round().astype(np.uint8)
 
     def texts_inputs(self, texts: list[str]) -> list[Batch]:
         if self.task == "image-classification":
@@ -603,9 +603,13 @@ def _image_source(spec: str, path: Path, config, model, options: ConvertOptions)
     source = HFSource(_Heads(model, ["pixel_values"], OUTPUTS["image-classification"]).eval(), None,
                       ["pixel_values"], spec, (path,) if path.is_dir() else (), "image-classification",
                       _labels(config), 0, 0, None, attn_implementation=options.attn_implementation,
-                      architecture=_architecture(config), processor=processor)
-    source.image = {"kind": "image", "input": "pixel_values", "channels": channels}  # for _channels, until checked
+                      architecture=_architecture(config), processor=processor, channels=channels)
     source.image = _recorded(spec, processor, source)
+    try:  # the processor's images must be what the model takes (a ViT's image_size, its channels)
+        source.run(source._processed([synthetic_image(np.random.default_rng(0), 24, 32)]))
+    except (ValueError, RuntimeError) as e:
+        raise ConversionError(f"{spec}: the model does not take its image processor's {source.image['height']}x"
+                              f"{source.image['width']} images: {str(e).splitlines()[0]}") from e
     return source
 
 
@@ -620,10 +624,11 @@ def _recorded(spec: str, processor, source: HFSource) -> dict:
         raise ConversionError(f"{spec}: {name}: {', '.join(unsupported)} is not supported yet in a recorded "
                               "image preprocessing")
     pre: dict[str, Any] = {"kind": "image", "input": "pixel_values", "processor": name, "layout": "NHWC",
-                           "channel_order": "RGB", "channels": source.image["channels"] if source.image else 3}
+                           "channel_order": "RGB", "channels": source.channels}
     if d.get("do_resize", True):
         size = {k: v for k, v in (d.get("size") or {}).items() if v is not None}
-        pre["resample"] = _RESAMPLE_NAMES.get(int(d.get("resample", 2)), "bilinear")
+        resample = d.get("resample")
+        pre["resample"] = _RESAMPLE_NAMES.get(2 if resample is None else int(resample), "bilinear")
         crop_pct = d.get("crop_pct")
         if "shortest_edge" in size and crop_pct and size["shortest_edge"] < 384 and set(size) == {"shortest_edge"}:
             # ConvNeXt-style: the short side to shortest_edge / crop_pct, then the centre crop to shortest_edge
