@@ -219,6 +219,16 @@ def test_a_rate_limit_is_resource_exhausted_with_retry_after(grpc_server):
     assert 1 <= int(dict(info.value.trailing_metadata())["retry-after"]) <= 60
 
 
+def test_a_spent_budget_is_resource_exhausted_and_the_output_policy_applies(grpc_server):
+    client = grpc_server.client()
+    x = np.zeros((3, 64), np.float32)
+    client.infer("digits", [_input(x)], headers=grpc_server.meta("budget"))  # 3 of its 5 rows
+    e = _refused(lambda: client.infer("digits", [_input(x)], headers=grpc_server.meta("budget")))
+    assert e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "budget" in e.message()
+    labelled = client.infer("digits", [_input(x)], headers=grpc_server.meta("label")).get_response()
+    assert sorted(o.name for o in labelled.outputs) == ["label", "probabilities.label"]  # no scores for this key
+
+
 # -- bad input: INVALID_ARGUMENT naming the problem ------------------------------------------------------------------
 
 BAD = [
