@@ -246,3 +246,13 @@ def test_a_candidate_that_crashes_on_a_token_is_a_finding(tmp_path):
     assert failed.severity is Severity.HIGH and "fails on inputs the reference runs" in failed.message
     assert report.triggers is None and "the candidate failed" in report.notes[-1]
     assert [b.node for b in report.structure.branches] == ["Where#11"]
+
+
+def test_a_huge_declared_input_is_not_generated(tmp_path):
+    """An input the model only declares as 10^10 elements: refused before anything is allocated."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 100000, 100000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 100000, 100000])])
+    path = dm.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", dm.OPSET)], ir_version=8),
+                   tmp_path / "huge.onnx")
+    expect_error(run("diff", path, path), 2, "'x'", "too large to generate", "give --golden inputs.npz")

@@ -8,6 +8,7 @@ an attention mask of varied lengths, images in [0, 1), normal values for other f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ SCORES, LABELS, VALUES = "scores", "labels", "values"
 # Symbolic sequence lengths of the generated inputs (one batch each), and the vocabulary assumed when nothing says.
 SEQUENCES = (16, 5)
 DEFAULT_VOCAB = 100
+# The most elements one generated input may have (64 MiB of float32): a shape the model only declares is never
+# allocated past this.
+MAX_GENERATED = 1 << 24
 
 
 class Runner:
@@ -96,6 +100,11 @@ def generate(graph: Graph, options: DiffOptions, vocab: int | None) -> list[Batc
                                  remedy=Remedy.GOLDEN_INPUTS)
             shape = [d if isinstance(d, int) and d > 0 else (rows if i == 0 else seq)
                      for i, d in enumerate(spec.shape)]
+            if shape and not isinstance(spec.shape[0], int) and math.prod(shape) > MAX_GENERATED:
+                shape[0] = 1  # a large input: one row per batch
+            if math.prod(shape) > MAX_GENERATED:
+                raise InputError(f"input {quote(spec.name)} has shape {shape}: too large to generate values for "
+                                 f"(over {MAX_GENERATED} elements)", remedy=Remedy.GOLDEN_INPUTS)
             dtype = np.dtype(spec.dtype) if spec.dtype in np.sctypeDict else None
             if dtype is None or dtype.kind not in "biuf":
                 raise InputError(f"input {quote(spec.name)} is {spec.dtype}; values cannot be generated for it",
