@@ -10,11 +10,12 @@ per row than one thread per run (measured on this 2-core host, DistilBERT-base I
 against 3.4 CPU-ms per text): its threads wait for each other at every operator. With lanes, under load a model
 runs up to ``lanes`` batches at once, each on one lane (``run_lane``: a second session with ``cores / lanes``
 threads); a lone request with nothing else running takes the whole machine (``run``) for the lowest latency.
-While other lanes are busy the next batch waits up to ``gather`` seconds for about as many rows as the last batch
-had (under closed-loop load, the cohort that comes back). Through the server on this host, with the load
-generator on the same cores, lanes did not beat one lane (batches fragment while the event loop is busy), so one
-lane is the default. ``max_delay`` > 0 makes every batch wait that long for more requests. With no load a request
-runs at once, alone: batching adds no latency at concurrency 1.
+While other lanes are busy the next batch waits for about as many rows as the last batch had (under closed-loop
+load, the cohort that comes back) until one of the busy lanes finishes (``gather`` seconds at most). Through the
+server on this host, with the load generator on the same cores, two lanes formed batches of 5-8 texts at
+concurrency 16 but answered 135-159 texts/s against 176-178 for one lane (the event loop, starved of a core,
+returns the cohort later), so one lane is the default. ``max_delay`` > 0 makes every batch wait that long for
+more requests. With no load a request runs at once, alone: batching adds no latency at concurrency 1.
 
 The queue is bounded in rows: past ``max_queue`` a request is refused at once (``Overloaded``: HTTP 503 with
 ``Retry-After``) instead of growing memory. A batch the runtime refuses is re-run one request at a time, so one
@@ -29,6 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,9 @@ Arrays = dict[str, np.ndarray]
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Requests of lengths within this ratio share a batch: padding a 16-token text to 128 costs 8x its own work.
 LENGTH_RATIO = 1.5
-# Seconds a batch waits for rows while other lanes keep the cores busy: about one batch-1 run of a small model.
-GATHER_SECONDS = 0.005
+# Seconds at most a batch waits for its rows while other lanes keep the cores busy (it stops waiting as soon as one
+# of them finishes): a bound, not the usual wait.
+GATHER_SECONDS = 0.05
 
 
 class Overloaded(Exception):  # noqa: N818 - the name a 503 handler reads well with
@@ -79,6 +82,7 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # lanes in use; a run on every core holds them all
         self._last_rows = 1  # rows of the batch that finished last: under steady load, about what comes back next
+        self._finished = 0  # batches finished so far
         self._freed: asyncio.Event | None = None
         self._closing = False
 
@@ -141,23 +145,38 @@ class Batcher:
                 if self._busy > 1:  # the cores are busy: wait for about the rows the last batch had (a cohort)
                     limit = min(self.max_batch, max(limit, self._last_rows))
             rows = batch[0].rows
-            wait = max(self.max_delay, self.gather if taken == 1 and self._busy > 1 else 0.0)
-            deadline = loop.time() + wait
+            cohort = taken == 1 and self._busy > 1  # other lanes keep the cores busy: gather what comes back
+            wait = max(self.max_delay, self.gather if cohort else 0.0)
+            deadline, finished = loop.time() + wait, self._finished
             while rows < limit:
                 try:
                     nxt = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    if wait <= 0 or loop.time() >= deadline:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
-                    except TimeoutError:
-                        break
+                    if wait <= 0 or loop.time() >= deadline or (cohort and self._finished != finished):
+                        break  # waited enough, or a lane came free: run what there is
+                    got = await self._next(deadline - loop.time(), until_finished=cohort)
+                    if got is None:
+                        continue
+                    nxt = got
                 batch.append(nxt)
                 rows += nxt.rows
             task = loop.create_task(self._run_batch(batch, fn, taken))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _next(self, timeout: float, until_finished: bool) -> _Pending | None:
+        """The next queued request within ``timeout``; None at the timeout or, ``until_finished``, once a batch
+        finishes first."""
+        assert self._freed is not None
+        get = asyncio.ensure_future(self._queue.get())
+        waiters: set[asyncio.Future[Any]] = {get}
+        if until_finished:
+            self._freed.clear()
+            waiters.add(asyncio.ensure_future(self._freed.wait()))
+        done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()  # a cancelled get takes nothing from the queue
+        return get.result() if get in done else None
 
     async def _run_batch(self, batch: list[_Pending], fn: Callable[[Arrays], Arrays], taken: int) -> None:
         try:
@@ -170,6 +189,7 @@ class Batcher:
                 raise
         finally:
             self._last_rows = sum(p.rows for p in batch)
+            self._finished += 1
             self._busy -= taken
             assert self._freed is not None
             self._freed.set()
