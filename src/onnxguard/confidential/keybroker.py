@@ -28,13 +28,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from fastapi import FastAPI, Request
+from fastapi.middleware import Middleware
+from fastapi.responses import Response
 
+from onnxguard import __version__
 from onnxguard.confidential import attestation as attestation_lib
 from onnxguard.confidential import envelope, policy
 from onnxguard.confidential.attestation import Attestation
 from onnxguard.confidential.platform import Platform, PlatformError
 from onnxguard.errors import InputError, OnnxguardError
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.serve import context
+from onnxguard.serve.audit import AuditLog
+from onnxguard.serve.auditing import Auditing
+from onnxguard.serve.bodylimit import BodyLimit
 
 RELEASE_INFO = b"onnxguard key release v1\n"
 NONCE_TTL_S = 60.0
@@ -155,17 +163,8 @@ def _claimed(statement: bytes) -> dict[str, str]:
     return out
 
 
-def create_app(broker: Broker, audit: Any) -> Any:
+def create_app(broker: Broker, audit: AuditLog) -> FastAPI:
     """The broker as an ASGI app: body limit and audit (the server's middleware), then two routes."""
-    from fastapi import FastAPI, Request
-    from fastapi.middleware import Middleware
-    from fastapi.responses import Response
-
-    from onnxguard import __version__
-    from onnxguard.serve import context
-    from onnxguard.serve.auditing import Auditing
-    from onnxguard.serve.bodylimit import BodyLimit
-
     def answer(data: dict[str, Any], status: int = 200) -> Response:
         return Response(orjson.dumps(data), status, media_type="application/json")
 
