@@ -152,6 +152,8 @@ def _huge_png() -> bytes:
     ([[0.5, 1], [1, 2]], "integers from 0 to 255"),
     ("aGVsbG8=", "a string; give PNG bytes or pixel values"),
     ([[[1, 2]]], r"shape \(1, 1, 2\); expected \(H, W\) or \(H, W, C\)"),
+    ([[1, 2], [3]], "not a rectangular array"),
+    ([[True, False]], "must be numbers"),
 ])
 def test_bad_raw_images_are_input_errors(raw, message):
     with pytest.raises(InputError, match=message):

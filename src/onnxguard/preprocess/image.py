@@ -204,7 +204,10 @@ def _to_channels(im, channels: int):
 
 def _pixels(value, i: int, image_spec: ImageSpec) -> np.ndarray:
     """Nested lists (or an array) of 8-bit pixel values as uint8 (H, W, C)."""
-    x = np.asarray(value)
+    try:
+        x = np.asarray(value)
+    except (ValueError, TypeError):  # ragged rows
+        raise InputError(f"image {i}: pixel values are not a rectangular array") from None
     if x.dtype.kind not in "uif" or x.size == 0:
         raise InputError(f"image {i}: pixel values must be numbers")
     if x.ndim == 3 and image_spec.layout == "NCHW":
