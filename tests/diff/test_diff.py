@@ -256,3 +256,35 @@ def test_a_huge_declared_input_is_not_generated(tmp_path):
     path = dm.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", dm.OPSET)], ir_version=8),
                    tmp_path / "huge.onnx")
     expect_error(run("diff", path, path), 2, "'x'", "too large to generate", "give --golden inputs.npz")
+
+
+def _linear(coefficients: list[float]) -> onnx.ModelProto:
+    """An ai.onnx.ml LinearClassifier (weights in attributes, as scikit-learn exports them): 4 features, 3 classes."""
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "probabilities"], domain="ai.onnx.ml", name="lin",
+                            coefficients=coefficients, intercepts=[0.0, 0.1, -0.1], classlabels_ints=[0, 1, 2],
+                            post_transform="SOFTMAX")
+    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", dm.OPSET),
+                                                   helper.make_opsetid("ai.onnx.ml", 3)], ir_version=8)
+
+
+def test_weights_kept_in_attributes_are_compared(tmp_path):
+    """A scikit-learn style model keeps its weights in node attributes: a changed coefficient is a weight change
+    with its size, not only a changed node."""
+    weights = [float(w) for w in np.random.default_rng(4).standard_normal(12)]
+    nudged = list(weights)
+    nudged[5] += 0.5
+    ref = dm.save(_linear(weights), tmp_path / "linear.onnx")
+    cand = dm.save(_linear(nudged), tmp_path / "linear-nudged.onnx")
+    r = run("diff", ref, cand, "--format", "json")
+    assert r.code == 1, str(r)
+    report = json.loads(r.out)
+    (weight,) = [f for f in report["findings"] if f["check"] == "diff.initializer"]
+    assert weight["severity"] == "medium" and weight["location"]["node"] == "lin"
+    assert weight["message"].startswith("attribute 'lin.coefficients' changed: max |diff| 0.5")
+    assert "1 of 12 element(s)" in weight["message"]
+    assert report["structure"]["initializers"][0]["attribute"] is True
+    assert {o["name"]: o["role"] for o in report["behaviour"]["outputs"]} == {"label": "labels",
+                                                                            "probabilities": "scores"}

@@ -11,6 +11,7 @@ cancels out; a new one is a finding naming the chain from the input and the cons
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ MAX_WEIGHT_FINDINGS = 50
 
 @dataclass(frozen=True)
 class WeightChange:
-    """One initializer that differs: ``status`` is changed, added, removed, reshaped or external (not read)."""
+    """One initializer (or numeric attribute) that differs: ``status`` is changed, added, removed, reshaped or
+    external (not read)."""
 
     name: str
     status: str
@@ -43,10 +45,11 @@ class WeightChange:
     relative: float | None = None
     changed: int | None = None
     total: int | None = None
+    attribute: bool = False  # a node's attribute (``node.attr``), not an initializer
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "shape": list(self.shape), "max_abs": self.max_abs,
-                "relative": self.relative, "changed": self.changed, "total": self.total}
+                "relative": self.relative, "changed": self.changed, "total": self.total, "attribute": self.attribute}
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,10 @@ def _node_change(a: onnx.NodeProto, b: onnx.NodeProto) -> list[str]:
     return what
 
 
-def _ops(ref: Graph, cand: Graph, file: str) -> tuple[dict[str, int], dict[str, int], list[str], list[str],
-                                                        list[str], list[Finding]]:
+def _ops(ref: Graph, cand: Graph, file: str, pairs: list[tuple[int, int]]
+         ) -> tuple[dict[str, int], dict[str, int], list[str], list[str], list[str], list[Finding]]:
+    """The op histogram's changes and the nodes added, removed and changed; ``pairs`` gets the (reference,
+    candidate) indices of matched nodes whose attributes changed."""
     hist_a = Counter(_op(n) for n in ref.model.graph.node)
     hist_b = Counter(_op(n) for n in cand.model.graph.node)
     added = dict(sorted((hist_b - hist_a).items()))
@@ -140,6 +145,8 @@ def _ops(ref: Graph, cand: Graph, file: str) -> tuple[dict[str, int], dict[str, 
             what = [] if a.SerializeToString() == b.SerializeToString() else _node_change(a, b)
             if what:
                 changed.append((cand.labels[i], ", ".join(what)))
+                if "attributes" in what:
+                    pairs.append((keys_a[k], i))
     findings = []
     if added or removed:
         counts = ", ".join([f"{op} +{n}" for op, n in added.items()] + [f"{op} -{n}" for op, n in removed.items()])
@@ -159,15 +166,11 @@ def _shape(t: onnx.TensorProto) -> tuple[int, ...]:
     return tuple(int(d) for d in t.dims)
 
 
-def _compare_values(name: str, a: onnx.TensorProto, b: onnx.TensorProto) -> WeightChange | None:
-    if a.data_location == onnx.TensorProto.EXTERNAL or b.data_location == onnx.TensorProto.EXTERNAL:
-        same = (a.data_location == b.data_location
-                and [(e.key, e.value) for e in a.external_data] == [(e.key, e.value) for e in b.external_data])
-        return None if same else WeightChange(name, "external", _shape(b))
-    x, y = numpy_helper.to_array(a), numpy_helper.to_array(b)
+def _array_change(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> WeightChange | None:
+    """How two arrays of the same shape differ; None when they are equal (NaN equal to NaN)."""
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         changed = int(np.count_nonzero(x != y))
-        return WeightChange(name, "changed", _shape(b), None, None, changed, int(y.size)) if changed else None
+        return WeightChange(name, "changed", shape, None, None, changed, int(y.size)) if changed else None
     x64, y64 = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
     both_nan = np.isnan(x64) & np.isnan(y64)
     differ = (x64 != y64) & ~both_nan
@@ -175,16 +178,54 @@ def _compare_values(name: str, a: onnx.TensorProto, b: onnx.TensorProto) -> Weig
     if not changed:
         return None
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: nan, counted as a change below
-        delta = np.where(both_nan, 0.0, np.nan_to_num(np.abs(y64 - x64), nan=np.inf))
+        delta = np.where(both_nan | ~differ, 0.0, np.nan_to_num(np.abs(y64 - x64), nan=np.inf))
     max_abs = float(np.max(delta))
     norm = float(np.linalg.norm(np.nan_to_num(x64)))
     step = float(np.linalg.norm(np.nan_to_num(delta)))
     relative = step / norm if norm > 0 else float("inf")
-    return WeightChange(name, "changed", _shape(b), max_abs, relative, changed, int(y64.size))
+    return WeightChange(name, "changed", shape, max_abs, relative, changed, int(y64.size))
 
 
-def _weights(ref: Graph, cand: Graph, file: str, options: DiffOptions) -> tuple[list[WeightChange], int,
-                                                                                 list[Finding]]:
+def _compare_values(name: str, a: onnx.TensorProto, b: onnx.TensorProto) -> WeightChange | None:
+    if a.data_location == onnx.TensorProto.EXTERNAL or b.data_location == onnx.TensorProto.EXTERNAL:
+        same = (a.data_location == b.data_location
+                and [(e.key, e.value) for e in a.external_data] == [(e.key, e.value) for e in b.external_data])
+        return None if same else WeightChange(name, "external", _shape(b))
+    return _array_change(name, numpy_helper.to_array(a), numpy_helper.to_array(b), _shape(b))
+
+
+# Attributes that hold weights (tree thresholds, linear coefficients, a Constant's value) and how to read them.
+_NUMERIC = {onnx.AttributeProto.FLOAT: "f", onnx.AttributeProto.INT: "i", onnx.AttributeProto.FLOATS: "floats",
+            onnx.AttributeProto.INTS: "ints"}
+
+
+def _attribute_weights(ref: Graph, cand: Graph, pairs: list[tuple[int, int]]) -> list[WeightChange]:
+    """Numeric attributes (and tensor attributes) of matched nodes whose values changed, named ``node.attr``."""
+    out = []
+    for i, j in pairs:
+        attrs_a = {x.name: x for x in ref.node(i).attribute}
+        for b in cand.node(j).attribute:
+            a = attrs_a.get(b.name)
+            if a is None or a.type != b.type or a.SerializeToString() == b.SerializeToString():
+                continue
+            name = f"{cand.labels[j]}.{b.name}"
+            if b.type == onnx.AttributeProto.TENSOR:
+                if a.t.data_type != b.t.data_type or _shape(a.t) != _shape(b.t):
+                    out.append(WeightChange(name, "reshaped", _shape(b.t)))
+                elif (change := _compare_values(name, a.t, b.t)) is not None:
+                    out.append(change)
+            elif b.type in _NUMERIC:
+                field = _NUMERIC[b.type]
+                x, y = np.atleast_1d(np.array(getattr(a, field))), np.atleast_1d(np.array(getattr(b, field)))
+                if x.shape != y.shape:
+                    out.append(WeightChange(name, "reshaped", y.shape))
+                elif (change := _array_change(name, x, y, y.shape)) is not None:
+                    out.append(change)
+    return [dataclasses.replace(w, attribute=True) for w in out]
+
+
+def _weights(ref: Graph, cand: Graph, file: str, options: DiffOptions, attributes: list[WeightChange]
+             ) -> tuple[list[WeightChange], int, list[Finding]]:
     out: list[WeightChange] = []
     compared = 0
     for name, b in cand.initializers.items():
@@ -203,22 +244,26 @@ def _weights(ref: Graph, cand: Graph, file: str, options: DiffOptions) -> tuple[
             out.append(change)
     out += [WeightChange(name, "removed", _shape(a)) for name, a in ref.initializers.items()
             if name not in cand.initializers]
+    out += attributes
     findings: list[Finding] = []
     for w in out:
         if w.status == "changed" and w.max_abs is not None and w.max_abs <= options.weight_atol:
             continue
+        what = f"{'attribute' if w.attribute else 'initializer'} {quote(w.name)}"
         if w.status == "changed":
             size = (f"max |diff| {w.max_abs:.4g}, relative change {w.relative:.3g}, " if w.max_abs is not None
                     else "")
-            message = f"initializer {quote(w.name)} changed: {size}{w.changed} of {w.total} element(s)"
+            message = f"{what} changed: {size}{w.changed} of {w.total} element(s)"
         elif w.status == "reshaped":
-            message = f"initializer {quote(w.name)} changed its type or shape (now {list(w.shape)})"
+            message = f"{what} changed its type or shape (now {list(w.shape)})"
         elif w.status == "external":
-            message = f"initializer {quote(w.name)} keeps its data in another external file or place (not read)"
+            message = f"{what} keeps its data in another external file or place (not read)"
         else:
-            message = f"initializer {quote(w.name)} {w.status} (shape {list(w.shape)})"
+            message = f"{what} {w.status} (shape {list(w.shape)})"
         severity = Severity.LOW if w.status in ("added", "removed") else None
-        findings.append(rules.INITIALIZER.finding(message, file, tensor=w.name, severity=severity))
+        node = w.name.rpartition(".")[0] if w.attribute else None
+        findings.append(rules.INITIALIZER.finding(message, file, node=node, tensor=None if w.attribute else w.name,
+                                                  severity=severity))
     if len(findings) > MAX_WEIGHT_FINDINGS:
         rest = len(findings) - MAX_WEIGHT_FINDINGS
         worst = max(f.severity for f in findings[MAX_WEIGHT_FINDINGS:])
@@ -328,8 +373,9 @@ def compare(reference: onnx.ModelProto | Graph, candidate: onnx.ModelProto | Gra
     options = options or DiffOptions()
     ref = reference if isinstance(reference, Graph) else index(reference)
     cand = candidate if isinstance(candidate, Graph) else index(candidate)
-    added, removed, nodes_added, nodes_removed, changed, op_findings = _ops(ref, cand, file)
-    weights, compared, weight_findings = _weights(ref, cand, file, options)
+    pairs: list[tuple[int, int]] = []
+    added, removed, nodes_added, nodes_removed, changed, op_findings = _ops(ref, cand, file, pairs)
+    weights, compared, weight_findings = _weights(ref, cand, file, options, _attribute_weights(ref, cand, pairs))
     branches, branch_findings = _new_branches(ref, cand, file)
     outputs, inputs, io_findings = _io(ref, cand, file)
     return StructuralDiff(added, removed, tuple(nodes_added), tuple(nodes_removed), tuple(changed), tuple(weights),
