@@ -294,6 +294,21 @@ def test_every_grpc_call_is_audited_and_counted(grpc_server):
     assert r.code == 0 and "PASSED" in r.out, str(r)
 
 
+def test_a_call_the_client_gives_up_on_is_still_answered_and_recorded(grpc_server):
+    import time
+
+    before = len(audit_lib.tail(grpc_server.audit_db, 10**6))
+    x = np.zeros((1, 64), np.float32)
+    e = _refused(lambda: grpc_server.client().infer("digits", [_input(x)], headers=grpc_server.meta("padded"),
+                                                    client_timeout=0.1))  # answered no earlier than 300 ms
+    assert e.status() == "StatusCode.DEADLINE_EXCEEDED"
+    deadline = time.monotonic() + 10
+    while len(audit_lib.tail(grpc_server.audit_db, 10**6)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (_, record), = audit_lib.tail(grpc_server.audit_db, 1)
+    assert record.status == 200 and record.latency_ms >= 250 and record.batch_id is not None
+
+
 # -- the translation, in process -------------------------------------------------------------------------------------
 
 def _decoded(request):

@@ -75,6 +75,12 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusC
     raise AssertionError("ServicerContext.abort returns by raising")
 
 
+def _settled(task: asyncio.Future[asgi.Answer]) -> None:
+    # A call whose caller went away still ends; its outcome is read here so that it is not reported as lost.
+    if not task.cancelled():
+        task.exception()
+
+
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """Answers each RPC by sending its HTTP equivalent through ``app``."""
 
@@ -89,6 +95,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         call = asyncio.ensure_future(asgi.call(self.app, method, path, headers=[*forwarded, *headers], body=body,
                                                client=peer_address(context.peer()), server=self.server,
                                                scheme=self.scheme))
+        call.add_done_callback(_settled)
         try:
             # A client that goes away does not stop the request: it is answered and recorded, as over HTTP.
             answer = await asyncio.shield(call)
