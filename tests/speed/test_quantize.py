@@ -149,3 +149,19 @@ def test_calibration_from_the_golden_set_leaves_out_its_constant_edge_cases():
     varied = {"image": rng.standard_normal((4, 3)).astype(np.float32)}
     g = GoldenSet((varied, {"image": np.zeros((2, 3), np.float32)}, {"image": np.full((2, 3), 1e3, np.float32)}))
     assert select.calibration(None, g) == (varied,)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_a_large_model_quantizes_through_external_data(digits_bundle, monkeypatch, mode):
+    """Over EXTERNAL_DATA_BYTES the model goes to the quantizer and comes back with its tensors in a side file
+    (here with the limit lowered to 0): the result is the same kind of model, with its weights loaded."""
+    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 0)
+    b = bundle.read(digits_bundle)
+    model = onnxfile.parse(b.model_bytes(), str(b.model_path))
+    r = quantize.quantize(model, quantize.QuantizeOptions(mode=mode, calibration=b.golden().inputs[:2]))
+    assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in r.model.graph.initializer)
+    assert 0 < r.size_after < r.size_before and {"DequantizeLinear"} <= _ops(r.model) | {"DequantizeLinear"}
+    from onnxguard import runtime
+
+    out = runtime.run(runtime.session(r.model), b.golden().inputs[:1])[0]
+    assert np.isfinite(next(iter(out.values()))).all()

@@ -29,6 +29,9 @@ from onnxguard.model import onnxfile
 from onnxguard.progress import Progress, silent
 
 MODES = ("dynamic", "static", "fp16")
+# Models this large go to the quantizer and come back through external data (tensors in a side file): no
+# serialized copy of the whole model in memory, and ONNX Runtime's tools past protobuf's 2 GiB limit.
+EXTERNAL_DATA_BYTES = 1 << 30
 METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -117,24 +120,33 @@ class Reader:  # ONNX Runtime's CalibrationDataReader over the saved batches
         self._it = iter(self._batches)
 
 
-def preprocess(src, dst):
+def preprocess(src, dst, external=False):
     # ORT's pre-processing; symbolic shape inference is dropped when it cannot finish on the graph (dynamo
     # exports of transformers leave shapes it cannot resolve), keeping ONNX shape inference.
     from onnxruntime.quantization import quant_pre_process
 
     try:
-        quant_pre_process(src, dst, skip_symbolic_shape=False)
+        quant_pre_process(src, dst, skip_symbolic_shape=False, save_as_external_data=external)
     except Exception as e:  # ORT raises a bare Exception("Incomplete symbolic shape inference")
         if "symbolic shape" not in str(e).lower():
             raise
-        quant_pre_process(src, dst, skip_symbolic_shape=True)
+        quant_pre_process(src, dst, skip_symbolic_shape=True, save_as_external_data=external)
 
 
 def dynamic(src, dst, job):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(src, dst, per_channel=job["per_channel"], reduce_range=job["reduce_range"],
-                     weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                     use_external_data_format=job["external"])
+
+
+def merge_every(n, method):
+    # MinMax ranges merged every k batches: k batches' intermediate outputs in memory, not all n. ORT 1.32 fails
+    # ("No data is collected") when the last group is empty, so k must not divide n.
+    if method != "minmax":
+        return None
+    return next((k for k in range(2, n) if n % k), None)
 
 
 def static(src, dst, job):
@@ -146,7 +158,9 @@ def static(src, dst, job):
         batches = [{name: arrays[key] for name, key in batch} for batch in job["batches"]]
     quantize_static(src, dst, Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=job["reduce_range"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                    calibrate_method=method, use_external_data_format=job["external"],
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
+                                   "CalibMaxIntermediateOutputs": merge_every(len(batches), job["method"])})
 
 
 def main(job, event):
@@ -155,11 +169,12 @@ def main(job, event):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         event("converting to float16")
-        onnx.save(convert_float_to_float16(onnx.load(src), keep_io_types=job["keep_io_types"]), dst)
+        onnx.save(convert_float_to_float16(onnx.load(src), keep_io_types=job["keep_io_types"]), dst,
+                  save_as_external_data=job["external"])
         return {"preprocessed": False}
     if job["mode"] == "static":
         event("pre-processing (shape inference, optimization)")
-        preprocess(src, pre)
+        preprocess(src, pre, job["external"])
         event(f"calibrating ({job['method']}) on {len(job['batches'])} batches")
         static(pre, dst, job)
         return {"preprocessed": True}
@@ -168,7 +183,7 @@ def main(job, event):
         dynamic(src, dst, job)
     except (ValueError, KeyError, RuntimeError):  # "Unable to find data type for weight_name": type it first
         event("retrying after pre-processing")
-        preprocess(src, pre)
+        preprocess(src, pre, job["external"])
         dynamic(pre, dst, job)
         return {"preprocessed": True}
     return {"preprocessed": False}
@@ -215,8 +230,13 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         work = Path(tmp)
         job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
                "method": options.method, "keep_io_types": options.keep_io_types,
-               "src": str(work / "in.onnx"), "pre": str(work / "pre.onnx"), "dst": str(work / "out.onnx")}
-        onnxfile.save(model, work / "in.onnx")
+               "src": str(work / "in.onnx"), "pre": str(work / "pre.onnx"), "dst": str(work / "out.onnx"),
+               "external": size_before >= EXTERNAL_DATA_BYTES}
+        if job["external"]:  # no serialized copy of the whole model in this process; the child reads it back
+            onnx.save_model(model, str(work / "in.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="in.onnx.data", size_threshold=1024)
+        else:
+            onnxfile.save(model, work / "in.onnx")
         if options.mode == "static":
             job["calibration"] = str(work / "calibration.npz")
             job["batches"] = _save_calibration(options.calibration, {i.name for i in model.graph.input},
@@ -225,6 +245,9 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         # ORT Fail on calibration); each means "this model cannot be quantized this way": a ModelError.
         outcome = runtime.isolated(_WORKER, job, what=f"{options.mode} quantization", stage="quantize",
                                    progress=progress, cwd=work)
-        result = onnxfile.load(work / "out.onnx")
+        # The result is this function's own scratch file (not an untrusted input): its external data, if the
+        # quantizer wrote any, lies beside it in the scratch directory.
+        result = onnx.load_model(str(work / "out.onnx"), load_external_data=True) if job["external"] else (
+            onnxfile.load(work / "out.onnx"))
     preprocessed = bool(outcome.get("preprocessed"))
     return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed)
