@@ -288,3 +288,13 @@ def test_weights_kept_in_attributes_are_compared(tmp_path):
     assert report["structure"]["initializers"][0]["attribute"] is True
     assert {o["name"]: o["role"] for o in report["behaviour"]["outputs"]} == {"label": "labels",
                                                                             "probabilities": "scores"}
+
+
+def test_a_plain_candidate_is_scanned_before_it_runs(models, tmp_path):
+    """A custom-op domain (a library ONNX Runtime would load) refuses the file before any session is made."""
+    evil = onnx.load(models["text"])
+    evil.graph.node.append(helper.make_node("Evil", [evil.graph.output[0].name], ["unused"], domain="com.evil"))
+    evil.opset_import.append(helper.make_opsetid("com.evil", 1))
+    path = dm.save(evil, tmp_path / "evil.onnx")
+    line = expect_error(run("diff", str(models["text"]), str(path)), 2, "evil.onnx", "refused before running it")
+    assert "com.evil" in line

@@ -141,16 +141,6 @@ class OnnxSource:
         return runtime.run(self._session, [batch])[0]
 
 
-def _scan(data: bytes, path: Path) -> None:
-    report = scanner.scan_bytes(data, str(path), scanner.for_profile("default"), model_dir=path.parent)
-    grave = report.at_or_above(SOURCE_FAIL_ON)
-    if grave:
-        first = grave[0]
-        raise ConversionError(f"{path}: refused before running it: {len(grave)} scan finding(s) at or above "
-                              f"{SOURCE_FAIL_ON.label}, first: {first.severity.label} {first.check}: {first.message}",
-                              hint="see onnxguard scan for every finding")
-
-
 def _check_tensors_only(model: onnx.ModelProto, path: Path) -> None:
     refs = external_data.external_tensors(model)
     if refs:
@@ -166,7 +156,7 @@ def _check_tensors_only(model: onnx.ModelProto, path: Path) -> None:
 def load(path: Path, options: ConvertOptions) -> OnnxSource:
     """Read ``path`` once, scan those bytes, then parse them: an :class:`OnnxSource`."""
     data = reader.read_file(path)
-    _scan(data, path)
+    scanner.refuse_unsafe(data, str(path), path.parent, SOURCE_FAIL_ON)
     model = reader.parse(data, str(path))
     _check_tensors_only(model, path)
     return OnnxSource(model, str(path), (path,), options.golden_size, options.task)

@@ -1,6 +1,7 @@
 """One side of a diff: the model's bytes and what came with it (golden set, output roles, tokenizer vocabulary).
 
-A plain ``.onnx`` file is read through the one reader of untrusted files; a bundle is handed over already opened
+A plain ``.onnx`` file is read through the one reader of untrusted files and scanned before anything runs it (a
+finding at high or above refuses it); a bundle is handed over already opened
 through the door (``trust.open_bundle``), so what is compared is exactly what the door hashed, checked and scanned.
 """
 
@@ -32,11 +33,16 @@ class Subject:
 
 
 def from_file(path: str | os.PathLike[str]) -> Subject:
-    """An ``.onnx`` file, read once through the one reader (regular files only, size-limited, never blocking)."""
+    """An ``.onnx`` file, read once through the one reader (regular files only, size-limited, never blocking) and
+    scanned before it is run (``scan.refuse_unsafe``)."""
+    from onnxguard import scan
+
     p = Path(path)
     if p.is_dir() and not p.is_symlink():
         raise InputError(f"{p}: a directory; open a bundle through trust.open_bundle and pass the opened bundle")
-    return Subject(str(p), "model", onnxfile.read_file(p), model_dir=p.parent.absolute())
+    data = onnxfile.read_file(p)
+    scan.refuse_unsafe(data, str(p), p.parent.absolute())
+    return Subject(str(p), "model", data, model_dir=p.parent.absolute())
 
 
 def from_bundle(opened: OpenedBundle) -> Subject:

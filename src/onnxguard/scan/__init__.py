@@ -25,7 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxguard.bundle.files import kind_of
-from onnxguard.errors import InputError
+from onnxguard.errors import InputError, ModelError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.scan import budget, walk, wire
 from onnxguard.scan.checks import ALL_CHECKS, CHECK_ERROR, NOT_SCANNED, OVER_BUDGET
@@ -35,7 +35,7 @@ from onnxguard.scan.policy import Policy, for_profile
 from onnxguard.scan.policy import load as load_policy
 
 __all__ = ["ALL_CHECKS", "BundleView", "Check", "Finding", "Location", "Policy", "ScanReport", "Severity",
-           "bundle_report", "for_profile", "load_policy", "scan", "scan_bytes"]
+           "bundle_report", "for_profile", "load_policy", "refuse_unsafe", "scan", "scan_bytes"]
 
 # One check reports at most this many findings; the rest are counted in one more finding. A hostile model
 # with a million bad nodes must not turn the report itself into a denial of service.
@@ -68,6 +68,19 @@ def scan_bytes(data: bytes, display: str, policy: Policy | None = None, model_di
     policy = policy or for_profile("default")
     ctx = _context(data, display, policy, model_dir, len(data))
     return _report(display, "model", policy, _checks(ctx, checks, progress), checks, progress)
+
+
+def refuse_unsafe(data: bytes, display: str, model_dir: Path, fail_on: Severity = Severity.HIGH) -> ScanReport:
+    """Scan a model that is about to be run outside a bundle (a build's ``model.onnx`` source, a side of ``diff``)
+    under the default profile; raise ``ModelError`` naming the first finding at or above ``fail_on``."""
+    report = scan_bytes(data, display, for_profile("default"), model_dir=model_dir)
+    grave = report.at_or_above(fail_on)
+    if grave:
+        first = grave[0]
+        raise ModelError(f"{display}: refused before running it: {len(grave)} scan finding(s) at or above "
+                         f"{fail_on.label}, first: {first.severity.label} {first.check}: {first.message}",
+                         hint="see onnxguard scan for every finding")
+    return report
 
 
 def bundle_report(view: BundleView, model: ScanReport | None, not_scanned: str | None, policy: Policy | None = None,
