@@ -103,6 +103,21 @@ def split(arrays: Batch, batch_size: int) -> list[Batch]:
     return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
 
 
+# A text model's golden set when no --texts is given: real sentences, whose class margins mean something (random
+# token ids give a sentiment head near-zero margins, so a gate on them judges noise). Written for onnxguard:
+# reviews good and bad, news, questions, instructions, numbers, one-word answers and long sentences, in English,
+# French, German, Spanish, Italian, Portuguese, Dutch, Swedish and Polish.
+BUILTIN_TEXTS = "sentences.txt"
+
+
+def builtin_texts() -> list[str]:
+    """The built-in sentences (package data ``onnxguard/bundle/sentences.txt``), one per line."""
+    from importlib import resources
+
+    data = resources.files("onnxguard.bundle").joinpath(BUILTIN_TEXTS).read_text(encoding="utf-8")
+    return [line.strip() for line in data.splitlines() if line.strip()]
+
+
 def read_texts(path: str | os.PathLike[str]) -> list[str]:
     """The texts in the UTF-8 file ``path``, one per line, blank lines skipped; read like any untrusted file
     (regular files only, never blocking, refused over ``MAX_TEXTS_BYTES`` before reading)."""
