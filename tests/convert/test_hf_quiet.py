@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,10 @@ def test_a_failure_is_the_tools_one_line_and_debug_shows_the_captured_report(lac
     assert "\x1b[" not in r.err  # the report's terminal colours are stripped
 
 
-def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(capfd):
-    """Two conversions in threads each get their own records; a thread outside still logs to stderr; the last one
-    out restores Transformers' own handler."""
+@pytest.mark.filterwarnings("default::UserWarning")  # shown, not raised as errors (the suite's default)
+def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(capfd, recwarn):
+    """Two conversions in threads each get their own records and warnings; a thread outside still logs to stderr and
+    its warning is shown as before; the last one out restores Transformers' own handler and Python's display."""
     from transformers.utils import logging as hf_logging
 
     from onnxguard.convert import hf
@@ -58,7 +60,7 @@ def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(
     logger = hf_logging.get_logger("transformers.onnxguard_test")
     library = logging.getLogger("transformers")
     hf_logging.get_verbosity()  # Transformers installs its handler on first use
-    before = set(library.handlers)
+    before, shown = set(library.handlers), warnings.showwarning
     both_inside, logged = threading.Barrier(3), threading.Barrier(3)
     kept: dict[str, list[str]] = {}
 
@@ -66,12 +68,14 @@ def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(
         with hf.captured() as lines:
             both_inside.wait()
             logger.warning("report of %s", name)
+            warnings.warn(f"warned in {name}", UserWarning, stacklevel=1)
             logged.wait()
         kept[name] = lines
 
     def outside() -> None:
         both_inside.wait()
         logger.warning("a record of no conversion")
+        warnings.warn("a warning of no conversion", UserWarning, stacklevel=1)
         logged.wait()
 
     threads = [threading.Thread(target=convert, args=(n,)) for n in ("a", "b")] + [threading.Thread(target=outside)]
@@ -79,7 +83,9 @@ def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(
         t.start()
     for t in threads:
         t.join()
-    assert kept == {"a": ["transformers warning: report of a"], "b": ["transformers warning: report of b"]}
+    assert kept == {n: [f"transformers warning: report of {n}", f"UserWarning: warned in {n}"] for n in "ab"}
     assert set(library.handlers) == before and len(library.handlers) == len(before)
+    assert warnings.showwarning is shown
     err = capfd.readouterr().err
     assert "[transformers] a record of no conversion" in err and "report of" not in err
+    assert [str(w.message) for w in recwarn] == ["a warning of no conversion"]  # shown where it would have been

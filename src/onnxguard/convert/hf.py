@@ -112,14 +112,17 @@ class _Embedder(torch.nn.Module):
 
 # -- third-party noise ---------------------------------------------------------------------------------------------
 
-class _TransformersLog(logging.Handler):
-    """Stands in for Transformers' own stderr handler while any thread is inside :func:`captured`: the records of
-    those threads are kept for them; any other thread's are written to stderr as Transformers writes them."""
+class _Capture(logging.Handler):
+    """While any thread is inside :func:`captured`: stands in for Transformers' own stderr handler and for
+    ``warnings.showwarning``. The records and warnings of the threads inside are kept for them; any other thread's
+    are written as they would have been (Transformers' ``[transformers] message``, Python's own warning display)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.guard = threading.Lock()  # (Handler.lock is the handler's own, for emit)
         self.threads: dict[int, list[str]] = {}
         self.depth = 0
+        self.showwarning = warnings.showwarning  # the display it stands in for, while it does
 
     def emit(self, record: logging.LogRecord) -> None:
         lines = self.threads.get(record.thread or 0)
@@ -128,46 +131,55 @@ class _TransformersLog(logging.Handler):
         else:
             print(f"[transformers] {record.getMessage()}", file=sys.stderr)
 
+    def warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        lines = self.threads.get(threading.get_ident())
+        if lines is not None:
+            lines.append(_ANSI.sub("", f"{category.__name__}: {message}"))
+        else:
+            self.showwarning(message, category, filename, lineno, file, line)
 
-_LOG = _TransformersLog()
-_LOG_LOCK = threading.Lock()
+
+_CAPTURE = _Capture()
 
 
 @contextlib.contextmanager
 def captured() -> Iterator[list[str]]:
-    """Transformers' log records and Python warnings raised in this thread, kept in the list it yields instead of
-    printed. Scoped and restored: Transformers' handler is swapped (with its own ``add_handler`` API) only while some
-    thread is inside, the last one out puts it back, and other threads' records still reach stderr. Python's warnings
-    are caught with ``warnings.catch_warnings`` for the duration (the conversion step, never the server)."""
+    """Transformers' log records and the Python warnings shown in this thread, kept in the list it yields instead of
+    printed; the conversion step's noise, for a failure's notes (see :func:`_quiet`).
+
+    Scoped and restored, and safe with threads: the first thread in swaps Transformers' stderr handler for the
+    capture (Transformers' own ``disable_default_handler``/``add_handler``) and ``warnings.showwarning`` for its
+    router, the last one out puts both back, and other threads' records and warnings are shown as before. The
+    warnings filters are left alone (``warnings.catch_warnings`` is not used: entered and left by overlapping threads
+    it restores their states out of order)."""
     from transformers.utils import logging as hf_logging
 
-    me = threading.get_ident()
+    me, c = threading.get_ident(), _CAPTURE
     lines: list[str] = []
-    with _LOG_LOCK:
-        if _LOG.depth == 0:
+    with c.guard:
+        if c.depth == 0:
             hf_logging.disable_default_handler()
-            hf_logging.add_handler(_LOG)
-        _LOG.depth += 1
-        outer = _LOG.threads.get(me)
-        _LOG.threads[me] = lines
+            hf_logging.add_handler(c)
+            if warnings.showwarning != c.warning:  # (left in place by a catch_warnings that outlived a scope)
+                c.showwarning = warnings.showwarning
+            warnings.showwarning = c.warning
+        c.depth += 1
+        outer = c.threads.get(me)
+        c.threads[me] = lines
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield lines
-            finally:
-                lines += [_ANSI.sub("", f"{w.category.__name__}: {w.message}") for w in caught]
+        yield lines
     finally:
-        with _LOG_LOCK:
+        with c.guard:
             if outer is None:
-                del _LOG.threads[me]
+                del c.threads[me]
             else:
-                _LOG.threads[me] = outer
+                c.threads[me] = outer
                 outer += lines
-            _LOG.depth -= 1
-            if _LOG.depth == 0:
-                hf_logging.remove_handler(_LOG)
+            c.depth -= 1
+            if c.depth == 0:
+                hf_logging.remove_handler(c)
                 hf_logging.enable_default_handler()
+                warnings.showwarning = c.showwarning
 
 
 def _with_log(e: BaseException, lines: list[str]) -> None:
