@@ -1,4 +1,5 @@
-"""build records a text model's bucket plan; runtime.load(bundle, policy).run(...) runs it through the door,
+"""build records a text model's bucket plan and, without --texts, judges it on the built-in sentences;
+runtime.load(bundle, policy).run(...) runs it through the door,
 length-aware, with the plain padded run's outputs."""
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ def test_a_text_build_records_the_bucket_plan(text_bundle):
     assert plan["shift_free"] is False  # DistilBERT's positions are absolute: measured, not assumed
     assert set(plan["cost"]) == {"overhead_ms", "token_ms", "token2_ms"} and plan["cost"]["overhead_ms"] >= 0
     assert len(plan["measured"]["points"]) >= 4 and plan["measured"]["threads"] >= 1
+
+
+@pytest.mark.slow
+def test_a_text_build_without_texts_judges_on_the_builtin_sentences(text_bundle):
+    from onnxguard.bundle.golden import builtin_texts
+
+    texts = builtin_texts()
+    assert len(texts) >= 200 and any("é" in t for t in texts) and any("ß" in t or "ü" in t for t in texts)
+    m = json.loads((text_bundle / "manifest.json").read_text())
+    assert m["golden"]["origin"] == "builtin"
+    assert m["golden"]["items"] > 2 * len(texts)  # each sentence padded right and left, then the edge cases
 
 
 @pytest.mark.slow
