@@ -60,13 +60,14 @@ def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(
     logger = hf_logging.get_logger("transformers.onnxguard_test")
     library = logging.getLogger("transformers")
     hf_logging.get_verbosity()  # Transformers installs its handler on first use
-    before, shown = set(library.handlers), warnings.showwarning
+    before, shown, bars = set(library.handlers), warnings.showwarning, hf_logging.is_progress_bar_enabled()
     both_inside, logged = threading.Barrier(3), threading.Barrier(3)
     kept: dict[str, list[str]] = {}
 
     def convert(name: str) -> None:
-        with hf.captured() as lines:
+        with hf.captured() as lines, hf.no_progress_bars():
             both_inside.wait()
+            assert not hf_logging.is_progress_bar_enabled()
             logger.warning("report of %s", name)
             warnings.warn(f"warned in {name}", UserWarning, stacklevel=1)
             logged.wait()
@@ -85,7 +86,7 @@ def test_captured_keeps_each_threads_records_and_puts_transformers_handler_back(
         t.join()
     assert kept == {n: [f"transformers warning: report of {n}", f"UserWarning: warned in {n}"] for n in "ab"}
     assert set(library.handlers) == before and len(library.handlers) == len(before)
-    assert warnings.showwarning is shown
+    assert warnings.showwarning is shown and hf_logging.is_progress_bar_enabled() == bars
     err = capfd.readouterr().err
     assert "[transformers] a record of no conversion" in err and "report of" not in err
     assert [str(w.message) for w in recwarn] == ["a warning of no conversion"]  # shown where it would have been

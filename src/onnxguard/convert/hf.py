@@ -188,18 +188,28 @@ def _with_log(e: BaseException, lines: list[str]) -> None:
         e.add_note(line)
 
 
+_BARS_GUARD = threading.Lock()
+_bars = {"depth": 0, "enabled": False}  # threads inside no_progress_bars, and the setting the first one found
+
+
 @contextlib.contextmanager
 def no_progress_bars():
-    """Transformers draws tqdm bars on stderr while loading; the caller's progress display is the one to show."""
+    """Transformers draws tqdm bars on stderr while loading; the caller's progress display is the one to show.
+    Off from the first thread in to the last one out, then as it was."""
     from transformers.utils import logging as hf_logging
 
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    with _BARS_GUARD:
+        if _bars["depth"] == 0:
+            _bars["enabled"] = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _bars["depth"] += 1
     try:
         yield
     finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
+        with _BARS_GUARD:
+            _bars["depth"] -= 1
+            if _bars["depth"] == 0 and _bars["enabled"]:
+                hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
