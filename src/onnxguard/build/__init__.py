@@ -240,7 +240,12 @@ def stage_quantize(state: BuildState) -> str:
     choice = state.options.quantize
     if choice == "none":
         return "skipped (no quantization asked for)"
-    modes = ("dynamic", "static") if choice == "auto" else (choice,)
+    modes: tuple[str, ...] = ("dynamic", "static") if choice == "auto" else (choice,)
+    note = ""
+    if choice == "auto" and optimize.is_transformer(_made(state.model, "the model (convert)")):
+        # Transformers on CPU take dynamic INT8 (MatMul-heavy, activation ranges vary per input); static QDQ of
+        # them costs minutes of calibration and gigabytes at build time for a variant that does not win here.
+        modes, note = ("dynamic",), "; static skipped for a transformer (ask --quantize static to try it)"
     if choice != "auto":
         for c in state.candidates:
             c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline
@@ -255,7 +260,7 @@ def stage_quantize(state: BuildState) -> str:
             name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
             added.append(Candidate(name, make=functools.partial(_quantized, base, opts), parent=base))
     state.candidates += added
-    return ", ".join(c.name for c in added) + " (each made, gated and timed in select)"
+    return ", ".join(c.name for c in added) + " (each made, gated and timed in select)" + note
 
 
 def _calibration(state: BuildState) -> tuple[Batch, ...]:

@@ -33,6 +33,8 @@ from onnxguard.speed import bench
 __all__ = ["GATE", "MIN_GAIN", "Candidate", "GateFailed", "Kept", "Selection", "calibration", "check_output", "derive",
            "gate", "keep", "measure_batch", "scanned_model", "select"]
 
+# Static calibration from the golden set uses a spread of at most this many of its batches.
+MAX_CALIBRATION_BATCHES = 16
 # A candidate must be this much faster than a simpler one to be preferred (timing noise on shared CPUs).
 MIN_GAIN = 0.03
 # The sequential timing test: at least MIN_PAIRS paired calls, then stop as soon as the mean log ratio is this
@@ -436,8 +438,8 @@ def calibration(path: Path | None, golden: GoldenSet | None = None,
                              hint="give an .npz of model inputs, or a bundle (its golden set is used)")
         # The golden set holds edge cases on purpose (all zeros, every value 1e3): as calibration data they
         # stretch MinMax ranges until real inputs fall into a few INT8 steps. Calibrate on the varied batches only.
-        varied = tuple(b for b in golden.inputs if not _constant(b))
-        return varied or tuple(golden.inputs)
+        varied = tuple(b for b in golden.inputs if not _constant(b)) or tuple(golden.inputs)
+        return varied[:: max(1, -(-len(varied) // MAX_CALIBRATION_BATCHES))]
     if Path(path).suffix == ".npz":
         return tuple(golden_files.load(path).inputs)
     if tokenize is None:
