@@ -1,12 +1,14 @@
 """Benchmark A: a DistilBERT-base text classifier (random weights; the compute of the trained model),
 sequence 128, realistic padding (lengths spread over 16..128), batch 8 and batch 1, two threads.
 
-    .venv/bin/python benchmarks/distilbert.py [--runs N]
+    .venv/bin/python benchmarks/distilbert.py [--runs N] [--reuse-bundle]
 
 Variants, interleaved in one run: PyTorch eager (default sdpa attention, inference_mode), the plain
-export run by ONNX Runtime, the transformer-fused graph, dynamic INT8, and the variant that
-`onnxguard build --quantize auto` chose. Label agreement and max |diff| against PyTorch on 64
-sequences padded right and left.
+export run by ONNX Runtime, the transformer-fused graph, dynamic INT8, the variant that
+`onnxguard build --quantize auto` chose, and the plain export, dynamic INT8 and the chosen variant run
+length-aware (runtime.LengthAware with the bundle's bucket plan). Label agreement and max |diff| against
+PyTorch on 64 sequences padded right and left, and each length-aware variant's max |diff| from its own padded
+run. The CPU's model and INT8-relevant flags are printed and saved with the results.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from common import CACHE, agreement, onnxguard, save
 from onnxguard import bundle, convert
 from onnxguard.convert import ConvertOptions
 from onnxguard.examples.text import save_random_model
+from onnxguard.runtime.loading import plan_of
 from onnxguard.speed import bench, optimize, quantize
 
 SEQ = 128
@@ -37,12 +40,15 @@ def padded(n: int, side: str, rng: np.random.Generator) -> dict[str, np.ndarray]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--reuse-bundle", action="store_true", help="time the bundle a previous run built")
     args = ap.parse_args()
+    print("machine:", bench.machine(), flush=True)
     model_dir, bundle_dir = CACHE / "distilbert-base", CACHE / "distilbert_bundle"
     if not (model_dir / "config.json").exists():
         save_random_model(model_dir, "distilbert", "base")
-    onnxguard("build", str(model_dir), "-o", str(bundle_dir), "--overwrite", "--max-length", str(SEQ),
-              "--quantize", "auto", "--batch-size", "8", "--threads", "2")
+    if not (args.reuse_bundle and (bundle_dir / "manifest.json").exists()):
+        onnxguard("build", str(model_dir), "-o", str(bundle_dir), "--overwrite", "--max-length", str(SEQ),
+                  "--quantize", "auto", "--batch-size", "8", "--threads", "2")
     chosen = bundle.read(bundle_dir)
     select = next(s for s in chosen.manifest.steps if s.name == "select")
     plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model
@@ -61,19 +67,37 @@ def main() -> None:
                 bench.onnx_variant("ORT fused (torchscript + Attention fusion)", fused),
                 bench.onnx_variant("ORT dynamic INT8 (dynamo export)", dynamic),
                 bench.onnx_variant(f"onnxguard build (chose {select.figures['winner']})", chosen.model_bytes())]
+    plan = plan_of(chosen.manifest)
+    aware = {"ORT plain export (dynamo)": plain, "ORT dynamic INT8 (dynamo export)": dynamic,
+             f"onnxguard build (chose {select.figures['winner']})": chosen.model_bytes()}
+    variants += [bench.length_aware_variant(f"{name}, length-aware", m, plan) for name, m in aware.items()]
     rng = np.random.default_rng(0)
     checks = [padded(8, side, rng) for side in ("right", "left") for _ in range(4)]
     refs = [source.run(b)["logits"] for b in checks]
     extra = {}
+    padded_runs = {}
     for v in variants[1:]:
         run = v.make(2)
-        outs = [run(b)[0] for b in checks]
+        outs = [first(run(b)) for b in checks]
+        padded_runs[v.name] = outs
         extra[v.name] = {"label agreement": f"{agreement(np.concatenate(outs), np.concatenate(refs)):.2%}",
                          "max |diff|": f"{max(np.abs(o - r).max() for o, r in zip(outs, refs, strict=True)):.3f}"}
+    for name in aware:
+        own = padded_runs[name]
+        la = padded_runs[f"{name}, length-aware"]
+        extra[f"{name}, length-aware"]["max |diff| from its padded run"] = (
+            f"{max(np.abs(a - p).max() for a, p in zip(la, own, strict=True)):.2g}")
     report = bench.bench(variants, padded(8, "right", rng), bench.BenchOptions(batch_sizes=(8, 1), threads=(2,),
                          runs=args.runs, warmup=3, max_seconds=240, memory=False), baseline=torch_variant.name)
     save("A_distilbert", report, extra, {"winner": select.figures["reason"], "fp32 bytes": plain.ByteSize(),
-                                          "chosen bytes": chosen.manifest.model.size})
+                                          "chosen bytes": chosen.manifest.model.size,
+                                          "bucket plan": chosen.manifest.lengths.model_dump()
+                                          if chosen.manifest.lengths else None})
+
+
+def first(out) -> np.ndarray:
+    """The logits of a run: ONNX Runtime's list of outputs, or the length-aware runner's dict."""
+    return out["logits"] if isinstance(out, dict) else out[0]
 
 
 if __name__ == "__main__":

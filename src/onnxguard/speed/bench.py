@@ -241,8 +241,23 @@ def machine() -> dict:
     # swaps the process's warnings filters while it runs (os.get_exec_path), unsafe beside other threads.
     import platform
 
-    return {"cpu": _cpu_model() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": _cpu_model() or platform.machine(), "isa": isa(), "cores": os.cpu_count(),
             "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+# The x86 flags that decide ONNX Runtime's INT8 and FP32 kernels: a figure means little without them (U8S8
+# kernels saturate without VNNI; see speed.quantize).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of ``ISA_FLAGS`` this CPU has (empty where /proc/cpuinfo is not readable)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def bench(variants: list[Variant], inputs: Batch, options: BenchOptions = BenchOptions(), baseline: str | None = None,
