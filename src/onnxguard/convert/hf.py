@@ -65,7 +65,6 @@ from onnxguard.progress import Progress
 
 TASKS = ("text-classification", "token-classification", "question-answering", "image-classification",
          "feature-extraction")
-TEXT_TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
 POOLINGS = ("mean", "cls")
 DEFAULT_MAX_LENGTH = 512  # longest golden sequence when the model allows more
 GOLDEN_BATCH = 8
