@@ -164,6 +164,7 @@ def test_question_answering_gives_start_and_end_logits_of_question_context_pairs
     b = bundle.read(out)
     m = b.manifest
     assert m.source.task == "question-answering" and m.parity.passed and m.preprocessing["text_pairs"] is True
+    assert m.golden.origin == "builtin"  # the built-in sentences, paired, then the signature's pairs
     assert [o.name for o in m.model.outputs] == ["start_logits", "end_logits"]
     # the golden set holds pairs: segment ids 0 (question) then 1 (context)
     golden = b.golden().inputs[0]
@@ -175,7 +176,10 @@ def test_question_answering_gives_start_and_end_logits_of_question_context_pairs
     assert right["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0]  # padded on the right
     assert left["attention_mask"][1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
     with pytest.raises(InputError, match="one question and its context per line, separated by a tab"):
-        loaded.texts_inputs(["no tab here"])
+        loaded.texts_inputs(["what film\tthe film", "no tab here"])
+    # texts without any tab (the built-in sentences a build falls back on) are paired line by line
+    (plain, _) = loaded.texts_inputs(["what film", "the film was good", "who", "the actor", "left over"])
+    np.testing.assert_array_equal(plain["input_ids"], right["input_ids"])
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     source = AutoModelForQuestionAnswering.from_pretrained(src).eval()
     questions, contexts = _texts(5, 2, 2, 6), _texts(5, 3, 5, 40)

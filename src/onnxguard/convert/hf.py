@@ -374,9 +374,11 @@ class HFSource:
         batches = []
         if self.task == "question-answering":
             pairs = [t.split("\t", 1) for t in texts]
-            if any(len(p) != 2 for p in pairs):
+            if not any(len(p) == 2 for p in pairs):  # plain texts (the built-in sentences): paired line by line
+                pairs = [[q, c] for q, c in zip(texts[0::2], texts[1::2], strict=False)]
+            if not pairs or any(len(p) != 2 for p in pairs):
                 raise InputError("a question-answering model takes one question and its context per line, "
-                                 "separated by a tab")
+                                 "separated by a tab (or texts without tabs, paired line by line)")
             for side in ("right", "left"):
                 for i in range(0, len(pairs), GOLDEN_BATCH):
                     chunk = pairs[i : i + GOLDEN_BATCH]
