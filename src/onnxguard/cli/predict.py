@@ -95,6 +95,6 @@ def predict(
                      f"sent with {suite}")
     if route == "predict":
         for p in result:
-            render.out.print(orjson.dumps(p).decode(), soft_wrap=True)
+            render.out.print(orjson.dumps(p).decode(), soft_wrap=True, markup=False, highlight=False)
     else:
-        render.out.print(orjson.dumps(result).decode(), soft_wrap=True)
+        render.out.print(orjson.dumps(result).decode(), soft_wrap=True, markup=False, highlight=False)
