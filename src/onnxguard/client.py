@@ -38,6 +38,7 @@ from onnxguard.errors import InputError, OnnxguardError
 ATTESTATION = "/v1/attestation"
 CONFIDENTIAL = "/v1/models/{name}/confidential"
 SEALED_HEADER = "onnxguard-confidential"  # "sealed" on a response whose body is encrypted to the client
+STALE_KEY_PREFIX = "sealed to another key"  # the server's 409 when the process that attested is gone
 
 
 class ServerRefused(OnnxguardError):
@@ -109,9 +110,15 @@ class ConfidentialClient:
         """Seal ``body`` for ``model``'s ``route`` (infer or predict), send it, open the answer."""
         if self.policy.model is not None and model != self.policy.model:
             raise InputError(f"the attestation is checked for model {self.policy.model!r}, not {model!r}")
-        session = self._fresh()
-        sealed = envelope.seal_request(self.suite, session.public_key, model, route, body, header_length)
-        r = self._post(CONFIDENTIAL.format(name=model), sealed)
+        for attempt in range(2):
+            session = self._fresh()
+            sealed = envelope.seal_request(self.suite, session.public_key, model, route, body, header_length)
+            r = self._post(CONFIDENTIAL.format(name=model), sealed)
+            if attempt == 0 and r.status_code == 409 and r.headers.get(SEALED_HEADER) != "sealed" and \
+                    _error(r).startswith(STALE_KEY_PREFIX):
+                self.session = None  # another server process: attest it (every check again), then send once more
+                continue
+            break
         if r.headers.get(SEALED_HEADER) != "sealed":
             raise ServerRefused(f"{self.url}: the server refused (HTTP {r.status_code}): {_error(r)}", r.status_code)
         return envelope.open_response(sealed, r.content)

@@ -42,6 +42,7 @@ CONFIDENTIAL_PATH = re.compile(r"^/v1/models/([^/:]+)/confidential$")
 SEALED_HEADER = "onnxguard-confidential"
 PASSED_HEADERS = (b"onnxguard-model-digest", b"retry-after")  # public: the digest is in the attestation
 HEADER_LENGTH = b"inference-header-content-length"
+STALE_KEY = "sealed to another key than this process's (the server restarted?): fetch a fresh attestation"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class State:
     announced: tuple[ModelFacts, ...] = ()  # what the key broker was told, checked against what was opened
     facts: Facts | None = None
     replay: envelope.ReplayCache = field(default_factory=envelope.ReplayCache)
+    key_ids: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.key_ids = self.keys.ids()
 
     def bind(self, models: Sequence[Any]) -> None:
         """Fix the statement's models from the opened bundles (``ServedModel``s)."""
@@ -161,6 +166,11 @@ class Confidential:
                 break
         headers = dict(scope.get("headers", ()))
         suite = headers.get(envelope.SUITE_HEADER.encode(), b"").decode("latin-1")
+        key = headers.get(envelope.KEY_HEADER.encode())
+        if key is not None and key.decode("latin-1") != self.state.key_ids.get(suite):
+            ctx.reason = "stale key"
+            await error(send, 409, STALE_KEY)
+            return
         try:
             opened = envelope.open_request(self.state.keys, suite, name, b"".join(chunks))
             self.state.replay.admit(opened)
