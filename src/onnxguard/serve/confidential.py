@@ -36,6 +36,7 @@ from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.serve import context
 from onnxguard.serve.respond import ASGIApp, Receive, Send, error
+from onnxguard.trust.policy import TrustPolicy
 
 ATTESTATION_PATH = "/v1/attestation"
 CONFIDENTIAL_PATH = re.compile(r"^/v1/models/([^/:]+)/confidential$")
@@ -82,7 +83,7 @@ class State:
         return attestation_lib.attest(self.facts, self.platform, nonce)
 
 
-def start(config: ConfidentialConfig, bundles: Sequence[Path], names: Sequence[str | None], trust: Any,
+def start(config: ConfidentialConfig, bundles: Sequence[Path], names: Sequence[str | None], trust: TrustPolicy,
           progress: Progress = silent) -> tuple[State, list[object] | None]:
     """The confidential state, and the identity the key broker released (None without a broker)."""
     state = State(SimulationPlatform(load_private_key(config.platform_key)), envelope.ServerKeys.generate())
@@ -90,6 +91,7 @@ def start(config: ConfidentialConfig, bundles: Sequence[Path], names: Sequence[s
                             f"signed by platform key {state.platform.fingerprint})"))
     if config.key_broker is None:
         return state, None
+    from onnxguard.bundle import read_manifest
     from onnxguard.trust.opening import Step, examine
     from onnxguard.trust.sealing.identities import identities_from_bytes
 
@@ -99,8 +101,6 @@ def start(config: ConfidentialConfig, bundles: Sequence[Path], names: Sequence[s
         bad = [s for s in report.steps if s.step in (Step.MANIFEST, Step.FILES, Step.SIGNATURE) and not s.status.ok]
         if bad or report.digest is None:
             raise InputError(f"{path}: not trusted before the key release ({'; '.join(s.detail for s in bad)})")
-        from onnxguard.bundle import read_manifest
-
         manifest = read_manifest(Path(path))[0]
         name = (names[i] if i < len(names) else None) or manifest.name
         announced.append(ModelFacts(name, report.digest, manifest.model.sha256, report.signer))
