@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxguard import bundle, runtime, staging
 from onnxguard import scan as scanner
@@ -222,8 +223,7 @@ def _ordered(candidates: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _runner(model: onnx.ModelProto, threads: int, name: str) -> Callable[[Batch], object]:
-    sess = runtime.session(model.SerializeToString(), threads=threads, name=name)
+def _runner(sess: ort.InferenceSession) -> Callable[[Batch], object]:
     names = {i.name for i in sess.get_inputs()}
     return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
 
@@ -238,6 +238,9 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
     A candidate that raises while made, gated or timed is dropped with its reason. When no eligible candidate
     passes the gate: ``CheckFailed``, or with ``force`` the first eligible one, recorded as forced.
     """
+    if golden.references is None:
+        raise InputError("the golden set has no reference outputs; run the source framework first")
+    references = golden.references
     batch = measure_batch(golden, batch_size)
     order = _ordered(candidates)
     base = order[0]
@@ -269,11 +272,15 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 fallback = c
             progress(Event("select", f"gate: {c.name}", i, len(order)))
             phase = "gating it"
-            c.gate = gate(c.model, golden, roles, c.tolerance or tolerance)
+            sess = runtime.session(c.model, threads=threads, name=c.name)  # one session gates and times it
+            c.gate = parity.compare(references, runtime.run(sess, golden.inputs), roles,
+                                    c.tolerance or tolerance)
             if not c.gate.passed:
+                del sess
                 continue
             phase = "timing it"
-            run = _runner(c.model, threads, c.name)
+            run = _runner(sess)
+            del sess
             opponent, opponent_run = (best, best_run) if best is not None else (ref, ref_run)
             if opponent is None or opponent_run is None:
                 c.p50_ms = float(np.median(_alone(run, batch, runs, 30)))
