@@ -288,8 +288,8 @@ class HFSource:
             exported = export_module(self.wrapper, args, specs, list(self.output_names), opset, exporter, progress)
         if self.task in ("token-classification", "question-answering"):
             _name_sequence_axis(exported.model, self.output_names)
-        return Exported(exported.model, f"{exported.exporter}, {self.attn_implementation} attention",
-                        self.notes + tuple(exported.notes))
+        attention = f", {self.attn_implementation} attention" if (self.architecture or {}).get("num_heads") else ""
+        return Exported(exported.model, exported.exporter + attention, self.notes + tuple(exported.notes))
 
     # -- golden set --------------------------------------------------------------------------------
     def _special(self, ids: list[int]) -> list[int]:
