@@ -116,7 +116,7 @@ def candidates(sel: Selection) -> None:
         name = f"[bold]{c.name}[/] (chosen)" if c is sel.winner else c.name
         t.add_row(name, render.size(c.size) if not c.error else "-", gate, f"{min(cos):.5f}" if cos else "-",
                   f"{min(agree):.2%}" if agree else "-", f"{c.p50_ms:.2f}" if c.p50_ms else "-",
-                  f"{base / c.p50_ms:.2f}x" if base and c.p50_ms else "-")
+                  f"{1 / c.to_base:.2f}x" if base and c.p50_ms else "-")  # paired ratios, not p50s apart
     render.out.print(t)
     render.out.print(f"chosen: {sel.reason}")
 

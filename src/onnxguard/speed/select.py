@@ -93,6 +93,7 @@ class Candidate:
         if self.p50_ms is not None:
             d["p50_ms"] = round(self.p50_ms, 4)
         if self.vs is not None:
+            d["x_baseline"] = round(1 / self.to_base, 3)  # the paired ratios along the winners back to the baseline
             d["timed_against"] = self.vs
             d["stopped_early"] = self.early
         if self.error:
