@@ -19,8 +19,9 @@ pytestmark = pytest.mark.timeout(60)
 class Recorder:
     """Two run functions (every core, one lane) that double their input, slowly, and record what ran how."""
 
-    def __init__(self, seconds: float = 0.02, fail: type[BaseException] | None = None) -> None:
-        self.seconds, self.fail = seconds, fail
+    def __init__(self, seconds: float = 0.02, fail: type[BaseException] | None = None,
+                 meet: threading.Barrier | None = None) -> None:
+        self.seconds, self.fail, self.meet = seconds, fail, meet
         self.calls: list[tuple[str, int]] = []
         self.active: set[str] = set()
         self.overlaps: list[tuple[str, ...]] = []
@@ -33,6 +34,8 @@ class Recorder:
             self.active.add(token)
             self.overlaps.append(tuple(sorted(a.split("-")[0] for a in self.active)))
         try:
+            if self.meet is not None and how == "lane":
+                self.meet.wait()  # returns once two lane runs are in flight together (broken after its timeout)
             time.sleep(self.seconds)
             if self.fail is not None:
                 raise self.fail("the runtime broke")
@@ -78,9 +81,10 @@ def test_a_lone_request_runs_at_once_on_every_core():
 
 
 def test_under_load_batches_run_side_by_side_on_lanes_and_each_request_gets_its_rows():
-    rec = Recorder(seconds=0.05)
+    rec = Recorder(seconds=0.01, meet=threading.Barrier(2, timeout=20))
     requests = rows(16)
     answers = serve(rec, requests, lanes=2, max_batch=32)
+    assert not [a for a in answers if isinstance(a, BaseException)]
     for x, (outputs, _) in zip(requests, answers, strict=True):
         np.testing.assert_array_equal(outputs["y"], x * 2)
     hows = [how for how, _ in rec.calls]

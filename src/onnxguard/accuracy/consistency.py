@@ -122,11 +122,13 @@ def drift(name: str, path: str, run: Runner, kind: str, golden: GoldenSet, roles
     if scores:
         kls, agree = [], []
         for n in scores:
-            ref = np.concatenate([r[n].reshape(len(r[n]), -1) for r in references]).astype(np.float64)
-            out = np.concatenate([o[n].reshape(len(o[n]), -1) for o in outs]).astype(np.float64)
-            probabilities = bool(np.all(ref >= 0) and np.allclose(ref.sum(-1), 1.0, atol=1e-3))
-            kls.append(_kl(ref, out, probabilities))
-            agree.append(float((ref.argmax(-1) == out.argmax(-1)).mean()))
+            # Scores are over the last axis: a row per example, or per token of a per-token output whose batches
+            # differ in length, so each batch is taken on its own and the rows weighed together.
+            pairs = [(_score_rows(r[n]), _score_rows(o[n])) for r, o in zip(references, outs, strict=True)]
+            rows = max(sum(len(r) for r, _ in pairs), 1)
+            probabilities = all(bool(np.all(r >= 0) and np.allclose(r.sum(-1), 1.0, atol=1e-3)) for r, _ in pairs)
+            kls.append(sum(_kl(r, o, probabilities) * len(r) for r, o in pairs) / rows)
+            agree.append(sum(int((r.argmax(-1) == o.argmax(-1)).sum()) for r, o in pairs) / rows)
         kl, top1 = max(kls), min(agree)
     t = THRESHOLDS[kind]
     failures = []
@@ -238,3 +240,8 @@ def plot(report: ConsistencyReport, path: str | Path) -> None:
     fig.suptitle("drift per target (bar: measured, black line: threshold for its kind)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _score_rows(a: np.ndarray) -> np.ndarray:
+    """Class scores as rows over the last axis (one column for a one-dimensional output)."""
+    return (a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(-1, 1)).astype(np.float64)

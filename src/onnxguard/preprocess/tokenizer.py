@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from onnxguard.errors import InputError, ModelError
 
@@ -90,13 +90,20 @@ class TextTokenizer:
                padding_side: str | None = None) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts``: int64 arrays of shape (texts, longest), padded on ``padding_side``
         (default: the tokenizer's), each text cut to ``max_length`` tokens (default and upper bound: the model's)."""
+        return self.encode_full(texts, max_length, padding_side)[0]
+
+    def encode_full(self, texts: Sequence[str] | Sequence[tuple[str, str]], max_length: int | None = None,
+                    padding_side: str | None = None) -> tuple[dict[str, np.ndarray], list[Encoding]]:
+        """As :meth:`encode`, with each text's ``tokenizers.Encoding`` (tokens, character offsets, sequence ids).
+        A text may be a ``(first, second)`` pair (a question and its context), tokenized as pairs are: segment ids
+        0 then 1, truncation from the longest of the two."""
         if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
             raise InputError(f"texts must be a list of strings, not {type(texts).__name__}")
         if not texts:
             raise InputError("no texts to tokenize")
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        bad = next((i for i, t in enumerate(texts) if not _is_text(t)), None)
         if bad is not None:
-            raise InputError(f"text {bad} is a {type(texts[bad]).__name__}, not a string")
+            raise InputError(f"text {bad} is a {type(texts[bad]).__name__}, not a string or a pair of strings")
         side = padding_side or self.padding_side
         if side not in SIDES:
             raise InputError(f"padding side {side!r}: use {' or '.join(SIDES)}")
@@ -106,7 +113,8 @@ class TextTokenizer:
             raise InputError(f"max_length {max_length!r}: expected a positive integer")
         elif self.max_length is not None and max_length > self.max_length:
             raise InputError(f"max_length {max_length} is longer than the model takes ({self.max_length} tokens)")
-        encodings = self._tokenizer(max_length).encode_batch(list(texts), add_special_tokens=True)
+        batch = [t if isinstance(t, str) else (t[0], t[1]) for t in texts]
+        encodings = self._tokenizer(max_length).encode_batch(batch, add_special_tokens=True)
         longest = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), longest), self.pad_id, np.int64)
         mask = np.zeros((len(encodings), longest), np.int64)
@@ -116,7 +124,11 @@ class TextTokenizer:
             cols = slice(0, n) if side == "right" else slice(longest - n, longest)
             ids[row, cols], mask[row, cols], types[row, cols] = e.ids, e.attention_mask, e.type_ids
         made = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {name: made[name] for name in self.input_names}
+        return {name: made[name] for name in self.input_names}, encodings
+
+
+def _is_text(t: object) -> bool:
+    return isinstance(t, str) or (isinstance(t, tuple | list) and len(t) == 2 and all(isinstance(x, str) for x in t))
 
 
 def _text(files: Mapping[str, bytes], name: str, required: bool) -> str | None:

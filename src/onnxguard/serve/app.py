@@ -50,7 +50,7 @@ from onnxguard.serve.batching import Batcher, Overloaded
 from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
 from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from onnxguard.serve.models import ServedModel, classify, restrict
+from onnxguard.serve.models import ServedModel, predictions, restrict
 from onnxguard.serve.ratelimit import RateLimit
 from onnxguard.serve.validation import MAX_BATCH
 
@@ -299,10 +299,14 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
             raise _Refused(400, "the request needs a non-empty 'instances' list")
         if len(instances) > m.signature.max_batch:
             raise _Refused(400, f"{len(instances)} instances, over the limit of {m.signature.max_batch}")
-        inputs = _prepare(m, instances)
+        if m.tokenizer is not None:  # texts (or text pairs) through the bundle's tokenizer
+            texts = validation.pairs(instances) if m.pairs else validation.texts(instances)
+            inputs, encodings = m.tokenizer.encode_full(texts)
+        else:
+            texts, encodings, inputs = [], [], _prepare(m, instances)
         rows = validation.check(inputs, m.signature)
         outputs = await run(request, m, inputs, rows)
-        return _json({"predictions": classify(m, outputs, policy_of(request))})
+        return _json({"predictions": predictions(m, outputs, policy_of(request), encodings, texts)})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -316,11 +320,9 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
 
 
 def _prepare(m: ServedModel, instances: list[Any]) -> dict[str, np.ndarray]:
-    """Raw instances as model inputs through the bundle's recorded preprocessing: texts through its tokenizer,
-    images (pixel values, or ``{"b64": PNG}``) resized and normalised, table rows by column; otherwise the rows of
-    the model's one input."""
-    if m.tokenizer is not None:
-        return m.tokenizer.encode(validation.texts(instances))
+    """Raw instances (not texts) as model inputs through the bundle's recorded preprocessing: images (pixel values,
+    or ``{"b64": PNG}``) resized and normalised, table rows by column; otherwise the rows of the model's one
+    input."""
     if m.image is not None:
         return image_lib.prepare_raw([_image(x, i) for i, x in enumerate(instances)], m.image)
     if m.table is not None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Encoding
 
 from onnxguard import runtime
 from onnxguard.accuracy import consistency
@@ -85,6 +86,16 @@ class ServedModel:
     def text(self) -> bool:
         return self.tokenizer is not None
 
+    @property
+    def task(self) -> str | None:
+        """The source's task (``text-classification``, ``token-classification``, ``question-answering`` ...)."""
+        return self.opened.manifest.source.task
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the model takes text pairs (a question and its context)."""
+        return bool((self.opened.manifest.preprocessing or {}).get("text_pairs"))
+
 
 def _specs(tensors: Any) -> tuple[InputSpec, ...]:
     return tuple(InputSpec.of(onnxfile.TensorSpec(t.name, t.dtype, None if t.shape is None else tuple(t.shape)))
@@ -147,6 +158,80 @@ def _self_check(model: ServedModel, run_one: Callable[[Mapping[str, np.ndarray]]
     return f"golden set passed ({golden.items} examples, {kind}, max |diff| {drift.max_abs:.2g})"
 
 
+# The longest answer span, in tokens, question answering considers (Transformers' pipeline default).
+MAX_ANSWER_TOKENS = 30
+
+
+def predictions(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str,
+                encodings: Sequence[Encoding] = (), texts: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """What ``:predict`` answers for each instance, by the model's task: the class of a classifier
+    (:func:`classify`), a label per token of a token classifier (:func:`tag`), the answer span of question
+    answering (:func:`answer`); ``encodings`` and ``texts``: the tokenized instances, for the last two."""
+    if encodings and model.task == "token-classification":
+        return tag(model, outputs, encodings, texts, policy)
+    if encodings and model.task == "question-answering" and {"start_logits", "end_logits"} <= set(outputs):
+        assert model.tokenizer is not None
+        return answer(outputs, encodings, texts, model.tokenizer.padding_side, policy)
+    return classify(model, outputs, policy)
+
+
+def _rows(width: int, encodings: Sequence[Encoding], side: str) -> list[range]:
+    """Where each instance's tokens sit in its padded row."""
+    return [range(0, len(e.ids)) if side == "right" else range(width - len(e.ids), width) for e in encodings]
+
+
+def tag(model: ServedModel, outputs: Mapping[str, np.ndarray], encodings: Sequence[Encoding], texts: Sequence[Any],
+        policy: str) -> list[dict[str, Any]]:
+    """A label per word-piece of each text (special tokens left out), with its characters in the text and, unless
+    the key may see labels only, its probability."""
+    scores = next((n for n, r in model.roles.items() if r == SCORES and n in outputs), next(iter(outputs)))
+    logits = outputs[scores].astype(np.float64)
+    names = list(model.labels or ())
+    assert model.tokenizer is not None
+    out = []
+    for i, (e, cols) in enumerate(zip(encodings, _rows(logits.shape[1], encodings, model.tokenizer.padding_side),
+                                      strict=True)):
+        probs = _probabilities(logits[i, cols.start:cols.stop])
+        tokens = []
+        for j, (token, (start, end), seq) in enumerate(zip(e.tokens, e.offsets, e.sequence_ids, strict=True)):
+            if seq is None:
+                continue
+            best = int(probs[j].argmax())
+            item: dict[str, Any] = {"token": token, "start": start, "end": end, "label": _label(best, names)}
+            if policy != "label":
+                item["score"] = float(probs[j, best])
+            tokens.append(item)
+        out.append({"text": texts[i] if i < len(texts) else None, "tokens": tokens})
+    return out
+
+
+def answer(outputs: Mapping[str, np.ndarray], encodings: Sequence[Encoding], pairs: Sequence[Any], side: str,
+           policy: str) -> list[dict[str, Any]]:
+    """The best span of each context (start <= end, at most MAX_ANSWER_TOKENS tokens, inside the context), its
+    characters and, unless the key may see labels only, its probability (start's times end's)."""
+    start_logits, end_logits = outputs["start_logits"], outputs["end_logits"]
+    out = []
+    for i, (e, cols) in enumerate(zip(encodings, _rows(start_logits.shape[1], encodings, side), strict=True)):
+        context = pairs[i][1]
+        s_p = _probabilities(start_logits[i, cols.start:cols.stop].astype(np.float64))
+        e_p = _probabilities(end_logits[i, cols.start:cols.stop].astype(np.float64))
+        in_context = np.array([seq == 1 for seq in e.sequence_ids])
+        if not in_context.any():
+            out.append({"answer": "", "start": 0, "end": 0} | ({} if policy == "label" else {"score": 0.0}))
+            continue
+        # p(start) p(end) over every start <= end < start + MAX_ANSWER_TOKENS inside the context
+        joint = np.triu(np.outer(s_p, e_p)) - np.triu(np.outer(s_p, e_p), MAX_ANSWER_TOKENS)
+        joint[~in_context, :] = 0
+        joint[:, ~in_context] = 0
+        s, t = np.unravel_index(int(joint.argmax()), joint.shape)
+        first, last = e.offsets[s][0], e.offsets[t][1]
+        item: dict[str, Any] = {"answer": context[first:last], "start": first, "end": last}
+        if policy != "label":
+            item["score"] = float(joint[s, t])
+        out.append(item)
+    return out
+
+
 def classify(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str) -> list[dict[str, Any]]:
     """Per-row predictions of a classifier under an output policy: ``full`` (label, score, every class's score),
     ``topk:K`` (the K best) or ``label``. Non-classifiers give their values whole under ``full`` only."""
@@ -203,13 +288,13 @@ def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
         role = model.roles.get(name)
         if role == LABELS:
             out.append((name, arr))
-        elif role == SCORES:
-            flat = arr.reshape(len(arr), -1)
+        elif role == SCORES:  # classes on the last axis: per row, or per token of a token classifier
+            flat = arr if arr.ndim > 2 else arr.reshape(len(arr), -1)
             if policy == "label":
                 out.append((f"{name}.label", flat.argmax(-1).astype(np.int64)))
             else:
-                k = min(int(policy.split(":", 1)[1]), flat.shape[1])
-                idx = np.argsort(-flat, axis=-1)[:, :k].astype(np.int64)
+                k = min(int(policy.split(":", 1)[1]), flat.shape[-1])
+                idx = np.argsort(-flat, axis=-1)[..., :k].astype(np.int64)
                 out.append((f"{name}.topk_indices", idx))
                 out.append((f"{name}.topk_values", np.take_along_axis(flat, idx, axis=-1)))
     if not out:

@@ -132,6 +132,22 @@ def texts(instances: Sequence[object], max_chars: int = MAX_TEXT_CHARS) -> list[
     return out
 
 
+def pairs(instances: Sequence[object], max_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str]]:
+    """The (question, context) pairs of a :predict request to a question-answering model: ``{"question": ...,
+    "context": ...}`` objects or two-string lists, none too long."""
+    out = []
+    for i, item in enumerate(instances):
+        pair = (item.get("question"), item.get("context")) if isinstance(item, dict) else item
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ValidationError(f"instance {i}: a question-answering model takes "
+                                  '{"question": ..., "context": ...} (or [question, context])')
+        if sum(len(x) for x in pair) > max_chars:
+            raise ValidationError(f"instance {i}: {sum(len(x) for x in pair)} characters, over the limit of "
+                                  f"{max_chars}")
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def _name(arr: np.ndarray) -> str:
     if arr.dtype.kind == "O":
         return "BYTES"
