@@ -18,8 +18,10 @@ Exporter = Annotated[str, typer.Option(
 InputShape = Annotated[list[str] | None, typer.Option(
     "--input-shape", help="PyTorch module input, repeatable: [NAME=]D1,D2,..[:DTYPE]; a dim is an int or a symbol "
     "(dynamic axis). Dim 0 becomes the dynamic 'batch' axis when all dims are ints.")]
-Task = Annotated[str | None, typer.Option("--task", help="text-classification | feature-extraction (Transformers); "
-                                          "classification marks PyTorch outputs as class scores.")]
+Task = Annotated[str | None, typer.Option("--task", help="Transformers (default: the saved architecture's): "
+                                          "text-classification | token-classification | question-answering | "
+                                          "image-classification | feature-extraction; classification marks PyTorch "
+                                          "outputs as class scores.")]
 Pooling = Annotated[str, typer.Option("--pooling", help="feature-extraction pooling: mean | cls.")]
 MaxLength = Annotated[int | None, typer.Option("--max-length", help="Longest text sequence in the golden set.")]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Load a scikit-learn pickle after a pickle scan.")]
