@@ -229,8 +229,10 @@ def stage_optimize(state: BuildState) -> str:
     if choice == "auto" and other:
         # The exporters emit different graphs for the same model, and ORT runs them at different speeds
         # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
-        state.candidates.append(Candidate(f"fp32-{other}", make=functools.partial(_reexported, state, other),
-                                          tolerance=strict))
+        # Second in line: the export runs in this process and its transient memory is the build's largest, so it
+        # runs before any other candidate's session exists.
+        state.candidates.insert(1, Candidate(f"fp32-{other}", make=functools.partial(_reexported, state, other),
+                                             tolerance=strict))
     return ", ".join(c.name for c in state.candidates) + " (each made, gated and timed in select)"
 
 
