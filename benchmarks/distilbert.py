@@ -1,7 +1,7 @@
 """Benchmark A: a DistilBERT-base text classifier (random weights; the compute of the trained model),
 sequence 128, realistic padding (lengths spread over 16..128), batch 8 and batch 1, two threads.
 
-    .venv/bin/python benchmarks/distilbert.py [--runs N] [--reuse-bundle]
+    .venv/bin/python benchmarks/distilbert.py [--runs N] [--reuse-bundle] [--save-as NAME]
 
 Variants, interleaved in one run: PyTorch eager (default sdpa attention, inference_mode), the plain
 export run by ONNX Runtime, the transformer-fused graph, dynamic INT8, the variant that
@@ -41,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--reuse-bundle", action="store_true", help="time the bundle a previous run built")
+    ap.add_argument("--save-as", default="A_distilbert", help="results name in benchmarks/results/")
     args = ap.parse_args()
     print("machine:", bench.machine(), flush=True)
     model_dir, bundle_dir = CACHE / "distilbert-base", CACHE / "distilbert_bundle"
@@ -89,7 +90,7 @@ def main() -> None:
             f"{max(np.abs(a - p).max() for a, p in zip(la, own, strict=True)):.2g}")
     report = bench.bench(variants, padded(8, "right", rng), bench.BenchOptions(batch_sizes=(8, 1), threads=(2,),
                          runs=args.runs, warmup=3, max_seconds=240, memory=False), baseline=torch_variant.name)
-    save("A_distilbert", report, extra, {"winner": select.figures["reason"], "fp32 bytes": plain.ByteSize(),
+    save(args.save_as, report, extra, {"winner": select.figures["reason"], "fp32 bytes": plain.ByteSize(),
                                           "chosen bytes": chosen.manifest.model.size,
                                           "bucket plan": chosen.manifest.lengths.model_dump()
                                           if chosen.manifest.lengths else None})
