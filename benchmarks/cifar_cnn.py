@@ -1,6 +1,6 @@
 """Benchmark B: the source documents' CIFAR-10 CNN, trained on the bundled digits upscaled to 32x32x3.
 
-    .venv/bin/python benchmarks/cifar_cnn.py
+    .venv/bin/python benchmarks/cifar_cnn.py [--save-as NAME]
 
 Variants: PyTorch eager, the plain export run by ONNX Runtime, dynamic INT8, static INT8 (QDQ,
 per-channel, calibrated on training images) with 7-bit weights (onnxguard's default for static INT8: no
@@ -11,6 +11,8 @@ depends on them (VNNI or not).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import torch
@@ -46,6 +48,9 @@ def upscale(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--save-as", default="B_cifar_cnn", help="results name in benchmarks/results/")
+    args = ap.parse_args()
     print("machine:", bench.machine(), flush=True)
     CACHE.mkdir(exist_ok=True)
     data = digits.load_data()
@@ -103,7 +108,7 @@ def main() -> None:
                            baseline=source.name) for b, t in ((1, 1), (32, 2))]
     merged = bench.BenchReport(reports[0].timings + reports[1].timings, {**reports[0].samples, **reports[1].samples},
                                source.name, reports[0].machine)
-    save("B_cifar_cnn", merged, extra, {"winner": _select(chosen)["reason"]})
+    save(args.save_as, merged, extra, {"winner": _select(chosen)["reason"]})
 
 
 def _select(chosen) -> dict:
