@@ -30,6 +30,7 @@ def test_build_auto_keeps_the_fastest_variant_that_passes_and_records_all(cli, d
     sel = _select(m)
     names = [c["name"] for c in sel["candidates"]]
     assert names[0] == "fp32" and "fp32-int8-static" in names and "fp32-int8-dynamic" in names
+    assert "fp32-int8-static-percentile" in names  # auto: a second static candidate, percentile-calibrated
     assert sel["winner"] in names and sel["reason"].startswith(sel["winner"])
     winner = next(c for c in sel["candidates"] if c["name"] == sel["winner"])
     plain = sel["candidates"][0]
