@@ -7,6 +7,8 @@ The app is this list of middleware, outermost first, one concern per file, then 
     body limit  the body's size enforced before it is read                              (bodylimit.py)
     auth        the API key: 401 without a valid one, 403 outside its models            (auth.py, apikeys.py)
     rate limit  the key's request rate: 429 with Retry-After                            (ratelimit.py, limits.py)
+    confidential  (serve --confidential) the attestation; sealed requests opened, admitted once, handed to
+                the routes below, their answers sealed                                 (confidential.py)
     routes      validation (validation.py), the key's query budget, dynamic batching (batching.py), the key's
                 output policy and deadline padding, the Open Inference Protocol (protocol.py)
 
@@ -48,6 +50,7 @@ from onnxguard.serve.auditing import Auditing
 from onnxguard.serve.auth import Auth
 from onnxguard.serve.batching import Batcher, Overloaded
 from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
+from onnxguard.serve.confidential import Confidential, State
 from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from onnxguard.serve.models import ServedModel, predictions, restrict
@@ -104,7 +107,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 
 
 def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore, audit: AuditLog,
-           limiter: RateLimiter, metrics: Metrics | None = None) -> FastAPI:
+           limiter: RateLimiter, metrics: Metrics | None = None, confidential: State | None = None) -> FastAPI:
     """The server over ``models`` (already opened through the door and self-checked)."""
     by_name = {m.name: m for m in models}
     if len(by_name) != len(models):
@@ -134,6 +137,8 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         Middleware(Auth, keys=keys, public_metrics=options.public_metrics, public_docs=options.public_docs),
         Middleware(RateLimit, limiter=limiter),
     ]
+    if confidential is not None:  # innermost: a sealed request then takes the plain routes, keyed and limited
+        middleware.append(Middleware(Confidential, state=confidential))
     if options.cors_origins:  # off unless the operator names the origins (outermost: preflights need no key)
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(options.cors_origins),
                                         allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type",
