@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.serve import app as app_lib
+from onnxguard.serve import confidential as confidential_lib
 from onnxguard.serve import models as models_lib
 from onnxguard.serve.apikeys import KeyStore
 from onnxguard.serve.audit import AuditLog
@@ -49,6 +50,7 @@ class ServerConfig:
     certfile: Path | None = None
     keyfile: Path | None = None
     options: app_lib.ServeOptions = app_lib.ServeOptions()
+    confidential: confidential_lib.ConfidentialConfig | None = None  # attestation, sealed requests, key broker
     grpc_port: int | None = None  # also the Open Inference Protocol over gRPC on this port (None: off)
 
 
@@ -70,20 +72,28 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         raise InputError("TLS needs both a certificate file and its key file")
     if config.grpc_port is not None and config.grpc_port in (0, config.port):
         raise InputError(f"gRPC port {config.grpc_port}: give a port of its own, other than the HTTP port")
+    state, identity = None, config.identity
+    if config.confidential is not None:  # with a key broker, the identity comes from it, never from disk
+        state, released = confidential_lib.start(config.confidential, config.bundles, config.names, config.policy,
+                                                 progress)
+        identity = released if released is not None else identity
     served = []
     for i, path in enumerate(config.bundles):
         progress(Event("serve", f"opening {path}", i, len(config.bundles)))
         try:
-            opened = open_bundle(path, config.policy, config.identity, config.passphrase, progress)
+            opened = open_bundle(path, config.policy, identity, config.passphrase, progress)
         except TrustFailed as e:  # a bundle the policy does not trust is a server that cannot start
             raise InputError(str(e), remedy=e.remedy) from e
         name = config.names[i] if i < len(config.names) else None
         progress(Event("serve", f"{path}: self-check on the golden set"))
         served.append(models_lib.load(opened, name=name, max_batch=config.options.max_request_rows,
                                       allow_nonfinite=config.options.allow_nonfinite, lanes=config.options.lanes))
+    if state is not None:
+        state.bind(served)  # the statement names the bundles as opened (those attested to the broker, if any)
     keys = KeyStore(config.keys)
     audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key)
-    app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage))
+    app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage),
+                         confidential=state)
     sock = bind(config.host, config.port)
     if config.grpc_port is not None:  # checked free now; gRPC binds it in run(), in the event loop it serves on
         try:
