@@ -11,6 +11,7 @@ from onnxguard.cli.app import app
 from onnxguard.errors import InputError
 from onnxguard.serve import server
 from onnxguard.serve.app import ServeOptions
+from onnxguard.serve.confidential import ConfidentialConfig
 from onnxguard.trust import TrustPolicy
 
 # serve.toml: the same settings as the options, by the option's name with underscores.
@@ -65,6 +66,12 @@ def serve(
     keyfile: Annotated[Path | None, typer.Option("--keyfile", help="TLS private key (PEM).")] = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="Also serve the protocol over gRPC on this "
                                                   "port (same host, keys, limits, audit, TLS; default off).")] = None,
+    confidential: Annotated[bool, typer.Option("--confidential", help="Attestation (GET /v1/attestation) and "
+                                               "end-to-end encrypted requests (docs/confidential.md).")] = False,
+    platform_key: Annotated[Path | None, typer.Option("--platform-key", help="The simulation platform's key "
+                                                      "that signs attestations (onnxguard keygen --platform).")] = None,
+    key_broker: Annotated[str | None, typer.Option("--key-broker", help="Get the sealed bundles' identity from "
+                                                   "this key broker by attesting (implies --confidential).")] = None,
 ) -> None:
     """Serve bundles over the Open Inference Protocol: every bundle opened through the trust checks and
     self-checked on its golden set before anything listens; every caller keyed, limited and audited."""
@@ -90,6 +97,14 @@ def serve(
     overrides = {k: v for k, v in given if v is not None} | ({"public_metrics": True} if public_metrics else {})
     options = ServeOptions(**{**options.__dict__, **overrides})
     cert, key = pick(certfile, "certfile", None), pick(keyfile, "keyfile", None)
+    sealed = None
+    if confidential or key_broker:
+        if platform_key is None:
+            raise InputError("confidential mode needs the platform key that signs its attestations",
+                             hint="make one with onnxguard keygen --platform, then serve with --platform-key FILE")
+        if key_broker and (identity is not None or identity_fd is not None):
+            raise InputError("with a key broker the identity comes from the broker: give no --identity")
+        sealed = ConfidentialConfig(platform_key, key_broker)
     cfg = server.ServerConfig(
         bundles=tuple(paths), names=tuple(names),
         policy=TrustPolicy(trusting.signature_policy(public_key, allow_unsigned), trusting.scan_rule(False)),
@@ -100,7 +115,7 @@ def serve(
         host=pick(host, "host", "127.0.0.1"), port=int(pick(port, "port", 8000)),
         limits_storage=pick(limits_storage, "limits_storage", "memory://"),
         certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None, options=options,
-        grpc_port=None if (g := pick(grpc_port, "grpc_port", None)) is None else int(g))
+        grpc_port=None if (g := pick(grpc_port, "grpc_port", None)) is None else int(g), confidential=sealed)
     with render.progress_display(enabled=render.err.is_terminal) as progress:
         prepared = server.prepare(cfg, progress)
     scheme = "https" if cfg.certfile else "http"
@@ -108,6 +123,9 @@ def serve(
     for m in prepared.models:
         render.err.print(f"serving {m.name} {m.version} (sha256:{m.digest[:16]}..., {m.self_check})")
     render.err.print(f"listening on {scheme}://{bound[0]}:{bound[1]} (Ctrl-C stops after answering what was accepted)")
+    if sealed is not None:
+        render.err.print("confidential: SIMULATION platform, no hardware isolation (docs/confidential.md); "
+                         "attestation at /v1/attestation, sealed requests at /v1/models/NAME/confidential")
     if cfg.grpc_port is not None:
         render.err.print(f"gRPC on {bound[0]}:{cfg.grpc_port}" + (" (TLS)" if cfg.certfile else ""))
     server.run(prepared)
