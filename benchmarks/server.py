@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -247,10 +248,26 @@ def wait_ready(url: str, proc: subprocess.Popen, probe: str) -> None:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of a server: the process and its descendants (LitServe runs its model in worker
+    processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total or float("nan")
 
 
 def machine() -> dict:
@@ -321,7 +338,8 @@ def main() -> None:
                "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
     if not args.no_anchor:
         anchor = subprocess.Popen([str(ANCHORS_PYTHON), str(HERE / "anchors" / "litserve_app.py"), info["text"],
-                                   "--port", str(anchor_port)], stdout=logs["litserve"], stderr=subprocess.STDOUT)
+                                   "--port", str(anchor_port)], stdout=logs["litserve"], stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # its workers are stopped with it, as a group
         servers[ANCHOR] = (f"http://127.0.0.1:{anchor_port}", anchor, {})
     try:
         wait_ready(servers["onnxguard serve"][0], og, "/v2/health/ready")
@@ -353,8 +371,11 @@ def main() -> None:
                           f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
         sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
     finally:
-        for _, proc, _ in servers.values():
-            proc.terminate()
+        for name, (_, proc, _) in servers.items():
+            if name == ANCHOR:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.terminate()
         for _, proc, _ in servers.values():
             try:
                 proc.wait(timeout=60)
