@@ -50,6 +50,7 @@ def quickstart(
                          f"/v1/models/digits-cnn:predict with an API key; without one: {s.refused_status}; "
                          f"audit log {s.audit_path}: {s.audit.records} records, "
                          f"{'[green]verified[/]' if s.audit.passed else '[red]FAILED[/]'}")
+        _confidential(result, workdir)
     b, k = result.build.bundle.path, result.keys
     render.out.print(f"bundle: [bold]{b.resolve()}[/] (sealed and signed)\n"
                      f"try:   onnxguard inspect {b} --identity {k.age_identity}\n"
@@ -60,3 +61,23 @@ def quickstart(
                      f"       onnxguard apikey create me --keys {b.parent / 'serve' / 'keys.db'}\n"
                      f"       onnxguard serve {b} --public-key {k.public_key} --identity {k.age_identity} "
                      f"--keys {b.parent / 'serve' / 'keys.db'} --audit {b.parent / 'serve' / 'audit.db'}")
+
+
+def _confidential(result: quickstart_lib.QuickstartResult, workdir: Path) -> None:
+    """A key broker, a server that gets the model key from it, a client that verifies and predicts, one refused."""
+    from rich.markup import escape
+
+    from onnxguard.confidential import demo
+    from onnxguard.examples import digits
+
+    data = digits.load_data()
+    with render.progress_display() as progress:
+        c = demo.run(result.build.bundle.path, result.keys.public_key, result.keys.age_identity,
+                     workdir / "confidential", data.x_test[-4:].tolist(), [str(t) for t in data.y_test[-4:]], progress)
+    right = sum(truth == label for truth, label in c.answers)
+    released = sum(reason == "released" for _, reason in c.broker_records)
+    render.out.print(f"confidential ([bold]SIMULATION[/] platform, no hardware isolation; docs/confidential.md): "
+                     f"the key broker on {c.broker_url} released the model key to the attested server "
+                     f"({released} release, audited); a client passed {c.checks} checks, then got {right}/"
+                     f"{len(c.answers)} test images right end to end encrypted (HPKE, ML-KEM-768 + X25519); a client "
+                     f"expecting another model: {escape(c.refusal)}")
