@@ -74,10 +74,10 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(_read(p), password=None)
     except (ValueError, TypeError) as e:
         raise InputError(f"{p}: not an unencrypted PEM private key ({str(e).splitlines()[0]})",
-                         hint="make one with onnxguard keygen --platform") from None
+                         hint="give the simulation platform's private key (platform-key.pem)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise InputError(f"{p}: a platform key is Ed25519, not {type(key).__name__}",
-                         hint="make one with onnxguard keygen --platform")
+                         hint="give the simulation platform's private key (platform-key.pem)")
     return key
 
 
@@ -91,7 +91,7 @@ def load_public_key(path: str | os.PathLike[str]) -> bytes:
         raise InputError(f"{p}: not a PEM public key ({str(e).splitlines()[0]})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InputError(f"{p}: a platform public key is Ed25519, not {type(key).__name__}",
-                         hint="give the platform-key.pub.pem written by onnxguard keygen --platform")
+                         hint="give the platform-key.pub.pem written beside the platform key")
     return data
 
 
@@ -138,7 +138,7 @@ class SimulationPlatform:
     def quote(self, report_data: bytes) -> Evidence:
         if self._key is None:
             raise InputError("the simulation platform needs its private key to quote",
-                             hint="make one with onnxguard keygen --platform")
+                             hint="give the simulation platform's private key (platform-key.pem)")
         if len(report_data) > MAX_REPORT_DATA:
             raise InputError(f"report data of {len(report_data)} bytes, over {MAX_REPORT_DATA}")
         signature = self._key.sign(DOMAIN + report_data)
