@@ -198,3 +198,14 @@ def test_report_items_and_missing_inputs():
         parity.parity(model, GoldenSet(({"z": x1},), ({"y": -x1},)), {})
     with pytest.raises(InputError, match="no reference outputs"):
         parity.parity(model, GoldenSet(({"x": x1},)), {})
+
+
+def test_a_text_model_without_texts_is_judged_on_the_builtin_sentences(hf_model):
+    """The parity verb and build alike: real sentences (and the signature's edge cases), not random token ids."""
+    from onnxguard import convert
+    from onnxguard.bundle.golden import builtin_texts
+
+    src = convert.load(str(hf_model("distilbert", "text-classification")))
+    golden, origin = parity.golden_from_source(src)
+    assert origin == "builtin"
+    assert golden.items >= len(builtin_texts())

@@ -24,7 +24,7 @@ from onnxguard.accuracy import parity
 from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle import Bundle, digest
-from onnxguard.bundle.golden import Batch, GoldenSet, builtin_texts
+from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source
@@ -133,23 +133,9 @@ def stage_convert(state: BuildState) -> str:
 def stage_golden(state: BuildState) -> str:
     """The golden set: inputs (given or generated) and the source framework's outputs on them."""
     opts, source = state.options, _made(state.source, "the source (convert)")
-    if opts.golden_npz is None and opts.texts is None and (source.preprocessing or {}).get("kind") == "tokenizer":
-        golden, state.golden_origin = _builtin_golden(source, state.progress), "builtin"
-    else:
-        golden, state.golden_origin = parity.golden_from_source(source, opts.golden_npz, opts.texts, state.progress)
+    golden, state.golden_origin = parity.golden_from_source(source, opts.golden_npz, opts.texts, state.progress)
     state.golden = golden
     return f"{golden.items} examples in {len(golden.inputs)} batches ({state.golden_origin})"
-
-
-def _builtin_golden(source: Source, progress: Progress) -> GoldenSet:
-    """A text model without --texts: the built-in real sentences (padded right and left, as --texts are), then the
-    signature's edge cases (one token, the longest sequence), with the source's outputs on all of them."""
-    inputs = [*source.texts_inputs(builtin_texts()), *source.golden_inputs()]
-    references = []
-    for i, batch in enumerate(inputs):
-        progress(Event("golden", f"running {source.framework} on batch {i + 1}/{len(inputs)}", i, len(inputs)))
-        references.append(source.run(batch))
-    return GoldenSet(tuple(inputs), tuple(references))
 
 
 def stage_parity(state: BuildState) -> str:
