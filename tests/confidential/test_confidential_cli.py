@@ -65,3 +65,11 @@ def test_the_client_and_the_confidential_server_import_no_framework():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_serve_confidential_needs_a_platform_key_and_takes_no_identity_with_a_broker(cli, expect_err, tmp_path,
+                                                                                     platform):
+    base = ["serve", tmp_path / "bundle", "--keys", tmp_path / "keys.db"]
+    expect_err(cli(*base, "--confidential"), 2, "platform key")
+    expect_err(cli(*base, "--key-broker", "http://127.0.0.1:9", "--platform-key", platform.private_key,
+                   "--identity", tmp_path / "id.txt"), 2, "from the broker")
