@@ -134,10 +134,15 @@ def test_round_trips_equal_the_plain_endpoint(world, suite):
     np.testing.assert_allclose([p["score"] for p in predictions], [p["score"] for p in plain_predictions], rtol=1e-6)
 
 
-def test_the_keys_output_policy_applies_inside_the_envelope(world):
+def test_the_keys_output_policy_and_validation_apply_inside_the_envelope(world):
+    from onnxguard.client import ServerRefused
+
     with world.client("label") as c:
         predictions = c.predict("digits", [MARKER_ROW])
-    assert predictions == [{"label": predictions[0]["label"]}]
+        assert predictions == [{"label": predictions[0]["label"]}]
+        with pytest.raises(ServerRefused) as e:
+            c.predict("digits", [[1.0, 2.0, 3.0]])  # 3 pixels, not 64: the plain route's validation, sealed back
+    assert e.value.status == 400 and "HTTP 400" in e.value.message
 
 
 def test_the_attestation_needs_a_key_and_a_nonce(world):
