@@ -233,7 +233,7 @@ def stage_quantize(state: BuildState) -> str:
     if choice == "auto" and optimize.is_transformer(_made(state.model, "the model (convert)")):
         # Transformers on CPU take dynamic INT8 (MatMul-heavy, activation ranges vary per input); static QDQ of
         # them costs minutes of calibration and gigabytes at build time for a variant that does not win here.
-        modes, note = ("dynamic",), "; static skipped for a transformer (ask --quantize static to try it)"
+        modes, note = ("dynamic",), "; static skipped for a transformer (ask for the static mode to try it)"
     if choice != "auto":
         for c in state.candidates:
             c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline
