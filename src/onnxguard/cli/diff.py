@@ -81,13 +81,7 @@ def diff(
         report = diff_lib.diff(ref, cand, options, progress)
     color = fmt == "text" and output is None and sys.stdout.isatty()
     text = diff_lib.render(report, fmt, color=color)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"{output}: cannot write the report ({e.strerror}); choose a writable path") from e
+    render.write_report(text, output)
     failing = report.at_or_above(Severity.parse(fail_on))
     if failing:
         raise CheckFailed(f"{candidate}: departs from {reference}: {len(failing)} finding(s) at or above {fail_on} "

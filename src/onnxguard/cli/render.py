@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from onnxguard.accuracy.parity import ParityReport
-from onnxguard.errors import OnnxguardError, Remedy
+from onnxguard.errors import InputError, OnnxguardError, Remedy
 from onnxguard.model.info import ModelInfo
 from onnxguard.progress import Event
 
@@ -100,6 +101,17 @@ def usage_error_line(e) -> str:
 def one_line(text: str) -> str:
     """Collapse the line breaks of a multi-line message (an exception's text) into one line."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def write_report(text: str, output: Path | None) -> None:
+    """A rendered report on stdout, or into ``output``."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{output}: cannot write the report ({e.strerror}); choose a writable path") from e
 
 
 def print_json(data: dict) -> None:

@@ -53,13 +53,7 @@ def scan(
             report = scan_lib.scan(path, pol, progress)
     color = fmt == "text" and output is None and sys.stdout.isatty()
     text = formats.render(report, fmt, color=color)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"{output}: cannot write the report ({e.strerror}); choose a writable path") from e
+    render.write_report(text, output)
     failing = report.at_or_above(Severity.parse(fail_on))
     if failing:
         raise CheckFailed(f"{path}: {len(failing)} finding(s) at or above {fail_on} (worst: "
