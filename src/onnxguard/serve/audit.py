@@ -74,6 +74,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from onnxguard import staging
 from onnxguard.errors import CheckFailed, InputError, OnnxguardError
+from onnxguard.trust import keys
 
 # Records waiting to be committed (queued, or in the transaction being written). A record is a few hundred
 # bytes (strings are cut to MAX_FIELD_CHARS), so the queue holds a few MB at most; when it is full ``append``
@@ -298,35 +299,11 @@ def _open_readonly(path: Path) -> Iterator[tuple[sqlite3.Connection, str]]:
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the checkpoint key: {e.strerror}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{path}: not an unencrypted PEM private key ({e})",
-                         hint="give the Ed25519 private key made by generate_checkpoint_key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"{path}: the checkpoint key must be an Ed25519 key, not {type(key).__name__}",
-                         hint="give the Ed25519 private key made by generate_checkpoint_key")
-    return key
+    return keys.ed25519_private(path, "checkpoint key", "give the Ed25519 private key made by generate_checkpoint_key")
 
 
 def _load_public_key(path: Path) -> Ed25519PublicKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the public key: {e.strerror}") from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{path}: not a PEM public key ({e})",
-                         hint="give the .pub.pem written beside the checkpoint key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"{path}: the checkpoint public key must be an Ed25519 key, not {type(key).__name__}",
-                         hint="give the .pub.pem written beside the checkpoint key")
-    return key
+    return keys.ed25519_public(path, "checkpoint public key", "give the .pub.pem written beside the checkpoint key")[0]
 
 
 def _public_key_path(private: Path) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from onnxguard.bundle.manifest import now
 from onnxguard.errors import InputError, Remedy
@@ -103,3 +104,39 @@ def generate(out_dir: str | os.PathLike[str]) -> KeyPaths:
             p.unlink(missing_ok=True)
         raise InputError(f"{out}: cannot write the keys ({e.strerror or e})") from e
     return KeyPaths(paths.private_key, paths.public_key, paths.age_identity, paths.age_recipient, recipient)
+
+
+# A PEM key is well under a kilobyte; reading more is reading something that is not a key.
+MAX_KEY_BYTES = 64 * 1024
+
+
+def _key_bytes(path: Path, what: str) -> bytes:
+    from onnxguard.bundle import files  # the one reader of untrusted files
+
+    return files.read_regular(path, MAX_KEY_BYTES, what=what).data
+
+
+def ed25519_private(path: str | os.PathLike[str], what: str, hint: str) -> Ed25519PrivateKey:
+    """An unencrypted Ed25519 private key from a PEM file (the audit log's checkpoint key, a platform key);
+    ``InputError`` naming ``what``, with ``hint``, when the file is not one."""
+    p = Path(path)
+    try:
+        key = serialization.load_pem_private_key(_key_bytes(p, what), password=None)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{p}: not an unencrypted PEM private key ({str(e).splitlines()[0]})", hint=hint) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InputError(f"{p}: the {what} must be an Ed25519 key, not {type(key).__name__}", hint=hint)
+    return key
+
+
+def ed25519_public(path: str | os.PathLike[str], what: str, hint: str) -> tuple[Ed25519PublicKey, bytes]:
+    """An Ed25519 public key from a PEM file, and the file's bytes; ``InputError`` as :func:`ed25519_private`."""
+    p = Path(path)
+    data = _key_bytes(p, what)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{p}: not a PEM public key ({str(e).splitlines()[0]})", hint=hint) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InputError(f"{p}: the {what} must be an Ed25519 key, not {type(key).__name__}", hint=hint)
+    return key, data

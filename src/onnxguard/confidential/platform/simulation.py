@@ -35,11 +35,11 @@ from onnxguard.confidential.platform.interface import (
     PlatformPolicy,
 )
 from onnxguard.errors import InputError, Remedy
+from onnxguard.trust import keys
 
 PRIVATE_KEY = "platform-key.pem"
 PUBLIC_KEY = "platform-key.pub.pem"
 DOMAIN = b"onnxguard-simulation-quote-v1\n"
-MAX_KEY_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -61,38 +61,15 @@ def fingerprint(key: Ed25519PublicKey) -> str:
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
-def _read(path: Path) -> bytes:
-    from onnxguard.bundle import files  # the one reader of untrusted files
-
-    return files.read_regular(path, MAX_KEY_BYTES, what="platform key").data
-
-
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The platform's private key from a PEM file (``InputError`` when it is not an unencrypted Ed25519 key)."""
-    p = Path(path)
-    try:
-        key = serialization.load_pem_private_key(_read(p), password=None)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{p}: not an unencrypted PEM private key ({str(e).splitlines()[0]})",
-                         hint="give the simulation platform's private key (platform-key.pem)") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"{p}: a platform key is Ed25519, not {type(key).__name__}",
-                         hint="give the simulation platform's private key (platform-key.pem)")
-    return key
+    return keys.ed25519_private(path, "platform key", "give the simulation platform's private key (platform-key.pem)")
 
 
 def load_public_key(path: str | os.PathLike[str]) -> bytes:
     """A trusted platform public key (PEM bytes), checked to be Ed25519."""
-    p = Path(path)
-    data = _read(p)
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{p}: not a PEM public key ({str(e).splitlines()[0]})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"{p}: a platform public key is Ed25519, not {type(key).__name__}",
-                         hint="give the platform-key.pub.pem written beside the platform key")
-    return data
+    return keys.ed25519_public(path, "platform public key",
+                               "give the platform-key.pub.pem written beside the platform key")[1]
 
 
 def generate_key(out_dir: str | os.PathLike[str]) -> PlatformKeyPaths:
