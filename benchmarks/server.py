@@ -138,7 +138,7 @@ def prepare(size: str) -> dict:
 def in_process(bundle: Path, public_key: Path, items: list, seconds: float) -> dict:
     """Best items/s over batch sizes (one caller: tokenize + run, padded to the batch's longest text), and the
     latency of one item at batch 1; each measured with ONNX Runtime's default (spin-waiting threads) and without
-    spinning (as onnxguard serve runs), the better of the two kept, so the ceiling is the best this host does."""
+    spinning (onnxguard serve --no-spin), the better of the two kept, so the ceiling is the best this host does."""
     from onnxguard import runtime
     from onnxguard.preprocess import tokenizer
     from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
@@ -391,11 +391,12 @@ def main() -> None:
            "workload": {"text": "one short text (12-17 words, 14-19 tokens) per :predict request",
                         "digits": "one 64-pixel digit per :predict request"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
-                              "(max batch 32, no delay), audit log durable before each answer",
+                              "(max batch 32, no delay, one lane, spinning threads), audit log durable before each "
+                              "answer",
            "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
-                                                 "tokenizer, no spinning",
+                                                 "tokenizer, ONNX Runtime's default session settings",
            "ceilings": ceilings, "results": results,
            "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
     RESULTS.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ from onnxguard.trust import TrustPolicy
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "limits_storage", "certfile", "keyfile",
                "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs",
-               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes"}
+               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes", "spin"}
 
 
 def _config(path: Path | None) -> dict[str, Any]:
@@ -59,6 +59,8 @@ def serve(
     lanes: Annotated[int | None, typer.Option("--lanes", min=1, help="Batches run side by side under load, each on "
                                               "its share of the cores; a second session per model (default 1: "
                                               "every batch on every core).")] = None,
+    no_spin: Annotated[bool, typer.Option("--no-spin", help="The runtime's threads sleep between operators instead "
+                                          "of spin-waiting: for a host whose cores other processes need.")] = False,
     limits_storage: Annotated[str | None, typer.Option("--limits-storage", help="Rate limit storage: memory:// "
                                                        "(default) or redis://HOST:PORT shared by replicas.")] = None,
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without a key.")] = False,
@@ -91,10 +93,11 @@ def serve(
                          hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
     options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
                                                   "workers", "public_metrics", "public_docs", "max_request_rows",
-                                                  "allow_nonfinite", "lanes") if k in conf},
+                                                  "allow_nonfinite", "lanes", "spin") if k in conf},
                            cors_origins=tuple(conf.get("cors_origins", ())))
     given = (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue), ("lanes", lanes))
     overrides = {k: v for k, v in given if v is not None} | ({"public_metrics": True} if public_metrics else {})
+    overrides |= {"spin": False} if no_spin else {}
     options = ServeOptions(**{**options.__dict__, **overrides})
     cert, key = pick(certfile, "certfile", None), pick(keyfile, "keyfile", None)
     sealed = None

@@ -71,6 +71,7 @@ class ServeOptions:
     max_queue: int = 512  # rows queued per model before 503
     workers: int = 0  # inference threads (0: the cores)
     lanes: int = 1  # batches run side by side under load, each on its share of the cores (batching.py)
+    spin: bool = True  # the runtime's threads spin-wait between operators (its default; models.py has the figures)
     public_metrics: bool = False
     public_docs: bool = False
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off

@@ -103,16 +103,18 @@ def _specs(tensors: Any) -> tuple[InputSpec, ...]:
 
 
 def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max_batch: int | None = None,
-         allow_nonfinite: bool = False, lanes: int = 1) -> ServedModel:
+         allow_nonfinite: bool = False, lanes: int = 1, spin: bool = True) -> ServedModel:
     """Build the sessions from the opened bundle's bytes (one on every core; with ``lanes`` > 1, one more whose
     threads are one lane's share, for batches run side by side: see batching.py), its signature and
     preprocessing, and self-check them."""
     m = opened.manifest
     where = str(opened.path / opened.model_name)
-    # No spin-waiting between runs: the runtime's idle threads would take the cores the event loop (and, on a
-    # small host, the client) needs. Measured on this 2-core host, one short text through DistilBERT-base INT8
-    # at concurrency 1: p50 16.0 ms with spinning, 7.4 ms without.
-    session = runtime.session(opened.model_bytes, threads=threads, name=where, config={SPINNING: "0"})
+    # Spin-waiting threads (ONNX Runtime's default) wake at once for each operator: measured on this 2-core host
+    # through the server with wrk, DistilBERT-base INT8, one short text per request, p50 4.9-5.0 ms with spinning
+    # against 6.4-6.5 ms without at concurrency 1, and 340-359 against 315-336 texts/s at 16. With a Python load
+    # generator on the same two cores spinning lost instead (16.0 against 7.4 ms at concurrency 1): the spinning
+    # threads took the cores the client needed. ``spin=False`` (serve --no-spin) is for such a crowded host.
+    session = runtime.session(opened.model_bytes, threads=threads, name=where, config={SPINNING: "1" if spin else "0"})
     lane_session = None
     if lanes > 1:
         lane_threads = max(1, (threads or os.cpu_count() or 1) // lanes)

@@ -87,7 +87,8 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         name = config.names[i] if i < len(config.names) else None
         progress(Event("serve", f"{path}: self-check on the golden set"))
         served.append(models_lib.load(opened, name=name, max_batch=config.options.max_request_rows,
-                                      allow_nonfinite=config.options.allow_nonfinite, lanes=config.options.lanes))
+                                      allow_nonfinite=config.options.allow_nonfinite, lanes=config.options.lanes,
+                                      spin=config.options.spin))
     if state is not None:
         state.bind(served)  # the statement names the bundles as opened (those attested to the broker, if any)
     keys = KeyStore(config.keys)
