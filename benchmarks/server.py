@@ -16,7 +16,8 @@ the scikit-learn logistic regression on the bundled digits), then, in one run:
 * the anchor: LitServe 0.2.19 (benchmarks/anchors/litserve_app.py, in its own venv: ``make bench-anchors``) with
   dynamic batching 32 / 2 ms over the same model.onnx and tokenizer.json (text only; ``--no-anchor`` skips it);
 
-each server loaded with ``onnxguard.speed.loadgen`` (one short text or one digit per request) at concurrency
+each server loaded (the others stopped with SIGSTOP meanwhile: LitServe's idle workers poll) with
+``onnxguard.speed.loadgen`` (one short text or one digit per request) at concurrency
 1, 4, 16, 64, each level bounded by ``--duration`` seconds and ``--max-requests``, the two servers taking
 turns going first level by level. The load generator runs on the same 2 cores as the server. Results:
 benchmarks/results/E_server.json, and a markdown table on stdout.
@@ -222,6 +223,16 @@ def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrenc
             "stopped_by": "duration"}
 
 
+def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
+            work: Path, loadgen) -> dict:
+    """One level on one server with the chosen client."""
+    if args.client == "wrk":
+        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, args.duration, work)
+    report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(concurrency,),
+                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
+    return report.levels[0].to_dict()
+
+
 # -- servers ------------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -331,15 +342,16 @@ def main() -> None:
     og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"digits={info['digits']}",
                            "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
                            "--host", "127.0.0.1", "--port", str(og_port)],
-                          stdout=logs["onnxguard"], stderr=subprocess.STDOUT)
+                          stdout=logs["onnxguard"], stderr=subprocess.STDOUT, start_new_session=True)
     seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["digits"], str(pub),
-                             "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT)
+                             "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT,
+                            start_new_session=True)
     servers = {"seed design": (f"http://127.0.0.1:{seed_port}", seed, {}),
                "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
     if not args.no_anchor:
         anchor = subprocess.Popen([str(ANCHORS_PYTHON), str(HERE / "anchors" / "litserve_app.py"), info["text"],
                                    "--port", str(anchor_port)], stdout=logs["litserve"], stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # its workers are stopped with it, as a group
+                                  start_new_session=True)
         servers[ANCHOR] = (f"http://127.0.0.1:{anchor_port}", anchor, {})
     try:
         wait_ready(servers["onnxguard serve"][0], og, "/v2/health/ready")
@@ -354,13 +366,14 @@ def main() -> None:
                 order = names[i % len(names):] + names[:i % len(names)]  # take turns going first
                 for s in order:
                     url, proc, headers = servers[s]
-                    if args.client == "wrk":
-                        lv = wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, c, args.duration, run_dir)
-                    else:
-                        report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(c,),
-                                             duration=args.duration, max_requests=args.max_requests,
-                                             endpoint="predict")
-                        lv = report.levels[0].to_dict()
+                    others = [p for n, (_, p, _) in servers.items() if n != s]
+                    for p in others:  # stopped while another is measured: LitServe's idle workers poll
+                        os.killpg(p.pid, signal.SIGSTOP)
+                    try:
+                        lv = measure(args, url, name, bodies, headers, c, run_dir, loadgen)
+                    finally:
+                        for p in others:
+                            os.killpg(p.pid, signal.SIGCONT)
                     row = {**lv, "rss_mb": rss_mb(proc.pid),
                            "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],
                            "p50_over_bare_ms": None if lv["p50_ms"] is None
@@ -371,11 +384,8 @@ def main() -> None:
                           f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
         sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
     finally:
-        for name, (_, proc, _) in servers.items():
-            if name == ANCHOR:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.terminate()
+        for _, proc, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGTERM)
         for _, proc, _ in servers.values():
             try:
                 proc.wait(timeout=60)

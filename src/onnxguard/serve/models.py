@@ -110,8 +110,9 @@ def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max
     m = opened.manifest
     where = str(opened.path / opened.model_name)
     # Spin-waiting threads (ONNX Runtime's default) wake at once for each operator: measured on this 2-core host
-    # through the server with wrk, DistilBERT-base INT8, one short text per request, p50 4.9-5.0 ms with spinning
-    # against 6.4-6.5 ms without at concurrency 1, and 340-359 against 315-336 texts/s at 16. With a Python load
+    # through the server with wrk (benchmarks/server_ab.py), DistilBERT-base INT8, one short text per request, p50
+    # 4.7-4.8 ms with spinning against 6.0-6.2 ms without at concurrency 1, 349-370 against 342-352 texts/s at 16.
+    # With a Python load
     # generator on the same two cores spinning lost instead (16.0 against 7.4 ms at concurrency 1): the spinning
     # threads took the cores the client needed. ``spin=False`` (serve --no-spin) is for such a crowded host.
     session = runtime.session(opened.model_bytes, threads=threads, name=where, config={SPINNING: "1" if spin else "0"})
