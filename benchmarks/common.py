@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,31 @@ from onnxguard.speed import bench
 HERE = Path(__file__).parent
 CACHE = HERE / ".cache"  # generated models and bundles (git-ignored)
 RESULTS = HERE / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, probe: str, seconds: float = 300, log: Path | None = None) -> None:
+    """Until ``url + probe`` answers below 500; SystemExit (with the server's ``log``) if the server exits first or
+    takes too long."""
+    import httpx
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}" + (f": {log.read_text()}" if log else ""))
+        try:
+            if httpx.get(url + probe, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{url} not ready in {seconds:g} s")
 
 
 def onnxguard(*args: str) -> None:

@@ -26,10 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from common import free_port, wait_ready
+
+from onnxguard.speed.bench import machine
 
 HERE = Path(__file__).parent
 CACHE = HERE / ".cache" / "confidential"
@@ -50,32 +50,14 @@ def cli(*args: str | Path) -> None:
     subprocess.run([str(ONNXGUARD), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(verb: str, args: list[str | Path], log: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([str(ONNXGUARD), verb, *map(str, args), "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"onnxguard {verb} exited {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"onnxguard {verb} not ready in 300 s")
+    wait_ready(url, proc, "/v2/health/ready", log=log)
+    return proc, url
 
 
 def prepare(root: Path) -> dict:
@@ -198,16 +180,6 @@ def cells(url: str, secret: str, rows: list, policy, concurrency: int, seconds: 
     return [{"suite": s or "plain", "concurrency": concurrency, "requests": len(lat), "errors": err,
              "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
              "per_s": len(lat) / wall} for s, (lat, err, wall) in got.items()]
-
-
-def machine() -> dict:
-    import onnxruntime
-
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def main() -> None:

@@ -28,16 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import free_port, wait_ready
+
+from onnxguard.speed.bench import machine
 
 HERE = Path(__file__).parent
 CACHE = HERE / ".cache" / "server"
@@ -235,29 +236,6 @@ def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], h
 
 # -- servers ------------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen, probe: str) -> None:
-    import httpx
-
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode}")
-        try:
-            if httpx.get(url + probe, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{url} not ready in 300 s")
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a server: the process and its descendants (LitServe runs its model in worker
     processes)."""
@@ -279,16 +257,6 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total or float("nan")
-
-
-def machine() -> dict:
-    import onnxruntime
-
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def main() -> None:

@@ -19,6 +19,9 @@ import subprocess
 import time
 
 import server as bench
+from common import free_port, wait_ready
+
+from onnxguard.speed.bench import machine
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     try:
         for config in args.configs:
             name, _, options = config.partition("=")
-            port = bench.free_port()
+            port = free_port()
             log = open(run / f"{name}.log", "w")
             if options == "@litserve":
                 proc = subprocess.Popen([str(bench.ANCHORS_PYTHON), str(bench.HERE / "anchors" / "litserve_app.py"),
@@ -55,7 +58,7 @@ def main() -> None:
                 servers[name] = (f"http://127.0.0.1:{port}", proc, {"Authorization": f"Bearer {secret}"},
                                  "/v2/health/ready")
         for url, proc, _, probe in servers.values():
-            bench.wait_ready(url, proc, probe)
+            wait_ready(url, proc, probe)
         results: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for c in (int(x) for x in args.levels.split(",")):
@@ -68,7 +71,7 @@ def main() -> None:
         for _, proc, _, _ in servers.values():
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
-    print(f"machine: {bench.machine()}")
+    print(f"machine: {machine()}")
     print("| config | concurrency | texts/s per round | median texts/s | p50 ms per round |\n|---|---|---|---|---|")
     for (name, c), levels in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rates = [lv["throughput"] for lv in levels]
