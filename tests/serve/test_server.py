@@ -324,26 +324,11 @@ def test_the_serving_process_never_imports_torch(server):
 
 
 def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
-    import datetime
-    import ipaddress
     import ssl
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    from serve_support import make_keys, start
+    from serve_support import make_keys, self_signed, start
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    self_signed(tmp_path)
     secrets = make_keys(tmp_path / "keys.db")
     (tmp_path / "serve.toml").write_text(
         f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\ncertfile = "{tmp_path / "cert.pem"}"\n'
