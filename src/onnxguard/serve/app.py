@@ -129,6 +129,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         finally:  # graceful: what was accepted is answered, then the audit log is closed
             await asyncio.gather(*(m.batcher.close() for m in models if m.batcher))
             executor.shutdown(wait=True)
+            await limiter.close()
             await asyncio.get_running_loop().run_in_executor(None, audit.close)
 
     middleware = [

@@ -22,7 +22,7 @@ class RateLimit:
         ctx = context.of(scope) if scope["type"] == "http" else None
         if ctx is not None and ctx.key is not None:
             try:
-                allowed, retry_after = self.limiter.hit(ctx.key)
+                allowed, retry_after = await self.limiter.hit(ctx.key)
             except OnnxguardError as e:  # the limit storage is down: refuse rather than let it through
                 ctx.reason = "limits unavailable"
                 await error(send, 503, f"rate limits cannot be checked now ({e.message})", {"Retry-After": "5"})
