@@ -639,7 +639,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     from onnxguard.serve.audit import AuditLog, Record
 
-    log = AuditLog(Path(sys.argv[1]), checkpoint_every=50, flush_interval=0.001)
+    log = AuditLog(Path(sys.argv[1]), checkpoint_every=50, flush_interval=0.001, sync=sys.argv[2])
     out = threading.Lock()
 
     def work(t):
@@ -659,9 +659,9 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_and_kill(path: Path, acks: int) -> list[int]:
+def run_and_kill(path: Path, acks: int, sync: str = "full") -> list[int]:
     """Run CHILD until it acknowledged ``acks`` seqs, SIGKILL it, and return every seq it acknowledged."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), sync], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
@@ -683,11 +683,14 @@ def run_and_kill(path: Path, acks: int) -> list[int]:
     return seqs
 
 
-def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", audit.SYNC_MODES)
+def test_acknowledged_records_survive_kill_9(tmp_path: Path, sync: str) -> None:
+    """Either sync mode keeps every acknowledged record through a kill -9 (normal leaves the last commits in the
+    OS's cache, which a process crash does not lose)."""
     path = tmp_path / "audit.db"
     acked: list[int] = []
     for _ in range(2):  # the second run recovers the log the first one left, then is killed too
-        acked += run_and_kill(path, 400)
+        acked += run_and_kill(path, 400, sync)
         report = verify(path)
         assert report.passed, report.failures
         assert report.last_seq >= max(acked) and report.records == report.last_seq  # no gap, no torn record
@@ -698,3 +701,10 @@ def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
     with AuditLog(path) as log:  # and the log goes on after a crash
         assert log.append_blocking(rec()) == report.last_seq + 1
     assert verify(path).passed
+
+
+def test_an_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="audit sync 'sometimes'") as e:
+        AuditLog(tmp_path / "audit.db", sync="sometimes")
+    assert "power loss" in (e.value.hint or "")
+    assert not (tmp_path / "audit.db").exists()

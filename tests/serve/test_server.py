@@ -298,6 +298,14 @@ def test_a_tampered_bundle_or_another_signer_refuses_to_start(tmp_path, served_b
     _serve_fails(tmp_path, tampered, "--public-key", served_bundles["public_key"], fragment="does not match")
     other = keys.generate(tmp_path / "other")
     _serve_fails(tmp_path, served_bundles["digits"], "--public-key", other.public_key, fragment="signature")
+
+
+def test_an_unknown_audit_sync_mode_refuses_to_start(tmp_path, served_bundles):
+    from onnxguard.serve.apikeys import KeyStore
+
+    KeyStore(tmp_path / "k.db").close()
+    _serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--audit-sync",
+                 "sometimes", fragment="audit sync 'sometimes' is not one of full, normal")
     _serve_fails(tmp_path, served_bundles["digits"], fragment="no key was given")
 
 
@@ -332,7 +340,8 @@ def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
     secrets = make_keys(tmp_path / "keys.db")
     (tmp_path / "serve.toml").write_text(
         f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\ncertfile = "{tmp_path / "cert.pem"}"\n'
-        f'keyfile = "{tmp_path / "key.pem"}"\ncors_origins = ["https://app.example"]\nlanes = 2\nspin = false\n')
+        f'keyfile = "{tmp_path / "key.pem"}"\ncors_origins = ["https://app.example"]\nlanes = 2\nspin = false\n'
+        'audit_sync = "normal"\n')
     port = free_port()
     trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
     proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
@@ -352,6 +361,8 @@ def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
     finally:
         proc.terminate()
         proc.wait(60)
+    report = audit_lib.verify(tmp_path / "audit.db")  # audit_sync = "normal": the same records, the same chain
+    assert report.passed and report.records >= 3, report.failures
 
 
 def test_a_sealed_bundle_served_with_its_identity_from_a_file_descriptor(tmp_path, served_bundles):

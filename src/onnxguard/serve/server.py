@@ -44,6 +44,7 @@ class ServerConfig:
     identity: IdentitySource = field(default=None, repr=False)
     passphrase: str | None = field(default=None, repr=False)
     checkpoint_key: Path | None = None  # Ed25519 key that signs the audit log's checkpoints
+    audit_sync: str = "full"  # full | normal: what an acknowledged request's record survives (audit.SYNC_MODES)
     host: str = "127.0.0.1"
     port: int = 8000
     limits_storage: str = "memory://"
@@ -92,7 +93,7 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
     if state is not None:
         state.bind(served)  # the statement names the bundles as opened (those attested to the broker, if any)
     keys = KeyStore(config.keys)
-    audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key)
+    audit = AuditLog(config.audit, checkpoint_key=config.checkpoint_key, sync=config.audit_sync)
     app = app_lib.create(served, config.options, keys, audit, RateLimiter(config.limits_storage),
                          confidential=state)
     sock = bind(config.host, config.port)
