@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/server.py                       # tiny DistilBERT + digits, 8 s per level
     .venv/bin/python benchmarks/server.py --size base --duration 10
 
-Two signed bundles built by the real CLI (a random-weight DistilBERT text classifier, tiny or base config, and
-the scikit-learn logistic regression on the bundled digits), then, in one run:
+Three signed bundles built by the real CLI (a random-weight DistilBERT text classifier, tiny or base config, the
+quickstart's digits CNN trained in seconds on scikit-learn's bundled digits, and the scikit-learn logistic
+regression on the same digits), then, in one run:
 
-* the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (digits), padded to
+* the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
   the longest text of the batch, best items/s over batch sizes 1..32; and bare tokenize+run latency at batch 1;
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
@@ -50,6 +51,16 @@ BATCHES = (1, 2, 4, 8, 16, 32)
 ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
+def text_tokenizer(opened):
+    """The bundle's tokenizer (a text model), else None (images and table rows go in as arrays)."""
+    from onnxguard.preprocess import tokenizer
+
+    m = opened.manifest
+    if not m.preprocessing or m.preprocessing.get("kind", "tokenizer") != "tokenizer":
+        return None
+    return tokenizer.load(dict(opened.contents), m.preprocessing, input_names=[t.name for t in m.model.inputs])
+
+
 # -- the source documents' seed design ------------------------------------------------------------------------------
 
 def seed_app(bundles: dict[str, Path], public_key: Path):
@@ -58,16 +69,12 @@ def seed_app(bundles: dict[str, Path], public_key: Path):
     from fastapi import FastAPI
 
     from onnxguard import runtime
-    from onnxguard.preprocess import tokenizer
     from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
 
     models = {}
     for name, path in bundles.items():
         opened = open_bundle(path, TrustPolicy(PublicKeys((public_key,))))
-        m = opened.manifest
-        tok = (tokenizer.load(dict(opened.contents), m.preprocessing, input_names=[t.name for t in m.model.inputs])
-               if m.preprocessing else None)
-        models[name] = (runtime.session(opened.model_bytes), tok, list(m.labels or ()))
+        models[name] = (runtime.session(opened.model_bytes), text_tokenizer(opened), list(opened.manifest.labels or ()))
     app = FastAPI()
 
     @app.post("/v1/models/{name}:predict")
@@ -105,11 +112,32 @@ def short_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, int(rng.integers(12, 18)))) for _ in range(n)]
 
 
+def cnn_bundle(root: Path, key: Path) -> Path:
+    """The quickstart's digits CNN, trained in seconds, built with ``--quantize auto`` (calibrated on training
+    images) as the quickstart builds it."""
+    from onnxguard.bundle.golden import GoldenSet
+    from onnxguard.examples import digits as digits_cnn
+
+    data = digits_cnn.load_data()
+    model, _ = digits_cnn.train(data)
+    digits_cnn.save_program(model, root / "digits_cnn.pt2")
+    GoldenSet(tuple(digits_cnn.golden_batches(data))).save(root / "cnn_golden.npz")
+    GoldenSet(tuple({"image": data.x_train[i : i + 64]} for i in range(0, 512, 64))).save(root / "cnn_calib.npz")
+    cli("build", root / "digits_cnn.pt2", "-o", root / "cnn", "--overwrite", "--task", "classification", "--golden",
+        root / "cnn_golden.npz", "--quantize", "auto", "--calibration", root / "cnn_calib.npz", "--batch-size", "32",
+        "--sign-key", key)
+    return root / "cnn"
+
+
 def prepare(size: str) -> dict:
     root = CACHE / size
     done = root / "ready.json"
     if done.exists():
-        return json.loads(done.read_text())
+        info = json.loads(done.read_text())
+        if "cnn" not in info:  # a cache from before the CNN joined the benchmark
+            info["cnn"] = str(cnn_bundle(root, root / "keys" / "signing-key.pem"))
+            done.write_text(json.dumps(info))
+        return info
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     from onnxguard.examples.text import save_random_model
@@ -129,7 +157,8 @@ def prepare(size: str) -> dict:
     x, y = load_digits(return_X_y=True)
     sio.dump(LogisticRegression(max_iter=2000).fit(x[:1200], y[:1200]), root / "digits.skops")
     cli("build", root / "digits.skops", "-o", root / "digits", "--sign-key", key)
-    info = {"root": str(root), "text": str(root / "text"), "digits": str(root / "digits"),
+    cnn_bundle(root, key)
+    info = {"root": str(root), "text": str(root / "text"), "digits": str(root / "digits"), "cnn": str(root / "cnn"),
             "public_key": str(root / "keys" / "signing-key.pub.pem"), "text_build_seconds": build_s}
     done.write_text(json.dumps(info))
     return info
@@ -142,13 +171,10 @@ def in_process(bundle: Path, public_key: Path, items: list, seconds: float) -> d
     latency of one item at batch 1; each measured with ONNX Runtime's default (spin-waiting threads) and without
     spinning (onnxguard serve --no-spin), the better of the two kept, so the ceiling is the best this host does."""
     from onnxguard import runtime
-    from onnxguard.preprocess import tokenizer
     from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
 
     opened = open_bundle(bundle, TrustPolicy(PublicKeys((public_key,))))
-    m = opened.manifest
-    tok = (tokenizer.load(dict(opened.contents), m.preprocessing, input_names=[t.name for t in m.model.inputs])
-           if m.preprocessing else None)
+    tok = text_tokenizer(opened)
     results = {}
     for label, config in (("spinning", {}), ("no spinning", {"session.intra_op.allow_spinning": "0"})):
         session = runtime.session(opened.model_bytes, config=config)
@@ -268,14 +294,14 @@ def main() -> None:
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
                     help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
-    ap.add_argument("--seed-app", nargs=3, metavar=("TEXT", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
+    ap.add_argument("--seed-app", nargs=4, metavar=("TEXT", "CNN", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_app:  # the child process: the seed design on uvicorn
         import uvicorn
 
-        text, digits, pub = map(Path, args.seed_app)
-        uvicorn.run(seed_app({"text": text, "digits": digits}, pub), host="127.0.0.1", port=args.port,
+        text, cnn, digits, pub = map(Path, args.seed_app)
+        uvicorn.run(seed_app({"text": text, "cnn": cnn, "digits": digits}, pub), host="127.0.0.1", port=args.port,
                     log_level="warning")
         return
 
@@ -291,8 +317,9 @@ def main() -> None:
     texts = short_texts(256, seed=2)
     from sklearn.datasets import load_digits
 
+    images = load_digits().images[1200:1456].astype(np.float32) / 16.0
     digits = load_digits().data[1200:1456].astype(np.float32).tolist()
-    work = {"text": texts, "digits": digits}
+    work = {"text": texts, "cnn": images[:, None].tolist(), "digits": digits}
 
     print("in-process ceilings ...", flush=True)
     ceilings = {name: in_process(Path(info[name]), pub, items, 2.0) for name, items in work.items()}
@@ -307,12 +334,13 @@ def main() -> None:
         raise SystemExit("the LitServe anchor needs its venv: make bench-anchors (or pass --no-anchor)")
     og_port, seed_port, anchor_port = free_port(), free_port(), free_port()
     logs = {name: open(run_dir / f"{name}.log", "w") for name in ("onnxguard", "seed", "litserve")}
-    og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"digits={info['digits']}",
+    og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"cnn={info['cnn']}",
+                           f"digits={info['digits']}",
                            "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
                            "--host", "127.0.0.1", "--port", str(og_port)],
                           stdout=logs["onnxguard"], stderr=subprocess.STDOUT, start_new_session=True)
-    seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["digits"], str(pub),
-                             "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT,
+    seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["cnn"], info["digits"],
+                             str(pub), "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT,
                             start_new_session=True)
     servers = {"seed design": (f"http://127.0.0.1:{seed_port}", seed, {}),
                "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
@@ -367,7 +395,8 @@ def main() -> None:
            "machine": machine(), "size": args.size, "duration": args.duration, "max_requests": args.max_requests,
            "levels": levels, "text_build_seconds": info.get("text_build_seconds"),
            "workload": {"text": "one short text (12-17 words, 14-19 tokens) per :predict request",
-                        "digits": "one 64-pixel digit per :predict request"},
+                        "cnn": "one 1x8x8 digit image per :predict request (the quickstart's CNN)",
+                        "digits": "one 64-pixel digit row per :predict request (logistic regression)"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
                               "(max batch 32, no delay, one lane, spinning threads), audit log durable before each "
                               "answer",
