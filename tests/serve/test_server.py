@@ -244,6 +244,13 @@ def test_every_request_is_audited_and_the_chain_verifies(server):
     assert audit_lib.verify(server.audit_db).passed
 
 
+def test_the_audit_log_records_the_peer_not_a_forwarded_address(server):
+    r = httpx.get(f"{server.url}/v2/models/digits", headers={**server.headers(), "X-Forwarded-For": "203.0.113.9"})
+    assert r.status_code == 200
+    (_, record), = audit_lib.tail(server.audit_db, 1)
+    assert record.client.startswith("127.0.0.1:") and "203.0.113.9" not in record.client
+
+
 def test_kill_9_under_load_loses_no_acknowledged_record(fresh_server):
     s = fresh_server()
     acknowledged = []

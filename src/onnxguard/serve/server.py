@@ -140,7 +140,10 @@ def run(prepared: Prepared) -> None:
         front = grpc_service.GrpcFront(prepared.app, c.host, c.grpc_port, max_message_bytes=c.options.max_body_bytes,
                                        certfile=c.certfile, keyfile=c.keyfile, drain_seconds=DRAIN_SECONDS)
         app = front.wrap(app)  # started after the app's startup, drained before its shutdown
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
+    # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
+    # write another client address into the audit log. The log records the socket's peer (behind a reverse
+    # proxy: the proxy's address; the proxy's own log has the client's).
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None, proxy_headers=False,
                             access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
                             ssl_certfile=str(c.certfile) if c.certfile else None,
                             ssl_keyfile=str(c.keyfile) if c.keyfile else None)
