@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/server.py                       # tiny DistilBERT + digits, 8 s per level
     .venv/bin/python benchmarks/server.py --size base --duration 10
+    .venv/bin/python benchmarks/server.py --size base --duration 10 --text fp32   # the FP32 build of the same model
 
 Three signed bundles built by the real CLI (a random-weight DistilBERT text classifier, tiny or base config, the
 quickstart's digits CNN trained in seconds on scikit-learn's bundled digits, and the scikit-learn logistic
@@ -129,14 +130,25 @@ def cnn_bundle(root: Path, key: Path) -> Path:
     return root / "cnn"
 
 
+def fp32_bundle(root: Path, hf: Path, key: Path) -> Path:
+    """The same text model built without quantization (``--quantize none``): the FP32 workload MEASURED.md E ran
+    the other servers on (``--text fp32``)."""
+    cli("build", hf, "-o", root / "text-fp32", "--overwrite", "--texts", root / "texts.txt", "--quantize", "none",
+        "--sign-key", key)
+    return root / "text-fp32"
+
+
 def prepare(size: str) -> dict:
     root = CACHE / size
     done = root / "ready.json"
     if done.exists():
         info = json.loads(done.read_text())
+        key = root / "keys" / "signing-key.pem"
         if "cnn" not in info:  # a cache from before the CNN joined the benchmark
-            info["cnn"] = str(cnn_bundle(root, root / "keys" / "signing-key.pem"))
-            done.write_text(json.dumps(info))
+            info["cnn"] = str(cnn_bundle(root, key))
+        if "text_fp32" not in info:  # ... or before the FP32 text bundle did
+            info["text_fp32"] = str(fp32_bundle(root, Path(info["text"]).parent / f"distilbert-{size}", key))
+        done.write_text(json.dumps(info))
         return info
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -158,7 +170,9 @@ def prepare(size: str) -> dict:
     sio.dump(LogisticRegression(max_iter=2000).fit(x[:1200], y[:1200]), root / "digits.skops")
     cli("build", root / "digits.skops", "-o", root / "digits", "--sign-key", key)
     cnn_bundle(root, key)
-    info = {"root": str(root), "text": str(root / "text"), "digits": str(root / "digits"), "cnn": str(root / "cnn"),
+    fp32_bundle(root, hf, key)
+    info = {"root": str(root), "text": str(root / "text"), "text_fp32": str(root / "text-fp32"),
+            "digits": str(root / "digits"), "cnn": str(root / "cnn"),
             "public_key": str(root / "keys" / "signing-key.pub.pem"), "text_build_seconds": build_s}
     done.write_text(json.dumps(info))
     return info
@@ -291,6 +305,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per level and server at most")
     ap.add_argument("--max-requests", type=int, default=20_000, help="requests per level and server at most")
     ap.add_argument("--levels", default="1,4,16,64")
+    ap.add_argument("--text", choices=("auto", "fp32"), default="auto",
+                    help="the text bundle: what build --quantize auto chose (default), or the FP32 build")
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
                     help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
@@ -311,6 +327,8 @@ def main() -> None:
     command = "python benchmarks/server.py " + " ".join(sys.argv[1:])
     levels = tuple(int(x) for x in args.levels.split(","))
     info = prepare(args.size)
+    if args.text == "fp32":
+        info["text"] = info["text_fp32"]
     root, pub = Path(info["root"]), Path(info["public_key"])
     run_dir = root / f"run-{int(time.time())}"
     run_dir.mkdir()
@@ -392,7 +410,8 @@ def main() -> None:
     verified = audit_lib.verify(audit_db)
     records = len(audit_lib.tail(audit_db, 10**7))
     out = {"benchmark": "E_server", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
-           "machine": machine(), "size": args.size, "duration": args.duration, "max_requests": args.max_requests,
+           "machine": machine(), "size": args.size, "text_bundle": args.text, "duration": args.duration,
+           "max_requests": args.max_requests,
            "levels": levels, "text_build_seconds": info.get("text_build_seconds"),
            "workload": {"text": "one short text (12-17 words, 14-19 tokens) per :predict request",
                         "cnn": "one 1x8x8 digit image per :predict request (the quickstart's CNN)",
@@ -407,7 +426,8 @@ def main() -> None:
            "ceilings": ceilings, "results": results,
            "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "E_server.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    name = "E_server.json" if args.text == "auto" else f"E_server_{args.text}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(table(out))
 
 

@@ -31,8 +31,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--size", choices=("tiny", "base"), default="base")
+    ap.add_argument("--text", choices=("auto", "fp32"), default="auto", help="the text bundle (see server.py)")
     args = ap.parse_args()
-    info = json.loads((bench.CACHE / args.size / "ready.json").read_text())
+    info = bench.prepare(args.size)
+    if args.text == "fp32":
+        info["text"] = info["text_fp32"]
     run = bench.CACHE / args.size / f"ab-{int(time.time())}"
     run.mkdir()
     secret = json.loads(bench.cli("apikey", "create", "bench", "--keys", run / "keys.db", "--rate", "100000/minute",
