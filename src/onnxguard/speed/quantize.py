@@ -46,11 +46,15 @@ class QuantizeOptions:
     keep_io_types: bool = True  # fp16: float32 inputs and outputs
     reduce_range: bool | None = None  # 7-bit weights; None: static always, dynamic where this CPU saturates (below)
     why: str = ""  # why the weights have the bits they have (set by ``quantize`` when it chooses)
+    exclude: tuple[str, ...] = ()  # dynamic: names of nodes left in FP32 (mixed precision, see speed.mixed)
 
     def settings(self) -> dict:
         s: dict[str, object] = {"mode": self.mode}
         if self.mode == "dynamic":
-            s.update(per_channel=self.per_channel, reduce_range=self.reduce_range)
+            s.update(per_channel=self.per_channel, reduce_range=self.reduce_range,
+                     activations="uint8 asymmetric per tensor (DynamicQuantizeLinear)")
+            if self.exclude:
+                s.update(fp32_nodes=list(self.exclude))
         elif self.mode == "static":
             s.update(format="QDQ", per_channel=True, method=self.method, calibration_batches=len(self.calibration),
                      reduce_range=self.reduce_range, activations="uint8 asymmetric", weights="int8 symmetric")
@@ -138,7 +142,7 @@ def dynamic(src, dst, job):
 
     quantize_dynamic(src, dst, per_channel=job["per_channel"], reduce_range=job["reduce_range"],
                      weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                     use_external_data_format=job["external"])
+                     nodes_to_exclude=job["exclude"], use_external_data_format=job["external"])
 
 
 def merge_every(n, method):
@@ -205,6 +209,21 @@ def _save_calibration(batches: tuple[Batch, ...], names: set[str], path: Path) -
     return index
 
 
+def resolved(options: QuantizeOptions) -> QuantizeOptions:
+    """``options`` with the weight bits chosen (``reduce_range``) and why, as :func:`quantize` uses them."""
+    if options.reduce_range is None and options.mode == "static":
+        return dataclasses.replace(options, reduce_range=True, why=STATIC_WHY)
+    if options.reduce_range is None and options.mode == "dynamic":
+        saturating = saturating_cpu()
+        return dataclasses.replace(options, reduce_range=saturating, why=(
+            "7-bit weights: this CPU has no VNNI, and its U8S8 kernels saturate with 8-bit weights" if saturating
+            else "8-bit weights: this CPU has VNNI (no saturation); run `onnxguard consistency` on an AVX2-only "
+                 "deployment machine"))
+    if options.mode != "fp16" and not options.why:
+        return dataclasses.replace(options, why=f"{7 if options.reduce_range else 8}-bit weights, as asked")
+    return options
+
+
 def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progress = silent) -> QuantizeResult:
     """Quantize ``model`` as ``options`` say; ONNX Runtime's tools run in a child process (see ``_WORKER``)."""
     if options.mode not in MODES:
@@ -215,21 +234,12 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         if not options.calibration:
             raise ModelError("static quantization needs calibration inputs (an .npz, a texts file, or the bundle's "
                              "golden set)")
-    if options.reduce_range is None and options.mode == "static":
-        options = dataclasses.replace(options, reduce_range=True, why=STATIC_WHY)
-    elif options.reduce_range is None and options.mode == "dynamic":
-        saturating = saturating_cpu()
-        options = dataclasses.replace(options, reduce_range=saturating, why=(
-            "7-bit weights: this CPU has no VNNI, and its U8S8 kernels saturate with 8-bit weights" if saturating
-            else "8-bit weights: this CPU has VNNI (no saturation); run `onnxguard consistency` on an AVX2-only "
-                 "deployment machine"))
-    elif options.mode != "fp16" and not options.why:
-        options = dataclasses.replace(options, why=f"{7 if options.reduce_range else 8}-bit weights, as asked")
+    options = resolved(options)
     size_before = model.ByteSize()
     with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
         work = Path(tmp)
         job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
-               "method": options.method, "keep_io_types": options.keep_io_types,
+               "method": options.method, "keep_io_types": options.keep_io_types, "exclude": list(options.exclude),
                "src": str(work / "in.onnx"), "pre": str(work / "pre.onnx"), "dst": str(work / "out.onnx"),
                "external": size_before >= EXTERNAL_DATA_BYTES}
         if job["external"]:  # no serialized copy of the whole model in this process; the child reads it back
