@@ -12,7 +12,7 @@ from onnxguard import runtime
 from onnxguard.accuracy.parity import Tolerance
 from onnxguard.bundle.golden import GoldenSet
 from onnxguard.errors import ModelError
-from onnxguard.speed import mixed, quantize, sensitivity
+from onnxguard.speed import mixed, quantize, sensitivity, smooth
 from onnxguard.speed.select import Candidate
 
 WIDTH = 32
@@ -89,8 +89,8 @@ def test_plain_int8_fails_the_gate_and_the_mix_passes_with_its_plan_recorded():
     from onnxguard.accuracy import parity
 
     assert not parity.parity(plain.model, golden, roles, TOLERANCE).passed
-    m = mixed.search(model, golden, roles, TOLERANCE)
-    assert m.passed and [n.node for n in m.fp32_nodes] == ["mm_b"]
+    m = mixed.search(model, golden, roles, TOLERANCE, alpha=0)  # no smoothing: exclusion alone
+    assert m.passed and [n.node for n in m.fp32_nodes] == ["mm_b"] and m.smoothing is None
     assert parity.parity(m.result.model, golden, roles, TOLERANCE).passed
     step = m.step()
     assert step.name == "quantize" and step.settings["mixed_precision"] is True
@@ -105,7 +105,7 @@ def test_plain_int8_fails_the_gate_and_the_mix_passes_with_its_plan_recorded():
 def test_the_search_stops_and_says_why_when_nothing_passes():
     model = _chain("activation")
     golden = _golden(model)
-    m = mixed.search(model, golden, {"y": "values"}, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))
+    m = mixed.search(model, golden, {"y": "values"}, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0), alpha=0)
     assert not m.passed and m.tries and len(m.tries) <= mixed.MAX_TRIES
     assert m.stopped
     assert max(t.fp32_nodes for t in m.tries) <= max(1, int(3 * mixed.MAX_SHARE))
@@ -130,8 +130,26 @@ def test_the_build_maker_skips_when_plain_int8_passed():
         mixed.make(parent, plain, golden, {"y": "values"}, TOLERANCE)
     plain.gate = None
     built, step = mixed.make(parent, plain, golden, {"y": "values"}, TOLERANCE)
-    assert step.settings["fp32_nodes"][0]["node"] == "mm_b"
-    assert {n.name for n in built.graph.node if n.op_type == "MatMul"} == {"mm_b"}
+    # Smoothing moves the outlier channel into mm_b's weights: every MatMul quantized, and the gate passes.
+    assert step.settings["smoothing"]["kept"] is True and step.settings["fp32_nodes"] == []
+    assert step.figures["passed"] is True and step.figures["quantized_nodes"] == 3
+    assert not {n.name for n in built.graph.node if n.op_type == "MatMul"}
+
+
+def test_smoothing_keeps_fp32_outputs_and_removes_the_activation_outlier():
+    model = _chain("activation")
+    golden = _golden(model)
+    s = sensitivity.measure(model, golden.inputs)
+    smoothed = smooth.smooth(model, s.maxima)
+    assert smoothed.activations == {"ga": ["mm_b"], "x": ["mm_a"], "rb": ["mm_c"]}
+    onnx.checker.check_model(smoothed.model)
+    for ref, out in zip(golden.references or (), runtime.run(runtime.session(smoothed.model), golden.inputs),
+                        strict=True):
+        np.testing.assert_allclose(out["y"], ref["y"], rtol=1e-4, atol=1e-4)
+    after = {n.node: n for n in sensitivity.measure(smoothed.model, golden.inputs).nodes}
+    before = {n.node: n for n in s.nodes}
+    assert after["mm_b"].outlier < before["mm_b"].outlier / 4
+    assert after["mm_b"].per_channel < before["mm_b"].per_channel / 10
 
 
 def test_gemm_and_embedding_gather_are_measured_and_a_gemm_is_excluded_by_its_matmul_name():

@@ -2,7 +2,9 @@
 FP32, as Neural Compressor's and Olive's accuracy-aware tuners do.
 
 1. Each quantizable MatMul's dynamic-INT8 error is measured on the golden set (:mod:`onnxguard.speed.sensitivity`:
-   one FP32 pass, then numpy), with the weights per tensor and per channel.
+   one FP32 pass, then numpy), with the weights per tensor and per channel. The graph is smoothed
+   (:mod:`onnxguard.speed.smooth`: activation outliers moved into the weights) and measured again; the smoothed
+   graph is kept when the simulation says it cuts the error by ``1 - SMOOTH_GAIN`` at least.
 2. Per-channel weights are chosen when the simulation says they cut the summed squared error by at least
    ``1 - PER_CHANNEL_GAIN`` (the activations have no such choice: ONNX Runtime's dynamic quantization only has
    ``DynamicQuantizeLinear``, uint8 asymmetric with one scale per tensor).
@@ -32,7 +34,7 @@ from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
 from onnxguard.errors import InputError, ModelError
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.speed import quantize, sensitivity
+from onnxguard.speed import quantize, sensitivity, smooth
 from onnxguard.speed.quantize import QuantizeOptions, QuantizeResult
 from onnxguard.speed.sensitivity import NodeSensitivity, Sensitivity
 
@@ -40,6 +42,7 @@ MAX_TRIES = 4
 MAX_SHARE = 0.5  # beyond half the MatMuls in FP32, INT8 has little speed left to give
 PER_CHANNEL_GAIN = 0.8
 MIN_PROGRESS = 0.1  # a try must cut the mean |error| by a tenth to be worth another
+SMOOTH_GAIN = 0.8  # smoothing is kept when the simulation says it cuts the summed squared error by a fifth
 SENSITIVITY_BATCHES = 16  # the golden batches the sensitivity is measured on (a spread of them)
 DYNAMIC = QuantizeOptions(mode="dynamic")
 
@@ -76,11 +79,12 @@ class Mixed:
     sensitivity: Sensitivity
     tries: tuple[Try, ...]
     stopped: str  # why the search stopped
+    smoothing: dict | None = None  # SmoothQuant's settings and why it was kept or not (None: not tried)
 
     def step(self) -> Step:
         """The manifest's quantize step: the options' settings with the plan, the figures with every try."""
         settings = {**self.result.options.settings(), "mixed_precision": True,
-                    "per_channel_why": self.why_per_channel,
+                    "per_channel_why": self.why_per_channel, "smoothing": self.smoothing,
                     "fp32_nodes": [{**n.to_dict(), "error": round(n.error(self.per_channel), 5)}
                                    for n in self.fp32_nodes]}
         s = self.sensitivity
@@ -118,15 +122,31 @@ def _worst_mean_abs(report: ParityReport) -> float:
 
 
 def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE,
-           options: QuantizeOptions = DYNAMIC, threads: int = 0,
+           options: QuantizeOptions = DYNAMIC, threads: int = 0, alpha: float = smooth.ALPHA,
            progress: Progress = silent) -> Mixed:
     """Dynamic INT8 of ``model`` with its most sensitive MatMuls in FP32, the fewest that pass ``tolerance``
     against ``golden``'s reference outputs (see the module's docstring). When no try passes, the try with the
-    smallest error is returned with ``passed`` False."""
+    smallest error is returned with ``passed`` False. ``alpha``: SmoothQuant's migration strength (0: none); the
+    smoothed graph is used when the simulation says it cuts the error by ``1 - SMOOTH_GAIN`` at least."""
     if golden.references is None:
         raise InputError("the golden set has no reference outputs; run the source framework first")
     options = quantize.resolved(dataclasses.replace(options, mode="dynamic"))
-    sens = sensitivity.measure(model, _sample(golden), bool(options.reduce_range), threads, progress)
+    sample = _sample(golden)
+    sens = sensitivity.measure(model, sample, bool(options.reduce_range), threads, progress)
+    smoothing = None
+    if alpha:
+        smoothed = smooth.smooth(model, sens.maxima, alpha)
+        if smoothed.activations:
+            progress(Event("quantize", f"mixed INT8: smoothing {len(smoothed.activations)} activations"))
+            after = sensitivity.measure(smoothed.model, sample, bool(options.reduce_range), threads, progress)
+            before_total, after_total = min(sens.total(False), sens.total(True)), min(after.total(False),
+                                                                                      after.total(True))
+            kept = after_total < SMOOTH_GAIN * before_total
+            smoothing = {**smoothed.settings(), "kept": kept,
+                         "why": f"simulated squared error summed over the nodes: {after_total:.3g} smoothed, "
+                                f"{before_total:.3g} not"}
+            if kept:
+                model, sens = smoothed.model, after
     per_tensor, per_channel_total = sens.total(False), sens.total(True)
     per_channel = per_channel_total < PER_CHANNEL_GAIN * per_tensor
     why = (f"simulated squared error summed over the MatMuls: {per_channel_total:.3g} per channel, {per_tensor:.3g} "
@@ -162,7 +182,7 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
         raise ModelError("mixed INT8: no quantization was tried")
     _, result, k = best
     return Mixed(result, tries[-1].passed and tries[-1].fp32_nodes == k, tuple(ranked[:k]), per_channel, why, sens,
-                 tuple(tries), stopped)
+                 tuple(tries), stopped, smoothing)
 
 
 def make(parent, plain, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -105,6 +105,7 @@ class Sensitivity:
     reduce_range: bool
     seconds: float
     unnamed: int = 0  # quantizable nodes without a name (ONNX Runtime cannot be told to leave them out)
+    maxima: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # max |x| per channel of each input
 
     def ranked(self, per_channel: bool) -> list[NodeSensitivity]:
         """The nodes, most sensitive first, for weights quantized per tensor or per channel."""
@@ -218,6 +219,7 @@ def measure(model: onnx.ModelProto, batches: Sequence[Batch], reduce_range: bool
     wanted = [i.name for i in sess.get_inputs()]
     names = list(dict.fromkeys(t.activation for t in found))
     rows = np.random.default_rng(SEED)
+    maxima: dict[str, np.ndarray] = {}
     for i, batch in enumerate(batches):
         progress(Event("quantize", f"sensitivity: batch {i + 1}/{len(batches)}", i, len(batches)))
         try:
@@ -226,8 +228,11 @@ def measure(model: onnx.ModelProto, batches: Sequence[Batch], reduce_range: bool
             raise ModelError(f"sensitivity: batch {i} does not run: {runtime.first_line(e)}") from e
         for acc in accs:
             acc.add(values[acc.target.activation], rows)
+        for name, v in values.items():
+            top = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0) if v.size else np.zeros(v.shape[-1], v.dtype)
+            maxima[name] = np.maximum(maxima[name], top) if name in maxima else top
     del sess
     nodes = sorted((a.result() for a in accs), key=lambda n: -n.per_tensor)
     sampled = next((a.rows for a in accs if a.target.op != "Gather"), accs[0].rows)
     return Sensitivity(tuple(nodes), len(batches), sampled, reduce_range, time.perf_counter() - start,
-                       sum(1 for t in found if not t.node))
+                       sum(1 for t in found if not t.node), maxima)
