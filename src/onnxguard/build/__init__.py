@@ -27,7 +27,7 @@ from onnxguard.bundle import Bundle, digest
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
-from onnxguard.convert import ConvertOptions, Source
+from onnxguard.convert import ConvertOptions, Source, isolated
 from onnxguard.errors import CheckFailed, ConversionError, InputError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
@@ -121,8 +121,22 @@ class BuildResult:
 
 
 def stage_convert(state: BuildState) -> str:
-    """Load the source and export it to ONNX; records the exporter and opset."""
-    result = convert.convert(state.spec, state.options.convert, state.options.meta, state.progress)
+    """Load the source and export it to ONNX; records the exporter and opset.
+
+    A PyTorch or Transformers source is converted in a child process (:mod:`onnxguard.convert.isolated`): its
+    framework never enters this one. The child also makes the golden set (see :func:`stage_golden`) and, for
+    ``--optimize auto``, the other exporter's graph (a candidate, see :func:`stage_optimize`), then exits."""
+    opts = state.options
+    if isolated.runs_apart(state.spec):
+        calibration = opts.calibration if (opts.quantize != "none" and opts.calibration is not None
+                                           and Path(opts.calibration).suffix != ".npz") else None
+        job = isolated.Job(str(state.spec), opts.convert, opts.meta, opts.golden_npz, opts.texts, calibration,
+                           other_exporter=opts.optimize == "auto")
+        result = isolated.convert(job, state.progress)
+        if state.outbox is not None:  # its scratch directory (staged exports, tokenizer files) goes with the build
+            state.outbox.callback(result.source.close)
+    else:
+        result = convert.convert(state.spec, opts.convert, opts.meta, state.progress)
     state.source, state.model, state.exporter, state.notes = result.source, result.model, result.exporter, result.notes
     nodes = len(result.model.graph.node)
     state.steps.append(Step(name="convert", settings={"exporter": result.exporter, "opset": _opset(result.model)},
@@ -131,11 +145,17 @@ def stage_convert(state: BuildState) -> str:
 
 
 def stage_golden(state: BuildState) -> str:
-    """The golden set: inputs (given or generated) and the source framework's outputs on them."""
+    """The golden set: inputs (given or generated) and the source framework's outputs on them (made by the
+    conversion's child process for a source converted there)."""
     opts, source = state.options, _made(state.source, "the source (convert)")
-    golden, state.golden_origin = parity.golden_from_source(source, opts.golden_npz, opts.texts, state.progress)
+    if isinstance(source, isolated.StagedSource):
+        golden, state.golden_origin = source.golden, source.golden_origin
+        where = ", run in the conversion process"
+    else:
+        golden, state.golden_origin = parity.golden_from_source(source, opts.golden_npz, opts.texts, state.progress)
+        where = ""
     state.golden = golden
-    return f"{golden.items} examples in {len(golden.inputs)} batches ({state.golden_origin})"
+    return f"{golden.items} examples in {len(golden.inputs)} batches ({state.golden_origin}{where})"
 
 
 def stage_parity(state: BuildState) -> str:
@@ -161,10 +181,7 @@ QUANTIZE_CHOICES = ("none", "auto", *quantize.MODES)
 
 
 def _other_exporter(state: BuildState) -> str | None:
-    framework = _made(state.source, "the source (convert)").framework
-    if framework not in ("pytorch", "transformers") or "ExportedProgram" in state.exporter:
-        return None
-    return "torchscript" if "(dynamo)" in state.exporter else "dynamo"
+    return isolated.other_exporter(_made(state.source, "the source (convert)").framework, state.exporter)
 
 
 def _reexported(state: BuildState, exporter: str) -> tuple[onnx.ModelProto, Step]:
@@ -215,8 +232,9 @@ def stage_optimize(state: BuildState) -> str:
     if choice == "auto" and other:
         # The exporters emit different graphs for the same model, and ORT runs them at different speeds
         # (the TorchScript graph of DistilBERT quantizes faster and fuses Attention; dynamo's does not).
-        # Second in line: the export runs in this process and its transient memory is the build's largest, so it
-        # runs before any other candidate's session exists.
+        # Second in line: for a source converted in a child process, that process made this export too (it is read
+        # from its file here); for a source loaded in this process, the export runs here and its transient memory
+        # is the build's largest, so it runs before any other candidate's session exists.
         state.candidates.insert(1, Candidate(f"fp32-{other}", make=functools.partial(_reexported, state, other),
                                              tolerance=strict))
     return ", ".join(c.name for c in state.candidates) + " (each made, gated and timed in select)"
