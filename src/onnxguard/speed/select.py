@@ -7,7 +7,11 @@ not shown that it gives the source model's answers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -224,6 +228,30 @@ def _ordered(candidates: list[Candidate]) -> list[Candidate]:
     return out
 
 
+def _give_back_memory() -> None:
+    """Hand the memory of freed models and sessions back to the system. glibc keeps freed blocks of its heap for
+    reuse (a session's weights are thousands of such blocks): without this, each candidate made, gated and freed
+    adds its size to the build's peak (measured on DistilBERT-base: ~0.5 GB retained per freed candidate). A no-op
+    where the C library has no ``malloc_trim``."""
+    gc.collect()  # (a model or session held only by a reference cycle)
+    trim = _MALLOC_TRIM
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # no glibc (musl has no malloc_trim)
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def _runner(sess: ort.InferenceSession) -> Callable[[Batch], object]:
     names = {i.name for i in sess.get_inputs()}
     return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
@@ -260,6 +288,9 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
         done.add(id(c))
         progress(Event("select", c.name, i, len(order)))
         phase = "making it"
+        model: onnx.ModelProto | None = None
+        sess: ort.InferenceSession | None = None
+        run: Callable[[Batch], object] | None = None
         try:
             if c.model is None and c.error is None:
                 if c.make is None or (c.parent is not None and c.parent.model is None):
@@ -277,11 +308,9 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
             c.gate = parity.compare(references, runtime.run(sess, golden.inputs), roles,
                                     c.tolerance or tolerance)
             if not c.gate.passed:
-                del sess
                 continue
             phase = "timing it"
-            run = _runner(sess)
-            del sess
+            run, sess = _runner(sess), None
             opponent, opponent_run = (best, best_run) if best is not None else (ref, ref_run)
             if opponent is None or opponent_run is None:
                 c.p50_ms = float(np.median(_alone(run, batch, runs, 30)))
@@ -294,16 +323,21 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 c.to_base = r.ratio * opponent.to_base
                 wins = c.eligible and (best is None or r.challenger_wins)
             if wins:
-                best, best_run = c, run
-            elif ref is None:
+                best, best_run = c, run  # the former best's session goes with its last reference
+                ref, ref_run = (ref, None)  # a challenger is timed against the best from now on
+            elif ref is None and best is None:
                 ref, ref_run = c, run
         except CANDIDATE_ERRORS as e:
             c.error = f"dropped, it raised while {phase}: {runtime.first_line(e)}"
             progress(Event("select", f"{c.name} dropped: {e}"))
         finally:
+            # Only the best so far keeps a session, and only what is still needed keeps a model: the loser's
+            # session and model go now, not when the next candidate overwrites these names.
+            model = sess = run = opponent_run = None
             for k in order[: i + 1]:
                 if k.model is not None and not keep_model(k, done):
                     k.free()
+            _give_back_memory()
     if best is None:
         failed = "; ".join(_why(c) for c in candidates if c.eligible)
         usable = fallback if fallback is not None and fallback.model is not None else None
