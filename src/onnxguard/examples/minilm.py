@@ -67,10 +67,10 @@ def save_classifier(path: str | Path, c: float = 1.0) -> Made:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from onnxguard.convert.hf import no_progress_bars
+    from onnxguard.convert.hf import captured, no_progress_bars
 
     path, source = Path(path), encoder_path()
-    with no_progress_bars():
+    with no_progress_bars(), captured():  # Transformers' load report (the new head is "MISSING") is expected
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = BertForSequenceClassification.from_pretrained(
             source, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
