@@ -170,6 +170,31 @@ def test_scores_agreement_is_argmax():
     assert r.label_agreement == 0.75 and not r.passed and "label agreement 75.00%" in r.failures[0]
 
 
+def test_scores_cosine_is_between_class_probabilities():
+    """A two-class head's logits are each other's negatives: on logits one coin-toss flip reads as cosine -1; on
+    probabilities it reads as close, and a confident answer turned round still fails."""
+    ref = np.array([[2.0, -2.0], [0.01, -0.01], [-3.0, 3.0], [1.5, -1.5]])
+    coin_toss = ref.copy()
+    coin_toss[1] = [-0.01, 0.01]
+    tol = Tolerance(atol=1, rtol=0.1, min_cosine=0.99, min_label_agreement=0.75)
+    r = _cmp(ref, coin_toss, SCORES, tol)
+    assert r.passed and r.min_cosine > 0.999 and r.label_agreement == 0.75
+    assert _cmp(ref, coin_toss, VALUES, tol).min_cosine == pytest.approx(-1.0)  # values: the vectors as they are
+    confident = ref.copy()
+    confident[0] = [1.2, -1.2]  # within atol of [2, -2] per element, same label ...
+    confident[3] = [-0.6, 0.6]  # ... but this one turned round with confidence
+    r = _cmp(ref, confident, SCORES, Tolerance(atol=2.5, rtol=0, min_cosine=0.99, min_label_agreement=0.75))
+    assert not r.passed and r.min_cosine < 0.9 and "min cosine" in r.failures[0]
+
+
+def test_scores_that_are_probabilities_are_compared_as_they_are():
+    ref = np.array([[0.9, 0.1], [0.2, 0.8]])
+    out = np.array([[0.8, 0.2], [0.2, 0.8]])
+    r = _cmp(ref, out, SCORES, Tolerance(atol=1, rtol=0, min_cosine=0.0, min_label_agreement=1.0))
+    expected = (0.9 * 0.8 + 0.1 * 0.2) / (np.hypot(0.9, 0.1) * np.hypot(0.8, 0.2))
+    assert r.min_cosine == pytest.approx(expected)
+
+
 def test_string_labels_compare_by_equality():
     r = _cmp(np.array(["cat", "dog", "cat"]), np.array(["cat", "dog", "dog"]), LABELS,
              Tolerance(min_label_agreement=0.5))

@@ -4,6 +4,12 @@ Each output is compared on every golden example: max and mean absolute differenc
 similarity between an example's output vectors, and for classifier outputs the share of examples whose
 predicted label agrees. An output passes when every element satisfies ``|onnx - ref| <= atol + rtol * |ref|``
 and the cosine and label-agreement floors hold.
+
+For class scores the cosine is taken between class probabilities (the scores as they are when they already are
+probabilities, else their softmax). On logits it would not measure closeness for a few classes: a two-class
+head's logits are often each other's negatives, so every example's cosine is +1 or -1, and one example whose
+coin-toss margin flipped would fail a gate that allows 1 % of labels to differ. On probabilities that example
+reads as nearly 1, and a confident answer turned round still reads as far from it.
 """
 
 from __future__ import annotations
@@ -77,6 +83,16 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(cos, nan=0.0)
 
 
+def _probabilities(rows: np.ndarray, classes: int) -> np.ndarray:
+    """Per-example scores over ``classes`` (the last axis of the output) as probabilities: kept when they already
+    are (in [0, 1], summing to 1), else their softmax."""
+    z = rows.reshape(len(rows), -1, classes)
+    if ((z >= 0) & (z <= 1)).all() and np.allclose(z.sum(-1), 1.0, atol=1e-3):
+        return rows
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).reshape(rows.shape)
+
+
 def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.ndarray],
                    tol: Tolerance) -> OutputParity:
     """Compare one output with its references as its ``role`` (scores, labels, values) asks, within ``tol``."""
@@ -104,6 +120,10 @@ def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.n
     if over.any():
         failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} "
                         f"(max |diff| {max_abs:.3g})")
+    classes = refs[0].shape[-1] if refs[0].ndim > 1 else 1
+    if role == SCORES and classes > 1 and np.isfinite(out).all():  # class probabilities (the module's docstring)
+        ref_rows = [_probabilities(r, classes) for r in ref_rows]
+        out_rows = [_probabilities(o, classes) for o in out_rows]
     min_cos = min((float(_cosines(o, r).min()) for o, r in zip(out_rows, ref_rows, strict=True) if len(r)),
                   default=1.0)
     if min_cos < tol.min_cosine:
