@@ -89,7 +89,7 @@ def test_plain_int8_fails_the_gate_and_the_mix_passes_with_its_plan_recorded():
     from onnxguard.accuracy import parity
 
     assert not parity.parity(plain.model, golden, roles, TOLERANCE).passed
-    m = mixed.search(model, golden, roles, TOLERANCE, alpha=0)  # no smoothing: exclusion alone
+    m = mixed.search(model, golden, roles, TOLERANCE, alphas=())  # no smoothing: exclusion alone
     assert m.passed and [n.node for n in m.fp32_nodes] == ["mm_b"] and m.smoothing is None
     assert parity.parity(m.result.model, golden, roles, TOLERANCE).passed
     step = m.step()
@@ -98,24 +98,58 @@ def test_plain_int8_fails_the_gate_and_the_mix_passes_with_its_plan_recorded():
     assert step.settings["fp32_nodes"][0]["why"].startswith("activation range")
     assert "per_channel" in step.settings and step.settings["per_channel_why"]
     assert step.figures["quantized_nodes"] == 2 and step.figures["passed"] is True
-    assert [t["passed"] for t in step.figures["tries"]][-1] is True
-    assert step.figures["tries"][-1]["fp32_nodes"] == 1
+    assert m.chosen.passed and m.chosen.fp32_nodes == 1
+    assert [t["fp32_nodes"] for t in step.figures["tries"] if t["passed"]] == [1]
 
 
 def test_the_search_stops_and_says_why_when_nothing_passes():
     model = _chain("activation")
     golden = _golden(model)
-    m = mixed.search(model, golden, {"y": "values"}, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0), alpha=0)
-    assert not m.passed and m.tries and len(m.tries) <= mixed.MAX_TRIES
-    assert m.stopped
-    assert max(t.fp32_nodes for t in m.tries) <= max(1, int(3 * mixed.MAX_SHARE))
+    m = mixed.search(model, golden, {"y": "values"}, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0), alphas=())
+    assert not m.passed and 1 <= len(m.tries) <= mixed.MAX_TRIES
+    assert m.stopped and "FP32" in m.stopped
+    assert m.chosen.fp32_nodes == len(m.fp32_nodes)
 
 
-def test_schedule_grows_and_is_capped():
-    assert mixed.schedule(36, per_channel=False) == [1, 2, 4, 18]
-    assert mixed.schedule(36, per_channel=True) == [0, 1, 2, 18]
-    assert mixed.schedule(2, per_channel=False) == [1]
-    assert len(mixed.schedule(1000, per_channel=True)) <= mixed.MAX_TRIES
+def _judge(passes_from: int, slow_from: int = 10**6, seen: list[int] | None = None):
+    def judge(k: int) -> mixed.Try:
+        if seen is not None:
+            seen.append(k)
+        return mixed.Try(k, True, k >= passes_from, 0.1, 0.1, 0.99, 0.99, (), 0.1,
+                         1.0 if k >= slow_from else 1.5)
+    return judge
+
+
+def test_the_count_grows_geometrically_until_a_pass_then_bisects_back():
+    seen: list[int] = []
+    passing, stopped = mixed.counts(41, 0, _judge(13, seen=seen))
+    assert seen == [0, 2, 4, 8, 16, 12] and passing == 16  # 12 failed: within a quarter of 16, bisection stops
+    assert stopped == "passed with 16 node(s) in FP32; 12 failed"
+    seen.clear()
+    assert mixed.counts(41, 1, _judge(1, seen=seen)) == (1, "passed with 1 node(s) in FP32") and seen == [1]
+    seen.clear()
+    passing, _ = mixed.counts(41, 0, _judge(41, seen=seen))  # every node: the search still ends
+    assert passing == 41 and seen == [0, 2, 4, 8, 16, 32, 41]
+
+
+def test_the_search_stops_once_a_try_is_no_faster_than_fp32():
+    seen: list[int] = []
+    passing, stopped = mixed.counts(41, 0, _judge(30, slow_from=4, seen=seen))
+    assert passing is None and seen == [0, 2, 4]
+    assert "1.00x as fast as FP32" in stopped and "would not be faster" in stopped
+
+
+def test_smoothing_is_simulated_from_the_one_pass():
+    model = _chain("activation")
+    golden = _golden(model)
+    s = sensitivity.measure(model, golden.inputs)
+    simulated = {n.node: n for n in s.simulate(smooth.scales(model, s.maxima, 0.7)).nodes}
+    measured = {n.node: n for n in sensitivity.measure(smooth.smooth(model, s.maxima, 0.7).model,
+                                                       golden.inputs).nodes}
+    for name, n in measured.items():  # the same rows are sampled: the same figures up to float rounding
+        assert simulated[name].per_channel == pytest.approx(n.per_channel, rel=1e-3, abs=1e-6)
+        assert simulated[name].outlier == pytest.approx(n.outlier, rel=1e-3)
+    assert simulated["mm_b"].per_tensor < s.nodes[0].per_tensor / 10
 
 
 def test_the_build_maker_skips_when_plain_int8_passed():

@@ -2,17 +2,22 @@
 FP32, as Neural Compressor's and Olive's accuracy-aware tuners do.
 
 1. Each quantizable MatMul's dynamic-INT8 error is measured on the golden set (:mod:`onnxguard.speed.sensitivity`:
-   one FP32 pass, then numpy), with the weights per tensor and per channel. The graph is smoothed
-   (:mod:`onnxguard.speed.smooth`: activation outliers moved into the weights) and measured again; the smoothed
-   graph is kept when the simulation says it cuts the error by ``1 - SMOOTH_GAIN`` at least.
+   one FP32 pass, then numpy), with the weights per tensor and per channel. Smoothing (:mod:`onnxguard.speed.smooth`:
+   activation outliers moved into the weights) is simulated from the same pass for each of ``ALPHAS``; the
+   smallest alpha whose simulated error is within ``ALPHA_TIE`` of the best is kept when it cuts the unsmoothed
+   error by ``1 - SMOOTH_GAIN`` at least (on the MiniLM classifier of ``examples.minilm`` the simulation cannot
+   tell 0.7 from 0.85 apart, 7 %, and the milder one moves the weights less).
 2. Per-channel weights are chosen when the simulation says they cut the summed squared error by at least
    ``1 - PER_CHANNEL_GAIN`` (the activations have no such choice: ONNX Runtime's dynamic quantization only has
    ``DynamicQuantizeLinear``, uint8 asymmetric with one scale per tensor).
-3. ONNX Runtime quantizes the model with the ``k`` most sensitive nodes excluded (``nodes_to_exclude``), ``k``
-   growing (0 with per-channel weights, then 1, 2, 4, ...), and each try is gated against the source's outputs,
-   until one passes, ``MAX_TRIES`` tries were made, ``MAX_SHARE`` of the nodes would stay in FP32, or a try cut the
-   error by less than ``MIN_PROGRESS`` (the error is spread over many nodes, as in a random-weight model: leaving a
-   few more in FP32 will not make it pass).
+3. ONNX Runtime quantizes the model with the ``k`` most sensitive nodes excluded (``nodes_to_exclude``) and each
+   try is judged by the gate itself (``tolerance`` on the golden set: per-element bound, cosine, label agreement),
+   not by a proxy. ``k`` grows geometrically (0 when smoothing or per-channel weights make it differ from the plain
+   INT8 variant, then 2, 4, 8, ..., every node) until a try passes, then is bisected back between the last failing
+   and the passing count until they lie within ``BISECT`` of each other: the fewest nodes found that pass (the gate
+   is not monotone in ``k``; a handful of rows with coin-toss margins decide it). The search also stops when a try
+   runs the golden set's largest batch less than ``MIN_SPEEDUP`` times faster than the FP32 model (leaving more in
+   FP32 would only be slower), or after ``MAX_TRIES`` tries.
 
 The plan (which nodes stay FP32, their sensitivity and why, per-channel or not) and every try are recorded in the
 manifest's quantize step.
@@ -22,13 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from onnxguard import runtime
 from onnxguard.accuracy import parity
-from onnxguard.accuracy.parity import ParityReport, Tolerance
+from onnxguard.accuracy.parity import Tolerance
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
@@ -38,18 +46,23 @@ from onnxguard.speed import quantize, sensitivity, smooth
 from onnxguard.speed.quantize import QuantizeOptions, QuantizeResult
 from onnxguard.speed.sensitivity import NodeSensitivity, Sensitivity
 
-MAX_TRIES = 4
-MAX_SHARE = 0.5  # beyond half the MatMuls in FP32, INT8 has little speed left to give
+MAX_TRIES = 8
+GROWTH = 2  # each failing try leaves this many times more nodes in FP32 (2, 4, 8, ...)
+BISECT = 4  # bisection stops when the failing and passing counts are within max(1, passing // BISECT)
+MIN_SPEEDUP = 1.05  # a try no faster than this against FP32 (largest golden batch) ends the search
 PER_CHANNEL_GAIN = 0.8
-MIN_PROGRESS = 0.1  # a try must cut the mean |error| by a tenth to be worth another
 SMOOTH_GAIN = 0.8  # smoothing is kept when the simulation says it cuts the summed squared error by a fifth
+ALPHAS = (0.5, 0.7, 0.85)  # SmoothQuant's migration strengths simulated
+ALPHA_TIE = 1.1  # the smallest alpha within this factor of the best simulated error is taken
 SENSITIVITY_BATCHES = 16  # the golden batches the sensitivity is measured on (a spread of them)
+TIMING_RUNS = 3  # runs of the largest golden batch per timing (the fastest counts)
 DYNAMIC = QuantizeOptions(mode="dynamic")
 
 
 @dataclass(frozen=True)
 class Try:
-    """One quantization the search made and gated: how many nodes stayed FP32, and the gate's figures."""
+    """One quantization the search made and gated: how many nodes stayed FP32, the gate's figures, and its time on
+    the golden set's largest batch against the FP32 model's."""
 
     fp32_nodes: int
     per_channel: bool
@@ -59,17 +72,21 @@ class Try:
     min_cosine: float | None
     label_agreement: float | None
     failures: tuple[str, ...]
+    seconds: float = 0.0
+    x_fp32: float = 0.0  # the FP32 model's time over this try's
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["failures"] = list(self.failures)
+        d["seconds"], d["x_fp32"] = round(self.seconds, 4), round(self.x_fp32, 3)
         return d
 
 
 @dataclass(frozen=True)
 class Mixed:
-    """The search's outcome: the model of the passing try (else of the try with the smallest error), the nodes it
-    keeps in FP32, the weights' scales, the sensitivity measured, and every try."""
+    """The search's outcome: the model of the passing try with the fewest FP32 nodes (else of the failing try
+    closest to passing), the nodes it keeps in FP32, the weights' scales, the sensitivity measured, and every
+    try."""
 
     result: QuantizeResult
     passed: bool
@@ -80,6 +97,12 @@ class Mixed:
     tries: tuple[Try, ...]
     stopped: str  # why the search stopped
     smoothing: dict | None = None  # SmoothQuant's settings and why it was kept or not (None: not tried)
+    fp32_seconds: float = 0.0  # the FP32 model on the golden set's largest batch
+
+    @property
+    def chosen(self) -> Try:
+        """The try whose model this is."""
+        return next(t for t in self.tries if t.fp32_nodes == len(self.fp32_nodes))
 
     def step(self) -> Step:
         """The manifest's quantize step: the options' settings with the plan, the figures with every try."""
@@ -91,24 +114,12 @@ class Mixed:
         figures = {"size_before": self.result.size_before, "size_after": self.result.size_after,
                    "preprocessed": self.result.preprocessed, "passed": self.passed, "stopped": self.stopped,
                    "quantized_nodes": len(s.nodes) - len(self.fp32_nodes), "tries": [t.to_dict() for t in self.tries],
+                   "fp32_seconds": round(self.fp32_seconds, 4),
                    "sensitivity": {"batches": s.batches, "rows": s.rows, "seconds": round(s.seconds, 2),
                                    "method": "one FP32 pass; DynamicQuantizeLinear and int8 weights simulated in "
                                              "numpy; relative RMS error of each MatMul's output",
                                    "ranked": [n.to_dict() for n in s.ranked(self.per_channel)]}}
         return Step(name="quantize", settings=settings, figures=figures)
-
-
-def schedule(nodes: int, per_channel: bool) -> list[int]:
-    """How many of the most sensitive nodes each try leaves in FP32: 0 (only when per-channel weights are new
-    against the plain per-tensor variant), then 1, 2, 4, ... up to ``MAX_SHARE`` of ``nodes``, ``MAX_TRIES`` at most."""
-    cap = max(1, math.floor(nodes * MAX_SHARE))
-    counts = [0] if per_channel else []
-    k = 1
-    while k < cap and len(counts) < MAX_TRIES - 1:
-        counts.append(k)
-        k *= 2
-    counts.append(cap)
-    return sorted(set(counts))[:MAX_TRIES]
 
 
 def _sample(golden: GoldenSet) -> list[Batch]:
@@ -117,72 +128,137 @@ def _sample(golden: GoldenSet) -> list[Batch]:
     return batches[:: max(1, -(-len(batches) // SENSITIVITY_BATCHES))]
 
 
-def _worst_mean_abs(report: ParityReport) -> float:
-    return max(o.mean_abs for o in report.outputs)
+def _largest(golden: GoldenSet) -> Batch:
+    """The golden batch with the most input elements (for a text model: the longest full batch)."""
+    return max(golden.inputs, key=lambda b: sum(np.asarray(v).size for v in b.values()))
+
+
+def _timed(sess, batch: Batch) -> float:
+    """The fastest of ``TIMING_RUNS`` runs of ``batch`` (after one warm-up run)."""
+    feed = {i.name: batch[i.name] for i in sess.get_inputs()}
+    sess.run(None, feed)
+    best = math.inf
+    for _ in range(TIMING_RUNS):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _smoothing(model: onnx.ModelProto, sens: Sensitivity, alphas: tuple[float, ...]
+               ) -> tuple[onnx.ModelProto, Sensitivity, dict | None]:
+    """The smoothed model and its simulated sensitivity for the alpha chosen among ``alphas`` (see the module's
+    docstring), or ``model`` and ``sens`` as they are when smoothing does not pay; and the settings to record."""
+    before = min(sens.total(False), sens.total(True))
+    simulated = {}
+    for alpha in alphas:
+        scales = smooth.scales(model, sens.maxima, alpha)
+        if scales:
+            after = sens.simulate(scales)
+            simulated[alpha] = (min(after.total(False), after.total(True)), after)
+    if not simulated:
+        return model, sens, None
+    best = min(total for total, _ in simulated.values())
+    alpha = min(a for a, (total, _) in simulated.items() if total <= ALPHA_TIE * best)
+    total, after = simulated[alpha]
+    kept = total < SMOOTH_GAIN * before
+    smoothed = smooth.smooth(model, sens.maxima, alpha) if kept else None
+    settings = {**(smoothed.settings() if smoothed else {"alpha": alpha}), "kept": kept,
+                "simulated": {"none": round(before, 5), **{str(a): round(t, 5) for a, (t, _) in simulated.items()}},
+                "why": f"simulated squared error summed over the nodes: {total:.3g} with alpha {alpha} (the smallest "
+                       f"within {ALPHA_TIE:g}x of the best, {best:.3g}), {before:.3g} not smoothed"}
+    return (smoothed.model, after, settings) if smoothed else (model, sens, settings)
+
+
+def _closeness(t: Try) -> tuple:
+    """How near a failing try came to passing: label agreement, then the worst cosine, then the mean |error|."""
+    return (t.label_agreement if t.label_agreement is not None else 1.0,
+            t.min_cosine if t.min_cosine is not None else 1.0, -t.mean_abs)
+
+
+def counts(nodes: int, start: int, judge: Callable[[int], Try]) -> tuple[int | None, str]:
+    """The search over how many of the ``nodes`` most sensitive nodes stay FP32 (see the module's docstring):
+    ``judge(k)`` quantizes and gates with ``k`` of them in FP32. Returns the passing count with the fewest found
+    (None when none passed) and why the search stopped."""
+    failing, passing, tried, k = start - 1, None, 0, start  # start - 1: failed before the search (or untried)
+    stopped = f"{MAX_TRIES} tries, none passed"
+    while tried < MAX_TRIES:
+        t, tried = judge(k), tried + 1
+        if t.passed:
+            passing = k
+            break
+        failing = k
+        if t.x_fp32 < MIN_SPEEDUP:
+            stopped = (f"{k} node(s) in FP32 ran the largest golden batch {t.x_fp32:.2f}x as fast as FP32 "
+                       f"(< {MIN_SPEEDUP:g}x): more in FP32 would not be faster than FP32")
+            break
+        if k >= nodes:
+            stopped = "every node in FP32 and no try passed"
+            break
+        k = min(nodes, max(GROWTH, GROWTH * k))
+    while passing is not None and passing - failing > max(1, passing // BISECT) and tried < MAX_TRIES:
+        k, tried = (failing + passing) // 2, tried + 1
+        if judge(k).passed:
+            passing = k
+        else:
+            failing = k
+    if passing is not None:
+        stopped = f"passed with {passing} node(s) in FP32" + (f"; {failing} failed" if failing >= start else "")
+    return passing, stopped
 
 
 def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE,
-           options: QuantizeOptions = DYNAMIC, threads: int = 0, alpha: float = smooth.ALPHA,
+           options: QuantizeOptions = DYNAMIC, threads: int = 0, alphas: tuple[float, ...] = ALPHAS,
            progress: Progress = silent) -> Mixed:
-    """Dynamic INT8 of ``model`` with its most sensitive MatMuls in FP32, the fewest that pass ``tolerance``
-    against ``golden``'s reference outputs (see the module's docstring). When no try passes, the try with the
-    smallest error is returned with ``passed`` False. ``alpha``: SmoothQuant's migration strength (0: none); the
-    smoothed graph is used when the simulation says it cuts the error by ``1 - SMOOTH_GAIN`` at least."""
+    """Dynamic INT8 of ``model`` with its most sensitive MatMuls in FP32, the fewest found that pass ``tolerance``
+    against ``golden``'s reference outputs (see the module's docstring). When no try passes, the try closest to
+    passing is returned with ``passed`` False. ``alphas``: SmoothQuant's migration strengths to simulate (empty:
+    no smoothing)."""
     if golden.references is None:
         raise InputError("the golden set has no reference outputs; run the source framework first")
     options = quantize.resolved(dataclasses.replace(options, mode="dynamic"))
     sample = _sample(golden)
     sens = sensitivity.measure(model, sample, bool(options.reduce_range), threads, progress)
-    smoothing = None
-    if alpha:
-        smoothed = smooth.smooth(model, sens.maxima, alpha)
-        if smoothed.activations:
-            progress(Event("quantize", f"mixed INT8: smoothing {len(smoothed.activations)} activations"))
-            after = sensitivity.measure(smoothed.model, sample, bool(options.reduce_range), threads, progress)
-            before_total, after_total = min(sens.total(False), sens.total(True)), min(after.total(False),
-                                                                                      after.total(True))
-            kept = after_total < SMOOTH_GAIN * before_total
-            smoothing = {**smoothed.settings(), "kept": kept,
-                         "why": f"simulated squared error summed over the nodes: {after_total:.3g} smoothed, "
-                                f"{before_total:.3g} not"}
-            if kept:
-                model, sens = smoothed.model, after
+    fp32 = model
+    model, sens, smoothing = _smoothing(model, sens, alphas) if alphas else (model, sens, None)
+    if smoothing and smoothing["kept"]:
+        progress(Event("quantize", f"mixed INT8: smoothing {smoothing['activations']} activations "
+                                   f"(alpha {smoothing['alpha']})"))
     per_tensor, per_channel_total = sens.total(False), sens.total(True)
     per_channel = per_channel_total < PER_CHANNEL_GAIN * per_tensor
     why = (f"simulated squared error summed over the MatMuls: {per_channel_total:.3g} per channel, {per_tensor:.3g} "
            f"per tensor")
     ranked = [n for n in sens.ranked(per_channel) if n.node]
-    tries: list[Try] = []
-    best: tuple[float, QuantizeResult, int] | None = None
-    stopped = "no try passed"
-    for k in schedule(len(ranked), per_channel):
-        progress(Event("quantize", f"mixed INT8: {k} most sensitive MatMul(s) in FP32"))
+    largest = _largest(golden)
+    fp32_seconds = _timed(runtime.session(fp32, threads=threads, name="the FP32 model"), largest)
+    tries: dict[int, Try] = {}
+    results: dict[str, tuple[int, QuantizeResult]] = {}
+
+    def attempt(k: int) -> Try:
+        progress(Event("quantize", f"mixed INT8: {k} most sensitive node(s) in FP32"))
         opts = dataclasses.replace(options, per_channel=per_channel, exclude=tuple(n.node for n in ranked[:k]))
         result = quantize.quantize(model, opts, progress)
-        report = parity.compare(golden.references,
-                                runtime.run(runtime.session(result.model, threads=threads, name="a mixed INT8 model"),
-                                            golden.inputs), roles, tolerance)
-        error = _worst_mean_abs(report)
+        sess = runtime.session(result.model, threads=threads, name="a mixed INT8 model")
+        report = parity.compare(golden.references or (), runtime.run(sess, golden.inputs), roles, tolerance)
+        seconds = _timed(sess, largest)
         out = report.outputs
-        tries.append(Try(k, per_channel, report.passed, error, max(o.max_abs for o in out),
-                         min((o.min_cosine for o in out if o.min_cosine is not None), default=None),
-                         min((o.label_agreement for o in out if o.label_agreement is not None), default=None),
-                         tuple(f for o in out for f in o.failures)))
-        previous = best[0] if best is not None else None
-        if best is None or error < best[0]:
-            best = (error, result, k)
-        if report.passed:
-            best, stopped = (error, result, k), f"passed with {k} node(s) in FP32"
-            break
-        if previous is not None and error > (1 - MIN_PROGRESS) * previous:
-            stopped = (f"{k} node(s) in FP32 cut the mean |error| by less than {MIN_PROGRESS:.0%} "
-                       f"({previous:.3g} -> {error:.3g}): the error is spread over many nodes")
-            break
-    if best is None:  # schedule() always gives at least one count
-        raise ModelError("mixed INT8: no quantization was tried")
-    _, result, k = best
-    return Mixed(result, tries[-1].passed and tries[-1].fp32_nodes == k, tuple(ranked[:k]), per_channel, why, sens,
-                 tuple(tries), stopped, smoothing)
+        tries[k] = Try(k, per_channel, report.passed, max(o.mean_abs for o in out), max(o.max_abs for o in out),
+                       min((o.min_cosine for o in out if o.min_cosine is not None), default=None),
+                       min((o.label_agreement for o in out if o.label_agreement is not None), default=None),
+                       tuple(f for o in out for f in o.failures), seconds, fp32_seconds / seconds)
+        # Only two models are held: the passing one with the fewest FP32 nodes, and the failing one closest to
+        # passing (a base-size transformer's INT8 model is ~100 MB).
+        key = "passing" if report.passed else "failing"
+        held = results.get(key)
+        if held is None or (held[0] > k if report.passed else _closeness(tries[held[0]]) < _closeness(tries[k])):
+            results[key] = (k, result)
+        return tries[k]
+
+    passing, stopped = counts(len(ranked), 0 if per_channel or smoothing and smoothing["kept"] else 1, attempt)
+    k, result = results["passing" if passing is not None else "failing"]
+    stopped += f" ({tries[k].x_fp32:.2f}x FP32 on the largest golden batch with {k})"
+    return Mixed(result, passing is not None, tuple(ranked[:k]), per_channel, why, sens, tuple(tries.values()),
+                 stopped, smoothing, fp32_seconds)
 
 
 def make(parent, plain, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE,

@@ -24,6 +24,7 @@ scales fix.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class Sensitivity:
     seconds: float
     unnamed: int = 0  # quantizable nodes without a name (ONNX Runtime cannot be told to leave them out)
     maxima: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # max |x| per channel of each input
+    # What the pass saw (each MatMul's target and weight, each activation's sample), for :meth:`simulate`.
+    seen: dict[str, _Seen] = field(default_factory=dict, repr=False, compare=False)
+    matmuls: tuple[tuple[Target, np.ndarray], ...] = field(default=(), repr=False, compare=False)
 
     def ranked(self, per_channel: bool) -> list[NodeSensitivity]:
         """The nodes, most sensitive first, for weights quantized per tensor or per channel."""
@@ -114,6 +118,16 @@ class Sensitivity:
     def total(self, per_channel: bool) -> float:
         """The sum of the nodes' squared relative errors (a proxy of the whole model's INT8 noise)."""
         return float(sum(n.error(per_channel) ** 2 for n in self.nodes))
+
+    def simulate(self, scales: dict[str, np.ndarray]) -> Sensitivity:
+        """The same measure for the model smoothed by ``scales`` (graph node name -> the per-channel ``s`` its input
+        is divided by and its weight rows multiplied by, :func:`onnxguard.speed.smooth.scales`), from what the
+        FP32 pass saw: smoothing leaves every FP32 tensor as it was, so no second pass is needed."""
+        start = time.perf_counter()
+        again = {t.excluded_as: _simulate(t, w, self.seen[t.activation], self.reduce_range, scales[t.node])
+                 for t, w in self.matmuls if t.node in scales}
+        nodes = sorted((again.get(n.node, n) for n in self.nodes), key=lambda n: -n.per_tensor)
+        return dataclasses.replace(self, nodes=tuple(nodes), seconds=self.seconds + time.perf_counter() - start)
 
 
 def targets(model: onnx.ModelProto) -> list[Target]:
@@ -152,47 +166,68 @@ def _weight_int8(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.nda
     return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 
-class _Accumulator:
-    def __init__(self, target: Target, w: np.ndarray, reduce_range: bool) -> None:
-        w = w.T.copy() if target.transpose else w
-        self.target, self.w = target, w
-        self.table = _dynamic_uint8(w) if target.op == "Gather" else (1.0, 0.0)
-        # The weight's error, per tensor and per channel, side by side: one product gives both.
-        self.dw = np.concatenate([_weight_int8(w, False, reduce_range) - w, _weight_int8(w, True, reduce_range) - w],
-                                 axis=1)
-        self.sums = np.zeros(5)  # |y|^2, |e_tensor|^2, |e_channel|^2, |e_activation|^2, |e_weight|^2
-        self.outlier = 0.0
-        self.rows = 0
+@dataclass(frozen=True)
+class _Seen:
+    """What the FP32 pass kept of one activation tensor, per batch: a sample of its rows, and its minimum, maximum
+    and sum of squares per channel (enough to give the whole tensor's range and RMS after any per-channel scaling,
+    so smoothing can be simulated without another pass)."""
 
-    def add(self, x: np.ndarray, rows: np.random.Generator) -> None:
-        flat = x.reshape(-1, x.shape[-1])
-        if self.target.op == "Gather":  # the gathered rows, through the table's uint8 quantization
-            scale, zero = self.table
-            err = (np.clip(np.round(flat / scale) + zero, 0, 255) - zero) * scale - flat
-            e2 = float(np.square(err, dtype=np.float64).sum())
-            self.sums += [float(np.square(flat, dtype=np.float64).sum()), e2, e2, 0.0, e2]
-            self.rows += len(flat)
-            return
-        scale, zero = _dynamic_uint8(flat)
-        rms = float(np.sqrt(np.mean(np.square(flat, dtype=np.float64)))) or 1.0
-        self.outlier = max(self.outlier, float(np.abs(flat).max()) / rms)
-        sample = flat[rows.choice(len(flat), min(len(flat), ROWS_PER_BATCH), replace=False)].astype(np.float32)
+    rows: list[np.ndarray]
+    lo: list[np.ndarray]
+    hi: list[np.ndarray]
+    squares: list[np.ndarray]
+    counts: list[int]
+
+
+def _simulate(target: Target, w: np.ndarray, seen: _Seen, reduce_range: bool,
+              s: np.ndarray | None = None) -> NodeSensitivity:
+    """One MatMul's dynamic-INT8 error from what the pass saw of its input; ``s``: the input divided per channel by
+    ``s`` and the weight's rows multiplied by it (smoothing)."""
+    if s is not None:
+        w = w * s[:, None]
+    # The weight's error, per tensor and per channel, side by side: one product gives both.
+    dw = np.concatenate([_weight_int8(w, False, reduce_range) - w, _weight_int8(w, True, reduce_range) - w], axis=1)
+    sums = np.zeros(5)  # |y|^2, |e_tensor|^2, |e_channel|^2, |e_activation|^2, |e_weight|^2
+    outlier = 0.0
+    inv = None if s is None else (1.0 / s).astype(np.float32)
+    for sample, lo, hi, sq, count in zip(seen.rows, seen.lo, seen.hi, seen.squares, seen.counts, strict=True):
+        if inv is not None:  # s > 0: the scaled tensor's extremes per channel are the scaled extremes
+            sample, lo, hi, sq = sample * inv, lo * inv, hi * inv, sq * inv.astype(np.float64) ** 2
+        lo_all, hi_all = min(0.0, float(lo.min())), max(0.0, float(hi.max()))
+        scale = (hi_all - lo_all) / 255 or 1.0
+        zero = float(np.clip(np.round(-lo_all / scale), 0, 255))
+        rms = float(np.sqrt(sq.sum() / max(count * len(sq), 1))) or 1.0
+        outlier = max(outlier, max(abs(lo_all), hi_all) / rms)
         xq = ((np.clip(np.round(sample / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
-        n, cols = len(sample), self.w.shape[1]
-        self.rows += n
+        n, cols = len(sample), w.shape[1]
         # xq @ wq - x @ w = (xq - x) @ w + xq @ (wq - w): the activation's error and the weight's.
-        y, e_act = np.split(np.concatenate([sample, xq - sample]) @ self.w, [n])
-        e_wt, e_wc = np.split(xq @ self.dw, [cols], axis=1)
+        y, e_act = np.split(np.concatenate([sample, xq - sample]) @ w, [n])
+        e_wt, e_wc = np.split(xq @ dw, [cols], axis=1)
         for i, err in enumerate((e_act + e_wt, e_act + e_wc, e_act, e_wt), start=1):
-            self.sums[i] += float(np.square(err, dtype=np.float64).sum())
-        self.sums[0] += float(np.square(y, dtype=np.float64).sum())
+            sums[i] += float(np.square(err, dtype=np.float64).sum())
+        sums[0] += float(np.square(y, dtype=np.float64).sum())
+    tensor, channel, activation, weight = (float(v) for v in np.sqrt(sums[1:] / (sums[0] or 1.0)))
+    return NodeSensitivity(target.excluded_as, target.op, tuple(w.shape), tensor, channel, activation, weight,
+                           outlier)
+
+
+class _Table:
+    """An embedding Gather's error: its gathered rows through the table's uint8 quantization (weight only)."""
+
+    def __init__(self, target: Target, w: np.ndarray) -> None:
+        self.target, self.w = target, w
+        self.scale, self.zero = _dynamic_uint8(w)
+        self.sums = np.zeros(2)
+
+    def add(self, x: np.ndarray) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        err = (np.clip(np.round(flat / self.scale) + self.zero, 0, 255) - self.zero) * self.scale - flat
+        self.sums += [float(np.square(flat, dtype=np.float64).sum()), float(np.square(err, dtype=np.float64).sum())]
 
     def result(self) -> NodeSensitivity:
-        tensor, channel, activation, weight = (float(v) for v in np.sqrt(self.sums[1:] / (self.sums[0] or 1.0)))
-        if self.target.op == "Gather":
-            self.outlier = float(np.abs(self.w).max() / (np.sqrt(np.mean(np.square(self.w, dtype=np.float64))) or 1))
-        return NodeSensitivity(self.target.excluded_as, self.target.op, tuple(self.w.shape), tensor, channel,
-                               activation, weight, self.outlier)
+        e = float(np.sqrt(self.sums[1] / (self.sums[0] or 1.0)))
+        outlier = float(np.abs(self.w).max() / (np.sqrt(np.mean(np.square(self.w, dtype=np.float64))) or 1))
+        return NodeSensitivity(self.target.excluded_as, "Gather", tuple(self.w.shape), e, e, 0.0, e, outlier)
 
 
 def _exposed(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -214,10 +249,15 @@ def measure(model: onnx.ModelProto, batches: Sequence[Batch], reduce_range: bool
     if not found:
         raise ModelError("no MatMul, Gemm or Gather with a weight to quantize: dynamic INT8 leaves this model as it is")
     inits = {i.name: i for i in model.graph.initializer}
-    accs = [_Accumulator(t, numpy_helper.to_array(inits[t.weight]).astype(np.float32), reduce_range) for t in found]
+    weights = {t.weight: numpy_helper.to_array(inits[t.weight]).astype(np.float32) for t in found}
+    tables = [_Table(t, weights[t.weight]) for t in found if t.op == "Gather"]
+    matmuls = tuple((t, weights[t.weight].T.copy() if t.transpose else weights[t.weight]) for t in found
+                    if t.op != "Gather")
     sess = runtime.session(_exposed(model, [t.activation for t in found]), threads=threads, name="the FP32 model")
     wanted = [i.name for i in sess.get_inputs()]
     names = list(dict.fromkeys(t.activation for t in found))
+    inputs = {t.activation for t, _ in matmuls}
+    seen = {name: _Seen([], [], [], [], []) for name in inputs}
     rows = np.random.default_rng(SEED)
     maxima: dict[str, np.ndarray] = {}
     for i, batch in enumerate(batches):
@@ -226,13 +266,23 @@ def measure(model: onnx.ModelProto, batches: Sequence[Batch], reduce_range: bool
             values = dict(zip(names, sess.run(names, {k: batch[k] for k in wanted}), strict=True))
         except runtime.RUN_ERRORS as e:
             raise ModelError(f"sensitivity: batch {i} does not run: {runtime.first_line(e)}") from e
-        for acc in accs:
-            acc.add(values[acc.target.activation], rows)
+        for table in tables:
+            table.add(values[table.target.activation])
         for name, v in values.items():
-            top = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0) if v.size else np.zeros(v.shape[-1], v.dtype)
+            flat = v.reshape(-1, v.shape[-1])
+            top = np.abs(flat).max(axis=0) if v.size else np.zeros(v.shape[-1], v.dtype)
             maxima[name] = np.maximum(maxima[name], top) if name in maxima else top
+            if name in seen and len(flat):
+                keep = seen[name]
+                keep.rows.append(flat[rows.choice(len(flat), min(len(flat), ROWS_PER_BATCH), replace=False)]
+                                 .astype(np.float32))
+                keep.lo.append(flat.min(axis=0))
+                keep.hi.append(flat.max(axis=0))
+                keep.squares.append(np.square(flat, dtype=np.float64).sum(axis=0))
+                keep.counts.append(len(flat))
     del sess
-    nodes = sorted((a.result() for a in accs), key=lambda n: -n.per_tensor)
-    sampled = next((a.rows for a in accs if a.target.op != "Gather"), accs[0].rows)
+    nodes = [*(_simulate(t, w, seen[t.activation], reduce_range) for t, w in matmuls), *(t.result() for t in tables)]
+    nodes.sort(key=lambda n: -n.per_tensor)
+    sampled = sum(len(r) for r in seen[matmuls[0][0].activation].rows) if matmuls else 0
     return Sensitivity(tuple(nodes), len(batches), sampled, reduce_range, time.perf_counter() - start,
-                       sum(1 for t in found if not t.node), maxima)
+                       sum(1 for t in found if not t.node), maxima, seen, matmuls)
