@@ -143,6 +143,9 @@ def test_summary_is_the_manifest_record_of_a_report():
 
 # -- the comparison itself -----------------------------------------------------------------------------
 
+GATE_LIKE = Tolerance(atol=1.0, rtol=0.1, min_cosine=0.99, min_label_agreement=0.99)
+
+
 def _cmp(ref, out, role=VALUES, tol=DEFAULT):
     return parity.compare_output("y", role, [np.asarray(ref)], [np.asarray(out)], tol)
 
@@ -185,6 +188,14 @@ def test_scores_cosine_is_between_class_probabilities():
     confident[3] = [-0.6, 0.6]  # ... but this one turned round with confidence
     r = _cmp(ref, confident, SCORES, Tolerance(atol=2.5, rtol=0, min_cosine=0.99, min_label_agreement=0.75))
     assert not r.passed and r.min_cosine < 0.9 and "min cosine" in r.failures[0]
+
+
+def test_scores_over_positions_of_different_widths_per_batch():
+    """Question answering's start logits run over the batch's own sequence length: each batch's probabilities are
+    taken over its own width."""
+    refs = [np.array([[1.0, 2.0, 0.5]]), np.array([[0.2, 3.0, 1.0, -1.0, 0.0]])]
+    r = parity.compare_output("start_logits", SCORES, refs, [x + 0.01 for x in refs], GATE_LIKE)
+    assert r.passed and r.min_cosine > 0.9999
 
 
 def test_scores_that_are_probabilities_are_compared_as_they_are():

@@ -83,14 +83,16 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(cos, nan=0.0)
 
 
-def _probabilities(rows: np.ndarray, classes: int) -> np.ndarray:
-    """Per-example scores over ``classes`` (the last axis of the output) as probabilities: kept when they already
-    are (in [0, 1], summing to 1), else their softmax."""
-    z = rows.reshape(len(rows), -1, classes)
-    if ((z >= 0) & (z <= 1)).all() and np.allclose(z.sum(-1), 1.0, atol=1e-3):
-        return rows
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).reshape(rows.shape)
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    """One batch of scores over classes (the last axis) as probabilities, one row per example: kept when they
+    already are (in [0, 1], summing to 1), else their softmax. A single score per example stays as it is."""
+    z = scores.astype(np.float64)
+    if z.ndim < 2 or z.shape[-1] < 2:
+        return z.reshape(len(z), -1)
+    if not (((z >= 0) & (z <= 1)).all() and np.allclose(z.sum(-1), 1.0, atol=1e-3)):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        z = e / e.sum(-1, keepdims=True)
+    return z.reshape(len(z), -1)
 
 
 def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.ndarray],
@@ -120,10 +122,8 @@ def compare_output(name: str, role: str, refs: list[np.ndarray], outs: list[np.n
     if over.any():
         failures.append(f"{int(over.sum())} element(s) beyond atol {tol.atol:g} + rtol {tol.rtol:g} "
                         f"(max |diff| {max_abs:.3g})")
-    classes = refs[0].shape[-1] if refs[0].ndim > 1 else 1
-    if role == SCORES and classes > 1 and np.isfinite(out).all():  # class probabilities (the module's docstring)
-        ref_rows = [_probabilities(r, classes) for r in ref_rows]
-        out_rows = [_probabilities(o, classes) for o in out_rows]
+    if role == SCORES and np.isfinite(out).all():  # class probabilities (see the module's docstring)
+        ref_rows, out_rows = [_probabilities(r) for r in refs], [_probabilities(o) for o in outs]
     min_cos = min((float(_cosines(o, r).min()) for o, r in zip(out_rows, ref_rows, strict=True) if len(r)),
                   default=1.0)
     if min_cos < tol.min_cosine:
