@@ -111,6 +111,23 @@ def test_the_search_stops_and_says_why_when_nothing_passes():
     assert m.chosen.fp32_nodes == len(m.fp32_nodes)
 
 
+def test_the_gate_runs_batch_by_batch_and_stops_once_it_cannot_pass():
+    model = _chain("activation")
+    golden = _golden(model)
+    plain = quantize.quantize(model, quantize.QuantizeOptions(mode="dynamic")).model
+    report, judged = mixed.gate(runtime.session(plain), golden, {"y": "values"}, TOLERANCE)
+    assert judged == 1 and not report.passed and report.batches == 1
+    report, judged = mixed.gate(runtime.session(model), golden, {"y": "values"}, TOLERANCE)
+    assert judged == len(golden.inputs) and report.passed
+    # Labels: no bound on the values, at most 1 of the 64 rows may differ; the plain INT8 model differs on more.
+    labels = Tolerance(atol=1e9, rtol=0.0, min_cosine=-2.0, min_label_agreement=63 / 64)
+    full = mixed.parity.compare(golden.references or (), runtime.run(runtime.session(plain), golden.inputs),
+                                {"y": "scores"}, labels)
+    report, judged = mixed.gate(runtime.session(plain), golden, {"y": "scores"}, labels)
+    assert not full.passed and not report.passed
+    assert judged == 1  # the first batch already has 2 or more of its 16 labels turned round
+
+
 def _judge(passes_from: int, slow_from: int = 10**6, seen: list[int] | None = None):
     def judge(k: int) -> mixed.Try:
         if seen is not None:

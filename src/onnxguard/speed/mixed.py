@@ -12,12 +12,13 @@ FP32, as Neural Compressor's and Olive's accuracy-aware tuners do.
    ``DynamicQuantizeLinear``, uint8 asymmetric with one scale per tensor).
 3. ONNX Runtime quantizes the model with the ``k`` most sensitive nodes excluded (``nodes_to_exclude``) and each
    try is judged by the gate itself (``tolerance`` on the golden set: per-element bound, cosine, label agreement),
-   not by a proxy. ``k`` grows geometrically (0 when smoothing or per-channel weights make it differ from the plain
-   INT8 variant, then 2, 4, 8, ..., every node) until a try passes, then is bisected back between the last failing
-   and the passing count until they lie within ``BISECT`` of each other: the fewest nodes found that pass (the gate
-   is not monotone in ``k``; a handful of rows with coin-toss margins decide it). The search also stops when a try
-   runs the golden set's largest batch less than ``MIN_SPEEDUP`` times faster than the FP32 model (leaving more in
-   FP32 would only be slower), or after ``MAX_TRIES`` tries.
+   not by a proxy, batch by batch: a try stops at the batch after which it can no longer pass (:func:`gate`).
+   ``k`` grows geometrically (0 when smoothing or per-channel weights make it differ from the plain INT8 variant,
+   then 2, 4, 8, ..., every node) until a try passes, then is bisected back between the last failing and the
+   passing count until they lie within ``BISECT`` of each other: the fewest nodes found that pass (the gate is not
+   monotone in ``k``; a handful of rows with coin-toss margins decide it). The search also stops when a try runs
+   the golden set's largest batch less than ``MIN_SPEEDUP`` times faster than the FP32 model (leaving more in FP32
+   would only be slower), or after ``MAX_TRIES`` tries.
 
 The plan (which nodes stay FP32, their sensitivity and why, per-channel or not) and every try are recorded in the
 manifest's quantize step.
@@ -36,7 +37,7 @@ import onnx
 
 from onnxguard import runtime
 from onnxguard.accuracy import parity
-from onnxguard.accuracy.parity import Tolerance
+from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
@@ -74,6 +75,7 @@ class Try:
     failures: tuple[str, ...]
     seconds: float = 0.0
     x_fp32: float = 0.0  # the FP32 model's time over this try's
+    batches: int = 0  # the golden batches run before the gate's verdict (fewer than all: failed early)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -170,6 +172,39 @@ def _smoothing(model: onnx.ModelProto, sens: Sensitivity, alphas: tuple[float, .
     return (smoothed.model, after, settings) if smoothed else (model, sens, settings)
 
 
+def _disagreements(ref: np.ndarray, out: np.ndarray, role: str) -> tuple[int, int]:
+    """How many labels of one batch differ, of how many, as ``parity.compare_output`` counts them."""
+    if ref.dtype.kind in "USO" or role == parity.LABELS:
+        return int((ref != out).sum()), len(ref)
+    if role == parity.SCORES and ref.shape == out.shape:
+        a, b = np.argmax(ref, -1), np.argmax(out, -1)
+        return int((a != b).sum()), a.size
+    return 0, 0
+
+
+def gate(sess, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance) -> tuple[ParityReport, int]:
+    """``parity.compare`` of ``sess``'s outputs on ``golden`` within ``tolerance`` (the gate), batch by batch,
+    stopping at the first batch after which the gate can no longer pass: an element beyond the bound or a cosine
+    below the floor in that batch, or more labels differing so far than the whole set allows. Returns the report on
+    the batches run and how many were run (all of them: the report is the gate's verdict)."""
+    refs = golden.references or ()
+    totals = {n: sum(_disagreements(r[n], r[n], roles.get(n, parity.VALUES))[1] for r in refs) for n in refs[0]}
+    lenient = dataclasses.replace(tolerance, min_label_agreement=0.0)
+    differing = dict.fromkeys(totals, 0)
+    outs: list[Batch] = []
+    for ref, batch in zip(refs, golden.inputs, strict=True):
+        out = runtime.run(sess, [batch])[0]
+        outs.append(out)
+        if not parity.compare([ref], [out], roles, lenient).passed:
+            break
+        for name in totals:
+            differing[name] += _disagreements(ref[name], out[name], roles.get(name, parity.VALUES))[0] if (
+                name in out) else 0
+        if any(totals[n] and (totals[n] - d) / totals[n] < tolerance.min_label_agreement for n, d in differing.items()):
+            break
+    return parity.compare(refs[:len(outs)], outs, roles, tolerance), len(outs)
+
+
 def _closeness(t: Try) -> tuple:
     """How near a failing try came to passing: label agreement, then the worst cosine, then the mean |error|."""
     return (t.label_agreement if t.label_agreement is not None else 1.0,
@@ -239,18 +274,22 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
         opts = dataclasses.replace(options, per_channel=per_channel, exclude=tuple(n.node for n in ranked[:k]))
         result = quantize.quantize(model, opts, progress)
         sess = runtime.session(result.model, threads=threads, name="a mixed INT8 model")
-        report = parity.compare(golden.references or (), runtime.run(sess, golden.inputs), roles, tolerance)
+        report, judged = gate(sess, golden, roles, tolerance)
         seconds = _timed(sess, largest)
         out = report.outputs
-        tries[k] = Try(k, per_channel, report.passed, max(o.mean_abs for o in out), max(o.max_abs for o in out),
+        passed = report.passed and judged == len(golden.inputs)
+        failures = tuple(f for o in out for f in o.failures)
+        if judged < len(golden.inputs):
+            failures += (f"failed the gate after {judged} of {len(golden.inputs)} batches",)
+        tries[k] = Try(k, per_channel, passed, max(o.mean_abs for o in out), max(o.max_abs for o in out),
                        min((o.min_cosine for o in out if o.min_cosine is not None), default=None),
                        min((o.label_agreement for o in out if o.label_agreement is not None), default=None),
-                       tuple(f for o in out for f in o.failures), seconds, fp32_seconds / seconds)
+                       failures, seconds, fp32_seconds / seconds, judged)
         # Only two models are held: the passing one with the fewest FP32 nodes, and the failing one closest to
         # passing (a base-size transformer's INT8 model is ~100 MB).
-        key = "passing" if report.passed else "failing"
+        key = "passing" if passed else "failing"
         held = results.get(key)
-        if held is None or (held[0] > k if report.passed else _closeness(tries[held[0]]) < _closeness(tries[k])):
+        if held is None or (held[0] > k if passed else _closeness(tries[held[0]]) < _closeness(tries[k])):
             results[key] = (k, result)
         return tries[k]
 
