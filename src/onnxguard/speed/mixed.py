@@ -56,7 +56,7 @@ SMOOTH_GAIN = 0.8  # smoothing is kept when the simulation says it cuts the summ
 ALPHAS = (0.5, 0.7, 0.85)  # SmoothQuant's migration strengths simulated
 ALPHA_TIE = 1.1  # the smallest alpha within this factor of the best simulated error is taken
 SENSITIVITY_BATCHES = 16  # the golden batches the sensitivity is measured on (a spread of them)
-TIMING_RUNS = 3  # runs of the largest golden batch per timing (the fastest counts)
+TIMING_RUNS = 3  # runs of the largest golden batch per try, alternating with FP32 (the fastest of each counts)
 DYNAMIC = QuantizeOptions(mode="dynamic")
 
 
@@ -74,7 +74,7 @@ class Try:
     label_agreement: float | None
     failures: tuple[str, ...]
     seconds: float = 0.0
-    x_fp32: float = 0.0  # the FP32 model's time over this try's
+    x_fp32: float = 0.0  # the FP32 model's time over this try's, timed in alternation with it
     batches: int = 0  # the golden batches run before the gate's verdict (fewer than all: failed early)
 
     def to_dict(self) -> dict:
@@ -99,7 +99,7 @@ class Mixed:
     tries: tuple[Try, ...]
     stopped: str  # why the search stopped
     smoothing: dict | None = None  # SmoothQuant's settings and why it was kept or not (None: not tried)
-    fp32_seconds: float = 0.0  # the FP32 model on the golden set's largest batch
+    fp32_seconds: float = 0.0  # the FP32 model on the golden set's largest batch (fastest run beside any try)
 
     @property
     def chosen(self) -> Try:
@@ -135,16 +135,18 @@ def _largest(golden: GoldenSet) -> Batch:
     return max(golden.inputs, key=lambda b: sum(np.asarray(v).size for v in b.values()))
 
 
-def _timed(sess, batch: Batch) -> float:
-    """The fastest of ``TIMING_RUNS`` runs of ``batch`` (after one warm-up run)."""
-    feed = {i.name: batch[i.name] for i in sess.get_inputs()}
-    sess.run(None, feed)
-    best = math.inf
-    for _ in range(TIMING_RUNS):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return best
+def _paired(sess, fp32, batch: Batch) -> tuple[float, float]:
+    """The fastest of ``TIMING_RUNS`` runs of ``batch`` by ``sess`` and by the FP32 session, alternating (after one
+    warm-up run each): a burst of load on a shared machine slows both sides of a pair, not one try."""
+    feeds = [{i.name: batch[i.name] for i in s.get_inputs()} for s in (sess, fp32)]
+    best = [math.inf, math.inf]
+    for run in range(TIMING_RUNS + 1):
+        for side, (s, feed) in enumerate(zip((sess, fp32), feeds, strict=True)):
+            start = time.perf_counter()
+            s.run(None, feed)
+            if run:
+                best[side] = min(best[side], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def _smoothing(model: onnx.ModelProto, sens: Sensitivity, alphas: tuple[float, ...]
@@ -265,7 +267,8 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
            f"per tensor")
     ranked = [n for n in sens.ranked(per_channel) if n.node]
     largest = _largest(golden)
-    fp32_seconds = _timed(runtime.session(fp32, threads=threads, name="the FP32 model"), largest)
+    fp32_session = runtime.session(fp32, threads=threads, name="the FP32 model")  # timed beside each try
+    fp32_times: list[float] = []
     tries: dict[int, Try] = {}
     results: dict[str, tuple[int, QuantizeResult]] = {}
 
@@ -275,7 +278,8 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
         result = quantize.quantize(model, opts, progress)
         sess = runtime.session(result.model, threads=threads, name="a mixed INT8 model")
         report, judged = gate(sess, golden, roles, tolerance)
-        seconds = _timed(sess, largest)
+        seconds, fp32_seconds = _paired(sess, fp32_session, largest)
+        fp32_times.append(fp32_seconds)
         out = report.outputs
         passed = report.passed and judged == len(golden.inputs)
         failures = tuple(f for o in out for f in o.failures)
@@ -297,7 +301,7 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
     k, result = results["passing" if passing is not None else "failing"]
     stopped += f" ({tries[k].x_fp32:.2f}x FP32 on the largest golden batch with {k})"
     return Mixed(result, passing is not None, tuple(ranked[:k]), per_channel, why, sens, tuple(tries.values()),
-                 stopped, smoothing, fp32_seconds)
+                 stopped, smoothing, min(fp32_times))
 
 
 def make(parent, plain, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE,
