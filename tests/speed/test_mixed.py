@@ -145,8 +145,10 @@ def test_the_count_grows_geometrically_until_a_pass_then_bisects_back():
     seen.clear()
     assert mixed.counts(41, 1, _judge(1, seen=seen)) == (1, "passed with 1 node(s) in FP32") and seen == [1]
     seen.clear()
-    passing, _ = mixed.counts(41, 0, _judge(41, seen=seen))  # every node: the search still ends
-    assert passing == 41 and seen == [0, 2, 4, 8, 16, 32, 41]
+    passing, stopped = mixed.counts(41, 0, _judge(41, seen=seen))  # one node at least stays INT8
+    assert passing is None and seen == [0, 2, 4, 8, 16, 32, 40]
+    assert stopped == "every node but one in FP32 and no try passed"
+    assert mixed.counts(1, 1, _judge(0)) == (None, "1 quantizable node(s): none left to quantize with 1 in FP32")
 
 
 def test_the_search_stops_once_a_try_is_no_faster_than_fp32():

@@ -14,11 +14,11 @@ FP32, as Neural Compressor's and Olive's accuracy-aware tuners do.
    try is judged by the gate itself (``tolerance`` on the golden set: per-element bound, cosine, label agreement),
    not by a proxy, batch by batch: a try stops at the batch after which it can no longer pass (:func:`gate`).
    ``k`` grows geometrically (0 when smoothing or per-channel weights make it differ from the plain INT8 variant,
-   then 2, 4, 8, ..., every node) until a try passes, then is bisected back between the last failing and the
-   passing count until they lie within ``BISECT`` of each other: the fewest nodes found that pass (the gate is not
-   monotone in ``k``; a handful of rows with coin-toss margins decide it). The search also stops when a try runs
-   the golden set's largest batch less than ``MIN_SPEEDUP`` times faster than the FP32 model (leaving more in FP32
-   would only be slower), or after ``MAX_TRIES`` tries.
+   then 2, 4, 8, ..., every node but one) until a try passes, then is bisected back between the last failing and
+   the passing count until they lie within ``BISECT`` of each other: the fewest nodes found that pass (the gate is
+   not monotone in ``k``; a handful of rows with coin-toss margins decide it). The search also stops when a try
+   runs the golden set's largest batch less than ``MIN_SPEEDUP`` times faster than the FP32 model (leaving more in
+   FP32 would only be slower), or after ``MAX_TRIES`` tries. (A pass is timed again in select, against the others.)
 
 The plan (which nodes stay FP32, their sensitivity and why, per-channel or not) and every try are recorded in the
 manifest's quantize step.
@@ -218,7 +218,10 @@ def counts(nodes: int, start: int, judge: Callable[[int], Try]) -> tuple[int | N
     ``judge(k)`` quantizes and gates with ``k`` of them in FP32. Returns the passing count with the fewest found
     (None when none passed) and why the search stopped."""
     failing, passing, tried, k = start - 1, None, 0, start  # start - 1: failed before the search (or untried)
+    top = nodes - 1  # at least one node stays INT8: with every node in FP32 it is the FP32 model, slower
     stopped = f"{MAX_TRIES} tries, none passed"
+    if k > top:
+        return None, f"{nodes} quantizable node(s): none left to quantize with {k} in FP32"
     while tried < MAX_TRIES:
         t, tried = judge(k), tried + 1
         if t.passed:
@@ -229,10 +232,10 @@ def counts(nodes: int, start: int, judge: Callable[[int], Try]) -> tuple[int | N
             stopped = (f"{k} node(s) in FP32 ran the largest golden batch {t.x_fp32:.2f}x as fast as FP32 "
                        f"(< {MIN_SPEEDUP:g}x): more in FP32 would not be faster than FP32")
             break
-        if k >= nodes:
-            stopped = "every node in FP32 and no try passed"
+        if k >= top:
+            stopped = "every node but one in FP32 and no try passed"
             break
-        k = min(nodes, max(GROWTH, GROWTH * k))
+        k = min(top, max(GROWTH, GROWTH * k))
     while passing is not None and passing - failing > max(1, passing // BISECT) and tried < MAX_TRIES:
         k, tried = (failing + passing) // 2, tried + 1
         if judge(k).passed:
@@ -298,7 +301,10 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
         return tries[k]
 
     passing, stopped = counts(len(ranked), 0 if per_channel or smoothing and smoothing["kept"] else 1, attempt)
-    k, result = results["passing" if passing is not None else "failing"]
+    kept = "passing" if passing is not None else "failing"
+    if kept not in results:  # nothing left to quantize: no try was made
+        raise ModelError(f"no mixed INT8 plan: {stopped}")
+    k, result = results[kept]
     stopped += f" ({tries[k].x_fp32:.2f}x FP32 on the largest golden batch with {k})"
     return Mixed(result, passing is not None, tuple(ranked[:k]), per_channel, why, sens, tuple(tries.values()),
                  stopped, smoothing, min(fp32_times))
