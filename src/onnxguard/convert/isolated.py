@@ -25,19 +25,18 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import onnx
 
-from onnxguard import errors
+from onnxguard import childproc, errors
 from onnxguard.bundle import golden as golden_files
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
@@ -205,34 +204,13 @@ def _run_child(job: Job, workdir: Path, progress: Progress) -> tuple[dict, int]:
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job.to_json(workdir)), encoding="utf-8")
     with open(workdir / "stderr.txt", "w+b") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "onnxguard.convert.isolated", str(job_path)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=_child_env(),
-                                text=True, encoding="utf-8")
-        outcome: dict = {}
-        stdout = cast(IO[str], proc.stdout)  # a pipe: stdout=PIPE
-        try:
-            for line in stdout:
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(message, dict):
-                    continue
-                if "event" in message:
-                    progress(Event(**message["event"]))
-                else:
-                    outcome = message
-            code = proc.wait()
-        finally:  # the caller gave up (an error in its progress callback, an interrupt): the child goes too
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            stdout.close()
+        done = childproc.run([sys.executable, "-m", "onnxguard.convert.isolated", str(job_path)], err,
+                             lambda event: progress(Event(**event)), env=_child_env())
+        outcome, code = done.outcome, done.code
         if "error" in outcome:
             raise _error(outcome["error"])
         if code != 0 or "result" not in outcome:
-            err.seek(0)
-            tail = [ln.rstrip() for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            tail = childproc.stderr_lines(err)
             why = f"killed by {_signal_name(-code)}" if code < 0 else (tail[-1].strip()[:300] if tail else "")
             e = ConversionError(f"{job.spec}: the conversion process exited with code {code}"
                                 + (f" ({why})" if why else "") + "; no bundle was written",
@@ -241,7 +219,7 @@ def _run_child(job: Job, workdir: Path, progress: Progress) -> tuple[dict, int]:
             for note in tail[-STDERR_NOTES:]:
                 e.add_note(note)
             raise e
-    return outcome["result"], proc.pid
+    return outcome["result"], done.pid
 
 
 def _signal_name(number: int) -> str:

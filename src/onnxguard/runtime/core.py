@@ -22,17 +22,16 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import IO, cast
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
+from onnxguard import childproc
 from onnxguard.errors import InputError, ModelError
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
@@ -214,34 +213,14 @@ def isolated(script: str, job: Mapping, *, what: str, stage: str, progress: Prog
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)
         with tempfile.TemporaryFile(dir=scratch) as err:
-            proc = subprocess.Popen([sys.executable, "-c", _PREAMBLE + script + _POSTAMBLE, job_path],
-                                    cwd=os.fspath(cwd) if cwd is not None else scratch, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8")
-            outcome: dict = {}
-            stdout = cast(IO[str], proc.stdout)  # a pipe: stdout=PIPE
-            try:
-                for line in stdout:
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        continue
-                    if not isinstance(message, dict):
-                        continue
-                    if "event" in message:
-                        progress(Event(stage, str(message["event"])))
-                    else:
-                        outcome = message
-                code = proc.wait()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                stdout.close()
+            done = childproc.run([sys.executable, "-c", _PREAMBLE + script + _POSTAMBLE, job_path], err,
+                                 lambda message: progress(Event(stage, str(message))),
+                                 cwd=os.fspath(cwd) if cwd is not None else scratch)
+            outcome = done.outcome
             if "error" in outcome:
                 raise ModelError(f"{what} failed: {outcome['error']}")
-            if code != 0 or "result" not in outcome:
-                err.seek(0)
-                tail = [ln for ln in err.read().decode("utf-8", "replace").strip().splitlines() if ln.strip()]
-                raise ModelError(f"{what} failed: its process exited with code {code}"
+            if done.code != 0 or "result" not in outcome:
+                tail = childproc.stderr_lines(err)
+                raise ModelError(f"{what} failed: its process exited with code {done.code}"
                                  + (f" ({tail[-1].strip()[:300]})" if tail else ""))
     return outcome["result"] if isinstance(outcome["result"], dict) else {}
