@@ -5,6 +5,11 @@
   inputs (minmax, entropy or percentile). The right choice for convolutions: dynamic quantization makes
   a CNN slower on CPU (ConvInteger; see MEASURED.md B).
 * ``fp16``: half-precision weights and compute, for GPU targets; inputs and outputs stay float32 unless asked.
+* ``blockwise``: each MatMul with a constant weight becomes ONNX Runtime's ``com.microsoft`` ``MatMulNBits`` with
+  8-bit weights in blocks of ``block_size`` along K (one scale per block) and ``accuracy_level`` 4, at which the
+  CPU kernel quantizes the *activations* to int8 per block of K at run time and runs int8 dot products: far finer
+  activation scales than dynamic INT8's one per tensor, so an outlier costs only its own block. The other MatMuls
+  (attention's activation x activation products) stay FP32. See ``BLOCKWISE_WHY`` for what it bought on MiniLM.
 
 ONNX Runtime's quantization pre-processing (symbolic shape inference, then optimization) runs first for
 static quantization, and as the fallback when dynamic quantization cannot type a tensor (a fused graph
@@ -28,11 +33,26 @@ from onnxguard.errors import ModelError
 from onnxguard.model import onnxfile
 from onnxguard.progress import Progress, silent
 
-MODES = ("dynamic", "static", "fp16")
+MODES = ("dynamic", "static", "fp16", "blockwise")
 # Models this large go to the quantizer and come back through external data (tensors in a side file): no
 # serialized copy of the whole model in memory, and ONNX Runtime's tools past protobuf's 2 GiB limit.
 EXTERNAL_DATA_BYTES = 1 << 30
 METHODS = ("minmax", "entropy", "percentile")
+# blockwise: the weight bits (MatMulNBits also takes 2 and 4; 8 is the width whose accuracy INT8 gates expect).
+BLOCKWISE_BITS = 8
+# blockwise: K-blocks of 64 with symmetric weights, chosen on the real-weights MiniLM classifier
+# (benchmarks/minilm.py, docs/benchmarks.md F; AMD EPYC with VNNI, onnxruntime 1.32): of blocks 32/64/128,
+# symmetric or not, at accuracy level 4, only 64-symmetric kept >= 99 % of the labels of both the golden set
+# (99.22 %) and the 482 real-sentence rows (99.38 %; 32-symmetric 98.96 %, 128-symmetric fell to cosine 0.986).
+BLOCKWISE_BLOCK = 64
+BLOCKWISE_MIN_BLOCK = 16  # MatMulNBits' contract (ContribOperators.md): block_size a power of two >= 16
+# 4: int8 activations and int8 kernels (the speed); 0 keeps FP32 compute with dequantized weights, which was as
+# accurate but no faster than FP32 there (0.88-0.96x).
+BLOCKWISE_ACCURACY_LEVEL = 4
+BLOCKWISE_WHY = ("8-bit block-wise weights with int8 activations quantized per block of K at run time "
+                 "(MatMulNBits accuracy_level 4): per-tensor activation scales (dynamic INT8) lose labels to outlier "
+                 "activations in transformers; on a CPU without an int8 MatMulNBits kernel ONNX Runtime computes "
+                 "in FP32 instead (as accurate, not faster)")
 
 
 @dataclass(frozen=True)
@@ -46,7 +66,10 @@ class QuantizeOptions:
     keep_io_types: bool = True  # fp16: float32 inputs and outputs
     reduce_range: bool | None = None  # 7-bit weights; None: static always, dynamic where this CPU saturates (below)
     why: str = ""  # why the weights have the bits they have (set by ``quantize`` when it chooses)
-    exclude: tuple[str, ...] = ()  # dynamic: names of nodes left in FP32 (mixed precision, see speed.mixed)
+    exclude: tuple[str, ...] = ()  # dynamic, blockwise: names of nodes left in FP32 (mixed precision, see speed.mixed)
+    block_size: int = BLOCKWISE_BLOCK  # blockwise: weights per scale along K (a power of two >= 16)
+    symmetric: bool = True  # blockwise: weights without zero points
+    accuracy_level: int = BLOCKWISE_ACCURACY_LEVEL  # blockwise: MatMulNBits' compute type (4: int8 activations)
 
     def settings(self) -> dict:
         s: dict[str, object] = {"mode": self.mode}
@@ -58,9 +81,18 @@ class QuantizeOptions:
         elif self.mode == "static":
             s.update(format="QDQ", per_channel=True, method=self.method, calibration_batches=len(self.calibration),
                      reduce_range=self.reduce_range, activations="uint8 asymmetric", weights="int8 symmetric")
+        elif self.mode == "blockwise":
+            s.update(op="com.microsoft MatMulNBits", block_size=self.block_size, symmetric=self.symmetric,
+                     accuracy_level=self.accuracy_level,
+                     activations=("int8 per block of K at run time" if self.accuracy_level == 4 else
+                                  f"float (accuracy_level {self.accuracy_level})"))
+            if self.exclude:
+                s.update(fp32_nodes=list(self.exclude))
         else:
             s.update(keep_io_types=self.keep_io_types)
-        if self.mode != "fp16":
+        if self.mode == "blockwise":
+            s.update(weight_bits=BLOCKWISE_BITS, why=self.why)
+        elif self.mode != "fp16":
             s.update(weight_bits=7 if self.reduce_range else 8, why=self.why)
         return s
 
@@ -145,6 +177,16 @@ def dynamic(src, dst, job):
                      nodes_to_exclude=job["exclude"], use_external_data_format=job["external"])
 
 
+def blockwise(src, dst, job):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=job["block_size"], is_symmetric=job["symmetric"],
+                                          accuracy_level=job["accuracy_level"], bits=job["bits"])
+    quantizer = MatMulNBitsQuantizer(onnx.load(src), nodes_to_exclude=job["exclude"], algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(dst, job["external"])
+
+
 def merge_every(n, method):
     # MinMax ranges merged every k batches: k batches' intermediate outputs in memory, not all n. ORT 1.32 fails
     # ("No data is collected") when the last group is empty, so k must not divide n.
@@ -182,6 +224,10 @@ def main(job, event):
         event(f"calibrating ({job['method']}) on {len(job['batches'])} batches")
         static(pre, dst, job)
         return {"preprocessed": True}
+    if job["mode"] == "blockwise":
+        event(f"block-wise {job['bits']}-bit MatMulNBits quantization (block {job['block_size']})")
+        blockwise(src, dst, job)
+        return {"preprocessed": False}
     event("dynamic INT8 quantization")
     try:
         dynamic(src, dst, job)
@@ -219,6 +265,8 @@ def resolved(options: QuantizeOptions) -> QuantizeOptions:
             "7-bit weights: this CPU has no VNNI, and its U8S8 kernels saturate with 8-bit weights" if saturating
             else "8-bit weights: this CPU has VNNI (no saturation); run `onnxguard consistency` on an AVX2-only "
                  "deployment machine"))
+    if options.mode == "blockwise" and not options.why:
+        return dataclasses.replace(options, why=BLOCKWISE_WHY)
     if options.mode != "fp16" and not options.why:
         return dataclasses.replace(options, why=f"{7 if options.reduce_range else 8}-bit weights, as asked")
     return options
@@ -234,6 +282,9 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         if not options.calibration:
             raise ModelError("static quantization needs calibration inputs (an .npz, a texts file, or the bundle's "
                              "golden set)")
+    if options.mode == "blockwise" and (options.block_size < BLOCKWISE_MIN_BLOCK or
+                                        options.block_size & (options.block_size - 1)):
+        raise ModelError(f"block size {options.block_size}: MatMulNBits takes a power of two >= {BLOCKWISE_MIN_BLOCK}")
     options = resolved(options)
     size_before = model.ByteSize()
     with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
@@ -241,7 +292,8 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
                "method": options.method, "keep_io_types": options.keep_io_types, "exclude": list(options.exclude),
                "src": str(work / "in.onnx"), "pre": str(work / "pre.onnx"), "dst": str(work / "out.onnx"),
-               "external": size_before >= EXTERNAL_DATA_BYTES}
+               "external": size_before >= EXTERNAL_DATA_BYTES, "bits": BLOCKWISE_BITS, "block_size": options.block_size,
+               "symmetric": options.symmetric, "accuracy_level": options.accuracy_level}
         if job["external"]:  # no serialized copy of the whole model in this process; the child reads it back
             onnx.save_model(model, str(work / "in.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                             location="in.onnx.data", size_threshold=1024)
