@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxguard.bundle.manifest import Manifest
 from onnxguard.errors import InputError
 from onnxguard.progress import Progress, silent
-from onnxguard.runtime import core
+from onnxguard.runtime import core, memory
 from onnxguard.runtime.lengths import Cost, LengthAware, LengthPlan
 from onnxguard.trust import OpenedBundle, TrustPolicy, open_bundle
 from onnxguard.trust.sealing.identities import IdentitySource
@@ -37,7 +37,8 @@ def plan_of(manifest: Manifest) -> LengthPlan:
 
 @dataclass(frozen=True)
 class Loaded:
-    """An opened bundle's model in an ONNX Runtime session. ``run`` is length-aware for a text model."""
+    """An opened bundle's model in an ONNX Runtime session. ``run`` is length-aware for a text model.
+    ``opened`` is the opening without the model's bytes (:meth:`OpenedBundle.without_model`)."""
 
     opened: OpenedBundle = field(repr=False)
     session: ort.InferenceSession = field(repr=False)
@@ -74,4 +75,9 @@ def load(bundle: str | os.PathLike[str] | OpenedBundle, policy: TrustPolicy | No
                              hint="pass trust.TrustPolicy(...) naming the signer's key, or an opened bundle")
         opened = open_bundle(bundle, policy, identity, passphrase, progress)
     sess = core.session(opened.model_bytes, threads=threads, config=config, name=str(opened.path / opened.model_name))
-    return Loaded(opened, sess, LengthAware(sess, plan_of(opened.manifest)))
+    # The session holds what it needs of the model: ``Loaded.opened`` is the opening without the model's bytes,
+    # and the parses' freed heap goes back to the system (see runtime.memory).
+    loaded = Loaded(opened.without_model(), sess, LengthAware(sess, plan_of(opened.manifest)))
+    del opened
+    memory.give_back()
+    return loaded

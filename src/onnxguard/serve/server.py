@@ -90,6 +90,7 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         served.append(models_lib.load(opened, name=name, max_batch=config.options.max_request_rows,
                                       allow_nonfinite=config.options.allow_nonfinite, lanes=config.options.lanes,
                                       spin=config.options.spin))
+        del opened  # its model bytes are in the session now; the served model keeps the opening without them
     if state is not None:
         state.bind(served)  # the statement names the bundles as opened (those attested to the broker, if any)
     keys = KeyStore(config.keys)

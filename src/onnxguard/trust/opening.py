@@ -23,7 +23,7 @@ import enum
 import io
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -149,6 +149,7 @@ class OpenedBundle:
     digest: str
     report: TrustReport
     contents: Mapping[str, bytes] = field(repr=False)
+    released: frozenset[str] = frozenset()  # files let go by :meth:`without_model`, no longer in ``contents``
 
     @property
     def sealed(self) -> bool:
@@ -164,6 +165,9 @@ class OpenedBundle:
         """The plaintext of the bundle file ``rel``, as hashed when the bundle was opened."""
         if rel in self.contents:
             return self.contents[rel]
+        if rel in self.released:
+            raise InputError(f"{self.path / rel}: let go once its session was made (without_model); not kept here",
+                             hint="open the bundle again through the door for its bytes")
         sealed = self.manifest.sealed
         if sealed is not None and rel in {e.plaintext for e in sealed.files.values()} | set(sealed.files):
             raise InputError(f"{self.path / rel}: sealed, and the bundle was opened without its identity",
@@ -173,6 +177,17 @@ class OpenedBundle:
     @property
     def model_bytes(self) -> bytes:
         return self.file(self.model_name)
+
+    def without_model(self) -> OpenedBundle:
+        """This opening less the model's bytes, for a holder that keeps only the session made from them (the
+        server, ``runtime.load``): the largest file, otherwise alive as long as the holder (260 MB for FP32
+        DistilBERT-base). Nothing is read or checked again: the manifest, digest, report and every other file are
+        this opening's; ``model_bytes`` then raises ``InputError``."""
+        name = self.model_name
+        if name not in self.contents:
+            return self
+        rest = MappingProxyType({rel: data for rel, data in self.contents.items() if rel != name})
+        return replace(self, contents=rest, released=self.released | {name})
 
     def golden(self) -> GoldenSet:
         m = self.manifest
