@@ -387,3 +387,23 @@ def test_parse_rate_refuses(text):
         parse_rate(text)
     assert len(e.value.message) < 300
     assert e.value.hint
+
+
+def test_a_key_is_trusted_from_memory_briefly_and_a_revocation_reaches_it(tmp_path, monkeypatch):
+    path = tmp_path / "keys.db"
+    server, cli = KeyStore(path), KeyStore(path)  # a running server's store, and the CLI's in another process
+    try:
+        bob, _ = server.create("bob")
+        assert server.authenticate(bob) is not None
+        server.revoke("bob")
+        assert server.authenticate(bob) is None  # revoked through the same store: at once
+        secret, key = cli.create("alice")
+        assert server.authenticate(secret) == key
+        assert server.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None  # never from memory
+        cli.revoke("alice")
+        assert server.authenticate(secret) == key  # read from memory: the revocation is not seen yet ...
+        monkeypatch.setattr(apikeys, "KEY_CACHE_SECONDS", 0.0)
+        assert server.authenticate(secret) is None  # ... until the key is read again
+    finally:
+        server.close()
+        cli.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -54,17 +53,16 @@ class Recorder:
 def serve(recorder: Recorder, requests: list[np.ndarray], *, lanes: int = 2, stagger: float = 0.0, **kw):
     """Submit each request (after ``stagger`` seconds between them) to a batcher; the answers, in order."""
     async def main():
-        with ThreadPoolExecutor(4) as pool:
-            b = Batcher(recorder.run, pool, run_lane=recorder.run_lane if lanes > 1 else None, lanes=lanes, **kw)
-            b.start()
+        b = Batcher(recorder.run, run_lane=recorder.run_lane if lanes > 1 else None, lanes=lanes, **kw)
+        b.start()
 
-            async def one(i, x):
-                await asyncio.sleep(i * stagger)
-                return await b.submit({"x": x}, len(x))
+        async def one(i, x):
+            await asyncio.sleep(i * stagger)
+            return await b.submit({"x": x}, len(x))
 
-            answers = await asyncio.gather(*(one(i, x) for i, x in enumerate(requests)), return_exceptions=True)
-            await b.close()
-            return answers
+        answers = await asyncio.gather(*(one(i, x) for i, x in enumerate(requests)), return_exceptions=True)
+        await b.close()
+        return answers
     return asyncio.run(main())
 
 
@@ -141,3 +139,57 @@ def test_a_full_queue_refuses_at_once():
     refused = [a for a in answers if isinstance(a, Overloaded)]
     assert refused and all(a.retry_after >= 1 for a in refused)
     assert len(refused) < 10
+
+
+def test_the_next_batch_starts_while_the_event_loop_is_busy():
+    """A lane takes its next batch itself: requests queued during a run go into the next one even while the event
+    loop is held up (answering, auditing), so the model never waits for the loop between batches."""
+    rec = Recorder(seconds=0.02)
+    starts: list[float] = []
+    run = rec.run
+
+    def timed(inputs):
+        starts.append(time.monotonic())
+        return run(inputs)
+
+    rec.run = timed  # type: ignore[method-assign]
+
+    async def main():
+        b = Batcher(rec.run)
+        b.start()
+        first = asyncio.ensure_future(b.submit({"x": rows(1)[0]}, 1))
+        await asyncio.sleep(0.005)  # the first request is running alone
+        tasks = [first] + [asyncio.ensure_future(b.submit({"x": x}, 1)) for x in rows(4)]
+        await asyncio.sleep(0)  # the others are queued behind it
+        held = time.monotonic()
+        time.sleep(0.3)  # the event loop is busy elsewhere
+        answers = await asyncio.gather(*tasks)
+        await b.close()
+        return held, answers
+
+    held, answers = asyncio.run(main())
+    assert len(answers) == 5
+    assert len(starts) == 2 and all(t < held + 0.3 for t in starts)  # both batches ran while the loop was held
+
+
+def test_a_batching_window_gathers_requests_that_arrive_within_it():
+    rec = Recorder(seconds=0.001)
+    serve(rec, rows(8), lanes=1, stagger=0.005, max_delay=0.1)
+    assert len(rec.calls) < 4 and sum(n for _, n in rec.calls) == 8
+
+
+def test_closing_answers_what_was_queued_and_refuses_what_comes_after():
+    rec = Recorder(seconds=0.02)
+
+    async def main():
+        b = Batcher(rec.run)
+        b.start()
+        tasks = [asyncio.ensure_future(b.submit({"x": x}, 1)) for x in rows(6)]
+        await asyncio.sleep(0)
+        await b.close()
+        with pytest.raises(Overloaded):
+            await b.submit({"x": rows(1)[0]}, 1)
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(main())
+    assert [float(out["y"][0, 0]) for out, _ in answers] == [2.0 * i for i in range(6)]

@@ -177,6 +177,21 @@ def test_unknown_model_and_route_are_404(server):
     assert r.status_code == 404 and "no model named 'nope'" in r.json()["error"]
     r = httpx.get(f"{server.url}/v3/nothing", headers=server.headers())
     assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(f"{server.url}/v1/models/digits:predict", headers=server.headers())
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_the_openapi_description_lists_every_route_behind_a_key(server):
+    assert httpx.get(f"{server.url}/openapi.json").status_code == 401  # public only with --public-docs
+    assert httpx.get(f"{server.url}/docs", headers=server.headers()).status_code == 404
+    doc = httpx.get(f"{server.url}/openapi.json", headers=server.headers()).json()
+    assert doc["openapi"].startswith("3.") and doc["components"]["schemas"]["Error"]["required"] == ["error"]
+    predict = doc["paths"]["/v1/models/{name}:predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"]["required"] == ["instances"]
+    assert [p["name"] for p in predict["parameters"]] == ["name"]
+    infer = doc["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert [p["name"] for p in infer["parameters"]] == ["name", "version"] and "requestBody" in infer
+    assert set(doc["paths"]["/v2/health/live"]) == {"get"} and "/openapi.json" not in doc["paths"]
 
 
 # -- who may call --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from onnxguard.trust import TrustPolicy
 
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "audit_sync", "limits_storage", "certfile", "keyfile",
-               "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "workers", "public_metrics", "public_docs",
+               "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "public_metrics", "public_docs",
                "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes", "spin"}
 
 
@@ -95,7 +95,7 @@ def serve(
         raise InputError("no API key store: every caller needs a key",
                          hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
     options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
-                                                  "workers", "public_metrics", "public_docs", "max_request_rows",
+                                                  "public_metrics", "public_docs", "max_request_rows",
                                                   "allow_nonfinite", "lanes", "spin") if k in conf},
                            cors_origins=tuple(conf.get("cors_origins", ())))
     given = (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue), ("lanes", lanes))

@@ -35,6 +35,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from onnxguard.errors import InputError, OnnxguardError
 __all__ = [
     "MAX_CHARGE_ROWS",
     "MAX_DEADLINE_MS",
+    "KEY_CACHE_SECONDS",
     "MAX_NAME_CHARS",
     "ApiKey",
     "KeyStore",
@@ -74,6 +76,12 @@ MAX_BUDGET = 2**62
 MAX_DEADLINE_MS = 60_000.0
 # How long a statement waits for another process's write to the shared file before failing.
 BUSY_TIMEOUT_S = 10.0
+# A key authenticated once is trusted from memory this long before its record is read again: a revocation made by
+# another process (``onnxguard apikey revoke``) reaches a running server within this time; one made through the
+# same store at once. Reading the record for every request cost the server's event loop a SQLite call each
+# (with the budget's charge, about a third of its CPU per request on a small model, measured in
+# docs/benchmarks.md E).
+KEY_CACHE_SECONDS = 1.0
 
 _APPLICATION_ID = 0x6F676B73  # "ogks": this SQLite file is an onnxguard key store
 _SCHEMA_VERSION = 1
@@ -226,6 +234,9 @@ class KeyStore:
         # who can write to its directory; such a someone could replace the store anyway. Keep the store in a
         # directory only the server's user can write.
         self._lock = threading.Lock()
+        # Keys authenticated lately, by the SHA-256 of their secret: (key, monotonic time it was read). Only
+        # secrets that matched are kept; a wrong one is looked up every time.
+        self._known: dict[bytes, tuple[ApiKey, float]] = {}
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -321,14 +332,25 @@ class KeyStore:
         match = _SECRET_RE.fullmatch(secret) if well_formed else None
         key_id = match.group(1) if match is not None else _MALFORMED_ID
         digest = _hash(secret if match is not None else _MALFORMED_SECRET)
+        now = time.monotonic()
+        # Found by the hash of the whole secret, which only its holder can produce (a dictionary lookup compares
+        # digests, not secrets: its timing tells nothing about a secret).
+        known = self._known.get(digest)
+        if known is not None and now - known[1] < KEY_CACHE_SECONDS:
+            return known[0]
         with self._conn() as db:
             row = db.execute(f"SELECT secret_sha256, {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()
         stored = row[0] if row is not None else _NO_HASH
         equal = hmac.compare_digest(digest, stored)
         if match is None or row is None or not equal:
+            self._known.pop(digest, None)
             return None
         key = self._key(row[1:])
-        return None if key.revoked else key
+        if key.revoked:
+            self._known.pop(digest, None)
+            return None
+        self._known[digest] = (key, now)
+        return key
 
     def charge(self, key: ApiKey, rows: int) -> tuple[bool, int | None]:
         """Add ``rows`` queries to the key's usage if its budget allows: ``(allowed, remaining after)``.
@@ -354,6 +376,14 @@ class KeyStore:
             return False, 0
         return False, max(0, budget - used)
 
+    def refund(self, key_id: str, rows: int) -> None:
+        """Give back ``rows`` charged to the key and not spent (a server's unspent budget lease, at shutdown)."""
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows <= MAX_CHARGE_ROWS:
+            raise InputError(f"rows {_show(rows)} is not a number of queries to refund",
+                             hint=f"refund a whole number of rows from 0 to {MAX_CHARGE_ROWS}")
+        with self._conn() as db:
+            db.execute("UPDATE keys SET used = max(0, used - ?) WHERE id = ?", (rows, key_id))
+
     def usage(self, key_id: str) -> int:
         """Queries (rows) charged to the key so far."""
         with self._conn() as db:
@@ -373,6 +403,7 @@ class KeyStore:
         with self._conn() as db:
             row = db.execute(f"UPDATE keys SET revoked = 1 WHERE name = ? AND revoked = 0 RETURNING {_COLUMNS}",
                              (name,)).fetchone()
+            self._known.clear()
         if row is None:
             raise InputError(f"{self.path}: no key named {_show(name)} that is not revoked",
                              hint="list the keys to see their names")

@@ -1,9 +1,15 @@
 """Dynamic batching: requests queued while a batch runs are run together as the next batch, in lanes.
 
-``Batcher.submit(inputs, rows)`` queues a validated request and returns its outputs. One dispatcher per model
-forms batches from what is queued (up to ``max_batch`` rows), groups text requests by length so that padding stays
-small, pads each group to its longest sequence, runs it in the thread pool (off the event loop) and hands each
-request its own rows back, trimmed to its own length.
+``Batcher.submit(inputs, rows)`` queues a validated request and returns its outputs. Each lane is a thread of its
+own that takes what is queued (up to ``max_batch`` rows) the moment its last batch is done, groups text requests by
+length so that padding stays small, pads each group to its longest sequence, runs it (off the event loop) and hands
+each request its own rows back, trimmed to its own length, with one wake-up of the event loop per group.
+
+Why threads that take their own next batch: with a dispatcher on the event loop, the loop first answered the
+requests of a finished batch (serialising, auditing and sending each) and only then formed and started the next
+one, so the model waited on the loop between batches. Measured through the server with wrk at concurrency 16
+(DistilBERT-base INT8, one short text per request, 2-core AMD EPYC, loaded host): batches of 8 rows ran 55 ms with
+a median gap of 5.7 ms between them, 9.5 % of the model's time idle.
 
 Lanes (opt-in, ``lanes`` > 1). A session whose runs are split over all the cores spends about a fifth more CPU
 per row than one thread per run (measured on this 2-core host, DistilBERT-base INT8, batch 16, in process: 4.3
@@ -26,11 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -62,172 +68,164 @@ class _Pending:
     future: asyncio.Future[tuple[Arrays, int]] = field(repr=False)
 
 
+# What a group's run hands back to the event loop: each request with its outputs and batch id, or its error.
+_Answer = tuple[_Pending, tuple[Arrays, int] | None, BaseException | None]
+
+
 class Batcher:
     """The batching queue of one model. ``run`` maps a batch of inputs to its outputs on every core, ``run_lane``
     on one lane's share of them (both blocking and thread-safe); without ``run_lane`` there is one lane."""
 
-    def __init__(self, run: Callable[[Arrays], Arrays], executor: Executor, *, max_batch: int = 32,
-                 max_delay: float = 0.0, max_queue: int = 512, pad_id: int = 0,
-                 on_batch: Callable[[int], None] | None = None, run_lane: Callable[[Arrays], Arrays] | None = None,
-                 lanes: int = 1, gather: float = GATHER_SECONDS) -> None:
-        self._run, self._run_lane, self._executor = run, run_lane, executor
+    def __init__(self, run: Callable[[Arrays], Arrays], *, max_batch: int = 32, max_delay: float = 0.0,
+                 max_queue: int = 512, pad_id: int = 0, on_batch: Callable[[int], None] | None = None,
+                 run_lane: Callable[[Arrays], Arrays] | None = None, lanes: int = 1,
+                 gather: float = GATHER_SECONDS, name: str = "model") -> None:
+        self._run, self._run_lane = run, run_lane
         self.lanes = max(1, lanes) if run_lane is not None else 1
         self.max_batch, self.max_delay, self.max_queue, self.pad_id = max_batch, max_delay, max_queue, pad_id
-        self.gather = gather
+        self.gather, self.name = gather, name
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._queued_rows = 0
         self._ids = itertools.count(1)
-        self._worker: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        # Everything below is guarded by the condition's lock: the event loop appends, the lanes take.
+        self._cv = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._waiting_rows = 0  # rows queued and not yet taken by a lane
+        self._queued_rows = 0  # rows accepted and not yet answered (the bound ``max_queue`` applies to)
         self._busy = 0  # lanes in use; a run on every core holds them all
         self._last_rows = 1  # rows of the batch that finished last: under steady load, about what comes back next
         self._finished = 0  # batches finished so far
-        self._freed: asyncio.Event | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
 
     def start(self) -> None:
-        """Start the dispatcher (on the running event loop)."""
-        if self._worker is None:
-            self._freed = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+        """Start the lanes; answers go back to the running event loop."""
+        if self._threads:
+            return
+        self._loop = asyncio.get_running_loop()
+        for i in range(self.lanes):
+            thread = threading.Thread(target=self._work, name=f"onnxguard-batch-{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def submit(self, inputs: Arrays, rows: int) -> tuple[Arrays, int]:
         """Queue a validated request; its outputs and the id of the batch it ran in."""
-        if self._closing:
-            raise Overloaded(1.0)
-        if self._queued_rows + rows > self.max_queue:
-            raise Overloaded(1.0)
-        length = _length(inputs)
-        pending = _Pending(inputs, rows, length, asyncio.get_running_loop().create_future())
-        self._queued_rows += rows
-        self._queue.put_nowait(pending)
+        pending = _Pending(inputs, rows, _length(inputs), asyncio.get_running_loop().create_future())
+        with self._cv:
+            if self._closing or self._queued_rows + rows > self.max_queue:
+                raise Overloaded(1.0)
+            self._queue.append(pending)
+            self._queued_rows += rows
+            self._waiting_rows += rows
+            self._cv.notify()
         return await pending.future
 
     async def close(self) -> None:
-        """Stop taking requests, finish every queued one, stop the dispatcher."""
-        self._closing = True
-        await self._queue.join()
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        """Stop taking requests, finish every queued one, stop the lanes."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
 
-    async def _lane(self, n: int) -> None:
-        """Wait until ``n`` lanes are free, and take them."""
-        assert self._freed is not None
-        while self.lanes - self._busy < n:
-            self._freed.clear()
-            await self._freed.wait()
-        self._busy += n
+    # -- the lanes (threads) ------------------------------------------------------------------------------------
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _work(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            alone = self._busy == 0 and self._queue.empty() and self.max_delay <= 0
-            if alone or self.lanes == 1:  # every core: a lone request, or one lane only
-                await self._lane(self.lanes)
-                taken, fn = self.lanes, self._run
-                limit = self.max_batch
-            else:
-                await self._lane(1)
-                taken, fn = 1, self._run_lane or self._run
-                free = self.lanes - self._busy + 1
-                # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
-                limit = min(self.max_batch, max(math.ceil((self._queued_rows) / free), 1))
-                if self._busy > 1:  # the cores are busy: wait for about the rows the last batch had (a cohort)
-                    limit = min(self.max_batch, max(limit, self._last_rows))
-            rows = batch[0].rows
-            cohort = taken == 1 and self._busy > 1  # other lanes keep the cores busy: gather what comes back
-            wait = max(self.max_delay, self.gather if cohort else 0.0)
-            deadline, finished = loop.time() + wait, self._finished
-            while rows < limit:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    if wait <= 0 or loop.time() >= deadline or (cohort and self._finished != finished):
-                        break  # waited enough, or a lane came free: run what there is
-                    got = await self._next(deadline - loop.time(), until_finished=cohort)
-                    if got is None:
-                        continue
-                    nxt = got
-                batch.append(nxt)
-                rows += nxt.rows
-            task = loop.create_task(self._run_batch(batch, fn, taken))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            with self._cv:
+                batch, taken, alone = self._take()
+            if not batch:
+                return  # closing, and nothing is left
+            fn = self._run if alone or self.lanes == 1 else (self._run_lane or self._run)
+            try:
+                for group in _groups(batch):
+                    self._run_group(group, fn)
+            finally:
+                with self._cv:
+                    self._last_rows = sum(p.rows for p in batch)
+                    self._finished += 1
+                    self._busy -= taken
+                    self._queued_rows -= self._last_rows
+                    self._cv.notify_all()
 
-    async def _next(self, timeout: float, until_finished: bool) -> _Pending | None:
-        """The next queued request within ``timeout``; None at the timeout or, ``until_finished``, once a batch
-        finishes first."""
-        assert self._freed is not None
-        get = asyncio.ensure_future(self._queue.get())
-        waiters: set[asyncio.Future[Any]] = {get}
-        if until_finished:
-            self._freed.clear()
-            waiters.add(asyncio.ensure_future(self._freed.wait()))
-        done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for w in pending:
-            w.cancel()  # a cancelled get takes nothing from the queue
-        return get.result() if get in done else None
+    def _take(self) -> tuple[list[_Pending], int, bool]:
+        """Under the lock: wait for a request and a free lane, then take a batch (empty: closing and drained)."""
+        cv = self._cv
+        while not self._queue or self._busy >= self.lanes:
+            if self._closing and not self._queue:
+                return [], 0, False
+            cv.wait()
+        alone = self._busy == 0 and len(self._queue) == 1 and self.max_delay <= 0
+        if alone or self.lanes == 1:  # every core (no lane is busy): a lone request, or one lane only
+            taken, limit = self.lanes, self.max_batch
+        else:
+            taken = 1
+            free = self.lanes - self._busy
+            # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
+            limit = min(self.max_batch, max(-(-self._waiting_rows // free), 1))
+            if self._busy > 0:  # the cores are busy: wait for about the rows the last batch had (a cohort)
+                limit = min(self.max_batch, max(limit, self._last_rows))
+        cohort = taken == 1 and self._busy > 0
+        wait = max(self.max_delay, self.gather if cohort else 0.0)
+        if wait > 0:
+            deadline, finished = time.monotonic() + wait, self._finished
+            while self._waiting_rows < limit and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0 or (cohort and self._finished != finished):
+                    break  # waited enough, or a lane came free: run what there is
+                cv.wait(left)
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= limit:
+            batch.append(self._queue.popleft())
+            rows += batch[-1].rows
+        self._waiting_rows -= rows
+        self._busy += taken
+        return batch, taken, alone
 
-    async def _run_batch(self, batch: list[_Pending], fn: Callable[[Arrays], Arrays], taken: int) -> None:
-        try:
-            for group in _groups(batch):
-                await self._run_group(group, fn)
-        except BaseException as e:  # an unexpected failure is every waiting request's answer, never a hang
-            for p in batch:
-                _settle(p, exc=e)
-            if not isinstance(e, Exception):
-                raise
-        finally:
-            self._last_rows = sum(p.rows for p in batch)
-            self._finished += 1
-            self._busy -= taken
-            assert self._freed is not None
-            self._freed.set()
-            for p in batch:
-                self._queued_rows -= p.rows
-                self._queue.task_done()
-
-    async def _run_group(self, group: list[_Pending], fn: Callable[[Arrays], Arrays]) -> None:
+    def _run_group(self, group: list[_Pending], fn: Callable[[Arrays], Arrays]) -> None:
         batch_id = next(self._ids)
-        loop = asyncio.get_running_loop()
-        merged = _merge([p.inputs for p in group], self.pad_id)
         try:
-            outputs = await loop.run_in_executor(self._executor, fn, merged)
+            outputs = fn(_merge([p.inputs for p in group], self.pad_id))
         except InputError as e:
             if len(group) == 1:
-                _settle(group[0], exc=e)
+                self._answer([(group[0], None, e)])
                 return
             for p in group:  # one bad request must not fail the others: each alone
-                await self._run_group([p], fn)
+                self._run_group([p], fn)
+            return
+        except Exception as e:  # noqa: BLE001 - not swallowed: it is the answer of every request in the group
+            self._answer([(p, None, e) for p in group])
             return
         if self._on_batch is not None:
             self._on_batch(sum(p.rows for p in group))
-        start = 0
-        width = max((p.length or 0) for p in group)
+        start, width = 0, max((p.length or 0) for p in group)
+        answers: list[_Answer] = []
         for p in group:
             mine = {k: _trim(v[start:start + p.rows], p.length, width) for k, v in outputs.items()}
             start += p.rows
-            _settle(p, result=(mine, batch_id))
+            answers.append((p, (mine, batch_id), None))
+        self._answer(answers)
+
+    def _answer(self, answers: list[_Answer]) -> None:
+        """Hand a group's answers to the event loop: one wake-up for all of them."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle, answers)
 
 
-def _settle(p: _Pending, result: tuple[Arrays, int] | None = None, exc: BaseException | None = None) -> None:
-    if p.future.done():  # the caller went away (a cancelled request)
-        return
-    if exc is not None:
-        p.future.set_exception(exc)
-    else:
-        assert result is not None
-        p.future.set_result(result)
+def _settle(answers: list[_Answer]) -> None:
+    for p, result, exc in answers:
+        if p.future.done():  # the caller went away (a cancelled request)
+            continue
+        if result is not None:
+            p.future.set_result(result)
+        else:
+            p.future.set_exception(exc or RuntimeError("no answer"))
 
 
 def _length(inputs: Mapping[str, np.ndarray]) -> int | None:
@@ -236,8 +234,6 @@ def _length(inputs: Mapping[str, np.ndarray]) -> int | None:
         if arr is not None and arr.ndim >= 2:
             return int(arr.shape[1])
     return None
-
-
 def _key(p: _Pending) -> tuple[object, ...]:
     """Requests whose inputs can be stacked: same names, dtypes and non-batch shapes (but the sequence axis)."""
     return tuple(sorted((k, v.dtype.str, v.shape[2:] if k in SEQUENCE_INPUTS else v.shape[1:])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from onnxguard.errors import InputError
 from onnxguard.progress import Event, Progress, silent
@@ -60,7 +60,7 @@ class Prepared:
     """A server ready to run: its app, its self-checked models and its bound socket."""
 
     config: ServerConfig
-    app: FastAPI
+    app: Starlette
     models: Sequence[models_lib.ServedModel]
     sock: socket.socket
 
