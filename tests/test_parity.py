@@ -245,3 +245,15 @@ def test_a_text_model_without_texts_is_judged_on_the_builtin_sentences(hf_model)
     golden, origin = parity.golden_from_source(src)
     assert origin == "builtin"
     assert golden.items >= len(builtin_texts())
+
+
+def test_block_wise_int8_is_judged_as_int8():
+    from onnx import TensorProto, helper
+
+    from onnxguard.accuracy.thresholds import kind_of
+
+    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=32, N=8, bits=8,
+                            block_size=32, accuracy_level=4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    assert kind_of(helper.make_model(graph)) == "int8"

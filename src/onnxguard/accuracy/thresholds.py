@@ -15,8 +15,9 @@ from onnxguard.accuracy.parity import Tolerance
 
 __all__ = ["GATE", "INT8_OPS", "THRESHOLDS", "Thresholds", "kind_of"]
 
+# MatMulNBits: quantized weights (block-wise), its activations quantized per block at run time (accuracy_level 4).
 INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-            "QLinearConv", "QLinearMatMul", "QAttention", "MatMulIntegerToFloat"}
+            "QLinearConv", "QLinearMatMul", "QAttention", "MatMulIntegerToFloat", "MatMulNBits"}
 
 
 @dataclass(frozen=True)
