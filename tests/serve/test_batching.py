@@ -193,3 +193,14 @@ def test_closing_answers_what_was_queued_and_refuses_what_comes_after():
 
     answers = asyncio.run(main())
     assert [float(out["y"][0, 0]) for out, _ in answers] == [2.0 * i for i in range(6)]
+
+
+def test_lanes_waiting_for_a_cohort_never_take_from_an_empty_queue():
+    """Lanes gathering rows while others run, and requests trickling in: every request answered exactly once."""
+    rec = Recorder(seconds=0.004)
+    requests = rows(200)
+    answers = serve(rec, requests, lanes=3, max_batch=4, stagger=0.0005, gather=0.01)
+    assert all(isinstance(a, tuple) for a in answers), [a for a in answers if not isinstance(a, tuple)][:3]
+    for x, (outputs, _) in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(outputs["y"], x * 2)
+    assert sum(n for _, n in rec.calls) == 200

@@ -156,37 +156,40 @@ class Batcher:
     def _take(self) -> tuple[list[_Pending], int, bool]:
         """Under the lock: wait for a request and a free lane, then take a batch (empty: closing and drained)."""
         cv = self._cv
-        while not self._queue or self._busy >= self.lanes:
-            if self._closing and not self._queue:
-                return [], 0, False
-            cv.wait()
-        alone = self._busy == 0 and len(self._queue) == 1 and self.max_delay <= 0
-        if alone or self.lanes == 1:  # every core (no lane is busy): a lone request, or one lane only
-            taken, limit = self.lanes, self.max_batch
-        else:
-            taken = 1
-            free = self.lanes - self._busy
-            # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
-            limit = min(self.max_batch, max(-(-self._waiting_rows // free), 1))
-            if self._busy > 0:  # the cores are busy: wait for about the rows the last batch had (a cohort)
-                limit = min(self.max_batch, max(limit, self._last_rows))
-        cohort = taken == 1 and self._busy > 0
-        wait = max(self.max_delay, self.gather if cohort else 0.0)
-        if wait > 0:
-            deadline, finished = time.monotonic() + wait, self._finished
-            while self._waiting_rows < limit and not self._closing:
-                left = deadline - time.monotonic()
-                if left <= 0 or (cohort and self._finished != finished):
-                    break  # waited enough, or a lane came free: run what there is
-                cv.wait(left)
-        batch = [self._queue.popleft()]
-        rows = batch[0].rows
-        while self._queue and rows + self._queue[0].rows <= limit:
-            batch.append(self._queue.popleft())
-            rows += batch[-1].rows
-        self._waiting_rows -= rows
-        self._busy += taken
-        return batch, taken, alone
+        while True:
+            while not self._queue or self._busy >= self.lanes:
+                if self._closing and not self._queue:
+                    return [], 0, False
+                cv.wait()
+            alone = self._busy == 0 and len(self._queue) == 1 and self.max_delay <= 0
+            if alone or self.lanes == 1:  # every core (no lane is busy): a lone request, or one lane only
+                taken, limit = self.lanes, self.max_batch
+            else:
+                taken = 1
+                free = self.lanes - self._busy
+                # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
+                limit = min(self.max_batch, max(-(-self._waiting_rows // free), 1))
+                if self._busy > 0:  # the cores are busy: wait for about the rows the last batch had (a cohort)
+                    limit = min(self.max_batch, max(limit, self._last_rows))
+            cohort = taken == 1 and self._busy > 0
+            wait = max(self.max_delay, self.gather if cohort else 0.0)
+            if wait > 0:
+                deadline, finished = time.monotonic() + wait, self._finished
+                while self._waiting_rows < limit and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or (cohort and self._finished != finished):
+                        break  # waited enough, or a lane came free: run what there is
+                    cv.wait(left)
+                if not self._queue or self._busy + taken > self.lanes:
+                    continue  # another lane took the requests, or the lanes, while this one waited
+            batch = [self._queue.popleft()]
+            rows = batch[0].rows
+            while self._queue and rows + self._queue[0].rows <= limit:
+                batch.append(self._queue.popleft())
+                rows += batch[-1].rows
+            self._waiting_rows -= rows
+            self._busy += taken
+            return batch, taken, alone
 
     def _run_group(self, group: list[_Pending], fn: Callable[[Arrays], Arrays]) -> None:
         batch_id = next(self._ids)
