@@ -204,3 +204,30 @@ def test_lanes_waiting_for_a_cohort_never_take_from_an_empty_queue():
     for x, (outputs, _) in zip(requests, answers, strict=True):
         np.testing.assert_array_equal(outputs["y"], x * 2)
     assert sum(n for _, n in rec.calls) == 200
+
+
+def test_a_fault_outside_the_run_answers_the_batch_and_the_lane_goes_on(monkeypatch):
+    from onnxguard.serve import batching
+
+    real = batching._trim
+    calls = {"n": 0}
+
+    def broken(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("a bug")
+        return real(*args)
+
+    monkeypatch.setattr(batching, "_trim", broken)
+    rec = Recorder(seconds=0.001)
+
+    async def main():
+        b = Batcher(rec.run)
+        b.start()
+        with pytest.raises(ValueError, match="a bug"):
+            await b.submit({"x": rows(1)[0]}, 1)
+        later = await asyncio.gather(*(b.submit({"x": x}, 1) for x in rows(3)))  # the same lane, still there
+        await b.close()
+        return later
+
+    assert len(asyncio.run(main())) == 3

@@ -145,6 +145,8 @@ class Batcher:
             try:
                 for group in _groups(batch):
                     self._run_group(group, fn)
+            except Exception as e:  # noqa: BLE001 - a fault outside the run: each request not answered gets it
+                self._answer([(p, None, e) for p in batch])
             finally:
                 with self._cv:
                     self._last_rows = sum(p.rows for p in batch)
