@@ -220,7 +220,10 @@ class Batcher:
     def _answer(self, answers: list[_Answer]) -> None:
         """Hand a group's answers to the event loop: one wake-up for all of them."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, answers)
+        try:
+            self._loop.call_soon_threadsafe(_settle, answers)
+        except RuntimeError:  # the event loop is closed (a forced exit): nobody is waiting any more
+            pass
 
 
 def _settle(answers: list[_Answer]) -> None:
