@@ -8,10 +8,12 @@ What issue 16 asks of it: ``onnxguard build --quantize auto`` keeps INT8 with >=
 sentences, and the model runs length-aware at >= 2.5x PyTorch at batch 8. Variants, interleaved in one run:
 PyTorch eager (sdpa), the plain export run by ONNX Runtime in FP32, its plain dynamic INT8, the mixed-precision
 INT8 (``speed.mixed``: smoothed when that helps, per-channel weights when they help, the fewest most sensitive
-MatMuls in FP32 found that pass the build's gate on the bundle's golden set, as the build's own search does), and
-the variant the build chose; each also run length-aware (the bundle's bucket plan). Label agreement and max
-|logit diff| against PyTorch on the built-in sentences (padded right and left, as the golden set is), and the mixed
-search's plan and tries. The CPU's model and INT8-relevant flags are printed and saved with the results.
+MatMuls in FP32 found that pass the build's gate on the bundle's golden set, as the build's own search does), the
+block-wise INT8 (``quantize`` mode ``blockwise``: MatMulNBits, 8-bit weights per K-block of 64, int8 activations per
+block at run time), and the variant the build chose; each also run length-aware (the bundle's bucket plan). Label
+agreement and max |logit diff| against PyTorch on the built-in sentences (padded right and left, as the golden set
+is), and the mixed search's plan and tries. The CPU's model and INT8-relevant flags are printed and saved with the
+results.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> None:
     source = convert.load(str(model_dir), ConvertOptions(max_length=SEQ, attn_implementation="sdpa"))
     plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model
     dynamic = quantize.quantize(plain, quantize.QuantizeOptions(mode="dynamic")).model
+    blockwise = quantize.quantize(plain, quantize.QuantizeOptions(mode="blockwise")).model
     # The built-in sentences, padded right and left as the build's golden set holds them, with PyTorch's logits.
     real_inputs = source.texts_inputs(builtin_texts())
     real = GoldenSet(tuple(real_inputs), tuple(source.run(b) for b in real_inputs))
@@ -87,7 +90,9 @@ def main() -> None:
     torch_variant = bench.source_variant(source, set_threads=torch.set_num_threads)
     winner = f"onnxguard build (chose {select.figures['winner']})"
     models: dict[str, onnx.ModelProto | bytes] = {"ORT FP32 (plain export)": plain, "ORT dynamic INT8": dynamic,
-              f"ORT mixed INT8 ({len(mix.fp32_nodes)} nodes FP32)": mix.result.model, winner: chosen.model_bytes()}
+              f"ORT mixed INT8 ({len(mix.fp32_nodes)} nodes FP32)": mix.result.model,
+              f"ORT block-wise INT8 (MatMulNBits, block {quantize.BLOCKWISE_BLOCK})": blockwise,
+              winner: chosen.model_bytes()}
     plan = plan_of(chosen.manifest)
     variants = [torch_variant, *(bench.onnx_variant(name, m) for name, m in models.items()),
                 *(bench.length_aware_variant(f"{name}, length-aware", m, plan) for name, m in models.items())]
