@@ -181,7 +181,9 @@ def _context(data: bytes, display: str, policy: Policy, model_dir: Path | None, 
     if not model.HasField("graph") or model.ir_version == 0:
         return dataclasses.replace(base, load_state="not-a-model",
                                    load_detail="the protobuf has no graph or no IR version")
-    return dataclasses.replace(base, load_state="ok", model=model)
+    # The checker and shape inference are handed these bytes, not a re-serialization of the model (one more copy
+    # of every weight while they run: +268 MB on DistilBERT-base). bytes() makes no copy of a bytes object.
+    return dataclasses.replace(base, load_state="ok", model=model, data=bytes(data))
 
 
 def _parse_cost(data: bytes) -> str | None:

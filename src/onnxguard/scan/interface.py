@@ -137,7 +137,9 @@ class ScanContext:
 
     ``load_state`` is one of ``ok``, ``too-large``, ``empty``, ``decode-error``, ``not-a-model``, ``missing``,
     ``over-budget`` (parsing would take more memory than the scan's budget) and ``load_detail`` carries the
-    parser's message.
+    parser's message. ``data`` is the very bytes ``model`` was parsed from (empty when there is no model): ONNX's
+    C++ passes (checker, shape inference) are handed these rather than a re-serialization of ``model``, which
+    would hold one more copy of every weight while they run.
     """
 
     policy: Policy
@@ -150,6 +152,7 @@ class ScanContext:
     load_detail: str = ""
     model: onnx.ModelProto | None = None
     bundle: BundleView | None = None
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def parsed(self) -> onnx.ModelProto:
@@ -158,6 +161,13 @@ class ScanContext:
         if self.model is None:
             raise ValueError(f"{self.display}: no parsed model to check")
         return self.model
+
+    @property
+    def serialized(self) -> bytes:
+        """The parsed model as protobuf bytes, for ONNX's C++ passes: the bytes it was parsed from when the
+        context holds them (no copy), a serialization of ``model`` otherwise (a context built without them)."""
+        model = self.parsed
+        return self.data if self.data else model.SerializeToString()
 
 
 @runtime_checkable

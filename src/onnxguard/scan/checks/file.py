@@ -113,9 +113,10 @@ class Checker(BaseCheck):
                 yield self.finding(ctx, "onnx.checker not run: the model has external data and no file path to "
                                         "check it from", severity=Severity.INFO)
                 return
-            target: onnx.ModelProto | str = str(ctx.path)
+            target: bytes | str = str(ctx.path)
         else:
-            target = model
+            # The bytes the model was parsed from, not ``model`` (which check_model would serialize again).
+            target = ctx.serialized
         try:
             onnx.checker.check_model(target)
         except onnx.checker.ValidationError as e:
@@ -141,7 +142,8 @@ class ShapeInference(BaseCheck):
         longest, where = symbolic.analyse(model).longest_shape_data
         data_prop = longest <= budget.INFERENCE_SHAPE_DATA
         try:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
+            # The bytes the model was parsed from, not ``model`` (which infer_shapes would serialize again).
+            onnx.shape_inference.infer_shapes(ctx.serialized, check_type=True, strict_mode=True, data_prop=data_prop)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             yield self.finding(ctx, f"strict shape inference: {_first_line(e)}")
         if not data_prop:
