@@ -4,6 +4,7 @@ activations per block of K), and the build's ``-int8-blockwise`` candidate."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ from onnxguard.convert import ConvertOptions
 from onnxguard.errors import ModelError
 from onnxguard.model import onnxfile
 from onnxguard.speed import quantize
+from onnxguard.speed.select import Candidate
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -70,20 +72,25 @@ def test_blockwise_refuses_a_block_matmulnbits_cannot_take(tiny_text_onnx, block
         quantize.quantize(onnxfile.load(tiny_text_onnx), quantize.QuantizeOptions(mode="blockwise", block_size=block))
 
 
-def test_build_auto_adds_and_records_a_blockwise_candidate(tiny_text_dir, tmp_path):
-    # A tolerance every INT8 variant of the tiny model passes: the candidate is made, gated and its step recorded
-    # (which candidate wins is select's timing, not asserted).
-    gate = Tolerance(atol=1.0, rtol=0.1, min_cosine=0.9, min_label_agreement=0.5)
-    options = BuildOptions(convert=ConvertOptions(max_length=32), optimize="none", quantize="auto", gate=gate,
+def test_build_auto_makes_a_blockwise_candidate_only_when_plain_int8_fails(tiny_text_dir, tmp_path):
+    # A gate every INT8 variant of the tiny model passes: plain INT8 passes, the block-wise alternative (slower at
+    # every batch of sentences) is not made.
+    lenient = Tolerance(atol=1.0, rtol=0.1, min_cosine=0.9, min_label_agreement=0.5)
+    options = BuildOptions(convert=ConvertOptions(max_length=32), optimize="none", quantize="auto", gate=lenient,
                            bench_batch=2, bench_threads=1)
-    result = build.build(str(tiny_text_dir), tmp_path / "b", options)
-    assert result.selection is not None
-    by_name = {c.name: c for c in result.selection.candidates}
-    blockwise = by_name["fp32-int8-blockwise"]
-    assert blockwise.gate is not None and blockwise.gate.passed
-    assert blockwise.parent is by_name["fp32"]  # of the plain export
-    step = next(st for st in blockwise.steps if st.name == "quantize")
-    assert step.settings["mode"] == "blockwise" and step.settings["weight_bits"] == 8
+    by_name = {c.name: c for c in build.build(str(tiny_text_dir), tmp_path / "a", options).selection.candidates}
+    assert by_name["fp32-int8-dynamic"].gate.passed
+    assert by_name["fp32-int8-blockwise"].error.endswith("not needed: fp32-int8-dynamic passed the gate")
+
+
+def test_the_blockwise_candidate_is_made_once_plain_int8_failed():
+    made: list[str] = []
+    plain = Candidate("fp32-int8-dynamic", gate=SimpleNamespace(passed=True))  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="not needed: fp32-int8-dynamic passed the gate"):
+        build._if_failed(plain, made.append, "blockwise")
+    plain.gate = SimpleNamespace(passed=False)  # type: ignore[assignment]
+    build._if_failed(plain, made.append, "blockwise")
+    assert made == ["blockwise"]
 
 
 def test_build_quantize_blockwise_records_the_choice_and_verifies(tiny_text_dir, tmp_path):

@@ -44,7 +44,7 @@ def build(
         "--optimize", help="none | auto (measure, keep the faster) | fusions | basic | extended | all.")] = "auto",
     quantize: Annotated[str, typer.Option(
         "--quantize", help="none | auto (try dynamic and static INT8, keep the fastest that passes the gate) | dynamic "
-                           "| static | fp16.")] = "none",
+                           "| static | blockwise (8-bit MatMulNBits, int8 activations per block) | fp16.")] = "none",
     calibration: options.Calibration = None,
     calibration_method: options.CalibrationMethod = "minmax",
     gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
