@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from scan_corpus import CLEAN, UNSAFE, Case, relu_model, scan_any
+from scan_support import ORDINARY
 
 from onnxguard import scan
 from onnxguard.scan import interface, policy
@@ -264,4 +265,29 @@ def test_a_light_copy_of_every_size_reports_the_corpus_alike(case: Case, tmp_pat
     with monkeypatch.context() as m:
         m.setattr(file, "without_weights", lambda model: None)
         full = scan_any(target, case_policy).to_dict()
+    assert light == full
+
+
+@pytest.mark.parametrize("fixture", ORDINARY)
+def test_a_light_copy_of_every_size_reports_ordinary_models_alike(fixture, request, monkeypatch):
+    """Real exports (torch, transformers, optimized, quantized, scikit-learn): with no size floor, the light copy
+    is made, and judged as the model itself."""
+    path: Path = request.getfixturevalue(fixture)
+    made: list[bool] = []
+    real = file.without_weights
+
+    def recording(model):
+        light = real(model)
+        made.append(light is not None)
+        return light
+
+    with monkeypatch.context() as m:
+        m.setattr(file, "LIGHT_MIN_BYTES", 0)
+        m.setattr(file, "without_weights", recording)
+        light = scan_any(path).to_dict()
+    if fixture in {"torch_cnn", "hf_onnx", "hf_optimized"}:
+        assert made == [True]
+    with monkeypatch.context() as m:
+        m.setattr(file, "without_weights", lambda model: None)
+        full = scan_any(path).to_dict()
     assert light == full
