@@ -3,9 +3,7 @@ it lives), ``runtime.load`` keeps the opening without them, and ``memory.give_ba
 
 from __future__ import annotations
 
-import gc
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -16,23 +14,7 @@ from onnxguard.errors import InputError
 from onnxguard.runtime import memory
 from onnxguard.trust import TrustPolicy, open_bundle
 from onnxguard.trust.policy import UnsafeUnsigned
-
-
-def reaches(root: object, target: object) -> bool:
-    """Whether ``target`` can be reached from ``root`` through references (``gc.get_referents``, which sees into
-    every container, tracked by the collector or not: a dict of str to bytes is not), leaving out classes,
-    modules and functions, whose globals reach everything."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        o = stack.pop()
-        if o is target:
-            return True
-        if id(o) in seen or isinstance(o, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType):
-            continue
-        seen.add(id(o))
-        stack.extend(gc.get_referents(o))
-    return False
+from references import reaches
 
 
 def _add_bytes() -> bytes:

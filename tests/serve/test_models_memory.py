@@ -4,32 +4,13 @@ docs/benchmarks.md E)."""
 
 from __future__ import annotations
 
-import gc
-import types
-
 import pytest
 
 from onnxguard.errors import InputError
 from onnxguard.serve import models
 from onnxguard.trust import TrustPolicy, open_bundle
 from onnxguard.trust.policy import UnsafeUnsigned
-
-
-def reaches(root: object, target: object) -> bool:
-    """Whether ``target`` can be reached from ``root`` through references (``gc.get_referents``, which sees into
-    every container, tracked by the collector or not: a dict of str to bytes is not), leaving out classes,
-    modules and functions, whose globals reach everything."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        o = stack.pop()
-        if o is target:
-            return True
-        if id(o) in seen or isinstance(o, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType):
-            continue
-        seen.add(id(o))
-        stack.extend(gc.get_referents(o))
-    return False
+from references import reaches
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
