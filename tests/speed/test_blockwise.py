@@ -83,13 +83,15 @@ def test_build_auto_makes_a_blockwise_candidate_only_when_plain_int8_fails(tiny_
     assert by_name["fp32-int8-blockwise"].error.endswith("not needed: fp32-int8-dynamic passed the gate")
 
 
-def test_the_blockwise_candidate_is_made_once_plain_int8_failed():
+def test_the_blockwise_candidate_is_made_once_plain_int8_failed(tiny_text_onnx):
     made: list[str] = []
+    base = Candidate("fp32", onnxfile.load(tiny_text_onnx))
+    options = quantize.QuantizeOptions(mode="blockwise", block_size=32)
     plain = Candidate("fp32-int8-dynamic", gate=SimpleNamespace(passed=True))  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="not needed: fp32-int8-dynamic passed the gate"):
-        build._if_failed(plain, made.append, "blockwise")
+        build._alternative(plain, base, options)
     plain.gate = SimpleNamespace(passed=False)  # type: ignore[assignment]
-    build._if_failed(plain, made.append, "blockwise")
+    made.append(build._alternative(plain, base, options)[1].settings["mode"])
     assert made == ["blockwise"]
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import onnx
 
@@ -28,7 +28,7 @@ from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source, isolated
-from onnxguard.errors import CheckFailed, ConversionError, InputError, ModelError, OnnxguardError, Remedy
+from onnxguard.errors import CheckFailed, ConversionError, InputError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.speed import bench, lengths, mixed, optimize, quantize
@@ -212,13 +212,11 @@ def _quantized(base: Candidate, opts: quantize.QuantizeOptions) -> tuple[onnx.Mo
                                   "preprocessed": r.preprocessed})
 
 
-def _if_failed(plain: Candidate, make: Callable[..., tuple[onnx.ModelProto, Step]],
-               *args: Any) -> tuple[onnx.ModelProto, Step]:
-    """``make(*args)``, for a more accurate and slower alternative to ``plain``, which select gates first: when
-    ``plain`` passed, the alternative is not made (a ``ModelError`` select records, as for the mixed candidate)."""
-    if plain.gate is not None and plain.gate.passed:
-        raise ModelError(f"not needed: {plain.name} passed the gate")
-    return make(*args)
+def _alternative(plain: Candidate, base: Candidate, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:
+    """``base`` quantized with ``opts``: a more accurate, slower alternative to ``plain``, made only when ``plain``
+    failed the gate."""
+    variants.needed_after(plain)
+    return _quantized(base, opts)
 
 
 def stage_optimize(state: BuildState) -> str:
@@ -293,7 +291,7 @@ def stage_quantize(state: BuildState) -> str:
                 # sentences (ONNX Runtime's 8-bit kernel is fast for one row at a time), so otherwise it only adds
                 # a quantization, a gate and a timing to the build.
                 added.append(Candidate(f"{base.name}-int8-blockwise", parent=base, make=functools.partial(
-                    _if_failed, added[-2], _quantized, base, quantize.QuantizeOptions(mode="blockwise"))))
+                    _alternative, added[-2], base, quantize.QuantizeOptions(mode="blockwise"))))
             if mode == "static" and choice == "auto" and method == "minmax":
                 # MinMax ranges follow the rarest outlier activation; percentile ranges clip it. On the CIFAR CNN
                 # (benchmarks/cifar_cnn.py, this 2-core Xeon) MinMax gave cosine 0.9895 (gate: 0.99), percentile

@@ -43,7 +43,7 @@ from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
 from onnxguard.errors import InputError, ModelError
 from onnxguard.progress import Event, Progress, silent
-from onnxguard.speed import quantize, sensitivity, smooth
+from onnxguard.speed import quantize, select, sensitivity, smooth
 from onnxguard.speed.quantize import QuantizeOptions, QuantizeResult
 from onnxguard.speed.sensitivity import NodeSensitivity, Sensitivity
 
@@ -315,8 +315,7 @@ def make(parent, plain, golden: GoldenSet, roles: dict[str, str], tolerance: Tol
     """The maker of ``build``'s mixed-precision candidate (``select.Candidate.make``): the search on ``parent``'s
     model. ``plain`` is the plain dynamic INT8 candidate of the same parent, which select gates first: when it
     passed, a mix can only be slower, and this raises ``ModelError`` saying so (select records it and moves on)."""
-    if plain.gate is not None and plain.gate.passed:
-        raise ModelError(f"not needed: {plain.name} passed the gate")
+    select.needed_after(plain)
     if parent.model is None:
         raise ModelError(f"its base {parent.name} could not be made")
     mixed = search(parent.model, golden, roles, tolerance, threads=threads)

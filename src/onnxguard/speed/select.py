@@ -26,7 +26,7 @@ from onnxguard.accuracy.thresholds import GATE
 from onnxguard.bundle import golden as golden_files
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Step
-from onnxguard.errors import CheckFailed, InputError, OnnxguardError, Remedy
+from onnxguard.errors import CheckFailed, InputError, ModelError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.runtime import memory
@@ -101,6 +101,13 @@ class Candidate:
         if self.error:
             d["error"] = self.error
         return d
+
+
+def needed_after(plain: Candidate) -> None:
+    """For the maker of a slower, more accurate alternative to ``plain`` (which select gates first): raise
+    ``ModelError`` when ``plain`` passed the gate, so the alternative is not made (select records why)."""
+    if plain.gate is not None and plain.gate.passed:
+        raise ModelError(f"not needed: {plain.name} passed the gate")
 
 
 def gate(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tolerance: Tolerance = GATE) -> ParityReport:

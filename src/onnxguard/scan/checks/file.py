@@ -144,9 +144,8 @@ class ShapeInference(BaseCheck):
         longest, where = symbolic.analyse(model).longest_shape_data
         data_prop = longest <= budget.INFERENCE_SHAPE_DATA
         light = without_weights(model)
-        if light is not None and _infers(light, data_prop):
-            pass  # the light copy infers: so does the model (see WEIGHT_ONLY_INPUTS)
-        else:
+        # When the light copy infers, so does the model (see WEIGHT_ONLY_INPUTS); otherwise the model itself.
+        if light is None or not _infers(light, data_prop):
             try:
                 # The bytes the model was parsed from, not ``model`` (which infer_shapes would serialize again).
                 _infer(ctx.serialized, data_prop)
