@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import CACHE, agreement, onnxguard, save
+from common import CACHE, agreement, build_text_bundle, save
 
 from onnxguard import bundle, convert
 from onnxguard.convert import ConvertOptions
@@ -47,9 +47,7 @@ def main() -> None:
     model_dir, bundle_dir = CACHE / "distilbert-base", CACHE / "distilbert_bundle"
     if not (model_dir / "config.json").exists():
         save_random_model(model_dir, "distilbert", "base")
-    if not (args.reuse_bundle and (bundle_dir / "manifest.json").exists()):
-        onnxguard("build", str(model_dir), "-o", str(bundle_dir), "--overwrite", "--max-length", str(SEQ),
-                  "--quantize", "auto", "--batch-size", "8", "--threads", "2")
+    build_text_bundle(model_dir, bundle_dir, SEQ, args.reuse_bundle)
     chosen = bundle.read(bundle_dir)
     select = next(s for s in chosen.manifest.steps if s.name == "select")
     plain = convert.convert(str(model_dir), ConvertOptions(max_length=SEQ)).model

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import onnx
-from common import CACHE, agreement, onnxguard, save
+from common import CACHE, agreement, build_text_bundle, save
 
 from onnxguard import bundle, convert
 from onnxguard.accuracy.thresholds import GATE
@@ -62,12 +62,7 @@ def main() -> None:
     if not (model_dir / "config.json").exists():
         made = minilm.save_classifier(model_dir)
         print(f"classifier: {made.sentences} templated sentences, head train accuracy {made.train_accuracy:.3f}")
-    build_s = None
-    if not (args.reuse_bundle and (bundle_dir / "manifest.json").exists()):
-        t0 = time.perf_counter()
-        onnxguard("build", str(model_dir), "-o", str(bundle_dir), "--overwrite", "--max-length", str(SEQ),
-                  "--quantize", "auto", "--batch-size", "8", "--threads", "2")
-        build_s = time.perf_counter() - t0
+    build_s = build_text_bundle(model_dir, bundle_dir, SEQ, args.reuse_bundle)
     chosen = bundle.read(bundle_dir)
     select = next(s for s in chosen.manifest.steps if s.name == "select")
     source = convert.load(str(model_dir), ConvertOptions(max_length=SEQ, attn_implementation="sdpa"))
