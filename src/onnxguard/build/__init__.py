@@ -208,8 +208,7 @@ def _quantized(base: Candidate, opts: quantize.QuantizeOptions) -> tuple[onnx.Mo
     """``base``'s model (made by then: select makes a parent before its children) quantized."""
     r = quantize.quantize(_made(base.model, f"the {base.name} candidate"), opts)
     return r.model, Step(name="quantize", settings=r.options.settings(),
-                         figures={"size_before": r.size_before, "size_after": r.size_after,
-                                  "preprocessed": r.preprocessed})
+                         figures=r.figures())
 
 
 def _alternative(plain: Candidate, base: Candidate, opts: quantize.QuantizeOptions) -> tuple[onnx.ModelProto, Step]:

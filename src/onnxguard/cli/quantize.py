@@ -68,7 +68,6 @@ def quantize(
     render.out.print(f"quantize ({mode}): {render.size(result.size_before)} -> {render.size(result.size_after)}"
                      + (" (after ONNX Runtime pre-processing)" if result.preprocessed else ""))
     step = Step(name="quantize", settings=result.options.settings(),
-                figures={"size_before": result.size_before, "size_after": result.size_after,
-                         "preprocessed": result.preprocessed})
+                figures=result.figures())
     finish(result.model, parent, step, output, golden_npz, force, overwrite,
            options.gate(gate_min_cosine, gate_min_label_agreement), model)

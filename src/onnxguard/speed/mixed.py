@@ -113,8 +113,7 @@ class Mixed:
                     "fp32_nodes": [{**n.to_dict(), "error": round(n.error(self.per_channel), 5)}
                                    for n in self.fp32_nodes]}
         s = self.sensitivity
-        figures = {"size_before": self.result.size_before, "size_after": self.result.size_after,
-                   "preprocessed": self.result.preprocessed, "passed": self.passed, "stopped": self.stopped,
+        figures = {**self.result.figures(), "passed": self.passed, "stopped": self.stopped,
                    "quantized_nodes": len(s.nodes) - len(self.fp32_nodes), "tries": [t.to_dict() for t in self.tries],
                    "fp32_seconds": round(self.fp32_seconds, 4),
                    "sensitivity": {"batches": s.batches, "rows": s.rows, "seconds": round(s.seconds, 2),

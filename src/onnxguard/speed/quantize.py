@@ -11,9 +11,10 @@
   activation scales than dynamic INT8's one per tensor, so an outlier costs only its own block. The other MatMuls
   (attention's activation x activation products) stay FP32. See ``BLOCKWISE_WHY`` for what it bought on MiniLM.
 
-ONNX Runtime's quantization pre-processing (symbolic shape inference, then optimization) runs first for
-static quantization, and as the fallback when dynamic quantization cannot type a tensor (a fused graph
-fails with "Unable to find data type for weight_name" without it).
+Static quantization first moves each MaxPool ahead of a BatchNormalization it follows where that is exact
+(``speed.rewrite``), then runs ONNX Runtime's quantization pre-processing (symbolic shape inference, then
+optimization). The pre-processing is also dynamic quantization's fallback when it cannot type a tensor (a fused
+graph fails with "Unable to find data type for weight_name" without it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from onnxguard.bundle.golden import Batch
 from onnxguard.errors import ModelError
 from onnxguard.model import onnxfile
 from onnxguard.progress import Progress, silent
+from onnxguard.speed import rewrite
 
 MODES = ("dynamic", "static", "fp16", "blockwise")
 # Models this large go to the quantizer and come back through external data (tensors in a side file): no
@@ -106,6 +108,15 @@ class QuantizeResult:
     size_before: int
     size_after: int
     preprocessed: bool
+    pools_before_norm: int = 0  # static: MaxPools moved ahead of their BatchNormalization (speed.rewrite)
+
+    def figures(self) -> dict:
+        """What the manifest's quantize step records beside the settings."""
+        figures: dict[str, object] = {"size_before": self.size_before, "size_after": self.size_after,
+                                      "preprocessed": self.preprocessed}
+        if self.pools_before_norm:
+            figures["pools_before_norm"] = self.pools_before_norm
+        return figures
 
 
 # x86-64 CPUs without VNNI run ONNX Runtime's U8S8 (uint8 activations x int8 weights) kernels with
@@ -287,6 +298,9 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         raise ModelError(f"block size {options.block_size}: MatMulNBits takes a power of two >= {BLOCKWISE_MIN_BLOCK}")
     options = resolved(options)
     size_before = model.ByteSize()
+    moved = 0
+    if options.mode == "static":  # uint8 pooling instead of float (exact; see speed.rewrite)
+        model, moved = rewrite.pool_before_norm(model)
     with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
         work = Path(tmp)
         job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
@@ -312,4 +326,4 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         result = onnx.load_model(str(work / "out.onnx"), load_external_data=True) if job["external"] else (
             onnxfile.load(work / "out.onnx"))
     preprocessed = bool(outcome.get("preprocessed"))
-    return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed)
+    return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed, moved)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxguard.speed import quantize, rewrite
+
+
+def _cnn(gamma: np.ndarray | None = None, second_reader: bool = False) -> onnx.ModelProto:
+    """image -> Conv 3->4 -> Relu -> BatchNormalization -> MaxPool 2x2 -> Flatten -> Gemm 64->3."""
+    rng = np.random.default_rng(0)
+    gamma = rng.uniform(0.5, 2.0, 4) if gamma is None else gamma
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("w", rng.standard_normal((4, 3, 3, 3))), ("b", rng.standard_normal(4)), ("gamma", gamma),
+        ("beta", rng.standard_normal(4)), ("mean", rng.standard_normal(4)), ("var", rng.uniform(0.5, 2.0, 4)),
+        ("fc", rng.standard_normal((64, 3))), ("fcb", rng.standard_normal(3))]]
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("BatchNormalization", ["relu", "gamma", "beta", "mean", "var"], ["norm"], epsilon=1e-5),
+             helper.make_node("MaxPool", ["norm"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["pool"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])]
+    if second_reader:
+        outputs.append(helper.make_tensor_value_info("norm", TensorProto.FLOAT, ["batch", 4, 8, 8]))
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                          ["batch", 3, 8, 8])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)  # value_info for every tensor, the stale one included
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"image": x})[0]
+
+
+def _images(n: int = 16) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32) * 3
+
+
+def test_moving_the_pool_ahead_of_a_positive_normalization_changes_no_output_bit():
+    model = _cnn()
+    before = model.SerializeToString()
+    moved, count = rewrite.pool_before_norm(model)
+    assert count == 1 and model.SerializeToString() == before, "the input model is never modified"
+    assert [n.op_type for n in moved.graph.node] == ["Conv", "Relu", "MaxPool", "BatchNormalization", "Flatten",
+                                                     "Gemm"]
+    assert "norm" not in {v.name for v in moved.graph.value_info}, "the full-resolution tensor's shape is gone"
+    onnx.checker.check_model(moved, full_check=True)
+    assert np.array_equal(_run(moved, _images()), _run(model, _images()))
+
+
+@pytest.mark.parametrize("gamma", [np.array([1.0, -0.5, 2.0, 1.0]), np.array([1.0, 0.0, 2.0, 1.0])],
+                         ids=["negative scale", "zero scale"])
+def test_a_normalization_that_is_not_positive_in_every_channel_stays(gamma):
+    """max(a*x + b) is a*min(x) + b where a < 0: moving the pool would change the answer."""
+    model = _cnn(gamma)
+    assert rewrite.pool_before_norm(model) == (model, 0)
+
+
+def test_a_normalized_tensor_read_elsewhere_stays():
+    model = _cnn(second_reader=True)
+    assert rewrite.pool_before_norm(model) == (model, 0)
+
+
+def test_static_int8_pools_in_uint8_and_says_so(tmp_path):
+    """After the move ONNX Runtime runs the pool on the quantized ReLU output (its uint8 NhwcMaxPool); before it, a
+    float MaxPool on the dequantized normalization."""
+    images = _images(32)
+    r = quantize.quantize(_cnn(), quantize.QuantizeOptions(mode="static", calibration=({"image": images},)))
+    assert r.figures()["pools_before_norm"] == 1
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(r.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = {(n.domain, n.op_type) for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
+    assert ("com.microsoft", "NhwcMaxPool") in ops and ("", "MaxPool") not in ops
+    cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(_run(r.model, images),
+                                                                                 _run(_cnn(), images), strict=True)]
+    assert min(cos) > 0.99
+
+
+def test_dynamic_int8_leaves_the_graph_order_alone():
+    r = quantize.quantize(_cnn(), quantize.QuantizeOptions(mode="dynamic"))
+    assert "pools_before_norm" not in r.figures()
