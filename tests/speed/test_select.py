@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -12,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxguard import bundle
 from onnxguard.accuracy.parity import VALUES
 from onnxguard.bundle.golden import GoldenSet
-from onnxguard.errors import CheckFailed
+from onnxguard.bundle.manifest import Step
+from onnxguard.errors import CheckFailed, ModelError
 from onnxguard.speed import select
 
 
@@ -29,7 +31,9 @@ def test_build_auto_keeps_the_fastest_variant_that_passes_and_records_all(cli, d
     m = json.loads((out / bundle.MANIFEST).read_text())
     sel = _select(m)
     names = [c["name"] for c in sel["candidates"]]
-    assert names[0] == "fp32" and "fp32-int8-static" in names and "fp32-int8-dynamic" in names
+    assert names[0] == "fp32" and "fp32-int8-static" in names
+    assert not any("dynamic" in n for n in names), "dynamic INT8 of a CNN is ConvInteger, slower than FP32"
+    assert "dynamic skipped for a convolutional model" in re.sub(r"[│\s]+", " ", r.out)  # the summary table wraps
     assert "fp32-int8-static-percentile" in names  # auto: a second static candidate, percentile-calibrated
     assert sel["winner"] in names and sel["reason"].startswith(sel["winner"])
     winner = next(c for c in sel["candidates"] if c["name"] == sel["winner"])
@@ -121,6 +125,19 @@ def test_select_keeps_the_baseline_when_nothing_is_faster(identity_golden):
     assert sel.winner is base and slow.p50_ms > base.p50_ms
 
 
+def test_a_candidate_whose_base_could_not_be_made_is_dropped_with_that_reason(identity_golden):
+    def broken() -> tuple[onnx.ModelProto, Step]:
+        raise ModelError("forced: the optimizer fell over")
+
+    base = select.Candidate("optimized", make=broken)
+    child = select.Candidate("optimized-int8", make=lambda: (_model("fast"), Step(name="quantize")), parent=base)
+    plain = select.Candidate("plain", _model("slow"))
+    sel = select.select([plain, base, child], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    assert sel.winner is plain
+    assert base.error is not None and "fell over" in base.error
+    assert child.error == "its base optimized could not be made" and child.p50_ms is None
+
+
 def test_select_fails_or_is_forced_when_no_eligible_variant_passes(identity_golden):
     def candidates():
         return [select.Candidate("plain", _model("fast"), eligible=False), select.Candidate("wrong", _model("wrong"))]
@@ -136,7 +153,6 @@ def test_a_candidate_that_raises_is_dropped_and_the_build_goes_on(cli, digits_fi
     candidate raising while it is made, are dropped with their reasons; the build keeps the others."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-    from onnxguard.errors import ModelError
     from onnxguard.speed import optimize, quantize
 
     def broken_optimize(model, options, progress=None):
@@ -144,13 +160,13 @@ def test_a_candidate_that_raises_is_dropped_and_the_build_goes_on(cli, digits_fi
 
     real_quantize = quantize.quantize
 
-    def broken_dynamic(model, options, progress=None):
-        if options.mode == "dynamic":
-            raise ModelError("forced: dynamic quantization failed")
+    def broken_minmax(model, options, progress=None):
+        if options.method == "minmax":
+            raise ModelError("forced: minmax calibration failed")
         return real_quantize(model, options)
 
     monkeypatch.setattr(optimize, "optimize", broken_optimize)
-    monkeypatch.setattr(quantize, "quantize", broken_dynamic)
+    monkeypatch.setattr(quantize, "quantize", broken_minmax)
     out = tmp_path / "b"
     r = cli("build", digits_files["pt2"], "-o", out, "--task", "classification", "--golden", digits_files["golden"],
             "--optimize", "extended", "--quantize", "auto", "--calibration", digits_files["calib"])
@@ -158,7 +174,6 @@ def test_a_candidate_that_raises_is_dropped_and_the_build_goes_on(cli, digits_fi
     sel = _select(bundle.read(out).manifest.model_dump())
     by_name = {c["name"]: c for c in sel["candidates"]}
     assert "the optimizer fell over" in by_name["fp32-extended"]["error"]
-    assert "dynamic quantization failed" in by_name["fp32-int8-dynamic"]["error"]
-    assert "its base fp32-extended" in by_name["fp32-extended-int8-dynamic"]["error"]
-    assert "error" not in by_name["fp32"]
-    assert sel["winner"] in ("fp32", "fp32-int8-static", "fp32-int8-static-percentile")
+    assert "minmax calibration failed" in by_name["fp32-int8-static"]["error"]
+    assert "error" not in by_name["fp32"] and "error" not in by_name["fp32-int8-static-percentile"]
+    assert sel["winner"] in ("fp32", "fp32-int8-static-percentile")

@@ -248,17 +248,23 @@ def stage_optimize(state: BuildState) -> str:
 
 def stage_quantize(state: BuildState) -> str:
     """Quantized candidates of each FP32 candidate, per the requested mode (auto: dynamic of each, static of
-    the plain exports; for a transformer, mixed and block-wise INT8 of the plain export instead of static)."""
+    the plain exports; for a transformer, mixed and block-wise INT8 of the plain export instead of static; for a
+    convolutional model, static only)."""
     choice = state.options.quantize
     if choice == "none":
         return "skipped (no quantization asked for)"
     modes: tuple[str, ...] = ("dynamic", "static") if choice == "auto" else (choice,)
     note = ""
-    transformer = choice == "auto" and optimize.is_transformer(_made(state.model, "the model (convert)"))
+    model = _made(state.model, "the model (convert)")
+    transformer = choice == "auto" and optimize.is_transformer(model)
     if transformer:
         # Transformers on CPU take dynamic INT8 (MatMul-heavy, activation ranges vary per input); static QDQ of
         # them costs minutes of calibration and gigabytes at build time for a variant that does not win here.
         modes, note = ("dynamic",), "; static skipped for a transformer (ask for the static mode to try it)"
+    elif choice == "auto" and optimize.is_convolutional(model):
+        # Dynamic INT8 makes each Conv a ConvInteger, which ONNX Runtime runs slower than FP32 on CPU (benchmark B's
+        # CNN: 0.41-0.98x FP32 on an AVX2-only EPYC, MEASURED.md B alike); static INT8 quantizes Conv and Gemm both.
+        modes, note = ("static",), "; dynamic skipped for a convolutional model (ask for the dynamic mode to try it)"
     if choice != "auto":
         for c in state.candidates:
             c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline

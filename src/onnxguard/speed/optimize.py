@@ -69,6 +69,11 @@ def is_transformer(model: onnx.ModelProto) -> bool:
     return "input_ids" in names and "attention_mask" in names
 
 
+def is_convolutional(model: onnx.ModelProto) -> bool:
+    """True for a graph with a Conv node (dynamic INT8 turns it into ConvInteger, slower than FP32 on CPU)."""
+    return any(n.op_type == "Conv" for n in model.graph.node)
+
+
 # onnxruntime.transformers logs every fusion pattern it tries through its loggers ("Attention not fused" at
 # WARNING): the fusions run in a child process (runtime.isolated), so no logger of this process is touched.
 _FUSE = """
