@@ -145,6 +145,29 @@ def test_session_options_threads_and_levels():
         runtime.session("model.onnx")
 
 
+def test_sessions_that_take_turns_do_not_spin():
+    """Spinning threads hold the cores while another session runs (runtime.core.SPINNING): off where asked."""
+    key = "session.intra_op.allow_spinning"
+    assert runtime.session(_add_model(), spin=False).get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ONNX Runtime's default, spinning
+        runtime.session(_add_model()).get_session_options().get_session_config_entry(key)
+
+
+def test_select_and_bench_time_sessions_that_do_not_spin(monkeypatch):
+    from onnxguard.bundle.golden import GoldenSet
+    from onnxguard.speed import bench, select
+
+    made: list[bool] = []
+    real = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda *a, spin=True, **k: made.append(spin) or real(*a, spin=spin, **k))
+    batch = {"x": np.ones((2, 4), np.float32)}
+    golden = GoldenSet((batch,), ({"y": batch["x"] + WEIGHTS},))
+    select.select([select.Candidate("a", _add_model()), select.Candidate("b", _add_model())], golden, {"y": "values"},
+                  batch_size=2, threads=1)
+    bench.onnx_variant("a", _add_model()).make(1)
+    assert made and not any(made)
+
+
 def test_offline_optimization_writes_the_optimized_graph(tmp_path):
     out = tmp_path / "opt.onnx"
     runtime.session(_add_model(), optimization="extended", optimized_model_path=out)

@@ -100,10 +100,19 @@ def _check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike | 
     return folder
 
 
+# ONNX Runtime's intra-op threads spin-wait after each run, holding their cores. Sessions that take turns must not:
+# measured on benchmark B's CNN (batch 32, 2 threads, AVX2-only AMD EPYC, onnxruntime 1.32), the plain export ran
+# 10.7 ms alone but 24.8-31.7 ms alternating with its static INT8 variant, and the pair's speed-up read 1.66-2.09x
+# against 1.59x alone; without spinning, 10.8-11.4 ms and 1.47-1.52x, as alone. Whatever times candidates or
+# variants side by side (speed.select, speed.bench, speed.mixed, speed.lengths) therefore makes them with spin=False.
+SPINNING = "session.intra_op.allow_spinning"
+
+
 def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | None = None, threads: int = 0,
             optimization: str | None = None, optimized_model_path: str | os.PathLike | None = None,
             config: Mapping[str, str] | None = None, disabled_optimizers: Sequence[str] = (),
-            profile_prefix: str | os.PathLike | None = None, name: str = "the model") -> ort.InferenceSession:
+            profile_prefix: str | os.PathLike | None = None, name: str = "the model",
+            spin: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime CPU session over ``model`` (an ``onnx.ModelProto``, or ONNX or ORT-format bytes).
 
     ``threads``: intra-op threads, 0 lets the runtime choose. ``optimization``: a name of :data:`LEVELS`, None
@@ -111,6 +120,7 @@ def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | No
     optimization). ``model_dir``: the only folder external data may come from. ``profile_prefix``: turns on ONNX
     Runtime's profiler, which writes its JSON to ``<prefix>_<date>.json`` (the path ``sess.end_profiling()``
     returns); it must be absolute, so that nothing lands in the working directory. ``name`` names the model in errors.
+    ``spin``: False stops the intra-op threads from spin-waiting for more work after a run (``SPINNING``).
     """
     proto: onnx.ModelProto | None
     if isinstance(model, onnx.ModelProto):
@@ -136,6 +146,8 @@ def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | No
             raise InputError(f"the profile prefix {os.fspath(profile_prefix)!r} must be an absolute path")
         opts.enable_profiling = True
         opts.profile_file_prefix = os.fspath(profile_prefix)
+    if not spin:
+        opts.add_session_config_entry(SPINNING, "0")
     for key, value in (config or {}).items():
         if key == EXTERNAL_FOLDER_KEY:
             raise InputError(f"the session entry {key} is set from model_dir only")

@@ -34,7 +34,6 @@ from onnxguard.serve.validation import InputSpec, Signature
 from onnxguard.trust.opening import OpenedBundle
 
 PLATFORM = "onnxruntime_onnx"
-SPINNING = "session.intra_op.allow_spinning"
 
 
 @dataclass
@@ -119,11 +118,11 @@ def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max
     # With a Python load
     # generator on the same two cores spinning lost instead (16.0 against 7.4 ms at concurrency 1): the spinning
     # threads took the cores the client needed. ``spin=False`` (serve --no-spin) is for such a crowded host.
-    session = runtime.session(data, threads=threads, name=where, config={SPINNING: "1" if spin else "0"})
+    session = runtime.session(data, threads=threads, name=where, spin=spin)
     lane_session = None
     if lanes > 1:
         lane_threads = max(1, (threads or os.cpu_count() or 1) // lanes)
-        lane_session = runtime.session(data, threads=lane_threads, name=where, config={SPINNING: "0"})
+        lane_session = runtime.session(data, threads=lane_threads, name=where, spin=False)
     # The sessions hold what they need of the model; the served model keeps the rest of the opening, not the bytes
     # (measured, FP32 DistilBERT-base: 260 MB, most of the gap to a server that loads the file by path).
     del data

@@ -105,7 +105,7 @@ def onnx_variant(name: str, model: onnx.ModelProto | bytes) -> Variant:
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
 
     def make(threads: int) -> Callable[[Batch], object]:
-        sess = runtime.session(data, threads=threads, name=name)
+        sess = runtime.session(data, threads=threads, name=name, spin=False)
         names = {i.name for i in sess.get_inputs()}
         return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})
 
@@ -121,7 +121,7 @@ def length_aware_variant(name: str, model: onnx.ModelProto | bytes, plan: Length
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
 
     def make(threads: int) -> Callable[[Batch], object]:
-        return runtime.LengthAware(runtime.session(data, threads=threads, name=name), plan).run
+        return runtime.LengthAware(runtime.session(data, threads=threads, name=name, spin=False), plan).run
 
     return Variant(name, make, len(data))
 

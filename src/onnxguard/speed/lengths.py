@@ -124,7 +124,7 @@ def measure_cost(la: LengthAware, batches: list[Batch], rows_at: tuple[int, ...]
 def plan(model: onnx.ModelProto, export: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str],
          tolerance: Tolerance, threads: int = 0, progress: Progress = silent) -> Planned:
     """The bucket plan of ``model`` (the chosen variant of the plain FP32 ``export``), checked on ``golden``."""
-    sess_export = runtime.session(export, threads=threads, name="the plain export")
+    sess_export = runtime.session(export, threads=threads, name="the plain export", spin=False)
     names = {i.name for i in sess_export.get_inputs()}
     if MASK not in names:
         return Planned(None, f"the model takes no {MASK} input")
@@ -145,7 +145,7 @@ def plan(model: onnx.ModelProto, export: onnx.ModelProto, golden: GoldenSet, rol
     sequence = LengthAware(sess_export).sequence_outputs
     del sess_export
     progress(Event("lengths", "timing the cost model"))
-    sess = runtime.session(model, threads=threads, name="the chosen model")
+    sess = runtime.session(model, threads=threads, name="the chosen model", spin=False)
     cost, points = measure_cost(LengthAware(sess, LengthPlan(sequence_outputs=tuple(sorted(sequence)))), batches)
     chosen = LengthPlan(cost=cost, shift_free=shift_free, sequence_outputs=tuple(sorted(sequence)))
     la = LengthAware(sess, chosen)

@@ -269,7 +269,7 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
            f"per tensor")
     ranked = [n for n in sens.ranked(per_channel) if n.node]
     largest = _largest(golden)
-    fp32_session = runtime.session(fp32, threads=threads, name="the FP32 model")  # timed beside each try
+    fp32_session = runtime.session(fp32, threads=threads, name="the FP32 model", spin=False)  # timed beside each try
     fp32_times: list[float] = []
     tries: dict[int, Try] = {}
     results: dict[str, tuple[int, QuantizeResult]] = {}
@@ -278,7 +278,7 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
         progress(Event("quantize", f"mixed INT8: {k} most sensitive node(s) in FP32"))
         opts = dataclasses.replace(options, per_channel=per_channel, exclude=tuple(n.node for n in ranked[:k]))
         result = quantize.quantize(model, opts, progress)
-        sess = runtime.session(result.model, threads=threads, name="a mixed INT8 model")
+        sess = runtime.session(result.model, threads=threads, name="a mixed INT8 model", spin=False)
         report, judged = gate(sess, golden, roles, tolerance)
         seconds, fp32_seconds = _paired(sess, fp32_session, largest)
         fp32_times.append(fp32_seconds)

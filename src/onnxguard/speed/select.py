@@ -293,7 +293,7 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 fallback = c
             progress(Event("select", f"gate: {c.name}", i, len(order)))
             phase = "gating it"
-            sess = runtime.session(c.model, threads=threads, name=c.name)  # one session gates and times it
+            sess = runtime.session(c.model, threads=threads, name=c.name, spin=False)  # gates and times it
             c.gate = parity.compare(references, runtime.run(sess, golden.inputs), roles,
                                     c.tolerance or tolerance)
             if not c.gate.passed:
