@@ -38,8 +38,8 @@ def quantize(
     keep_io_types: Annotated[bool, typer.Option(
         "--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
     reduce_range: Annotated[bool | None, typer.Option(
-        "--reduce-range/--full-range", help="INT8: 7-bit weights, for x86 CPUs without VNNI, whose INT8 kernels "
-                                            "saturate (default: detected on this CPU).")] = None,
+        "--reduce-range/--full-range", help="INT8: 7-bit weights (default: static yes, as x86 CPUs without VNNI "
+                                            "saturate its kernels with 8-bit ones; dynamic no).")] = None,
     golden_npz: GoldenRefs = None,
     gate_min_cosine: options.GateMinCosine = GATE.min_cosine,
     gate_min_label_agreement: options.GateMinAgreement = GATE.min_label_agreement,
