@@ -1,9 +1,11 @@
 """Benchmark C: scikit-learn logistic regression on the bundled digits, ONNX with and without ZipMap.
 
-    .venv/bin/python benchmarks/sklearn_digits.py
+    .venv/bin/python benchmarks/sklearn_digits.py [RESULTS_NAME]     # default C_sklearn_digits
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import skl2onnx
@@ -38,4 +40,5 @@ extra = {no_zip.name: {"label agreement": f"{agreement(probs, ref):.2%}",
 report = bench.bench([sklearn_variant, with_zip, no_zip], x,
                      bench.BenchOptions(batch_sizes=(1, 256), threads=(1,), runs=300, warmup=20),
                      baseline=sklearn_variant.name)
-save("C_sklearn_digits", report, extra)
+print("machine:", bench.machine())
+save(sys.argv[1] if len(sys.argv) > 1 else "C_sklearn_digits", report, extra)
