@@ -58,7 +58,7 @@ def grpc_server(tmp_path_factory, served_bundles):
                    {"digits": b["digits"]}, b["public_key"], log)
     s.grpc_port = gport
     yield s
-    assert s.stop() in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises the signal once drained
+    assert s.stop() == 0, log.read_text()  # drained and closed cleanly
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
@@ -525,7 +525,7 @@ def test_sigterm_answers_the_calls_in_flight_then_refuses(grpc_server):
     grpc_server.proc.send_signal(signal.SIGTERM)
     t.join(30)
     assert "ok" in result, result
-    assert grpc_server.proc.wait(60) in (0, -signal.SIGTERM)
+    assert grpc_server.proc.wait(60) == 0
     with pytest.raises(InferenceServerException):
         grpcclient.InferenceServerClient(grpc_server.target).is_server_live()
     assert audit_lib.verify(grpc_server.audit_db).passed

@@ -239,11 +239,40 @@ def test_budget_survives_a_restart(fresh_server):
     codes = [_infer(s, body, headers=s.headers("budget")).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
     secret = s.keys["budget"]
-    assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    assert s.stop() == 0  # drained and closed cleanly
     again = fresh_server(keys_db=s.keys_db, audit_db=s.audit_db)
     r = httpx.post(f"{again.url}/v2/models/digits/infer", json=body, headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 429 and "budget" in r.json()["error"]
     assert audit_lib.verify(s.audit_db).passed
+
+
+def test_a_shutdown_that_cannot_give_budget_back_says_so_in_one_line(fresh_server, tmp_path):
+    """The unspent lease goes back to the key store at shutdown; with the store locked by another process that
+    fails, and the server says so in one line and exits 2 (uvicorn would print a traceback and exit 0)."""
+    import sqlite3
+
+    from onnxguard.serve.apikeys import KeyStore
+
+    keys_db = tmp_path / "keys.db"
+    with KeyStore(keys_db) as store:
+        secret = store.create("big", budget=100_000)[0]
+    s = fresh_server(keys_db=keys_db)
+    s.keys["full"] = secret
+    r = _infer(s, {"inputs": [_tensor(shape=(2, 64))]})
+    assert r.status_code == 200  # and a lease of rows beyond these two is held in the server's memory
+    lock = sqlite3.connect(keys_db, timeout=0, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        code = s.stop()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    log = s.log.read_text()
+    assert code == 2 and "Traceback" not in log, log
+    assert log.splitlines()[-1].startswith("onnxguard: error: at shutdown: unspent budget not given back to the key "
+                                           "store: "), log
+    assert "database is locked" in log
+    assert audit_lib.verify(s.audit_db).passed  # the audit log still closed
 
 
 # -- the audit log ---------------------------------------------------------------------------------------------------

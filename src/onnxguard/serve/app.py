@@ -121,7 +121,8 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
     budgets = Budgets(keys)
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.shutdown_failures = []
         for m in models:
             m.batcher = Batcher(m.run, max_batch=options.max_batch, max_delay=options.max_delay_ms / 1e3,
                                 max_queue=options.max_queue, pad_id=m.tokenizer.pad_id if m.tokenizer else 0,
@@ -131,12 +132,18 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         try:
             yield
         finally:  # graceful: what was accepted is answered, then the audit log is closed
+            # A failure here is reported by server.run once uvicorn has stopped (one line, exit 2), each step
+            # still taken: uvicorn would print the first one as a traceback and skip the rest.
             await asyncio.gather(*(m.batcher.close() for m in models if m.batcher))
             try:
                 budgets.close()  # unspent leases back to the key store
-            finally:
-                await limiter.close()
+            except OnnxguardError as e:
+                app.state.shutdown_failures.append(f"unspent budget not given back to the key store: {e}")
+            await limiter.close()
+            try:
                 await asyncio.get_running_loop().run_in_executor(None, audit.close)
+            except OnnxguardError as e:
+                app.state.shutdown_failures.append(f"the audit log did not close cleanly: {e}")
 
     middleware = [
         Middleware(MetricsMiddleware, metrics=metrics),

@@ -8,7 +8,9 @@ audit log opened and the port bound. Any failure before that raises (the command
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from onnxguard.errors import InputError
+from onnxguard.errors import InputError, OnnxguardError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.serve import app as app_lib
 from onnxguard.serve import confidential as confidential_lib
@@ -128,8 +130,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stopped(Exception):  # noqa: N818 - a stop asked for, not a failure
+    pass
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def run(prepared: Prepared) -> None:
-    """Serve until SIGINT or SIGTERM; then answer what was accepted (at most ``DRAIN_SECONDS``) and stop."""
+    """Serve until SIGINT or SIGTERM; then answer what was accepted (at most ``DRAIN_SECONDS``) and stop. Raises
+    ``OnnxguardError`` when the shutdown could not give unspent budget back or close the audit log."""
     import uvicorn
 
     c = prepared.config
@@ -148,4 +162,19 @@ def run(prepared: Prepared) -> None:
                             access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
                             ssl_certfile=str(c.certfile) if c.certfile else None,
                             ssl_keyfile=str(c.keyfile) if c.keyfile else None)
-    (front.uvicorn(config) if front else uvicorn.Server(config)).run(sockets=[prepared.sock])
+    server = front.uvicorn(config) if front else uvicorn.Server(config)
+    # uvicorn re-raises the SIGINT or SIGTERM that stopped it once it has drained, to the handlers it found: these
+    # turn it into an exception here, so that a failure of the app's shutdown is still reported below.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS} if main else {}
+    try:
+        server.run(sockets=[prepared.sock])
+    except _Stopped:
+        pass  # a stop asked for: exit 0 unless the shutdown failed
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failures = getattr(prepared.app.state, "shutdown_failures", [])
+    if failures:
+        raise OnnxguardError("at shutdown: " + "; ".join(failures),
+                             hint="check the key store and audit log files and their disk, then verify the audit log")
