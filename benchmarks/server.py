@@ -308,6 +308,7 @@ def main() -> None:
     ap.add_argument("--text", choices=("auto", "fp32"), default="auto",
                     help="the text bundle: what build --quantize auto chose (default), or the FP32 build")
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
+    ap.add_argument("--save-as", help="results name in benchmarks/results/ (default E_server, E_server_fp32)")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
                     help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
     ap.add_argument("--seed-app", nargs=4, metavar=("TEXT", "CNN", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
@@ -426,7 +427,8 @@ def main() -> None:
            "ceilings": ceilings, "results": results,
            "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
     RESULTS.mkdir(exist_ok=True)
-    name = "E_server.json" if args.text == "auto" else f"E_server_{args.text}.json"
+    name = f"{args.save_as}.json" if args.save_as else "E_server.json" if args.text == "auto" else (
+        f"E_server_{args.text}.json")
     (RESULTS / name).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(table(out))
 
