@@ -263,7 +263,8 @@ def stage_quantize(state: BuildState) -> str:
         modes, note = ("dynamic",), "; static skipped for a transformer (ask for the static mode to try it)"
     elif choice == "auto" and optimize.is_convolutional(model):
         # Dynamic INT8 makes each Conv a ConvInteger, which ONNX Runtime runs slower than FP32 on CPU (benchmark B's
-        # CNN: 0.41-0.98x FP32 on an AVX2-only EPYC, MEASURED.md B alike); static INT8 quantizes Conv and Gemm both.
+        # CNN: 0.27-0.29x the plain export's speed on an AVX2-only EPYC, MEASURED.md B alike); static INT8 quantizes
+        # Conv and Gemm both.
         modes, note = ("static",), "; dynamic skipped for a convolutional model (ask for the dynamic mode to try it)"
     if choice != "auto":
         for c in state.candidates:
