@@ -248,8 +248,8 @@ def stage_optimize(state: BuildState) -> str:
 
 def stage_quantize(state: BuildState) -> str:
     """Quantized candidates of each FP32 candidate, per the requested mode (auto: dynamic of each, static of
-    the plain exports; for a transformer, mixed and block-wise INT8 of the plain export instead of static; for a
-    convolutional model, static only)."""
+    the plain exports; for a transformer, dynamic of the exports as they are, mixed and block-wise INT8 of the
+    plain export, no static; for a convolutional model, static only)."""
     choice = state.options.quantize
     if choice == "none":
         return "skipped (no quantization asked for)"
@@ -260,7 +260,8 @@ def stage_quantize(state: BuildState) -> str:
     if transformer:
         # Transformers on CPU take dynamic INT8 (MatMul-heavy, activation ranges vary per input); static QDQ of
         # them costs minutes of calibration and gigabytes at build time for a variant that does not win here.
-        modes, note = ("dynamic",), "; static skipped for a transformer (ask for the static mode to try it)"
+        modes, note = ("dynamic",), ("; static skipped for a transformer (ask for the static mode to try it), INT8 "
+                                     "made of the exports as they are")
     elif choice == "auto" and optimize.is_convolutional(model):
         # Dynamic INT8 makes each Conv a ConvInteger, which ONNX Runtime runs slower than FP32 on CPU (benchmark B's
         # CNN: 0.27-0.29x the plain export's speed on an AVX2-only EPYC, MEASURED.md B alike); static INT8 quantizes
@@ -276,6 +277,12 @@ def stage_quantize(state: BuildState) -> str:
             exported_as_is = base.make is None or getattr(base.make, "func", None) is _reexported
             if mode == "static" and not exported_as_is:
                 continue  # QDQ on top of fused or offline-optimized graphs adds nothing but failure modes
+            if transformer and not exported_as_is:
+                # Dynamic INT8 of a transformer's fused or offline-optimized graph never beat that of an export as
+                # it is (DistilBERT-base on an AVX2-only EPYC: fused 1.76x and extended 1.71x FP32 against the
+                # TorchScript export's 1.82x; on VNNI the fused graph's QAttention was slower too), and each costs
+                # a quantization, a gate and a timing: about 18 s of a 3-minute build there.
+                continue
             method = state.options.calibration_method
             opts = quantize.QuantizeOptions(mode=mode, calibration=calibration, method=method)
             name = f"{base.name}-{'int8-' + mode if mode != 'fp16' else 'fp16'}"
