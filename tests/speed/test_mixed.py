@@ -186,6 +186,8 @@ def test_the_build_maker_skips_when_plain_int8_passed():
     # Smoothing moves the outlier channel into mm_b's weights: every MatMul quantized, and the gate passes.
     assert step.settings["smoothing"]["kept"] is True and step.settings["fp32_nodes"] == []
     assert step.figures["passed"] is True and step.figures["quantized_nodes"] == 3
+    # the smoothed weights carry the outlier: 7 bits where U8S8 kernels would saturate on 8 (quantize.SMOOTHED_WHY)
+    assert step.settings["weight_bits"] == (7 if quantize.saturating_cpu() else 8)
     assert not {n.name for n in built.graph.node if n.op_type == "MatMul"}
 
 

@@ -108,6 +108,15 @@ def test_cli_quantize_an_onnx_file_with_npz_calibration(cli, digits_bundle, tmp_
     assert golden.load(refs).references is not None
 
 
+def test_only_x86_cpus_without_vnni_count_as_saturating(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t: fpu sse2 avx2 fma\n")
+    assert quantize.saturating_cpu(info, "x86_64") and not quantize.saturating_cpu(info, "aarch64")
+    info.write_text("flags\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not quantize.saturating_cpu(info, "x86_64")
+    assert not quantize.saturating_cpu(tmp_path / "missing", "x86_64")
+
+
 def test_dynamic_int8_weights_are_8_bit_unless_7_are_asked_for(cli, digits_bundle, tmp_path):
     """7-bit weights cost a real transformer 12 points of labels and bought nothing on AVX2 (quantize.DYNAMIC_WHY)."""
     assert cli("quantize", digits_bundle, "-o", tmp_path / "auto", "--mode", "dynamic", "--allow-unsigned").code == 0

@@ -33,7 +33,7 @@ def test_build_auto_keeps_the_fastest_variant_that_passes_and_records_all(cli, d
     names = [c["name"] for c in sel["candidates"]]
     assert names[0] == "fp32" and "fp32-int8-static" in names
     assert not any("dynamic" in n for n in names), "dynamic INT8 of a CNN is ConvInteger, slower than FP32"
-    assert "dynamic skipped for a convolutional model" in re.sub(r"[│\s]+", " ", r.out)  # the summary table wraps
+    assert "no dynamic INT8 of a convolutional model" in re.sub(r"[│\s]+", " ", r.out)  # the summary table wraps
     assert "fp32-int8-static-percentile" in names  # auto: a second static candidate, percentile-calibrated
     assert sel["winner"] in names and sel["reason"].startswith(sel["winner"])
     winner = next(c for c in sel["candidates"] if c["name"] == sel["winner"])

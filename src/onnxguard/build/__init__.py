@@ -266,7 +266,7 @@ def stage_quantize(state: BuildState) -> str:
         # Dynamic INT8 makes each Conv a ConvInteger, which ONNX Runtime runs slower than FP32 on CPU (benchmark B's
         # CNN: 0.27-0.29x the plain export's speed on an AVX2-only EPYC, MEASURED.md B alike); static INT8 quantizes
         # Conv and Gemm both.
-        modes, note = ("static",), "; dynamic skipped for a convolutional model (ask for the dynamic mode to try it)"
+        modes, note = ("static",), "; no dynamic INT8 of a convolutional model (ask for the dynamic mode to try it)"
     if choice != "auto":
         for c in state.candidates:
             c.eligible = False  # an explicit mode asks for a quantized model; FP32 stays as the timing baseline

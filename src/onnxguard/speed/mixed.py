@@ -255,7 +255,10 @@ def search(model: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str], tol
     no smoothing)."""
     if golden.references is None:
         raise InputError("the golden set has no reference outputs; run the source framework first")
-    options = quantize.resolved(dataclasses.replace(options, mode="dynamic"))
+    options = dataclasses.replace(options, mode="dynamic")
+    if options.reduce_range is None and alphas and quantize.saturating_cpu():
+        options = dataclasses.replace(options, reduce_range=True, why=quantize.SMOOTHED_WHY)
+    options = quantize.resolved(options)
     sample = _sample(golden)
     sens = sensitivity.measure(model, sample, bool(options.reduce_range), threads, progress)
     fp32 = model
