@@ -71,6 +71,7 @@ class Candidate:
     parent: Candidate | None = field(default=None, repr=False)  # the candidate ``make`` starts from
     size_bytes: int | None = None
     vs: str | None = None  # what it was timed against, and the ratio
+    opponent: str | None = None  # the name of what it was timed against
     early: bool = False  # the sequential test stopped timing it early
     to_base: float = 1.0  # its time / the baseline's, through the paired ratios of the winners it was timed against
 
@@ -308,7 +309,7 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 progress(Event("select", f"timing {c.name} against {opponent.name}", i, len(order)))
                 r = race(opponent_run, run, batch, runs)
                 c.p50_ms = float(np.median(r.challenger_ms))
-                c.vs, c.early = f"{opponent.name} x{r.ratio:.3f}", r.early
+                c.vs, c.opponent, c.early = f"{opponent.name} x{r.ratio:.3f}", opponent.name, r.early
                 c.to_base = r.ratio * opponent.to_base
                 wins = c.eligible and (best is None or r.challenger_wins)
             if wins:
@@ -337,9 +338,10 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                          batch_size, threads, forced=True)
     if best is base or base.p50_ms is None or best.p50_ms is None:
         reason = f"{best.name}: fastest passing variant ({best.p50_ms or math.inf:.2f} ms p50)"
-    else:  # the product of the paired ratios along the chain of winners back to the baseline
-        reason = (f"{best.name}: {best.p50_ms:.2f} ms p50, {1 / best.to_base:.2f}x {base.name} in paired timings "
-                  f"(vs {base.name} {base.p50_ms:.2f} ms), gate passed")
+    else:  # the product of the paired ratios along the chain of winners back to the baseline; the p50 is the
+        # winner's in its own race (the baseline's, timed alone or in another race, is not comparable with it)
+        reason = (f"{best.name}: {1 / best.to_base:.2f}x {base.name} in paired timings ({best.p50_ms:.2f} ms p50 "
+                  f"in its race vs {best.opponent}), gate passed")
     progress(Event("select", reason))
     return Selection(best, tuple(candidates), reason, batch_size, threads)
 
