@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxguard import build, runtime, target
-from onnxguard.accuracy import consistency
+from onnxguard.accuracy import consistency, thresholds
 from onnxguard.accuracy.consistency import ConsistencyReport
 from onnxguard.build import BuildOptions, BuildResult
 from onnxguard.bundle.golden import GoldenSet
@@ -170,8 +170,8 @@ def _targets(opened: OpenedBundle, policy: TrustPolicy, out: Path,
     out.mkdir(exist_ok=True)
     int8 = out / "digits-cnn.int8.onnx"
     model = onnxfile.parse(opened.model_bytes, str(opened.path / opened.model_name))
-    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):  # build kept its static INT8 candidate
-        progress(Event("targets", "INT8 variant: the bundle's model (static INT8)"))
+    if thresholds.kind_of(model) == "int8":  # build kept an INT8 candidate: quantizing it again fails
+        progress(Event("targets", "INT8 variant: the bundle's model (INT8 already)"))
         int8.write_bytes(opened.model_bytes)
     else:
         progress(Event("targets", "dynamic INT8 variant"))

@@ -135,8 +135,8 @@ STATIC_WHY = ("7-bit weights: static INT8 runs U8S8 kernels wherever the bundle 
 # and failed with 8-bit on the AVX2-only EPYC (both passed on VNNI). speed.mixed therefore asks for 7 bits on such
 # a CPU (SMOOTHED_WHY).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-SMOOTHED_WHY = ("7-bit weights: smoothing moved activation outliers into the weights, and this CPU has no VNNI, "
-                "whose U8S8 kernels saturate on large 8-bit weights")
+SMOOTHED_WHY = ("7-bit weights: the mixed search may smooth activation outliers into the weights, and this CPU has "
+                "no VNNI, whose U8S8 kernels saturate on large 8-bit weights")
 DYNAMIC_WHY = ("8-bit weights: dynamic INT8 MatMuls kept as many labels without VNNI (AVX2) as with it, and 7-bit "
                "weights lost 12 points of them on a real transformer; `onnxguard consistency` checks a deployment CPU")
 

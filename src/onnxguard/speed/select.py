@@ -70,8 +70,8 @@ class Candidate:
     make: Maker | None = field(default=None, repr=False)  # how to make the model (None: given)
     parent: Candidate | None = field(default=None, repr=False)  # the candidate ``make`` starts from
     size_bytes: int | None = None
-    vs: str | None = None  # what it was timed against, and the ratio
     opponent: str | None = None  # the name of what it was timed against
+    ratio: float | None = None  # its time / the opponent's, the median of the paired ratios
     early: bool = False  # the sequential test stopped timing it early
     to_base: float = 1.0  # its time / the baseline's, through the paired ratios of the winners it was timed against
 
@@ -95,9 +95,9 @@ class Candidate:
                          for o in self.gate.outputs}
         if self.p50_ms is not None:
             d["p50_ms"] = round(self.p50_ms, 4)
-        if self.vs is not None:
+        if self.ratio is not None:
             d["x_baseline"] = round(1 / self.to_base, 3)  # the paired ratios along the winners back to the baseline
-            d["timed_against"] = self.vs
+            d["timed_against"] = f"{self.opponent} x{self.ratio:.3f}"
             d["stopped_early"] = self.early
         if self.error:
             d["error"] = self.error
@@ -309,7 +309,7 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
                 progress(Event("select", f"timing {c.name} against {opponent.name}", i, len(order)))
                 r = race(opponent_run, run, batch, runs)
                 c.p50_ms = float(np.median(r.challenger_ms))
-                c.vs, c.opponent, c.early = f"{opponent.name} x{r.ratio:.3f}", opponent.name, r.early
+                c.opponent, c.ratio, c.early = opponent.name, r.ratio, r.early
                 c.to_base = r.ratio * opponent.to_base
                 wins = c.eligible and (best is None or r.challenger_wins)
             if wins:
