@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -123,6 +124,18 @@ def test_select_keeps_the_baseline_when_nothing_is_faster(identity_golden):
     base, slow = select.Candidate("plain", _model("fast")), select.Candidate("heavy", _model("slow"))
     sel = select.select([base, slow], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
     assert sel.winner is base and slow.p50_ms > base.p50_ms
+
+
+def test_a_gate_given_at_the_same_tolerance_is_not_run_again(identity_golden):
+    # The parity stage gated the export already; select trusts that report only at the tolerance it holds it to.
+    failed = select.gate(_model("wrong"), identity_golden, {"y": VALUES}, select.GATE)
+    given = select.Candidate("plain", _model("fast"), gate=failed)
+    with pytest.raises(CheckFailed, match="no variant passed"):  # the given (failing) report stood
+        select.select([given], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    strict = dataclasses.replace(select.GATE, min_cosine=0.999999)
+    regated = select.Candidate("plain", _model("fast"), gate=failed, tolerance=strict)
+    sel = select.select([regated], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    assert sel.winner is regated and regated.gate is not None and regated.gate.passed
 
 
 def test_a_candidate_whose_base_could_not_be_made_is_dropped_with_that_reason(identity_golden):

@@ -28,7 +28,7 @@ from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.bundle.manifest import Golden, Lengths, Manifest, Model, Step, Tensor, now
 from onnxguard.bundle.manifest import Source as SourceInfo
 from onnxguard.convert import ConvertOptions, Source, isolated
-from onnxguard.errors import CheckFailed, ConversionError, InputError, OnnxguardError, Remedy
+from onnxguard.errors import CheckFailed, InputError, OnnxguardError, Remedy
 from onnxguard.model import onnxfile
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.speed import bench, lengths, mixed, optimize, quantize
@@ -185,18 +185,13 @@ def _other_exporter(state: BuildState) -> str | None:
 
 
 def _reexported(state: BuildState, exporter: str) -> tuple[onnx.ModelProto, Step]:
-    """Export again with ``exporter``; the result must pass the same strict parity as the first export."""
+    """Export again with ``exporter``. Its candidate is held to the export's strict parity by select's gate (one
+    run on the golden set, not a second one here: 6.5 s of DistilBERT-base's build on an AVX2 CPU)."""
     source = _made(state.source, "the source (convert)")
     exported = source.export(state.options.convert.opset, exporter, silent)
     convert.set_metadata(exported.model, state.options.meta)
-    report = parity.parity(exported.model, _made(state.golden, "the golden set (golden)"), source.output_roles,
-                           state.options.tolerance)
-    if not report.passed:
-        failures = "; ".join(f for o in report.outputs for f in o.failures)
-        raise ConversionError(f"the {exporter} export fails parity: {failures}")
     settings = {"exporter": exported.exporter, "opset": _opset(exported.model)}
-    figures = {"nodes": len(exported.model.graph.node), "max_abs": max(o.max_abs for o in report.outputs)}
-    return exported.model, Step(name="convert", settings=settings, figures=figures)
+    return exported.model, Step(name="convert", settings=settings, figures={"nodes": len(exported.model.graph.node)})
 
 
 def _optimized(model: onnx.ModelProto, opts: optimize.OptimizeOptions) -> tuple[onnx.ModelProto, Step]:
@@ -223,7 +218,8 @@ def stage_optimize(state: BuildState) -> str:
     choice, arch = state.options.optimize, _made(state.source, "the source (convert)").architecture or {}
     model = _made(state.model, "the model (convert)")
     strict = state.options.tolerance
-    state.candidates = [Candidate("fp32", model, tolerance=strict)]
+    # The export is gated already: the parity stage ran it on the golden set at this tolerance.
+    state.candidates = [Candidate("fp32", model, tolerance=strict, gate=state.parity)]
     wanted = []
     if choice in ("auto", "fusions") and optimize.is_transformer(model):
         fused = optimize.OptimizeOptions(level="none", fusions=True, model_type=arch.get("model_type"),
