@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+import common  # noqa: F401  (first: PyTorch's OpenMP threads must not spin, see common.py)
 import numpy as np
 import torch
 from common import CACHE, agreement, onnxguard, save

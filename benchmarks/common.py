@@ -1,8 +1,15 @@
-"""Shared by the benchmark scripts: run the CLI, time variants side by side, write results."""
+"""Shared by the benchmark scripts: run the CLI, time variants side by side, write results.
+
+Imported before torch, it makes PyTorch's OpenMP threads sleep between calls instead of spin-waiting (unless
+``OMP_WAIT_POLICY`` is set already): spinning, they hold the cores while the ONNX variant after them runs, as ONNX
+Runtime's spinning threads did (docs/benchmarks.md, "Interleaving and spinning threads"). libgomp reads the policy
+once, when torch loads it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxguard.speed import bench
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).parent
 CACHE = HERE / ".cache"  # generated models and bundles (git-ignored)

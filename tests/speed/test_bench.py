@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -8,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from onnxguard.cli.bench import _sleeping_openmp
 from onnxguard.speed import bench
 
 
@@ -142,3 +145,21 @@ def test_plot_keeps_the_applications_backend_and_registers_no_figure(tmp_path):
                           check=True)
     assert proc.stdout.split() == ["svg", "0"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_compare_makes_openmp_sleep_only_before_torch_loads_and_puts_the_environment_back(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a fresh `onnxguard bench --compare`
+    with contextlib.ExitStack() as stack:
+        _sleeping_openmp(stack)
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # read by libgomp when torch loads it
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    with contextlib.ExitStack() as stack:
+        _sleeping_openmp(stack)
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setitem(sys.modules, "torch", object())  # loaded already: too late to matter, left alone
+    with contextlib.ExitStack() as stack:
+        _sleeping_openmp(stack)
+        assert "OMP_WAIT_POLICY" not in os.environ

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +60,20 @@ def _torch_threads(src: Source, stack: contextlib.ExitStack) -> Callable[[int], 
 
     stack.callback(torch.set_num_threads, torch.get_num_threads())
     return torch.set_num_threads
+
+
+def _sleeping_openmp(stack: contextlib.ExitStack) -> None:
+    """Make PyTorch's OpenMP threads sleep between calls, unless the user chose a policy or torch is loaded already.
+
+    libgomp's threads spin-wait after each call by default and hold the cores while the ONNX variant timed after it
+    runs, the way ONNX Runtime's spinning threads would (their sessions here do not spin). Measured on the CIFAR CNN
+    of docs/benchmarks.md B, batch 32, 2 threads, AVX2 EPYC: its static INT8 model ran 6.86 ms alone, 8.96 ms right
+    after each PyTorch call, 7.07 ms with ``OMP_WAIT_POLICY=PASSIVE``; PyTorch itself 29.2 and 29.5 ms. libgomp
+    reads the policy once, when torch loads it; the variable is put back when ``stack`` closes."""
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    stack.callback(os.environ.pop, "OMP_WAIT_POLICY", None)
 
 
 @app.command()
@@ -125,15 +141,15 @@ def bench(
         batch = golden.load(inputs).inputs[0]
     batch = batch or _signature_inputs(first_model)
     baseline = variant_list[0].name
-    if compare:
-        spec = source or (first_bundle.manifest.source.identifier if first_bundle else None)
-        if spec is None:
-            raise InputError("--compare needs a bundle (its manifest names the source) or --source SPEC")
-        m = first_bundle.manifest if first_bundle else None
-        src = convert.load(spec, ConvertOptions(task=m.source.task if m else None, attn_implementation="sdpa",
-                                                input_shapes=tuple(input_shape or ())))
     with contextlib.ExitStack() as stack:
         if compare:
+            spec = source or (first_bundle.manifest.source.identifier if first_bundle else None)
+            if spec is None:
+                raise InputError("--compare needs a bundle (its manifest names the source) or --source SPEC")
+            m = first_bundle.manifest if first_bundle else None
+            _sleeping_openmp(stack)
+            src = convert.load(spec, ConvertOptions(task=m.source.task if m else None, attn_implementation="sdpa",
+                                                    input_shapes=tuple(input_shape or ())))
             sv = bench_lib.source_variant(src, set_threads=_torch_threads(src, stack))
             variant_list.insert(0, sv)
             baseline = sv.name
