@@ -308,6 +308,7 @@ def main() -> None:
     ap.add_argument("--text", choices=("auto", "fp32"), default="auto",
                     help="the text bundle: what build --quantize auto chose (default), or the FP32 build")
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
+    ap.add_argument("--serve-options", default="", help="more onnxguard serve options, e.g. '--lanes 2 --no-spin'")
     ap.add_argument("--save-as", help="results name in benchmarks/results/ (default E_server, E_server_fp32)")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
                     help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
@@ -356,7 +357,7 @@ def main() -> None:
     og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"cnn={info['cnn']}",
                            f"digits={info['digits']}",
                            "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
-                           "--host", "127.0.0.1", "--port", str(og_port)],
+                           "--host", "127.0.0.1", "--port", str(og_port), *args.serve_options.split()],
                           stdout=logs["onnxguard"], stderr=subprocess.STDOUT, start_new_session=True)
     seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["cnn"], info["digits"],
                              str(pub), "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT,
@@ -419,7 +420,7 @@ def main() -> None:
                         "digits": "one 64-pixel digit row per :predict request (logistic regression)"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
                               "(max batch 32, no delay, one lane, spinning threads), audit log durable before each "
-                              "answer",
+                              "answer" + (f"; with {args.serve_options}" if args.serve_options else ""),
            "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
