@@ -73,7 +73,7 @@ def test_static_int8_pools_in_uint8_and_says_so(tmp_path):
     float MaxPool on the dequantized normalization."""
     images = _images(32)
     r = quantize.quantize(_cnn(), quantize.QuantizeOptions(mode="static", calibration=({"image": images},)))
-    assert r.figures()["pools_before_norm"] == 1
+    assert r.figures()["pools_before_norm"] == 1 and r.figures()["channels_padded"] == 1
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(r.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -86,4 +86,35 @@ def test_static_int8_pools_in_uint8_and_says_so(tmp_path):
 
 def test_dynamic_int8_leaves_the_graph_order_alone():
     r = quantize.quantize(_cnn(), quantize.QuantizeOptions(mode="dynamic"))
-    assert "pools_before_norm" not in r.figures()
+    assert "pools_before_norm" not in r.figures() and "channels_padded" not in r.figures()
+
+
+def test_a_convolution_on_three_channels_reads_four_and_gives_the_same_outputs():
+    model = _cnn()
+    before = model.SerializeToString()
+    padded, count = rewrite.channels_to_four(model)
+    assert count == 1 and model.SerializeToString() == before, "the input model is never modified"
+    assert [n.op_type for n in padded.graph.node][:2] == ["Pad", "Conv"]
+    weight = next(i for i in padded.graph.initializer if i.name == "w")
+    assert list(weight.dims) == [4, 4, 3, 3] and not numpy_helper.to_array(weight)[:, 3].any()
+    onnx.checker.check_model(padded, full_check=True)
+    np.testing.assert_allclose(_run(padded, _images()), _run(model, _images()), rtol=1e-6, atol=1e-5)
+    assert rewrite.channels_to_four(padded) == (padded, 0), "four channels already"
+
+
+def _one_conv(channels: int, group: int = 1, shared: bool = False) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.ones((2, channels // group, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=group)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if shared:
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           [1, channels, 5, 5])], outputs, [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("model", "why"), [(_one_conv(6, group=3), "grouped"), (_one_conv(3, shared=True), "shared"),
+                                            (_one_conv(8), "a multiple of four")])
+def test_grouped_shared_or_wide_enough_convolutions_stay(model, why):
+    assert rewrite.channels_to_four(model) == (model, 0), why

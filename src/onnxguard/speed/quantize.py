@@ -109,6 +109,7 @@ class QuantizeResult:
     size_after: int
     preprocessed: bool
     pools_before_norm: int = 0  # static: MaxPools moved ahead of their BatchNormalization (speed.rewrite)
+    channels_padded: int = 0  # static: convolutions given input channels to a multiple of 4 (speed.rewrite)
 
     def figures(self) -> dict:
         """What the manifest's quantize step records beside the settings."""
@@ -116,6 +117,8 @@ class QuantizeResult:
                                       "preprocessed": self.preprocessed}
         if self.pools_before_norm:
             figures["pools_before_norm"] = self.pools_before_norm
+        if self.channels_padded:
+            figures["channels_padded"] = self.channels_padded
         return figures
 
 
@@ -298,9 +301,10 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         raise ModelError(f"block size {options.block_size}: MatMulNBits takes a power of two >= {BLOCKWISE_MIN_BLOCK}")
     options = resolved(options)
     size_before = model.ByteSize()
-    moved = 0
-    if options.mode == "static":  # uint8 pooling instead of float (exact; see speed.rewrite)
+    moved = padded = 0
+    if options.mode == "static":  # uint8 pooling instead of float, faster narrow convolutions (exact; speed.rewrite)
         model, moved = rewrite.pool_before_norm(model)
+        model, padded = rewrite.channels_to_four(model)
     with tempfile.TemporaryDirectory(prefix="onnxguard-quant-") as tmp:
         work = Path(tmp)
         job = {"mode": options.mode, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
@@ -326,4 +330,4 @@ def quantize(model: onnx.ModelProto, options: QuantizeOptions, progress: Progres
         result = onnx.load_model(str(work / "out.onnx"), load_external_data=True) if job["external"] else (
             onnxfile.load(work / "out.onnx"))
     preprocessed = bool(outcome.get("preprocessed"))
-    return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed, moved)
+    return QuantizeResult(result, options, size_before, result.ByteSize(), preprocessed, moved, padded)

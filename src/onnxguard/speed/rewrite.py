@@ -1,4 +1,6 @@
-"""``rewrite.pool_before_norm(model) -> (model, moved)``: an exact rewrite that lets static INT8 pool in uint8.
+"""Exact rewrites that make a model's static INT8 graph faster, applied before quantization.
+
+``rewrite.pool_before_norm(model) -> (model, moved)`` lets static INT8 pool in uint8.
 
 Conv -> ReLU -> BatchNormalization -> MaxPool is a common ordering (the source documents' CIFAR CNN uses it). Under
 ONNX Runtime's static QDQ quantization BatchNormalization has no quantized kernel, so the activations are
@@ -13,6 +15,14 @@ CNN's static INT8 model went from 0.627 to 0.441 ms at batch 1 (1.42x) with the 
 
 A normalization with a zero or negative scale in any channel, more than one consumer, extra (training) outputs or
 parameters that are not initializers is left where it is.
+
+``rewrite.channels_to_four(model) -> (model, padded)`` gives each convolution whose input channels are not a
+multiple of 4 zero weights for the missing channels, and a ``Pad`` that adds those channels (of zeros) to its input.
+Every output is the same sum (the added terms are zero times whatever the padding holds), and ONNX Runtime then runs
+the quantized convolution with its faster kernels: on benchmark B's CNN, whose first convolution reads the image's
+3 channels, that QLinearConv went from 0.95 to 0.55 ms at batch 32 on two threads and the whole static INT8 model
+from 7.15 to 6.79 ms (0.442 to 0.430 ms at batch 1 on one thread), outputs identical (AVX2-only AMD EPYC,
+onnxruntime 1.32). Padding to 8 or 16 channels was slower again (1.04x and 1.11x the time at 4).
 """
 
 from __future__ import annotations
@@ -79,3 +89,68 @@ def _pairs(graph: onnx.GraphProto) -> list[tuple[int, int]]:
 
 def _training(bn: onnx.NodeProto) -> bool:
     return any(a.name == "training_mode" and a.i for a in bn.attribute)
+
+
+# Input channels of a convolution are padded up to a multiple of this (see the module's docstring).
+CHANNEL_MULTIPLE = 4
+
+
+def channels_to_four(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``model`` with each eligible convolution's input channels padded to a multiple of ``CHANNEL_MULTIPLE``, and
+    how many were; ``model`` itself when there is none (it is never modified). Eligible: a plain ``Conv`` of one
+    group whose weight is an initializer that nothing else reads."""
+    targets = _narrow_convs(model.graph)
+    if not targets:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    names = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.input} | set(inits)
+
+    def fresh(base: str) -> str:
+        name = base
+        while name in names:
+            name += "_"
+        names.add(name)
+        return name
+
+    order: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        if index in targets:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            extra = -w.shape[1] % CHANNEL_MULTIPLE
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(
+                np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1), node.input[1]))
+            pads = fresh(f"{node.input[1]}/channel_pads")
+            graph.initializer.append(numpy_helper.from_array(
+                np.array([0] * w.ndim + [0, extra] + [0] * (w.ndim - 2), np.int64), pads))
+            padded = fresh(f"{node.input[0]}/channels_to_{w.shape[1] + extra}")
+            order.append(onnx.helper.make_node("Pad", [node.input[0], pads], [padded], name=fresh(f"{node.name}/pad"),
+                                               mode="constant"))
+            node.input[0] = padded
+        order.append(node)
+    del graph.node[:]
+    graph.node.extend(order)
+    return out, len(targets)
+
+
+def _narrow_convs(graph: onnx.GraphProto) -> set[int]:
+    """Indexes of the convolutions ``channels_to_four`` pads."""
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    found = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        weight = inits.get(node.input[1])
+        if weight is None or readers[node.input[1]] != 1 or len(weight.dims) < 3 or not node.input[0]:
+            continue
+        if any(a.name == "group" and a.i != 1 for a in node.attribute):
+            continue
+        if weight.dims[1] % CHANNEL_MULTIPLE:
+            found.add(index)
+    return found
