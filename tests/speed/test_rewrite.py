@@ -102,7 +102,7 @@ def test_a_convolution_on_three_channels_reads_four_and_gives_the_same_outputs()
     assert rewrite.channels_to_four(padded) == (padded, 0), "four channels already"
 
 
-def _one_conv(channels: int, group: int = 1, shared: bool = False) -> onnx.ModelProto:
+def _one_conv(channels: int, group: int = 1, shared: bool = False, opset: int = 17) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.ones((2, channels // group, 3, 3), np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=group)]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
@@ -111,10 +111,11 @@ def _one_conv(channels: int, group: int = 1, shared: bool = False) -> onnx.Model
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                            [1, channels, 5, 5])], outputs, [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 @pytest.mark.parametrize(("model", "why"), [(_one_conv(6, group=3), "grouped"), (_one_conv(3, shared=True), "shared"),
-                                            (_one_conv(8), "a multiple of four")])
+                                            (_one_conv(8), "a multiple of four"),
+                                            (_one_conv(3, opset=10), "Pad's pads are an attribute before opset 11")])
 def test_grouped_shared_or_wide_enough_convolutions_stay(model, why):
     assert rewrite.channels_to_four(model) == (model, 0), why

@@ -98,8 +98,10 @@ CHANNEL_MULTIPLE = 4
 def channels_to_four(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``model`` with each eligible convolution's input channels padded to a multiple of ``CHANNEL_MULTIPLE``, and
     how many were; ``model`` itself when there is none (it is never modified). Eligible: a plain ``Conv`` of one
-    group whose weight is an initializer that nothing else reads."""
-    targets = _narrow_convs(model.graph)
+    group whose weight is an initializer that nothing else reads, in a model of opset 11 or later (``Pad`` takes its
+    pads as an input from there)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    targets = _narrow_convs(model.graph) if opset >= 11 else set()
     if not targets:
         return model, 0
     out = onnx.ModelProto()
