@@ -21,7 +21,7 @@ multiple of 4 zero weights for the missing channels, and a ``Pad`` that adds tho
 Every output is the same sum (the added terms are zero times whatever the padding holds), and ONNX Runtime then runs
 the quantized convolution with its faster kernels: on benchmark B's CNN, whose first convolution reads the image's
 3 channels, that QLinearConv went from 0.95 to 0.55 ms at batch 32 on two threads and the whole static INT8 model
-from 7.15 to 6.79 ms (0.442 to 0.430 ms at batch 1 on one thread), outputs identical (AVX2-only AMD EPYC,
+from 7.18 to 6.85 ms (0.444 to 0.431 ms at batch 1 on one thread), outputs identical (AVX2-only AMD EPYC,
 onnxruntime 1.32). Padding to 8 or 16 channels was slower again (1.04x and 1.11x the time at 4).
 """
 
