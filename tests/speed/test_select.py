@@ -138,6 +138,17 @@ def test_a_gate_given_at_the_same_tolerance_is_not_run_again(identity_golden):
     assert sel.winner is regated and regated.gate is not None and regated.gate.passed
 
 
+def test_a_candidate_made_from_a_base_that_failed_its_gate_is_not_made(identity_golden):
+    # A re-export that fails the export's strict parity must not reach the bundle through a looser INT8 gate.
+    made = []
+    base = select.Candidate("reexport", _model("wrong"))
+    child = select.Candidate("reexport-int8", make=lambda: made.append(1) or (_model("fast"), Step(name="quantize")),
+                             parent=base)
+    plain = select.Candidate("plain", _model("slow"))
+    sel = select.select([plain, base, child], identity_golden, {"y": VALUES}, batch_size=8, threads=1)
+    assert sel.winner is plain and not made and child.error == "its base reexport failed the gate"
+
+
 def test_a_candidate_whose_base_could_not_be_made_is_dropped_with_that_reason(identity_golden):
     def broken() -> tuple[onnx.ModelProto, Step]:
         raise ModelError("forced: the optimizer fell over")

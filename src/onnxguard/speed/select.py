@@ -286,7 +286,9 @@ def select(candidates: list[Candidate], golden: GoldenSet, roles: dict[str, str]
         run: Callable[[Batch], object] | None = None
         try:
             if c.model is None and c.error is None:
-                if c.make is None or (c.parent is not None and c.parent.model is None):
+                if c.parent is not None and c.parent.gate is not None and not c.parent.gate.passed:
+                    c.error = f"its base {c.parent.name} failed the gate"  # (a re-export failing strict parity)
+                elif c.make is None or (c.parent is not None and c.parent.model is None):
                     c.error = c.error or f"its base {c.parent.name if c.parent else '?'} could not be made"
                 else:
                     model, step = c.make()
