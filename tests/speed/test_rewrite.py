@@ -119,3 +119,39 @@ def _one_conv(channels: int, group: int = 1, shared: bool = False, opset: int = 
                                             (_one_conv(3, opset=10), "Pad's pads are an attribute before opset 11")])
 def test_grouped_shared_or_wide_enough_convolutions_stay(model, why):
     assert rewrite.channels_to_four(model) == (model, 0), why
+
+
+@pytest.mark.parametrize("pool_first", [False, True], ids=["relu-norm", "relu-pool-norm"])
+def test_a_positive_normalization_becomes_its_convolutions_scale_and_an_add(pool_first):
+    model = rewrite.pool_before_norm(_cnn())[0] if pool_first else _cnn()
+    before = model.SerializeToString()
+    folded, count = rewrite.scale_into_conv(model)
+    assert count == 1 and model.SerializeToString() == before, "the input model is never modified"
+    assert "BatchNormalization" not in {n.op_type for n in folded.graph.node}
+    assert {"gamma", "beta", "mean", "var"}.isdisjoint(i.name for i in folded.graph.initializer)
+    onnx.checker.check_model(folded, full_check=True)
+    np.testing.assert_allclose(_run(folded, _images()), _run(model, _images()), rtol=1e-5, atol=1e-4)
+
+
+def test_a_normalization_that_is_not_positive_or_whose_input_is_read_elsewhere_keeps_its_scale():
+    assert rewrite.scale_into_conv(_cnn(np.array([1.0, -0.5, 2.0, 1.0])))[1] == 0
+    model = _cnn()
+    graph = model.graph
+    graph.output.append(helper.make_tensor_value_info("relu", TensorProto.FLOAT, ["batch", 4, 8, 8]))
+    assert rewrite.scale_into_conv(model) == (model, 0), "the ReLU's output is a graph output too"
+
+
+def test_static_int8_has_no_float_normalization_and_pads_the_image_in_float(tmp_path):
+    images = _images(32)
+    r = quantize.quantize(_cnn(), quantize.QuantizeOptions(mode="static", calibration=({"image": images},)))
+    assert r.figures()["norms_folded"] == 1
+    pad = next(n for n in r.model.graph.node if n.op_type == "Pad")
+    assert pad.input[0] == "image", "the channel Pad reads the float image, not a dequantized copy of it"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(r.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert "BatchNormalization" not in ops and "QLinearAdd" in ops
+    cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(_run(r.model, images),
+                                                                                 _run(_cnn(), images), strict=True)]
+    assert min(cos) > 0.99
