@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from onnxguard.errors import InputError
+from onnxguard.runtime.core import SPIN_STOP, SPINNING
 from onnxguard.serve import models
 from onnxguard.trust import TrustPolicy, open_bundle
 from onnxguard.trust.policy import UnsafeUnsigned
@@ -31,3 +32,20 @@ def test_the_caller_keeps_its_own_opening_whole(sklearn_bundle):
     opened = open_bundle(sklearn_bundle, TrustPolicy(UnsafeUnsigned()))
     models.load(opened)
     assert opened.model_bytes[:2] and "model.onnx" in opened.contents
+
+
+def _entry(session, key: str) -> str | None:
+    try:
+        return session.get_session_options().get_session_config_entry(key)
+    except RuntimeError:  # ONNX Runtime's answer for an entry that was never set
+        return None
+
+
+@pytest.mark.parametrize(("lanes", "spin", "stops"), [(1, True, None), (2, True, "1"), (2, False, None)])
+def test_with_lanes_the_session_on_every_core_stops_spinning_after_each_run(sklearn_bundle, lanes, spin, stops):
+    """Its spinning threads would hold the cores the lanes' batches need (serve.models, docs/benchmarks.md E)."""
+    served = models.load(open_bundle(sklearn_bundle, TrustPolicy(UnsafeUnsigned())), lanes=lanes, spin=spin)
+    assert _entry(served.session, SPIN_STOP) == stops
+    assert _entry(served.session, SPINNING) == (None if spin else "0")
+    if lanes > 1:
+        assert _entry(served.lane_session, SPINNING) == "0", "one lane's threads never spin"

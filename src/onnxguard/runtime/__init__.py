@@ -15,6 +15,7 @@ from onnxguard.runtime.core import (
     LOG_SEVERITY,
     ORT_FORMAT_ID,
     RUN_ERRORS,
+    SPIN_STOP,
     Batch,
     first_line,
     isolated,
@@ -24,5 +25,5 @@ from onnxguard.runtime.core import (
 from onnxguard.runtime.lengths import Cost, LengthAware, LengthPlan
 from onnxguard.runtime.loading import Loaded, load
 
-__all__ = ["EXTERNAL_FOLDER_KEY", "LEVELS", "LOAD_ERRORS", "LOG_SEVERITY", "ORT_FORMAT_ID", "RUN_ERRORS", "Batch",
-           "Cost", "LengthAware", "LengthPlan", "Loaded", "first_line", "isolated", "load", "run", "session"]
+__all__ = ["EXTERNAL_FOLDER_KEY", "LEVELS", "LOAD_ERRORS", "LOG_SEVERITY", "ORT_FORMAT_ID", "RUN_ERRORS", "SPIN_STOP",
+           "Batch", "Cost", "LengthAware", "LengthPlan", "Loaded", "first_line", "isolated", "load", "run", "session"]

@@ -106,6 +106,9 @@ def _check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike | 
 # against 1.59x alone; without spinning, 10.8-11.4 ms and 1.47-1.52x, as alone. Whatever times candidates or
 # variants side by side (speed.select, speed.bench, speed.mixed, speed.lengths) therefore makes them with spin=False.
 SPINNING = "session.intra_op.allow_spinning"
+# Spin while a run is in progress, stop at its end: a spinning session's speed within a run, without holding the
+# cores afterwards while other sessions in the process run (see serve.models, lanes).
+SPIN_STOP = "session.force_spinning_stop"
 
 
 def session(model: onnx.ModelProto | bytes, *, model_dir: str | os.PathLike | None = None, threads: int = 0,

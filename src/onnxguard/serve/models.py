@@ -118,7 +118,13 @@ def load(opened: OpenedBundle, *, name: str | None = None, threads: int = 0, max
     # With a Python load
     # generator on the same two cores spinning lost instead (16.0 against 7.4 ms at concurrency 1): the spinning
     # threads took the cores the client needed. ``spin=False`` (serve --no-spin) is for such a crowded host.
-    session = runtime.session(data, threads=threads, name=where, spin=spin)
+    # With lanes, the session on every core runs lone requests between lane batches; its threads spin during a run
+    # and stop at its end (SPIN_STOP), or they would hold the cores the lanes' batches need. Measured on this 2-core
+    # AVX2 host (benchmarks/server_ab.py, 4 rounds, DistilBERT-base INT8): --lanes 2 answered 174 texts/s at
+    # concurrency 16 with it against 167 for one spinning lane (169 for --lanes 2 --no-spin, 3 rounds), p50 at
+    # concurrency 1 the same as one spinning lane (6.95-7.03 against 6.95-7.19 ms). One lane gained nothing by it.
+    stop = {runtime.SPIN_STOP: "1"} if lanes > 1 and spin else None
+    session = runtime.session(data, threads=threads, name=where, spin=spin, config=stop)
     lane_session = None
     if lanes > 1:
         lane_threads = max(1, (threads or os.cpu_count() or 1) // lanes)
