@@ -9,7 +9,8 @@ quickstart's digits CNN trained in seconds on scikit-learn's bundled digits, and
 regression on the same digits), then, in one run:
 
 * the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
-  the longest text of the batch, best items/s over batch sizes 1..32; and bare tokenize+run latency at batch 1,
+  the longest text of the batch, best items/s over batch sizes 1..32, measured at the start and again at the end of
+  the run (the better of the two is the ceiling every share is taken of); and bare tokenize+run latency at batch 1,
   measured again just before each server's concurrency-1 cell (every server stopped), which that cell's "over
   bare" is taken against;
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
@@ -411,13 +412,26 @@ def main() -> None:
                         for p in others:
                             os.killpg(p.pid, signal.SIGCONT)
                     row = {**lv, "rss_mb": rss_mb(proc.pid), "bare_p50_ms": bare,
-                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],
+                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],  # start's
                            "p50_over_bare_ms": None if lv["p50_ms"] is None else lv["p50_ms"] - bare}
                     results[name][s].append(row)
                     print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "
                           f"p50 {lv['p50_ms'] or float('nan'):8.2f} ms  p99 {lv['p99_ms'] or float('nan'):8.2f} ms  "
                           f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
         sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
+        print("in-process ceilings again, every server stopped ...", flush=True)
+        for _, proc, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGSTOP)
+        for name in work:  # the better of the two: every share is of the best this host did in the run
+            again = in_process[name].ceiling(2.0)
+            ceilings[name]["start_and_end_items_per_s"] = [ceilings[name]["ceiling_items_per_s"],
+                                                           again["ceiling_items_per_s"]]
+            ceilings[name]["ceiling_items_per_s"] = max(ceilings[name]["start_and_end_items_per_s"])
+            for rows in results[name].values():
+                for row in rows:
+                    row["share_of_ceiling"] = row["throughput"] / ceilings[name]["ceiling_items_per_s"]
+        for _, proc, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGCONT)
     finally:
         for _, proc, _ in servers.values():
             os.killpg(proc.pid, signal.SIGTERM)
@@ -457,7 +471,9 @@ def table(out: dict) -> str:
     lines = []
     for name, by_server in out["results"].items():
         c = out["ceilings"][name]
-        lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}), "
+        both = c.get("start_and_end_items_per_s")
+        when = f", the better of {both[0]:,.0f} at the start and {both[1]:,.0f} at the end" if both else ""
+        lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}), "
                   f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: over the bare p50 measured "
                   "just before it)\n",
                   "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
