@@ -418,6 +418,9 @@ def main() -> None:
                     print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "
                           f"p50 {lv['p50_ms'] or float('nan'):8.2f} ms  p99 {lv['p99_ms'] or float('nan'):8.2f} ms  "
                           f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
+        answered_og = sum(r["ok"] for name in work for r in results[name]["onnxguard serve"])
+        # at most: every answered request, and at each level the requests in flight when wrk stopped (one per
+        # connection; a warm-up's too); requests in flight that the server had not read yet are never recorded
         sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
         print("in-process ceilings again, every server stopped ...", flush=True)
         for _, proc, _ in servers.values():
@@ -459,7 +462,8 @@ def main() -> None:
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
                                                  "tokenizer, ONNX Runtime's default session settings",
            "ceilings": ceilings, "results": results,
-           "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og}}
+           "audit": {"verified": verified.passed, "records": records, "requests_sent_incl_warmup": sent_og,
+                     "answered_2xx": answered_og}}
     RESULTS.mkdir(exist_ok=True)
     name = f"{args.save_as}.json" if args.save_as else "E_server.json" if args.text == "auto" else (
         f"E_server_{args.text}.json")
@@ -487,8 +491,10 @@ def table(out: dict) -> str:
                 lines.append(f"| {s} | {r['concurrency']} | {r['throughput']:,.1f} | {r['share_of_ceiling']:.2f} | "
                              f"{p50} | {p99} | {over} | {errs} | {r['rss_mb']:.0f} MB |")
     a = out["audit"]
-    lines.append(f"\naudit log: {a['records']} records for {a['requests_sent_incl_warmup']} requests sent "
-                 f"(warm-ups included); chain verifies: {a['verified']}")
+    answered = f"{a['answered_2xx']} answered (2xx) and " if "answered_2xx" in a else ""
+    lines.append(f"\naudit log: {a['records']} records for {answered}at most {a['requests_sent_incl_warmup']} "
+                 f"requests sent (warm-ups and those in flight at each level's end included); chain verifies: "
+                 f"{a['verified']}")
     return "\n".join(lines)
 
 
