@@ -412,7 +412,7 @@ def main() -> None:
                         for p in others:
                             os.killpg(p.pid, signal.SIGCONT)
                     row = {**lv, "rss_mb": rss_mb(proc.pid), "bare_p50_ms": bare,
-                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],  # start's
+                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],
                            "p50_over_bare_ms": None if lv["p50_ms"] is None else lv["p50_ms"] - bare}
                     results[name][s].append(row)
                     print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "

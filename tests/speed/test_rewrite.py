@@ -155,3 +155,15 @@ def test_static_int8_has_no_float_normalization_and_pads_the_image_in_float(tmp_
     cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(_run(r.model, images),
                                                                                  _run(_cnn(), images), strict=True)]
     assert min(cos) > 0.99
+
+
+def test_a_weight_a_subgraph_also_reads_keeps_its_values():
+    """An If branch reads the outer graph's tensors by name: scaling the weight would change what it reads."""
+    model = _cnn()
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["seen"])], "branch", [],
+                               [helper.make_tensor_value_info("seen", TensorProto.FLOAT, [4, 3, 3, 3])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["w_seen"], then_branch=branch, else_branch=branch))
+    model.graph.output.append(helper.make_tensor_value_info("w_seen", TensorProto.FLOAT, [4, 3, 3, 3]))
+    onnx.checker.check_model(model)
+    assert rewrite.scale_into_conv(model) == (model, 0)
