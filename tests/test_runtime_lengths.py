@@ -137,6 +137,54 @@ def test_the_cost_model_decides_the_buckets():
         pytest.approx(1.0, abs=1e-6))
 
 
+def _partitions(m: int, k: int):
+    """Every way to cut ``m`` sorted items into at most ``k`` consecutive non-empty runs (as cut points)."""
+    from itertools import combinations
+
+    for parts in range(1, min(k, m) + 1):
+        for cuts in combinations(range(1, m), parts - 1):
+            yield (0, *cuts, m)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_buckets_are_the_cheapest_grouping(seed):
+    """Against every grouping of the sorted rows (brute force), for random needs, costs and bucket limits."""
+    rng = np.random.default_rng(seed)
+    needs = rng.integers(1, 40, int(rng.integers(1, 9)))
+    cost = Cost(float(rng.uniform(0, 20)), float(rng.uniform(0.01, 1)), float(rng.uniform(0, 0.05)))
+    k = int(rng.integers(1, 5))
+    got = buckets(needs, cost, k)
+    assert sorted(np.concatenate([b.rows for b in got]).tolist()) == list(range(len(needs)))
+    assert len(got) <= k and all((needs[b.rows] <= b.width).all() for b in got)
+    w = np.sort(needs)
+    brute = min(sum(float(cost(hi - lo, w[hi - 1])) for lo, hi in zip(cut, cut[1:], strict=False))
+                for cut in _partitions(len(w), k))
+    assert sum(float(cost(len(b.rows), b.width)) for b in got) == pytest.approx(brute)
+
+
+def test_rows_of_one_need_share_a_bucket():
+    needs = np.array([7, 3, 7, 7, 3, 9])
+    got = buckets(needs, Cost(0.0, 1.0, 0.0))
+    assert [(b.width, sorted(b.rows.tolist())) for b in got] == [(3, [1, 4]), (7, [0, 2, 3]), (9, [5])]
+
+
+def test_measure_cost_fits_what_a_run_takes():
+    """A run that sleeps 2 ms plus 0.05 ms a token: the fitted model reads both back (sleep only ever oversleeps)."""
+    import time
+
+    from onnxguard.runtime.lengths import measure_cost
+
+    def run(feed):
+        ids = feed["input_ids"]
+        assert (feed["attention_mask"] == 1).all() and feed["scale"].shape == (3,)  # not per row: as it is
+        time.sleep((2.0 + 0.05 * ids.size) / 1e3)
+
+    row = {"input_ids": np.arange(64)[None], "attention_mask": np.zeros((1, 64), np.int64), "scale": np.ones(3)}
+    cost, points = measure_cost(run, row, widths=(8, 64), rows_at=(1, 4), runs=3)
+    assert [(n, w) for n, w, _ in points] == [(1, 8), (1, 64), (4, 8), (4, 64)]
+    assert 1.5 < cost.overhead_ms < 4.0 and 0.04 < cost.token_ms + 64 * cost.token2_ms < 0.08
+
+
 def test_rows_reads_the_mask():
     mask = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
     r = rows(mask, shift_free=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onnxguard.errors import InputError
+from onnxguard.runtime.lengths import Cost
 from onnxguard.serve.batching import Batcher, Overloaded
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,11 +101,11 @@ def test_one_lane_runs_one_batch_at_a_time_on_every_core():
     assert all(len(o) == 1 for o in rec.overlaps)
 
 
-def test_busy_lanes_gather_a_fuller_batch():
-    """Requests arriving one by one while a lane is busy are gathered (up to the lane's share) rather than run one
-    by one."""
+def test_requests_queued_while_the_lanes_run_go_together_in_the_next_batch():
+    """Requests arriving one by one while the lanes are busy are taken together (a free lane's share of the queue)
+    rather than run one by one."""
     rec = Recorder(seconds=0.03)
-    serve(rec, rows(24), lanes=2, max_batch=16, stagger=0.001, gather=0.01)
+    serve(rec, rows(24), lanes=2, max_batch=16, stagger=0.001)
     sizes = [n for how, n in rec.calls if how == "lane"]
     assert sizes and max(sizes) > 1
     assert len(rec.calls) < 24
@@ -195,11 +196,10 @@ def test_closing_answers_what_was_queued_and_refuses_what_comes_after():
     assert [float(out["y"][0, 0]) for out, _ in answers] == [2.0 * i for i in range(6)]
 
 
-def test_lanes_waiting_for_a_cohort_never_take_from_an_empty_queue():
-    """Lanes gathering rows while others run, and requests trickling in: every request answered exactly once."""
+def test_lanes_sharing_a_trickling_queue_answer_every_request_exactly_once():
     rec = Recorder(seconds=0.004)
     requests = rows(200)
-    answers = serve(rec, requests, lanes=3, max_batch=4, stagger=0.0005, gather=0.01)
+    answers = serve(rec, requests, lanes=3, max_batch=4, stagger=0.0005)
     assert all(isinstance(a, tuple) for a in answers), [a for a in answers if not isinstance(a, tuple)][:3]
     for x, (outputs, _) in zip(requests, answers, strict=True):
         np.testing.assert_array_equal(outputs["y"], x * 2)
@@ -231,3 +231,58 @@ def test_a_fault_outside_the_run_answers_the_batch_and_the_lane_goes_on(monkeypa
         return later
 
     assert len(asyncio.run(main())) == 3
+
+
+class Texts:
+    """A text model stand-in: each row's logit is the sum of its ids, its per-token output the ids; records the
+    width of every run."""
+
+    def __init__(self) -> None:
+        self.widths: list[tuple[int, int]] = []
+
+    def run(self, inputs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        self.widths.append(ids.shape)
+        return {"logits": (ids * mask).sum(axis=1, keepdims=True).astype(np.float32), "tokens": ids * 10}
+
+
+def texts(lengths: list[int], rows_each: int = 1) -> list[dict[str, np.ndarray]]:
+    return [{"input_ids": np.arange(1, n + 1, dtype=np.int64)[None].repeat(rows_each, 0) + i,
+             "attention_mask": np.ones((rows_each, n), np.int64)} for i, n in enumerate(lengths)]
+
+
+def serve_texts(model: Texts, requests: list[dict[str, np.ndarray]], cost: Cost | None):
+    async def main():
+        b = Batcher(model.run, cost=cost)
+        b.start()
+        with b._cv:  # hold the lane until every request is queued: they form one batch
+            tasks = [asyncio.ensure_future(b.submit(r, len(r["input_ids"]))) for r in requests]
+            await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*tasks)
+        await b.close()
+        return answers
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("cost", "widths"), [
+    (Cost(1000.0, 1.0, 0.0), [(5, 12)]),  # a run costs far more than padding: one run, padded to the longest
+    (Cost(0.0, 1.0, 0.0), [(2, 4), (1, 5), (2, 12)]),  # padding costs, runs do not: one run per length
+    (None, [(3, 5), (2, 12)]),  # no measured cost: lengths within LENGTH_RATIO share a run
+])
+def test_text_requests_are_split_by_length_where_the_cost_says_so(cost, widths):
+    model = Texts()
+    requests = texts([12, 4, 5, 4, 12])
+    answers = serve_texts(model, requests, cost)
+    assert sorted(model.widths) == sorted(widths)
+    for r, (out, _) in zip(requests, answers, strict=True):  # each request its own rows, trimmed to its length
+        np.testing.assert_array_equal(out["logits"], r["input_ids"].sum(axis=1, keepdims=True))
+        np.testing.assert_array_equal(out["tokens"], r["input_ids"] * 10)
+
+
+def test_a_request_of_several_rows_is_never_split():
+    model = Texts()
+    requests = texts([4, 9, 4], rows_each=3)
+    answers = serve_texts(model, requests, Cost(0.0, 1.0, 0.0))
+    assert sorted(model.widths) == [(3, 9), (6, 4)]
+    for r, (out, _) in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(out["tokens"], r["input_ids"] * 10)

@@ -24,7 +24,8 @@ padding positions are 0 (the plain run gives meaningless values there).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -36,6 +37,8 @@ from onnxguard.runtime.core import RUN_ERRORS, first_line
 Batch = Mapping[str, np.ndarray]
 MASK = "attention_mask"
 MAX_BUCKETS = 4
+RUNS_PER_POINT = 5  # timed runs per (rows, width) point of a cost measurement
+SECONDS_PER_POINT = 2.0  # ... or fewer (at least two) once a point has taken this long
 
 
 @dataclass(frozen=True)
@@ -103,31 +106,64 @@ class Bucket:
 def buckets(needs: np.ndarray, cost: Cost, max_buckets: int = MAX_BUCKETS) -> list[Bucket]:
     """The cheapest grouping of rows needing ``needs`` columns into at most ``max_buckets`` buckets.
 
-    Rows sorted by need; a bucket is a run of consecutive sorted rows at the need of its last one. Dynamic
-    programming over (bucket count, rows covered): exact for the cost model, O(max_buckets * n^2) numpy steps.
+    Rows sorted by need; a bucket is a run of consecutive sorted rows at the need of its last one. Rows of equal
+    need are never split (two runs at one width cost an overhead more than one), so dynamic programming runs over
+    the distinct needs (bucket count, needs covered): exact for the cost model, one (m+1) x (m+1) numpy step per
+    bucket for m distinct needs.
     """
     n = len(needs)
     if n == 0:
         return []
     order = np.argsort(needs, kind="stable")
-    w = needs[order]
-    k_max = max(1, min(max_buckets, n))
-    best = np.full((k_max + 1, n + 1), math.inf)
-    cut = np.zeros((k_max + 1, n + 1), dtype=np.int64)
+    widths, counts = np.unique(needs[order], return_counts=True)
+    if len(widths) == 1:
+        return [Bucket(order, int(widths[0]))]
+    covered = np.concatenate([[0], np.cumsum(counts)])  # rows with a need below each distinct need, and all
+    m = len(widths)
+    k_max = max(1, min(max_buckets, m))
+    # run[i, j]: the cost of one bucket of the distinct needs [i, j) at the width of need j-1 (inf unless i < j)
+    lo, hi = np.arange(m + 1)[:, None], np.arange(m + 1)[None, :]
+    run = np.where(lo < hi, cost(covered[hi] - covered[lo], widths[np.maximum(hi - 1, 0)]), math.inf)
+    best = np.full((k_max + 1, m + 1), math.inf)
+    cut = np.zeros((k_max + 1, m + 1), dtype=np.int64)
     best[0, 0] = 0.0
-    starts = np.arange(n)
-    for k in range(1, k_max + 1):
-        for j in range(1, n + 1):  # rows [i, j) in bucket k, for every i < j
-            total = best[k - 1, :j] + cost(j - starts[:j], w[j - 1])
-            at = int(np.argmin(total))
-            best[k, j], cut[k, j] = total[at], at
-    k = int(np.argmin(best[1:, n])) + 1
-    out, j = [], n
+    for k in range(1, k_max + 1):  # the k-th bucket takes needs [i, j) after k-1 buckets covered [0, i)
+        total = best[k - 1][:, None] + run
+        cut[k], best[k] = total.argmin(axis=0), total.min(axis=0)
+    k = int(np.argmin(best[1:, m])) + 1
+    out, j = [], m
     while j > 0:
         start = int(cut[k, j])
-        out.append(Bucket(order[start:j], int(w[j - 1])))
+        out.append(Bucket(order[covered[start]:covered[j]], int(widths[j - 1])))
         j, k = start, k - 1
     return out[::-1]
+
+
+def measure_cost(run: Callable[[Batch], object], row: Batch, mask: str = MASK,
+                 widths: Sequence[int] | None = None, rows_at: Sequence[int] = (1, 8),
+                 runs: int = RUNS_PER_POINT, seconds: float = SECONDS_PER_POINT) -> tuple[Cost, list]:
+    """The cost model of ``run`` (a session's run on a batch), fitted to timings of ``row`` (one row, every
+    column a real token; inputs without its width are repeated per row or passed as they are) cut to ``widths``
+    (default: an eighth, a quarter, a half and all of its width) and repeated to ``rows_at`` rows. Each point is
+    the median of ``runs`` runs after one warm-up (at least two within ``seconds``)."""
+    full = row[mask].shape
+    widths = sorted(set(widths or (max(1, full[1] // 8), max(1, full[1] // 4), max(1, full[1] // 2), full[1])))
+    points = []
+    for n in rows_at:
+        for w in widths:
+            feed = {k: (np.repeat(v[:1, :w], n, axis=0) if v.ndim >= 2 and v.shape[:2] == full
+                        else np.repeat(v[:1], n, axis=0) if v.ndim >= 1 and len(v) == full[0] else v)
+                    for k, v in row.items()}
+            feed[mask] = np.ones_like(feed[mask])
+            run(feed)  # warm-up
+            times: list[float] = []
+            deadline = time.perf_counter() + seconds
+            while len(times) < runs and (len(times) < 2 or time.perf_counter() < deadline):
+                t0 = time.perf_counter()
+                run(feed)
+                times.append((time.perf_counter() - t0) * 1e3)
+            points.append((n, w, float(np.median(times))))
+    return Cost.fit(points), [[n, w, round(ms, 4)] for n, w, ms in points]
 
 
 @dataclass(frozen=True)

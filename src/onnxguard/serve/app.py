@@ -127,7 +127,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
             m.batcher = Batcher(m.run, max_batch=options.max_batch, max_delay=options.max_delay_ms / 1e3,
                                 max_queue=options.max_queue, pad_id=m.tokenizer.pad_id if m.tokenizer else 0,
                                 on_batch=metrics.batch_observer(m.name), run_lane=m.run_lane, lanes=m.lanes,
-                                name=m.name)
+                                name=m.name, cost=m.cost, lane_cost=m.lane_cost)
             m.batcher.start()
         try:
             yield

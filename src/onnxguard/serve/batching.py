@@ -5,23 +5,32 @@ own that takes what is queued (up to ``max_batch`` rows) the moment its last bat
 length so that padding stays small, pads each group to its longest sequence, runs it (off the event loop) and hands
 each request its own rows back, trimmed to its own length, with one wake-up of the event loop per group.
 
+How text requests are grouped: by the cost of a run measured on this host at start for the session that runs them
+(``cost``, ``lane_cost``: :class:`onnxguard.runtime.Cost`, an overhead per run plus a cost per token), the
+cheapest split into at most four groups (:func:`onnxguard.runtime.lengths.buckets`, exact). A run costs about
+2 ms before its first token on one thread of this project's 2-core AMD EPYC (DistilBERT-base INT8), and a token
+of padding costs what a real one does, so batches of short texts of 14-19 tokens are split where their lengths
+differ: in process, two one-thread sessions side by side answered 170-203 texts/s in batches of 8 split so,
+against 162-187 padded to each batch's longest (3 rounds). Without a measured cost, lengths within
+``LENGTH_RATIO`` of each other share a group.
+
 Why threads that take their own next batch: with a dispatcher on the event loop, the loop first answered the
 requests of a finished batch (serialising, auditing and sending each) and only then formed and started the next
 one, so the model waited on the loop between batches. Measured through the server with wrk at concurrency 16
 (DistilBERT-base INT8, one short text per request, 2-core AMD EPYC, loaded host): batches of 8 rows ran 55 ms with
 a median gap of 5.7 ms between them, 9.5 % of the model's time idle.
 
-Lanes (opt-in, ``lanes`` > 1). A session whose runs are split over all the cores spends about a fifth more CPU
-per row than one thread per run (measured on this 2-core host, DistilBERT-base INT8, batch 16, in process: 4.3
-against 3.4 CPU-ms per text): its threads wait for each other at every operator. With lanes, under load a model
-runs up to ``lanes`` batches at once, each on one lane (``run_lane``: a second session with ``cores / lanes``
-threads); a lone request with nothing else running takes the whole machine (``run``) for the lowest latency.
-While other lanes are busy the next batch waits for about as many rows as the last batch had (under closed-loop
-load, the cohort that comes back) until one of the busy lanes finishes (``gather`` seconds at most). Through the
-server on this host, with the load generator on the same cores, two lanes formed batches of 5-8 texts at
-concurrency 16 but answered 135-159 texts/s against 176-178 for one lane (the event loop, starved of a core,
-returns the cohort later), so one lane is the default. ``max_delay`` > 0 makes every batch wait that long for
-more requests. With no load a request runs at once, alone: batching adds no latency at concurrency 1.
+Lanes (opt-in, ``lanes`` > 1). A session whose runs are split over all the cores spends more CPU per row than one
+thread per run: its threads wait for each other at every operator. With lanes, under load a model runs up to
+``lanes`` batches at once, each on one lane (``run_lane``: a second session with ``cores / lanes`` threads); a lone
+request with nothing else running takes the whole machine (``run``) for the lowest latency. A free lane takes its
+share of what is queued at once (what is queued divided among the free lanes) and never waits for more while
+others run: measured through the server with wrk on the same cores (2-core AMD EPYC, AVX2 only, DistilBERT-base
+INT8, one short text per request, concurrency 16, 2 lanes, grouped by cost), the lanes were busy 90-91 % of the
+time and answered 174-184 texts/s, against 79-87 % busy and 156-171 texts/s when a free lane waited up to 50 ms
+for about as many rows as the last batch had (2 rounds each, alternating). ``max_delay`` > 0 makes every batch
+wait that long for more requests. With no load a request runs at once, alone: batching adds no latency at
+concurrency 1.
 
 The queue is bounded in rows: past ``max_queue`` a request is refused at once (``Overloaded``: HTTP 503 with
 ``Retry-After``) instead of growing memory. A batch the runtime refuses is re-run one request at a time, so one
@@ -41,15 +50,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxguard.errors import InputError
+from onnxguard.runtime.lengths import Cost, buckets
 
 Arrays = dict[str, np.ndarray]
 # Inputs a tokenizer makes, and the value that pads each (the pad token's id is the model's; masks pad with 0).
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Requests of lengths within this ratio share a batch: padding a 16-token text to 128 costs 8x its own work.
+# Without a measured cost, requests of lengths within this ratio share a batch: padding a 16-token text to 128 costs
+# 8x its own work.
 LENGTH_RATIO = 1.5
-# Seconds at most a batch waits for its rows while other lanes keep the cores busy (it stops waiting as soon as one
-# of them finishes): a bound, not the usual wait.
-GATHER_SECONDS = 0.05
 
 
 class Overloaded(Exception):  # noqa: N818 - the name a 503 handler reads well with
@@ -74,16 +82,19 @@ _Answer = tuple[_Pending, tuple[Arrays, int] | None, BaseException | None]
 
 class Batcher:
     """The batching queue of one model. ``run`` maps a batch of inputs to its outputs on every core, ``run_lane``
-    on one lane's share of them (both blocking and thread-safe); without ``run_lane`` there is one lane."""
+    on one lane's share of them (both blocking and thread-safe); without ``run_lane`` there is one lane. ``cost``
+    and ``lane_cost``: what a run of each costs by rows and width (text models), for grouping by length."""
 
     def __init__(self, run: Callable[[Arrays], Arrays], *, max_batch: int = 32, max_delay: float = 0.0,
                  max_queue: int = 512, pad_id: int = 0, on_batch: Callable[[int], None] | None = None,
                  run_lane: Callable[[Arrays], Arrays] | None = None, lanes: int = 1,
-                 gather: float = GATHER_SECONDS, name: str = "model") -> None:
+                 name: str = "model", cost: Cost | None = None,
+                 lane_cost: Cost | None = None) -> None:
         self._run, self._run_lane = run, run_lane
+        self._cost, self._lane_cost = cost, lane_cost
         self.lanes = max(1, lanes) if run_lane is not None else 1
         self.max_batch, self.max_delay, self.max_queue, self.pad_id = max_batch, max_delay, max_queue, pad_id
-        self.gather, self.name = gather, name
+        self.name = name
         self._on_batch = on_batch
         self._ids = itertools.count(1)
         # Everything below is guarded by the condition's lock: the event loop appends, the lanes take.
@@ -92,8 +103,6 @@ class Batcher:
         self._waiting_rows = 0  # rows queued and not yet taken by a lane
         self._queued_rows = 0  # rows accepted and not yet answered (the bound ``max_queue`` applies to)
         self._busy = 0  # lanes in use; a run on every core holds them all
-        self._last_rows = 1  # rows of the batch that finished last: under steady load, about what comes back next
-        self._finished = 0  # batches finished so far
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -141,18 +150,17 @@ class Batcher:
                 batch, taken, alone = self._take()
             if not batch:
                 return  # closing, and nothing is left
-            fn = self._run if alone or self.lanes == 1 else (self._run_lane or self._run)
+            lane = self._run_lane if not alone and self.lanes > 1 else None
+            fn, cost = (lane, self._lane_cost) if lane is not None else (self._run, self._cost)
             try:
-                for group in _groups(batch):
+                for group in _groups(batch, cost):
                     self._run_group(group, fn)
             except Exception as e:  # noqa: BLE001 - a fault outside the run: each request not answered gets it
                 self._answer([(p, None, e) for p in batch])
             finally:
                 with self._cv:
-                    self._last_rows = sum(p.rows for p in batch)
-                    self._finished += 1
                     self._busy -= taken
-                    self._queued_rows -= self._last_rows
+                    self._queued_rows -= sum(p.rows for p in batch)
                     self._cv.notify_all()
 
     def _take(self) -> tuple[list[_Pending], int, bool]:
@@ -166,21 +174,15 @@ class Batcher:
             alone = self._busy == 0 and len(self._queue) == 1 and self.max_delay <= 0
             if alone or self.lanes == 1:  # every core (no lane is busy): a lone request, or one lane only
                 taken, limit = self.lanes, self.max_batch
-            else:
+            else:  # one lane: its share of what is queued, divided among the free lanes
                 taken = 1
-                free = self.lanes - self._busy
-                # Share what is queued among the free lanes; busy lanes elsewhere: wait a little for a fuller share.
-                limit = min(self.max_batch, max(-(-self._waiting_rows // free), 1))
-                if self._busy > 0:  # the cores are busy: wait for about the rows the last batch had (a cohort)
-                    limit = min(self.max_batch, max(limit, self._last_rows))
-            cohort = taken == 1 and self._busy > 0
-            wait = max(self.max_delay, self.gather if cohort else 0.0)
-            if wait > 0:
-                deadline, finished = time.monotonic() + wait, self._finished
+                limit = min(self.max_batch, max(-(-self._waiting_rows // (self.lanes - self._busy)), 1))
+            if self.max_delay > 0:
+                deadline = time.monotonic() + self.max_delay
                 while self._waiting_rows < limit and not self._closing:
                     left = deadline - time.monotonic()
-                    if left <= 0 or (cohort and self._finished != finished):
-                        break  # waited enough, or a lane came free: run what there is
+                    if left <= 0:
+                        break
                     cv.wait(left)
                 if not self._queue or self._busy + taken > self.lanes:
                     continue  # another lane took the requests, or the lanes, while this one waited
@@ -248,8 +250,9 @@ def _key(p: _Pending) -> tuple[object, ...]:
                         for k, v in p.inputs.items()))
 
 
-def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
-    """Stackable requests together; text requests sorted by length and split where lengths differ too much."""
+def _groups(batch: list[_Pending], cost: Cost | None = None) -> list[list[_Pending]]:
+    """Stackable requests together; text requests split by length where ``cost`` says that is cheaper than
+    padding (without a cost: sorted by length and split where lengths differ too much)."""
     by_key: dict[tuple[object, ...], list[_Pending]] = {}
     for p in batch:
         by_key.setdefault(_key(p), []).append(p)
@@ -257,6 +260,11 @@ def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
     for members in by_key.values():
         if members[0].length is None:
             groups.append(members)
+            continue
+        if cost is not None:  # a request's rows share its length: never split (see buckets)
+            owner = np.repeat(np.arange(len(members)), [p.rows for p in members])
+            needs = np.array([members[i].length or 0 for i in owner])
+            groups.extend([members[i] for i in dict.fromkeys(owner[b.rows].tolist())] for b in buckets(needs, cost))
             continue
         current: list[_Pending] = []
         for p in sorted(members, key=lambda q: q.length or 0):

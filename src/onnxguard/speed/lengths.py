@@ -16,7 +16,6 @@ Three measurements, on this bundle's own model:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,11 +26,10 @@ from onnxguard.accuracy import parity
 from onnxguard.accuracy.parity import ParityReport, Tolerance
 from onnxguard.bundle.golden import Batch, GoldenSet
 from onnxguard.progress import Event, Progress, silent
+from onnxguard.runtime import lengths as runtime_lengths
 from onnxguard.runtime.lengths import MASK, Cost, LengthAware, LengthPlan, rows
 
 EXACT = 1e-5  # FP32: a length-aware run equals the padded run within this, relative to the output's scale
-RUNS_PER_POINT = 5
-SECONDS_PER_POINT = 2.0
 MAX_PROBES = 8  # golden batches (and their mirrors) the exactness checks run
 
 
@@ -91,34 +89,15 @@ def equal_to_plain(la: LengthAware, batches: list[Batch]) -> float:
     return worst
 
 
-def _median_ms(run, feed: Batch) -> float:
-    run(feed)  # warm-up
-    times: list[float] = []
-    deadline = time.perf_counter() + SECONDS_PER_POINT
-    while len(times) < RUNS_PER_POINT and (len(times) < 2 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        run(feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
 def measure_cost(la: LengthAware, batches: list[Batch], rows_at: tuple[int, ...] = (1, 8)) -> tuple[Cost, list]:
     """The cost model of ``la``'s session, fitted to timings of the longest golden row cut and repeated to a few
     (rows, width) points."""
     mask = la.plan.mask
     widest = max(batches, key=lambda b: b[mask].shape[1])
     row = int(np.argmax((widest[mask] != 0).sum(axis=1)))
-    width = widest[mask].shape[1]
-    widths = sorted({max(1, width // 8), max(1, width // 4), max(1, width // 2), width})
-    points = []
-    for n in rows_at:
-        for w in widths:
-            feed = {k: (np.repeat(v[row : row + 1, :w], n, axis=0) if v.ndim >= 2 and v.shape[:2] == widest[mask].shape
-                        else np.repeat(v[row : row + 1], n, axis=0) if v.ndim >= 1 and len(v) == len(widest[mask])
-                        else v) for k, v in widest.items()}
-            feed[mask] = np.ones_like(feed[mask])
-            points.append((n, w, _median_ms(la.plain, feed)))
-    return Cost.fit(points), [[n, w, round(ms, 4)] for n, w, ms in points]
+    per_row = {k for k, v in widest.items() if v.ndim >= 1 and len(v) == len(widest[mask])}
+    return runtime_lengths.measure_cost(la.plain, {k: v[row:row + 1] if k in per_row else v for k, v in widest.items()},
+                                        mask, rows_at=rows_at)
 
 
 def plan(model: onnx.ModelProto, export: onnx.ModelProto, golden: GoldenSet, roles: dict[str, str],
