@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from common import free_port, wait_ready
 
+from onnxguard.serve.app import default_lanes
 from onnxguard.speed.bench import machine
 
 HERE = Path(__file__).parent
@@ -455,8 +456,9 @@ def main() -> None:
                         "cnn": "one 1x8x8 digit image per :predict request (the quickstart's CNN)",
                         "digits": "one 64-pixel digit row per :predict request (logistic regression)"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
-                              "(max batch 32, no delay, one lane, spinning threads), audit log durable before each "
-                              "answer" + (f"; with {args.serve_options}" if args.serve_options else ""),
+                              "(max batch 32, no delay, text split by length at the cost measured at start, "
+                              f"{default_lanes()} lane(s) by default, spinning threads), audit log durable (fsync) "
+                              "before each answer" + (f"; with {args.serve_options}" if args.serve_options else ""),
            "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "

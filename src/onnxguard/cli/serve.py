@@ -60,8 +60,8 @@ def serve(
                                                        "before a batch that is not full (default 0).")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="Rows queued per model before 503.")] = None,
     lanes: Annotated[int | None, typer.Option("--lanes", min=1, help="Batches run side by side under load, each on "
-                                              "its share of the cores; a second session per model (default 1: "
-                                              "every batch on every core).")] = None,
+                                              "its share of the cores; a second session per model (default 2 "
+                                              "on a host with 2 cores or more, else 1).")] = None,
     no_spin: Annotated[bool, typer.Option("--no-spin", help="The runtime's threads sleep between operators instead "
                                           "of spin-waiting: for a host whose cores other processes need.")] = False,
     limits_storage: Annotated[str | None, typer.Option("--limits-storage", help="Rate limit storage: memory:// "
