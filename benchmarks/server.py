@@ -457,8 +457,9 @@ def main() -> None:
                         "digits": "one 64-pixel digit row per :predict request (logistic regression)"},
            "onnxguard_serve": "API key with rate limit 100000/minute and budget 1e9, validation, dynamic batching "
                               "(max batch 32, no delay, text split by length at the cost measured at start, "
-                              f"{default_lanes()} lane(s) by default, spinning threads), audit log durable (fsync) "
-                              "before each answer" + (f"; with {args.serve_options}" if args.serve_options else ""),
+                              f"{default_lanes()} lane(s) by default, spinning threads), each request's audit record "
+                              "committed before its answer (--audit-sync normal, the default)"
+                              + (f"; with {args.serve_options}" if args.serve_options else ""),
            "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "

@@ -391,8 +391,8 @@ def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
     secrets = make_keys(tmp_path / "keys.db")
     (tmp_path / "serve.toml").write_text(
         f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\ncertfile = "{tmp_path / "cert.pem"}"\n'
-        f'keyfile = "{tmp_path / "key.pem"}"\ncors_origins = ["https://app.example"]\nlanes = 2\nspin = false\n'
-        'audit_sync = "normal"\n')
+        f'keyfile = "{tmp_path / "key.pem"}"\ncors_origins = ["https://app.example"]\nlanes = 1\nspin = false\n'
+        'audit_sync = "full"\n')
     port = free_port()
     trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
     proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
@@ -405,14 +405,14 @@ def test_tls_and_cors_from_a_config_file(tmp_path, served_bundles):
             other = client.get(url, headers={"Authorization": f"Bearer {secrets['full']}", "Origin": "https://evil"})
             assert "access-control-allow-origin" not in other.headers
             r = client.post(f"https://127.0.0.1:{port}/v1/models/digits:predict", json={"instances": [[0.0] * 64] * 3},
-                            headers={"Authorization": f"Bearer {secrets['full']}"})  # two lanes, no spinning
+                            headers={"Authorization": f"Bearer {secrets['full']}"})  # one lane, no spinning
             assert r.status_code == 200 and len(r.json()["predictions"]) == 3
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)  # plain HTTP is not answered
     finally:
         proc.terminate()
         proc.wait(60)
-    report = audit_lib.verify(tmp_path / "audit.db")  # audit_sync = "normal": the same records, the same chain
+    report = audit_lib.verify(tmp_path / "audit.db")  # audit_sync = "full": the same records, the same chain
     assert report.passed and report.records >= 3, report.failures
 
 

@@ -49,9 +49,9 @@ def serve(
     audit: Annotated[Path | None, typer.Option("--audit", help="Audit log file (SQLite), made if missing.")] = None,
     audit_key: Annotated[Path | None, typer.Option("--audit-key", help="Ed25519 key signing the audit log's "
                                                    "checkpoints (onnxguard audit keygen).")] = None,
-    audit_sync: Annotated[str | None, typer.Option("--audit-sync", help="full (default): each record survives a "
-                                                   "power loss, an fsync per commit; normal: a crash of the "
-                                                   "server process, no fsync.")] = None,
+    audit_sync: Annotated[str | None, typer.Option("--audit-sync", help="normal (default): each answered "
+                                                   "request's record survives a crash of the server process; "
+                                                   "full: also a power loss, an fsync per commit.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="serve.toml with any of these settings.")] = None,
@@ -118,7 +118,7 @@ def serve(
                   else trusting.identity_source(identity)),
         passphrase=trusting.passphrase(passphrase_env),
         keys=Path(keys_path), audit=Path(audit_path), checkpoint_key=pick(audit_key, "audit_key", None),
-        audit_sync=pick(audit_sync, "audit_sync", "full"),
+        audit_sync=pick(audit_sync, "audit_sync", "normal"),
         host=pick(host, "host", "127.0.0.1"), port=int(pick(port, "port", 8000)),
         limits_storage=pick(limits_storage, "limits_storage", "memory://"),
         certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None, options=options,

@@ -46,7 +46,7 @@ class ServerConfig:
     identity: IdentitySource = field(default=None, repr=False)
     passphrase: str | None = field(default=None, repr=False)
     checkpoint_key: Path | None = None  # Ed25519 key that signs the audit log's checkpoints
-    audit_sync: str = "full"  # full | normal: what an acknowledged request's record survives (audit.SYNC_MODES)
+    audit_sync: str = "normal"  # normal | full: what an acknowledged request's record survives (audit.SYNC_MODES)
     host: str = "127.0.0.1"
     port: int = 8000
     limits_storage: str = "memory://"
