@@ -4,8 +4,13 @@ text bundle, loaded by wrk in interleaved rounds, medians per configuration and 
     .venv/bin/python benchmarks/server_ab.py --levels 1,4,16 --rounds 3 \\
         "spin=" "nospin=--no-spin" "lanes=--lanes 2" "litserve=@litserve"
 
-Each argument is NAME=SERVE-OPTIONS (split on spaces), or NAME=@litserve for the anchor. Needs the bundles of
-``benchmarks/server.py --size base`` (run it once) and, for the anchor, ``make bench-anchors``.
+Each argument is NAME=SERVE-OPTIONS (split on spaces), or NAME=@litserve for the anchor. NAME=VAR=VALUE,...::OPTIONS
+runs that server with more environment, e.g. another commit's code against this one:
+
+    git worktree add /tmp/before HEAD~3
+    .venv/bin/python benchmarks/server_ab.py "before=PYTHONPATH=/tmp/before/src::" "now="
+
+Needs the bundles of ``benchmarks/server.py --size base`` (run it once) and, for the anchor, ``make bench-anchors``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main() -> None:
     try:
         for config in args.configs:
             name, _, options = config.partition("=")
+            extra, _, options = options.rpartition("::")
+            env = {**os.environ, **dict(kv.split("=", 1) for kv in extra.split(",") if kv)}
             port = free_port()
             log = open(run / f"{name}.log", "w")
             if options == "@litserve":
@@ -56,7 +63,7 @@ def main() -> None:
                 proc = subprocess.Popen([str(bench.ONNXGUARD), "serve", f"text={info['text']}", "--public-key",
                                          info["public_key"], "--keys", str(run / "keys.db"), "--audit",
                                          str(run / f"audit-{name}.db"), "--host", "127.0.0.1", "--port", str(port),
-                                         *options.split()], stdout=log, stderr=subprocess.STDOUT,
+                                         *options.split()], stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
                 servers[name] = (f"http://127.0.0.1:{port}", proc, {"Authorization": f"Bearer {secret}"},
                                  "/v2/health/ready")
