@@ -253,6 +253,8 @@ def _key(p: _Pending) -> tuple[object, ...]:
 def _groups(batch: list[_Pending], cost: Cost | None = None) -> list[list[_Pending]]:
     """Stackable requests together; text requests split by length where ``cost`` says that is cheaper than
     padding (without a cost: sorted by length and split where lengths differ too much)."""
+    if len(batch) == 1:  # a lone request (every request at concurrency 1): nothing to group
+        return [batch]
     by_key: dict[tuple[object, ...], list[_Pending]] = {}
     for p in batch:
         by_key.setdefault(_key(p), []).append(p)
