@@ -26,7 +26,7 @@ thread per run: its threads wait for each other at every operator. With lanes, u
 request with nothing else running takes the whole machine (``run``) for the lowest latency. A free lane takes its
 share of what is queued at once (what is queued divided among the free lanes) and never waits for more while
 others run: measured through the server with wrk on the same cores (2-core AMD EPYC, AVX2 only, DistilBERT-base
-INT8, one short text per request, concurrency 16, 2 lanes, grouped by cost), the lanes were busy 90-91 % of the
+INT8, one short text per request, concurrency 16, 2 lanes, grouped by cost), the lanes were busy 89-91 % of the
 time and answered 174-184 texts/s, against 79-87 % busy and 156-171 texts/s when a free lane waited up to 50 ms
 for about as many rows as the last batch had (2 rounds each, alternating). ``max_delay`` > 0 makes every batch
 wait that long for more requests. With no load a request runs at once, alone: batching adds no latency at
