@@ -20,17 +20,17 @@ one, so the model waited on the loop between batches. Measured through the serve
 (DistilBERT-base INT8, one short text per request, 2-core AMD EPYC, loaded host): batches of 8 rows ran 55 ms with
 a median gap of 5.7 ms between them, 9.5 % of the model's time idle.
 
-Lanes (opt-in, ``lanes`` > 1). A session whose runs are split over all the cores spends more CPU per row than one
-thread per run: its threads wait for each other at every operator. With lanes, under load a model runs up to
-``lanes`` batches at once, each on one lane (``run_lane``: a second session with ``cores / lanes`` threads); a lone
-request with nothing else running takes the whole machine (``run``) for the lowest latency. A free lane takes its
-share of what is queued at once (what is queued divided among the free lanes) and never waits for more while
-others run: measured through the server with wrk on the same cores (2-core AMD EPYC, AVX2 only, DistilBERT-base
-INT8, one short text per request, concurrency 16, 2 lanes, grouped by cost), the lanes were busy 89-91 % of the
-time and answered 174-184 texts/s, against 79-87 % busy and 156-171 texts/s when a free lane waited up to 50 ms
-for about as many rows as the last batch had (2 rounds each, alternating). ``max_delay`` > 0 makes every batch
-wait that long for more requests. With no load a request runs at once, alone: batching adds no latency at
-concurrency 1.
+Lanes (``lanes`` > 1; the server has two on a host with two cores or more). A session whose runs are split over all
+the cores spends more CPU per row than one thread per run: its threads wait for each other at every operator. With
+lanes, under load a model runs up to ``lanes`` batches at once, each on one lane (``run_lane``: a second session
+with ``cores / lanes`` threads); a lone request with nothing else running takes the whole machine (``run``) for the
+lowest latency. A free lane takes its share of what is queued at once (what is queued divided among the free lanes)
+and never waits for more while others run: measured through the server with wrk on the same cores (2-core AMD EPYC,
+AVX2 only, DistilBERT-base INT8, one short text per request, concurrency 16, 2 lanes, grouped by cost), the lanes
+were busy 89-91 % of the time and answered 174-184 texts/s, against 79-87 % busy and 156-171 texts/s when a free
+lane waited up to 50 ms for about as many rows as the last batch had (2 rounds each, alternating). ``max_delay`` > 0
+makes every batch wait that long for more requests. With no load a request runs at once, alone: batching adds no
+latency at concurrency 1.
 
 The queue is bounded in rows: past ``max_queue`` a request is refused at once (``Overloaded``: HTTP 503 with
 ``Retry-After``) instead of growing memory. A batch the runtime refuses is re-run one request at a time, so one
