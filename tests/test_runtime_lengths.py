@@ -205,3 +205,22 @@ def test_speed_lengths_measures_shift_freedom(positions):
     assert planned.plan.shift_free is (not positions)
     assert planned.plan.sequence_outputs == ("hidden",)
     assert planned.gate is not None and planned.gate.passed
+
+
+def test_measure_cost_can_take_the_fastest_run_of_each_point():
+    """Two runs in three disturbed by 30 ms (a busy host): the median fit reads the disturbance, the fastest not."""
+    import itertools
+    import time
+
+    from onnxguard.runtime.lengths import measure_cost
+
+    calls = itertools.count()
+
+    def run(feed):
+        time.sleep((2.0 + 0.05 * feed["input_ids"].size + (30.0 if next(calls) % 3 else 0.0)) / 1e3)
+
+    row = {"input_ids": np.arange(64)[None], "attention_mask": np.ones((1, 64), np.int64)}
+    kw = {"widths": (8, 64), "rows_at": (1, 4), "runs": 3}
+    assert measure_cost(run, row, **kw)[0].overhead_ms > 20
+    cost = measure_cost(run, row, fastest=True, **kw)[0]
+    assert 1.5 < cost.overhead_ms < 4.0 and 0.04 < cost.token_ms + 64 * cost.token2_ms < 0.08

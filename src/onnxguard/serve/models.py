@@ -182,8 +182,11 @@ def _self_check(model: ServedModel, run_one: Callable[[Mapping[str, np.ndarray]]
 
 
 # What a text model's run costs is measured at load, on this host, for each session: the batcher splits a batch by
-# length where that is cheaper than padding (batching.py). Two widths (an eighth and half of the widest point) at
-# one and four rows, three timed runs each: about 1 s for DistilBERT-base on one thread of a 2-core AMD EPYC.
+# length where that is cheaper than padding (batching.py). Three widths (a 32nd, an eighth and half of the widest
+# point; the narrowest pins the overhead of a run) at one and four rows, the fastest of three runs each (a server
+# starts beside other work; on a busy host the median of two wide points gave a two-thread session an overhead of
+# 0 or 18 ms). DistilBERT-base INT8 on the 2-core AVX2 EPYC, quiet, three times: 1.6-1.7 ms + 0.28-0.37 ms a token
+# on both cores (0.5-0.7 s to measure), 1.8-2.1 ms + 0.52-0.54 ms a token on one lane (1 s).
 COST_WIDTH = 128  # the widest point (or the model's limit, if lower): served texts are mostly far shorter
 COST_ROWS = (1, 4)
 COST_RUNS = 3
@@ -200,8 +203,8 @@ def _cost(model: ServedModel, run: Callable[[Mapping[str, np.ndarray]], dict[str
     if set(row) != names or row[MASK].shape[1] < 2:
         return None
     w = row[MASK].shape[1]
-    cost, _ = lengths.measure_cost(run, row, MASK, widths=(max(1, w // 8), w // 2), rows_at=COST_ROWS,
-                                   runs=COST_RUNS)
+    cost, _ = lengths.measure_cost(run, row, MASK, widths=(max(1, w // 32), max(1, w // 8), w // 2),
+                                   rows_at=COST_ROWS, runs=COST_RUNS, fastest=True)
     return cost
 
 
