@@ -193,11 +193,13 @@ COST_RUNS = 3
 
 
 def _cost(model: ServedModel, run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]) -> Cost | None:
-    """A text model's cost of a run by rows and width (None: not a text model with an attention mask)."""
+    """A text model's cost of a run by rows and width (None: not a text model with an attention mask whose rows and
+    width may vary)."""
     tok = model.tokenizer
-    names = {s.name for s in model.signature.inputs}
-    if tok is None or MASK not in names:
-        return None
+    shapes = {s.name: s.shape for s in model.signature.inputs}
+    if tok is None or MASK not in shapes or any(isinstance(d, int) for d in (shapes[MASK] or ())[:2]):
+        return None  # not a text model, or one whose batch or sequence axis is fixed: nothing to split
+    names = set(shapes)
     width = min(COST_WIDTH, tok.max_length or COST_WIDTH)
     row = tok.encode([" ".join(["a"] * width)], max_length=width)
     if set(row) != names or row[MASK].shape[1] < 2:
