@@ -10,9 +10,9 @@ regression on the same digits), then, in one run:
 
 * the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
   the longest text of the batch, best items/s over batch sizes 1..32, measured at the start and again at the end of
-  the run (the better of the two is the ceiling every share is taken of); and bare tokenize+run latency at batch 1,
-  measured again just before each server's concurrency-1 cell (every server stopped), which that cell's "over
-  bare" is taken against;
+  the run (the better of the two is the ceiling every share is taken of); and bare tokenize+run latency at batch 1:
+  each server's concurrency-1 cell is one-second pairs of the bare latency (every server stopped) and the server,
+  its p50 and "over bare" the medians over the pairs (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
@@ -53,7 +53,7 @@ ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 ANCHOR = "LitServe 0.2.19"
 SEED_LENGTH = 128  # the seed design pads every text to this many tokens
 BATCHES = (1, 2, 4, 8, 16, 32)
-BARE_SECONDS = 2.0  # the in-process batch-1 latency measured beside each concurrency-1 cell
+PAIR_SECONDS = 1.0  # a concurrency-1 cell is pairs of the bare latency and the server, this long each
 ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
@@ -228,8 +228,7 @@ class InProcess:
                 "ceiling_config": best_label, "bare_p50_ms": bare, "batches": results}
 
     def bare(self, seconds: float) -> float:
-        """The latency of one item at batch 1 now: measured again beside each server's concurrency-1 cell, since
-        this host's speed drifts by a tenth within a run (bare 5.73 and 6.25 ms in two runs of the same bundle)."""
+        """The latency of one item at batch 1 now (the better of the two sessions), for ``paired_level``."""
         return min(self._batch(label, 1, seconds)["p50_ms"] for label in self.sessions)
 
 
@@ -279,13 +278,49 @@ def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrenc
 
 
 def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
-            work: Path, loadgen) -> dict:
-    """One level on one server with the chosen client."""
+            work: Path, loadgen, duration: float | None = None) -> dict:
+    """One level on one server with the chosen client, for ``duration`` seconds (default: ``--duration``)."""
+    duration = args.duration if duration is None else duration
     if args.client == "wrk":
-        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, args.duration, work)
+        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, duration, work)
     report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(concurrency,),
-                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
+                         duration=duration, max_requests=args.max_requests, endpoint="predict")
     return report.levels[0].to_dict()
+
+
+def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, work: Path,
+                 loadgen, proc: subprocess.Popen, in_process: InProcess) -> dict:
+    """Concurrency 1 as pairs: the bare in-process latency (every server stopped), then the server, ``PAIR_SECONDS``
+    each, for ``--duration`` seconds of the server in all. This host's speed drifts by a tenth within seconds (bare
+    7.0-9.7 ms in consecutive 2-second windows), more than the overhead measured, so each server p50 is taken
+    against the bare p50 just before it; the level's p50 and "over bare" are the medians over the pairs."""
+    pairs, levels = [], []
+    for _ in range(max(1, round(args.duration / PAIR_SECONDS))):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            bare = in_process.bare(PAIR_SECONDS / 2)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        lv = measure(args, url, name, bodies, headers, 1, work, loadgen, PAIR_SECONDS)
+        levels.append(lv)
+        if lv["p50_ms"] is not None:
+            pairs.append({"bare_p50_ms": bare, "p50_ms": lv["p50_ms"], "over_ms": lv["p50_ms"] - bare})
+    sent, ok, seconds = (sum(lv[k] for lv in levels) for k in ("sent", "ok", "seconds"))
+    errors: dict[str, int] = {}
+    for lv in levels:
+        for k, v in lv["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+
+    def median(key: str, rows: list[dict]) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.median(values)) if values else None
+
+    return {"concurrency": 1, "sent": sent, "ok": ok, "errors": errors, "shed": None, "seconds": seconds,
+            "throughput": ok / seconds if seconds else 0.0, "p50_ms": median("p50_ms", pairs),
+            "p95_ms": median("p95_ms", levels), "p99_ms": median("p99_ms", levels),
+            "mean_ms": median("mean_ms", levels), "max_ms": max((lv["max_ms"] or 0.0 for lv in levels), default=None),
+            "stopped_by": "duration", "client_runs": len(levels), "bare_p50_ms": median("bare_p50_ms", pairs),
+            "p50_over_bare_ms": median("over_ms", pairs), "pairs": pairs}
 
 
 # -- servers ------------------------------------------------------------------------------------------------------
@@ -398,31 +433,28 @@ def main() -> None:
                 for s in order:
                     url, proc, headers = servers[s]
                     others = [p for n, (_, p, _) in servers.items() if n != s]
-                    bare = ceilings[name]["bare_p50_ms"]
                     for p in others:  # stopped while another is measured: LitServe's idle workers poll
                         os.killpg(p.pid, signal.SIGSTOP)
                     try:
-                        if c == 1:  # the bare latency beside this cell, with every server stopped
-                            os.killpg(proc.pid, signal.SIGSTOP)
-                            try:
-                                bare = in_process[name].bare(BARE_SECONDS)
-                            finally:
-                                os.killpg(proc.pid, signal.SIGCONT)
-                        lv = measure(args, url, name, bodies, headers, c, run_dir, loadgen)
+                        if c == 1:  # in pairs with the bare latency, every server stopped for it
+                            lv = paired_level(args, url, name, bodies, headers, run_dir, loadgen, proc,
+                                              in_process[name])
+                        else:
+                            lv = measure(args, url, name, bodies, headers, c, run_dir, loadgen)
                     finally:
                         for p in others:
                             os.killpg(p.pid, signal.SIGCONT)
-                    row = {**lv, "rss_mb": rss_mb(proc.pid), "bare_p50_ms": bare,
-                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"],
-                           "p50_over_bare_ms": None if lv["p50_ms"] is None else lv["p50_ms"] - bare}
+                    row = {"bare_p50_ms": None, "p50_over_bare_ms": None, **lv, "rss_mb": rss_mb(proc.pid),
+                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"]}
                     results[name][s].append(row)
                     print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "
                           f"p50 {lv['p50_ms'] or float('nan'):8.2f} ms  p99 {lv['p99_ms'] or float('nan'):8.2f} ms  "
                           f"errors {lv['errors']}  rss {row['rss_mb']:.0f} MB", flush=True)
         answered_og = sum(r["ok"] for name in work for r in results[name]["onnxguard serve"])
-        # at most: every answered request, and at each level the requests in flight when wrk stopped (one per
-        # connection; a warm-up's too); requests in flight that the server had not read yet are never recorded
-        sent_og = sum(r["sent"] + r["concurrency"] for name in work for r in results[name]["onnxguard serve"])
+        # at most: every answered request, and at each run of the client the requests in flight when it stopped
+        # (one per connection; a warm-up's too); requests in flight that the server had not read yet are never recorded
+        sent_og = sum(r["sent"] + r["concurrency"] * r.get("client_runs", 1) for name in work
+                      for r in results[name]["onnxguard serve"])
         print("in-process ceilings again, every server stopped ...", flush=True)
         for _, proc, _ in servers.values():
             os.killpg(proc.pid, signal.SIGSTOP)
@@ -481,8 +513,8 @@ def table(out: dict) -> str:
         both = c.get("start_and_end_items_per_s")
         when = f", the better of {both[0]:,.0f} at the start and {both[1]:,.0f} at the end" if both else ""
         lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}), "
-                  f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: over the bare p50 measured "
-                  "just before it)\n",
+                  f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: the median over one-second "
+                  "pairs of the bare p50 and the server's)\n",
                   "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
                   "errors | server RSS |", "|---|---|---|---|---|---|---|---|---|"]
         for s, rows in by_server.items():
