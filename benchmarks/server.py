@@ -11,8 +11,8 @@ regression on the same digits), then, in one run:
 * the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
   the longest text of the batch, best items/s over batch sizes 1..32, measured at the start and again at the end of
   the run (the better of the two is the ceiling every share is taken of); and bare tokenize+run latency at batch 1:
-  each server's concurrency-1 cell is one-second pairs of the bare latency (every server stopped) and the server,
-  its p50 and "over bare" the medians over the pairs (``paired_level``);
+  each server's concurrency-1 cell alternates the bare call of an item and the same item sent to the server,
+  request by request, its "over bare" the median of the paired differences (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
@@ -35,9 +35,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,6 @@ ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 ANCHOR = "LitServe 0.2.19"
 SEED_LENGTH = 128  # the seed design pads every text to this many tokens
 BATCHES = (1, 2, 4, 8, 16, 32)
-PAIR_SECONDS = 1.0  # a concurrency-1 cell is pairs of the bare latency and the server, this long each
 ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
@@ -198,6 +199,9 @@ class InProcess:
         self.tok, self.items = text_tokenizer(opened), items
         self.sessions = {label: runtime.session(opened.model_bytes, config=config) for label, config in (
             ("spinning", {}), ("no spinning", {"session.intra_op.allow_spinning": "0"}))}
+        # For the pairs of paired_level: threads that spin during a run and stop at its end (as the server's lone
+        # requests run), or they would take the cores from the server's request that follows.
+        self.sessions["paired"] = runtime.session(opened.model_bytes, config={runtime.SPIN_STOP: "1"})
 
     def _call(self, label: str, batch: list) -> None:
         session = self.sessions[label]
@@ -220,16 +224,17 @@ class InProcess:
 
     def ceiling(self, seconds: float) -> dict:
         """Best items/s over batch sizes, and the latency of one item at batch 1 (``bare_p50_ms``)."""
-        results = {label: {b: self._batch(label, b, seconds) for b in BATCHES} for label in self.sessions}
+        results = {label: {b: self._batch(label, b, seconds) for b in BATCHES} for label in self.sessions
+                   if label != "paired"}
         best_label, best = max(((lbl, b) for lbl, pb in results.items() for b in pb),
                                key=lambda lb: results[lb[0]][lb[1]]["items_per_s"])
         bare = min(results[lbl][1]["p50_ms"] for lbl in results)
         return {"ceiling_items_per_s": results[best_label][best]["items_per_s"], "best_batch": best,
                 "ceiling_config": best_label, "bare_p50_ms": bare, "batches": results}
 
-    def bare(self, seconds: float) -> float:
-        """The latency of one item at batch 1 now (the better of the two sessions), for ``paired_level``."""
-        return min(self._batch(label, 1, seconds)["p50_ms"] for label in self.sessions)
+    def once(self, i: int) -> None:
+        """Item ``i`` alone, as the pairs of ``paired_level`` run it."""
+        self._call("paired", [self.items[i % len(self.items)]])
 
 
 # -- wrk: the C load generator MEASURED.md E used ----------------------------------------------------------------
@@ -278,49 +283,90 @@ def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrenc
 
 
 def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
-            work: Path, loadgen, duration: float | None = None) -> dict:
-    """One level on one server with the chosen client, for ``duration`` seconds (default: ``--duration``)."""
-    duration = args.duration if duration is None else duration
+            work: Path, loadgen) -> dict:
+    """One level on one server with the chosen client."""
     if args.client == "wrk":
-        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, duration, work)
+        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, args.duration, work)
     report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(concurrency,),
-                         duration=duration, max_requests=args.max_requests, endpoint="predict")
+                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
     return report.levels[0].to_dict()
 
 
-def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, work: Path,
-                 loadgen, proc: subprocess.Popen, in_process: InProcess) -> dict:
-    """Concurrency 1 as pairs: the bare in-process latency (every server stopped), then the server, ``PAIR_SECONDS``
-    each, for ``--duration`` seconds of the server in all. This host's speed drifts by a tenth within seconds (bare
-    7.0-9.7 ms in consecutive 2-second windows), more than the overhead measured, so each server p50 is taken
-    against the bare p50 just before it; the level's p50 and "over bare" are the medians over the pairs."""
-    pairs, levels = [], []
-    for _ in range(max(1, round(args.duration / PAIR_SECONDS))):
-        os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            bare = in_process.bare(PAIR_SECONDS / 2)
-        finally:
-            os.killpg(proc.pid, signal.SIGCONT)
-        lv = measure(args, url, name, bodies, headers, 1, work, loadgen, PAIR_SECONDS)
-        levels.append(lv)
-        if lv["p50_ms"] is not None:
-            pairs.append({"bare_p50_ms": bare, "p50_ms": lv["p50_ms"], "over_ms": lv["p50_ms"] - bare})
-    sent, ok, seconds = (sum(lv[k] for lv in levels) for k in ("sent", "ok", "seconds"))
-    errors: dict[str, int] = {}
-    for lv in levels:
-        for k, v in lv["errors"].items():
-            errors[k] = errors.get(k, 0) + v
+def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict,
+                 in_process: InProcess) -> dict:
+    """Concurrency 1, request by request: the bare in-process call of an item, then the same item sent to the server
+    over one kept-alive connection, alternating for ``--duration`` seconds. This host's speed drifts by a tenth
+    within a second or two (bare p50 6.4-10.9 ms in consecutive one-second windows), more than the overhead to be
+    measured, so each server latency is paired with the bare latency measured milliseconds before it: "over bare"
+    is the median of the differences. Latencies and throughput are the server's requests alone."""
+    client = KeptAlive(url, f"/v1/models/{name}:predict", headers)
+    payloads = [json.dumps(b).encode() for b in bodies]
+    try:
+        for i in range(3):  # warm-up
+            in_process.once(i)
+            client.post(payloads[i % len(payloads)])
+        bare, served, over, errors = [], [], [], {}
+        end, i = time.perf_counter() + args.duration, 0
+        while time.perf_counter() < end and i < args.max_requests:
+            t0 = time.perf_counter()
+            in_process.once(i)
+            t1 = time.perf_counter()
+            status = client.post(payloads[i % len(payloads)])
+            t2 = time.perf_counter()
+            i += 1
+            bare.append(t1 - t0)
+            if status == 200:
+                served.append(t2 - t1)
+                over.append((t2 - t1) - (t1 - t0))
+            else:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+    finally:
+        client.close()
+    ms = np.asarray(served) * 1e3
+    return {"concurrency": 1, "sent": i + 3, "ok": len(served), "errors": errors, "shed": None,
+            "seconds": float(sum(served)), "throughput": len(served) / sum(served) if served else 0.0,
+            "p50_ms": float(np.median(ms)) if served else None,
+            **{f"p{q}_ms": float(np.percentile(ms, q)) if served else None for q in (95, 99)},
+            "mean_ms": float(ms.mean()) if served else None, "max_ms": float(ms.max()) if served else None,
+            "stopped_by": "duration" if i < args.max_requests else "requests", "client_runs": 0,
+            "bare_p50_ms": float(np.median(bare) * 1e3),
+            "p50_over_bare_ms": float(np.median(over) * 1e3) if over else None}
 
-    def median(key: str, rows: list[dict]) -> float | None:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        return float(np.median(values)) if values else None
 
-    return {"concurrency": 1, "sent": sent, "ok": ok, "errors": errors, "shed": None, "seconds": seconds,
-            "throughput": ok / seconds if seconds else 0.0, "p50_ms": median("p50_ms", pairs),
-            "p95_ms": median("p95_ms", levels), "p99_ms": median("p99_ms", levels),
-            "mean_ms": median("mean_ms", levels), "max_ms": max((lv["max_ms"] or 0.0 for lv in levels), default=None),
-            "stopped_by": "duration", "client_runs": len(levels), "bare_p50_ms": median("bare_p50_ms", pairs),
-            "p50_over_bare_ms": median("over_ms", pairs), "pairs": pairs}
+class KeptAlive:
+    """One kept-alive HTTP/1.1 connection with the request head made once: the least client work between the two
+    timings of a pair (responses must carry Content-Length, as every server here sends)."""
+
+    def __init__(self, url: str, path: str, headers: dict) -> None:
+        u = urllib.parse.urlsplit(url)
+        self.sock = socket.create_connection((u.hostname, u.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {u.netloc}", "Content-Type: application/json",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
+
+    def post(self, body: bytes) -> int:
+        """Send one request and read its whole response; its status."""
+        self.sock.sendall(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
+                      if k.strip().lower() == b"content-length")
+        while len(rest) < length:
+            rest += self._recv()
+        return int(lines[0].split(b" ", 2)[1])
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # -- servers ------------------------------------------------------------------------------------------------------
@@ -436,9 +482,8 @@ def main() -> None:
                     for p in others:  # stopped while another is measured: LitServe's idle workers poll
                         os.killpg(p.pid, signal.SIGSTOP)
                     try:
-                        if c == 1:  # in pairs with the bare latency, every server stopped for it
-                            lv = paired_level(args, url, name, bodies, headers, run_dir, loadgen, proc,
-                                              in_process[name])
+                        if c == 1:  # request by request, in pairs with the bare latency
+                            lv = paired_level(args, url, name, bodies, headers, in_process[name])
                         else:
                             lv = measure(args, url, name, bodies, headers, c, run_dir, loadgen)
                     finally:
@@ -493,7 +538,9 @@ def main() -> None:
                               "committed before its answer (--audit-sync normal, the default)"
                               + (f"; with {args.serve_options}" if args.serve_options else ""),
            "client": ("wrk -t1 -cN (one thread, N keep-alive connections, C), on the same cores" if args.client == "wrk"
-                      else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores"),
+                      else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores")
+                     + "; concurrency 1: one kept-alive connection from the benchmark process, each request after the "
+                       "bare call of the same item (paired_level)",
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
                                                  "tokenizer, ONNX Runtime's default session settings",
            "ceilings": ceilings, "results": results,
@@ -513,8 +560,8 @@ def table(out: dict) -> str:
         both = c.get("start_and_end_items_per_s")
         when = f", the better of {both[0]:,.0f} at the start and {both[1]:,.0f} at the end" if both else ""
         lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}), "
-                  f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: the median over one-second "
-                  "pairs of the bare p50 and the server's)\n",
+                  f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: the median difference "
+                  "between each request and the bare call of the same item just before it)\n",
                   "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
                   "errors | server RSS |", "|---|---|---|---|---|---|---|---|---|"]
         for s, rows in by_server.items():
