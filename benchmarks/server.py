@@ -9,10 +9,12 @@ quickstart's digits CNN trained in seconds on scikit-learn's bundled digits, and
 regression on the same digits), then, in one run:
 
 * the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
-  the longest text of the batch, best items/s over batch sizes 1..32, measured at the start and again at the end of
-  the run (the better of the two is the ceiling every share is taken of); and bare tokenize+run latency at batch 1:
-  each server's concurrency-1 cell alternates the bare call of an item and the same item sent to the server,
-  request by request, its "over bare" the median of the paired differences (``paired_level``);
+  the longest text of the batch, best items/s over batch sizes 1..32 (at the start, and again at the end for the
+  record). This host's speed drifts by a tenth or more within a minute, so each figure is taken against the
+  in-process figure measured beside it, every server stopped meanwhile: under load, a level is rounds of the
+  ceiling at its best batch (1 s) and the server (``ROUND_SECONDS``), its share the median of the rounds' ratios
+  (``paired_load``); at concurrency 1, the bare call of an item alternates with the same item sent to the server,
+  request by request, "over bare" the median of the paired differences (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
@@ -21,10 +23,10 @@ regression on the same digits), then, in one run:
 * the anchor: LitServe 0.2.19 (benchmarks/anchors/litserve_app.py, in its own venv: ``make bench-anchors``) with
   dynamic batching 32 / 2 ms over the same model.onnx and tokenizer.json (text only; ``--no-anchor`` skips it);
 
-each server loaded (the others stopped with SIGSTOP meanwhile: LitServe's idle workers poll) with
-``onnxguard.speed.loadgen`` (one short text or one digit per request) at concurrency
-1, 4, 16, 64, each level bounded by ``--duration`` seconds and ``--max-requests``, the two servers taking
-turns going first level by level. The load generator runs on the same 2 cores as the server. Results:
+each server loaded (the others stopped with SIGSTOP meanwhile: LitServe's idle workers poll) with wrk (or
+``onnxguard.speed.loadgen``; concurrency 1: one kept-alive connection of this process), one short text or one digit
+per request, at concurrency 1, 4, 16, 64, each level bounded by ``--duration`` seconds and ``--max-requests``,
+the servers taking turns going first level by level. The load generator runs on the same 2 cores as the server. Results:
 benchmarks/results/E_server.json, and a markdown table on stdout.
 """
 
@@ -55,6 +57,11 @@ ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 ANCHOR = "LitServe 0.2.19"
 SEED_LENGTH = 128  # the seed design pads every text to this many tokens
 BATCHES = (1, 2, 4, 8, 16, 32)
+# After SIGCONT, before the request of a pair (a server whose idle workers poll): a resumed process's threads wake
+# once (epoll_wait returns EINTR), which is no part of a request. Stopping and resuming still costs: measured on
+# every server (tiny models), 0.1-0.4 ms more "over bare" than not stopping, so only a polling server is stopped.
+RESUME_SECONDS = 0.001
+ROUND_SECONDS = 2  # under load, each round: the in-process ceiling for 1 s, then the server this long
 ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
@@ -232,6 +239,10 @@ class InProcess:
         return {"ceiling_items_per_s": results[best_label][best]["items_per_s"], "best_batch": best,
                 "ceiling_config": best_label, "bare_p50_ms": bare, "batches": results}
 
+    def throughput(self, label: str, b: int, seconds: float) -> float:
+        """Items/s at batch ``b`` with session ``label`` now, for ``paired_load``."""
+        return float(self._batch(label, b, seconds)["items_per_s"])
+
     def once(self, i: int) -> None:
         """Item ``i`` alone, as the pairs of ``paired_level`` run it."""
         self._call("paired", [self.items[i % len(self.items)]])
@@ -283,22 +294,60 @@ def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrenc
 
 
 def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
-            work: Path, loadgen) -> dict:
-    """One level on one server with the chosen client."""
+            work: Path, loadgen, duration: float) -> dict:
+    """One level on one server with the chosen client, for ``duration`` seconds."""
     if args.client == "wrk":
-        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, args.duration, work)
+        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, duration, work)
     report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(concurrency,),
-                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
+                         duration=duration, max_requests=args.max_requests, endpoint="predict")
     return report.levels[0].to_dict()
 
 
+def paired_load(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
+                work: Path, loadgen, proc: subprocess.Popen, in_process: InProcess, ceiling: dict) -> dict:
+    """A level under load in rounds, each the in-process ceiling at its best batch (every server stopped, one
+    second) then the server for ``ROUND_SECONDS``; the share of the ceiling is the median over the rounds of the
+    server's throughput over the ceiling just before it (the host's speed drifts by a tenth or more within a
+    minute: ceilings of 154 and 182 texts/s at the start and the end of one run)."""
+    rounds = []
+    for _ in range(max(1, round(args.duration / ROUND_SECONDS))):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            best = in_process.throughput(ceiling["ceiling_config"], ceiling["best_batch"], 1.0)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        rounds.append((best, measure(args, url, name, bodies, headers, concurrency, work, loadgen, ROUND_SECONDS)))
+    levels = [lv for _, lv in rounds]
+    sent, ok, seconds = (sum(lv[k] for lv in levels) for k in ("sent", "ok", "seconds"))
+    errors: dict[str, int] = {}
+    for lv in levels:
+        for k, v in lv["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+
+    def median(key: str) -> float | None:
+        values = [lv[key] for lv in levels if lv.get(key) is not None]
+        return float(np.median(values)) if values else None
+
+    return {"concurrency": concurrency, "sent": sent, "ok": ok, "errors": errors,
+            "shed": sum(lv["shed"] or 0 for lv in levels) if any(lv["shed"] is not None for lv in levels) else None,
+            "seconds": seconds, "throughput": ok / seconds if seconds else 0.0,
+            **{k: median(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")},
+            "max_ms": max((lv["max_ms"] for lv in levels if lv["max_ms"] is not None), default=None),
+            "stopped_by": "duration", "client_runs": len(levels),
+            "share_of_ceiling": float(np.median([lv["throughput"] / best for best, lv in rounds])),
+            "rounds": [{"ceiling_items_per_s": best, "items_per_s": lv["throughput"], "p50_ms": lv["p50_ms"]}
+                       for best, lv in rounds]}
+
+
 def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict,
-                 in_process: InProcess) -> dict:
+                 proc: subprocess.Popen, in_process: InProcess, polls: bool) -> dict:
     """Concurrency 1, request by request: the bare in-process call of an item, then the same item sent to the server
     over one kept-alive connection, alternating for ``--duration`` seconds. This host's speed drifts by a tenth
     within a second or two (bare p50 6.4-10.9 ms in consecutive one-second windows), more than the overhead to be
-    measured, so each server latency is paired with the bare latency measured milliseconds before it: "over bare"
-    is the median of the differences. Latencies and throughput are the server's requests alone."""
+    measured, so each server latency is paired with the bare latency measured milliseconds before it, every other
+    server stopped; the server measured is idle meanwhile, but one whose idle workers ``polls`` (LitServe) is
+    stopped too, or it would slow the bare call down. "over bare" is the median of the differences. Latencies and
+    throughput are the server's requests alone."""
     client = KeptAlive(url, f"/v1/models/{name}:predict", headers)
     payloads = [json.dumps(b).encode() for b in bodies]
     try:
@@ -308,16 +357,24 @@ def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dic
         bare, served, over, errors = [], [], [], {}
         end, i = time.perf_counter() + args.duration, 0
         while time.perf_counter() < end and i < args.max_requests:
-            t0 = time.perf_counter()
-            in_process.once(i)
+            if polls:
+                os.killpg(proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.perf_counter()
+                in_process.once(i)
+                t1_bare = time.perf_counter()
+            finally:
+                if polls:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    time.sleep(RESUME_SECONDS)
             t1 = time.perf_counter()
             status = client.post(payloads[i % len(payloads)])
             t2 = time.perf_counter()
             i += 1
-            bare.append(t1 - t0)
+            bare.append(t_bare := t1_bare - t0)
             if status == 200:
                 served.append(t2 - t1)
-                over.append((t2 - t1) - (t1 - t0))
+                over.append((t2 - t1) - t_bare)
             else:
                 errors[str(status)] = errors.get(str(status), 0) + 1
     finally:
@@ -483,14 +540,17 @@ def main() -> None:
                         os.killpg(p.pid, signal.SIGSTOP)
                     try:
                         if c == 1:  # request by request, in pairs with the bare latency
-                            lv = paired_level(args, url, name, bodies, headers, in_process[name])
-                        else:
-                            lv = measure(args, url, name, bodies, headers, c, run_dir, loadgen)
+                            lv = paired_level(args, url, name, bodies, headers, proc, in_process[name],
+                                              polls=s == ANCHOR)
+                        else:  # in rounds with the in-process ceiling
+                            lv = paired_load(args, url, name, bodies, headers, c, run_dir, loadgen, proc,
+                                             in_process[name], ceilings[name])
                     finally:
                         for p in others:
                             os.killpg(p.pid, signal.SIGCONT)
-                    row = {"bare_p50_ms": None, "p50_over_bare_ms": None, **lv, "rss_mb": rss_mb(proc.pid),
-                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"]}
+                    row = {"bare_p50_ms": None, "p50_over_bare_ms": None,
+                           "share_of_ceiling": lv["throughput"] / ceilings[name]["ceiling_items_per_s"], **lv,
+                           "rss_mb": rss_mb(proc.pid)}
                     results[name][s].append(row)
                     print(f"  {name:6} {s:15} c{c:<3} {lv['ok']:6}/{lv['sent']:<6} ok  {lv['throughput']:8.1f}/s  "
                           f"p50 {lv['p50_ms'] or float('nan'):8.2f} ms  p99 {lv['p99_ms'] or float('nan'):8.2f} ms  "
@@ -510,7 +570,8 @@ def main() -> None:
             ceilings[name]["ceiling_items_per_s"] = max(ceilings[name]["start_and_end_items_per_s"])
             for rows in results[name].values():
                 for row in rows:
-                    row["share_of_ceiling"] = row["throughput"] / ceilings[name]["ceiling_items_per_s"]
+                    if "rounds" not in row:  # concurrency 1: of the better ceiling (under load: paired_load's)
+                        row["share_of_ceiling"] = row["throughput"] / ceilings[name]["ceiling_items_per_s"]
         for _, proc, _ in servers.values():
             os.killpg(proc.pid, signal.SIGCONT)
     finally:
@@ -559,7 +620,8 @@ def table(out: dict) -> str:
         c = out["ceilings"][name]
         both = c.get("start_and_end_items_per_s")
         when = f", the better of {both[0]:,.0f} at the start and {both[1]:,.0f} at the end" if both else ""
-        lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}), "
+        lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}; "
+                  "each share under load: the median over rounds of the ceiling measured beside it), "
                   f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: the median difference "
                   "between each request and the bare call of the same item just before it)\n",
                   "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
