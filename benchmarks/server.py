@@ -11,10 +11,10 @@ regression on the same digits), then, in one run:
 * the in-process ceiling: the bundle's own session, one caller, tokenize + run (text) or run (images, rows), padded to
   the longest text of the batch, best items/s over batch sizes 1..32 (at the start, and again at the end for the
   record). This host's speed drifts by a tenth or more within a minute, so each figure is taken against the
-  in-process figure measured beside it, every server stopped meanwhile: under load, a level is rounds of the
-  ceiling at its best batch (1 s) and the server (``ROUND_SECONDS``), its share the median of the rounds' ratios
-  (``paired_load``); at concurrency 1, the bare call of an item alternates with the same item sent to the server,
-  request by request, "over bare" the median of the paired differences (``paired_level``);
+  in-process figure measured beside it, every server stopped meanwhile: under load, the ceiling at its best batch
+  just before and after the level, its share of their mean (``beside``); at concurrency 1, the bare call of an
+  item alternates with the same item sent to the server, request by request, "over bare" the median of the paired
+  differences (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
@@ -61,7 +61,6 @@ BATCHES = (1, 2, 4, 8, 16, 32)
 # once (epoll_wait returns EINTR), which is no part of a request. Stopping and resuming still costs: measured on
 # every server (tiny models), 0.1-0.4 ms more "over bare" than not stopping, so only a polling server is stopped.
 RESUME_SECONDS = 0.001
-ROUND_SECONDS = 2  # under load, each round: the in-process ceiling for 1 s, then the server this long
 ANCHORS_PYTHON = HERE.parent / ".venv-anchors" / "bin" / "python"
 
 
@@ -240,7 +239,7 @@ class InProcess:
                 "ceiling_config": best_label, "bare_p50_ms": bare, "batches": results}
 
     def throughput(self, label: str, b: int, seconds: float) -> float:
-        """Items/s at batch ``b`` with session ``label`` now, for ``paired_load``."""
+        """Items/s at batch ``b`` with session ``label`` now, for ``beside``."""
         return float(self._batch(label, b, seconds)["items_per_s"])
 
     def once(self, i: int) -> None:
@@ -294,49 +293,55 @@ def wrk_level(url: str, path: str, bodies: list[dict], headers: dict, concurrenc
 
 
 def measure(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
-            work: Path, loadgen, duration: float) -> dict:
-    """One level on one server with the chosen client, for ``duration`` seconds."""
+            work: Path, loadgen) -> dict:
+    """One level on one server with the chosen client."""
     if args.client == "wrk":
-        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, duration, work)
+        return wrk_level(url, f"/v1/models/{name}:predict", bodies, headers, concurrency, args.duration, work)
     report = loadgen.run(url, name, bodies, headers=headers, concurrency_levels=(concurrency,),
-                         duration=duration, max_requests=args.max_requests, endpoint="predict")
+                         duration=args.duration, max_requests=args.max_requests, endpoint="predict")
     return report.levels[0].to_dict()
 
 
-def paired_load(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
-                work: Path, loadgen, proc: subprocess.Popen, in_process: InProcess, ceiling: dict) -> dict:
-    """A level under load in rounds, each the in-process ceiling at its best batch (every server stopped, one
-    second) then the server for ``ROUND_SECONDS``; the share of the ceiling is the median over the rounds of the
-    server's throughput over the ceiling just before it (the host's speed drifts by a tenth or more within a
-    minute: ceilings of 154 and 182 texts/s at the start and the end of one run)."""
-    rounds = []
-    for _ in range(max(1, round(args.duration / ROUND_SECONDS))):
+def beside(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict, concurrency: int,
+           work: Path, loadgen, proc: subprocess.Popen, in_process: InProcess, ceiling: dict) -> dict:
+    """A level under load with the in-process ceiling at its best batch measured just before and just after it
+    (every server stopped, one second each): the host's speed drifts by a tenth or more within a minute (ceilings of
+    154 and 182 texts/s at the start and the end of one run), so the share is of the mean of those two."""
+    around = []
+    for when in ("before", "after"):
+        if when == "after":
+            lv = measure(args, url, name, bodies, headers, concurrency, work, loadgen)
+            settle(proc)
         os.killpg(proc.pid, signal.SIGSTOP)
         try:
-            best = in_process.throughput(ceiling["ceiling_config"], ceiling["best_batch"], 1.0)
+            around.append(in_process.throughput(ceiling["ceiling_config"], ceiling["best_batch"], 1.0))
         finally:
             os.killpg(proc.pid, signal.SIGCONT)
-        rounds.append((best, measure(args, url, name, bodies, headers, concurrency, work, loadgen, ROUND_SECONDS)))
-    levels = [lv for _, lv in rounds]
-    sent, ok, seconds = (sum(lv[k] for lv in levels) for k in ("sent", "ok", "seconds"))
-    errors: dict[str, int] = {}
-    for lv in levels:
-        for k, v in lv["errors"].items():
-            errors[k] = errors.get(k, 0) + v
+    return {**lv, "ceiling_beside_items_per_s": around, "share_of_ceiling": lv["throughput"] / float(np.mean(around))}
 
-    def median(key: str) -> float | None:
-        values = [lv[key] for lv in levels if lv.get(key) is not None]
-        return float(np.median(values)) if values else None
 
-    return {"concurrency": concurrency, "sent": sent, "ok": ok, "errors": errors,
-            "shed": sum(lv["shed"] or 0 for lv in levels) if any(lv["shed"] is not None for lv in levels) else None,
-            "seconds": seconds, "throughput": ok / seconds if seconds else 0.0,
-            **{k: median(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")},
-            "max_ms": max((lv["max_ms"] for lv in levels if lv["max_ms"] is not None), default=None),
-            "stopped_by": "duration", "client_runs": len(levels),
-            "share_of_ceiling": float(np.median([lv["throughput"] / best for best, lv in rounds])),
-            "rounds": [{"ceiling_items_per_s": best, "items_per_s": lv["throughput"], "p50_ms": lv["p50_ms"]}
-                       for best, lv in rounds]}
+def settle(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Wait until the server is done with the requests the client left in flight (its processes use less than a
+    fifth of a core over 0.2 s; LitServe's idle workers poll), at most ``timeout`` seconds: that work would
+    otherwise run in the next measurement."""
+    def cpu() -> float:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == proc.pid:  # its process group (started in a session of its own)
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    end, last = time.monotonic() + timeout, cpu()
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        now = cpu()
+        if now - last < 0.2 * 0.2:
+            return
+        last = now
 
 
 def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dict], headers: dict,
@@ -542,9 +547,9 @@ def main() -> None:
                         if c == 1:  # request by request, in pairs with the bare latency
                             lv = paired_level(args, url, name, bodies, headers, proc, in_process[name],
                                               polls=s == ANCHOR)
-                        else:  # in rounds with the in-process ceiling
-                            lv = paired_load(args, url, name, bodies, headers, c, run_dir, loadgen, proc,
-                                             in_process[name], ceilings[name])
+                        else:  # the in-process ceiling measured just before and after
+                            lv = beside(args, url, name, bodies, headers, c, run_dir, loadgen, proc, in_process[name],
+                                        ceilings[name])
                     finally:
                         for p in others:
                             os.killpg(p.pid, signal.SIGCONT)
@@ -570,7 +575,7 @@ def main() -> None:
             ceilings[name]["ceiling_items_per_s"] = max(ceilings[name]["start_and_end_items_per_s"])
             for rows in results[name].values():
                 for row in rows:
-                    if "rounds" not in row:  # concurrency 1: of the better ceiling (under load: paired_load's)
+                    if "ceiling_beside_items_per_s" not in row:  # concurrency 1 (under load: beside's)
                         row["share_of_ceiling"] = row["throughput"] / ceilings[name]["ceiling_items_per_s"]
         for _, proc, _ in servers.values():
             os.killpg(proc.pid, signal.SIGCONT)
@@ -621,7 +626,7 @@ def table(out: dict) -> str:
         both = c.get("start_and_end_items_per_s")
         when = f", the better of {both[0]:,.0f} at the start and {both[1]:,.0f} at the end" if both else ""
         lines += [f"\n{name}: in-process ceiling {c['ceiling_items_per_s']:,.0f}/s (batch {c['best_batch']}{when}; "
-                  "each share under load: the median over rounds of the ceiling measured beside it), "
+                  "each share under load: of the ceiling measured just before and after it), "
                   f"bare p50 at batch 1 {c['bare_p50_ms']:.2f} ms (each concurrency-1 row: the median difference "
                   "between each request and the bare call of the same item just before it)\n",
                   "| server | concurrency | answered/s | share of ceiling | p50 ms | p99 ms | p50 over bare | "
