@@ -307,16 +307,17 @@ def beside(args: argparse.Namespace, url: str, name: str, bodies: list[dict], he
     """A level under load with the in-process ceiling at its best batch measured just before and just after it
     (every server stopped, one second each): the host's speed drifts by a tenth or more within a minute (ceilings of
     154 and 182 texts/s at the start and the end of one run), so the share is of the mean of those two."""
-    around = []
-    for when in ("before", "after"):
-        if when == "after":
-            lv = measure(args, url, name, bodies, headers, concurrency, work, loadgen)
-            settle(proc)
+    def ceiling_now() -> float:
         os.killpg(proc.pid, signal.SIGSTOP)
         try:
-            around.append(in_process.throughput(ceiling["ceiling_config"], ceiling["best_batch"], 1.0))
+            return in_process.throughput(ceiling["ceiling_config"], ceiling["best_batch"], 1.0)
         finally:
             os.killpg(proc.pid, signal.SIGCONT)
+
+    before = ceiling_now()
+    lv = measure(args, url, name, bodies, headers, concurrency, work, loadgen)
+    settle(proc)
+    around = [before, ceiling_now()]
     return {**lv, "ceiling_beside_items_per_s": around, "share_of_ceiling": lv["throughput"] / float(np.mean(around))}
 
 
