@@ -207,10 +207,9 @@ class InProcess:
             ("spinning", {}), ("no spinning", {"session.intra_op.allow_spinning": "0"}))}
         # For the pairs of paired_level: threads that spin during a run and stop at its end (as the server's lone
         # requests run), or they would take the cores from the server's request that follows.
-        self.sessions["paired"] = runtime.session(opened.model_bytes, config={runtime.SPIN_STOP: "1"})
+        self.paired = runtime.session(opened.model_bytes, config={runtime.SPIN_STOP: "1"})
 
-    def _call(self, label: str, batch: list) -> None:
-        session = self.sessions[label]
+    def _call(self, session, batch: list) -> None:
         feed = self.tok.encode(batch) if self.tok is not None else {
             session.get_inputs()[0].name: np.asarray(batch, np.float32)}
         session.run(None, feed)
@@ -218,11 +217,11 @@ class InProcess:
     def _batch(self, label: str, b: int, seconds: float) -> dict:
         batches = [[self.items[(i * b + j) % len(self.items)] for j in range(b)] for i in range(max(1, 64 // b))]
         for x in batches[:3]:
-            self._call(label, x)  # warm-up
+            self._call(self.sessions[label], x)  # warm-up
         times, end, i = [], time.perf_counter() + seconds, 0
         while time.perf_counter() < end or len(times) < 5:
             t0 = time.perf_counter()
-            self._call(label, batches[i % len(batches)])
+            self._call(self.sessions[label], batches[i % len(batches)])
             times.append(time.perf_counter() - t0)
             i += 1
         return {"calls": len(times), "p50_ms": float(np.median(times) * 1e3),
@@ -230,8 +229,7 @@ class InProcess:
 
     def ceiling(self, seconds: float) -> dict:
         """Best items/s over batch sizes, and the latency of one item at batch 1 (``bare_p50_ms``)."""
-        results = {label: {b: self._batch(label, b, seconds) for b in BATCHES} for label in self.sessions
-                   if label != "paired"}
+        results = {label: {b: self._batch(label, b, seconds) for b in BATCHES} for label in self.sessions}
         best_label, best = max(((lbl, b) for lbl, pb in results.items() for b in pb),
                                key=lambda lb: results[lb[0]][lb[1]]["items_per_s"])
         bare = min(results[lbl][1]["p50_ms"] for lbl in results)
@@ -244,7 +242,7 @@ class InProcess:
 
     def once(self, i: int) -> None:
         """Item ``i`` alone, as the pairs of ``paired_level`` run it."""
-        self._call("paired", [self.items[i % len(self.items)]])
+        self._call(self.paired, [self.items[i % len(self.items)]])
 
 
 # -- wrk: the C load generator MEASURED.md E used ----------------------------------------------------------------
@@ -326,15 +324,9 @@ def settle(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     fifth of a core over 0.2 s; LitServe's idle workers poll), at most ``timeout`` seconds: that work would
     otherwise run in the next measurement."""
     def cpu() -> float:
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == proc.pid:  # its process group (started in a session of its own)
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _proc_stats()
+                    if int(fields[2]) == proc.pid)  # its process group (started in a session of its own)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     end, last = time.monotonic() + timeout, cpu()
     while time.monotonic() < end:
@@ -434,16 +426,21 @@ class KeptAlive:
 
 # -- servers ------------------------------------------------------------------------------------------------------
 
+def _proc_stats():
+    """Every process's pid and the fields of its /proc stat after the command name (state, ppid, pgrp, ...)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a server: the process and its descendants (LitServe runs its model in worker
     processes)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, fields in _proc_stats():
+        children.setdefault(int(fields[1]), []).append(child)
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
