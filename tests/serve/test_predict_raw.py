@@ -47,16 +47,20 @@ def _people(n: int, seed: int):
     return rows, (rows[:, 0] > 45).astype(int)
 
 
-def _pipeline(path):
+def _pipeline(path, regressor: bool = False):
+    """A classifier of the people table (over 45 or not), or a regressor of their age from the other columns."""
     import skops.io as sio
     from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     x, y = _people(200, seed=0)
-    prep = ColumnTransformer([("num", StandardScaler(), [0, 1]), ("cat", OneHotEncoder(handle_unknown="ignore"), [2])])
-    model = Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=500))]).fit(x, y)
+    if regressor:
+        x, y = x[:, 1:], x[:, 0].astype(float)
+    prep = ColumnTransformer([("num", StandardScaler(), [0] if regressor else [0, 1]),
+                              ("cat", OneHotEncoder(handle_unknown="ignore"), [1 if regressor else 2])])
+    model = Pipeline([("prep", prep), ("clf", Ridge() if regressor else LogisticRegression(max_iter=500))]).fit(x, y)
     sio.dump(model, path)
     return model
 
@@ -66,16 +70,20 @@ def raw_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     _vit(root / "vit")
     model = _pipeline(root / "people.skops")
-    for src, out in ((root / "vit", root / "images"), (root / "people.skops", root / "people")):
-        r = cli_runner.run("build", src, "-o", out, "--optimize", "none")
+    ages = _pipeline(root / "ages.skops", regressor=True)
+    for name in ("images", "people", "ages"):
+        src = root / "vit" if name == "images" else root / f"{name}.skops"
+        r = cli_runner.run("build", src, "-o", root / name, "--optimize", "none")
         assert r.code == 0, str(r)
     keys = make_keys(root / "keys.db")
     port = free_port()
-    proc = start([f"images={root / 'images'}", f"people={root / 'people'}", "--allow-unsigned",
-                  "--keys", str(root / "keys.db"), "--audit", str(root / "audit.db")], port, root / "server.log")
+    proc = start([f"images={root / 'images'}", f"people={root / 'people'}", f"ages={root / 'ages'}",
+                  "--allow-unsigned", "--keys", str(root / "keys.db"), "--audit", str(root / "audit.db")], port,
+                 root / "server.log")
     try:
         yield {"url": f"http://127.0.0.1:{port}", "headers": {"Authorization": f"Bearer {keys['full']}"},
-               "images": root / "images", "people": root / "people", "model": model}
+               "images": root / "images", "people": root / "people", "model": model, "ages": ages, "keys": keys,
+               "audit": root / "audit.db"}
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -156,3 +164,23 @@ def test_bad_table_rows_are_400(raw_server, instance):
                    headers=raw_server["headers"], timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]
+
+
+def test_a_key_that_may_see_only_labels_or_top_k_is_refused_a_regressor_before_it_runs(raw_server):
+    """A regressor has no classes to show a label-only key: 400 naming why, and its one audit record says it was
+    refused before any batch ran (the full key gets the value)."""
+    from onnxguard.serve import audit
+
+    url, rows = f"{raw_server['url']}/v1/models/ages:predict", [[61.5, "oslo"]]
+    before = len(audit.tail(raw_server["audit"], 10**6))
+    for key in ("label", "top2"):
+        r = httpx.post(url, json={"instances": rows}, headers={"Authorization": f"Bearer {raw_server['keys'][key]}"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "model 'ages' has no class scores or labels; this key may only see those"
+    records = [rec for _, rec in audit.tail(raw_server["audit"], 10**6)][before:]
+    assert [(rec.status, rec.batch_id, rec.model) for rec in records] == [(400, None, "ages")] * 2
+    r = httpx.post(url, json={"instances": rows}, headers=raw_server["headers"])
+    assert r.status_code == 200, r.text
+    (prediction,) = r.json()["predictions"]
+    (value,) = np.ravel(list(prediction.values()))
+    assert value == pytest.approx(raw_server["ages"].predict(np.array(rows, dtype=object))[0], abs=1e-3)

@@ -59,7 +59,7 @@ from onnxguard.serve.budgets import Budgets
 from onnxguard.serve.confidential import Confidential, State
 from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from onnxguard.serve.models import ServedModel, predictions, restrict
+from onnxguard.serve.models import ServedModel, check_policy, predictions, restrict
 from onnxguard.serve.ratelimit import RateLimit
 from onnxguard.serve.validation import MAX_BATCH
 
@@ -284,11 +284,13 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
             raise _Refused(400, f"{protocol.HEADER_LENGTH} is not a number", reason="bad header") from None
         req = protocol.decode_request(body, length)
         rows = validation.check(req.inputs, m.signature)
+        given = [o.name for o in m.outputs]
+        unknown = [n for n in req.outputs or () if n not in given]
+        if unknown:
+            raise _Refused(400, f"unknown output(s) {unknown}; the model gives {sorted(given)}")
+        check_policy(m, policy_of(request), req.outputs if req.outputs is not None else given)
         outputs = await run(request, m, req.inputs, rows)
         if req.outputs is not None:
-            unknown = [n for n in req.outputs if n not in outputs]
-            if unknown:
-                raise _Refused(400, f"unknown output(s) {unknown}; the model gives {sorted(outputs)}")
             outputs = {n: outputs[n] for n in req.outputs}
         shown = restrict(m, outputs, policy_of(request))
         payload, head = protocol.encode_response(m.name, m.version, shown, req)
@@ -322,6 +324,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
         else:
             texts, encodings, inputs = [], [], _prepare(m, instances)
         rows = validation.check(inputs, m.signature)
+        check_policy(m, policy_of(request))
         outputs = await run(request, m, inputs, rows)
         return _json({"predictions": predictions(m, outputs, policy_of(request), encodings, texts)})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,12 +219,36 @@ def predictions(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: s
     """What ``:predict`` answers for each instance, by the model's task: the class of a classifier
     (:func:`classify`), a label per token of a token classifier (:func:`tag`), the answer span of question
     answering (:func:`answer`); ``encodings`` and ``texts``: the tokenized instances, for the last two."""
-    if encodings and model.task == "token-classification":
+    if encodings and _answered_by(model) == "tag":
         return tag(model, outputs, encodings, texts, policy)
-    if encodings and model.task == "question-answering" and {"start_logits", "end_logits"} <= set(outputs):
+    if encodings and _answered_by(model) == "answer":
         assert model.tokenizer is not None
         return answer(outputs, encodings, texts, model.tokenizer.padding_side, policy)
     return classify(model, outputs, policy)
+
+
+def _answered_by(model: ServedModel) -> str:
+    """How ``:predict`` answers a model: a label per token (``tag``), a span (``answer``) or a class."""
+    if model.tokenizer is not None and model.task == "token-classification":
+        return "tag"
+    if model.tokenizer is not None and model.task == "question-answering" \
+            and {"start_logits", "end_logits"} <= {o.name for o in model.outputs}:
+        return "answer"
+    return "classify"
+
+
+def check_policy(model: ServedModel, policy: str, names: Iterable[str] | None = None) -> None:
+    """Refuse (``InputError``), before anything runs, what a key's output policy could not be shown: under ``label``
+    or ``topk:K``, a model, or the outputs ``names`` asked of it, without class scores or labels. ``names`` None:
+    the ``:predict`` answer, whose labels per token and answer spans any policy may see."""
+    if policy == "full":
+        return
+    if names is None:
+        if _answered_by(model) != "classify":
+            return
+        names = [o.name for o in model.outputs]
+    if not any(model.roles.get(n) in (SCORES, LABELS) for n in names):
+        raise InputError(f"model {model.name!r} has no class scores or labels; this key may only see those")
 
 
 def _rows(width: int, encodings: Sequence[Encoding], side: str) -> list[range]:
@@ -291,8 +315,7 @@ def classify(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
     labels_out = next((n for n, r in model.roles.items() if r == LABELS and n in outputs), None)
     names = list(model.labels or ())
     if scores is None and labels_out is None:
-        if policy != "full":
-            raise InputError(f"model {model.name!r} is not a classifier; this key may only see labels or top-k")
+        check_policy(model, policy, outputs)
         rows = len(next(iter(outputs.values())))
         return [{k: v[i].tolist() for k, v in outputs.items()} for i in range(rows)]
     if scores is None:
@@ -333,6 +356,7 @@ def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
     """Open Inference Protocol outputs under an output policy: whole for ``full``; for a classifier's scores,
     ``NAME.label`` (int64 class per row) under ``label``, ``NAME.topk_indices``/``NAME.topk_values`` under
     ``topk:K``. Other outputs (not class scores) are withheld from a restricted key."""
+    check_policy(model, policy, outputs)
     if policy == "full":
         return list(outputs.items())
     out: list[tuple[str, np.ndarray]] = []
@@ -349,6 +373,4 @@ def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
                 idx = np.argsort(-flat, axis=-1)[..., :k].astype(np.int64)
                 out.append((f"{name}.topk_indices", idx))
                 out.append((f"{name}.topk_values", np.take_along_axis(flat, idx, axis=-1)))
-    if not out:
-        raise InputError(f"model {model.name!r} has no class scores or labels; this key may only see those")
     return out
