@@ -1,5 +1,6 @@
 """Middleware: every request, accepted or refused, gets an audit record (never its payload: the body's sha256,
-hashed as it is received), and its response leaves only once that record is durable in the audit log."""
+hashed as it is received), and its response leaves only once that record is durable in the audit log. A fault
+in the app (a bug: the server answers 500) is recorded too, before the 500 leaves."""
 
 from __future__ import annotations
 
@@ -36,15 +37,17 @@ class Auditing:
             return message
 
         held: dict[str, Any] | None = None
+        recorded = False  # the response (or the refusal for want of a record) is covered
         start_sent: bool | None = None  # False once the record failed: the app's response is dropped
 
         async def holding(message: dict[str, Any]) -> None:
-            nonlocal held, start_sent
+            nonlocal held, start_sent, recorded
             if message["type"] == "http.response.start":
                 held = message  # sent with the first body chunk, once the record is durable
                 return
             if held is not None:
                 start, held = held, None
+                recorded = True
                 try:
                     await self._record(scope, ctx, start["status"], body_hash.hexdigest() if got_body else None)
                 except OnnxguardError:  # fail closed: no answer leaves without its record
@@ -57,7 +60,13 @@ class Auditing:
                 return
             await send(message)
 
-        await self.app(scope, hashing, holding)
+        try:
+            await self.app(scope, hashing, holding)
+        except Exception:  # noqa: BLE001 - a fault in the app: recorded as the 500 the server answers, raised on
+            if not recorded:
+                ctx.reason = ctx.reason or "internal error"
+                await self._record(scope, ctx, 500, body_hash.hexdigest() if got_body else None)
+            raise
 
     async def _record(self, scope: dict[str, Any], ctx: context.Context, status: int, body_sha: str | None) -> None:
         client = scope.get("client") or ("", 0)
