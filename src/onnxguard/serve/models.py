@@ -8,6 +8,8 @@ runtime never serves.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -321,16 +323,18 @@ def classify(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
     if scores is None:
         assert labels_out is not None
         return [{"label": _label(v, names)} for v in outputs[labels_out].reshape(-1)]
-    probs = _probabilities(outputs[scores].reshape(len(outputs[scores]), -1).astype(np.float64))
     k = int(policy.split(":", 1)[1]) if policy.startswith("topk:") else None
     out = []
-    for row, best in zip(probs, probs.argmax(-1).tolist(), strict=True):
+    for row in _probability_rows(outputs[scores]):
+        classes = range(len(row))
+        best = max(classes, key=row.__getitem__)  # the first of equals, as numpy's argmax
         pred: dict[str, Any] = {"label": _label(best, names)}
         if policy == "full":
-            pred["score"] = float(row[best])
-            pred["scores"] = {_label(i, names): float(p) for i, p in enumerate(row)}
+            pred["score"] = row[best]
+            pred["scores"] = {_label(i, names): p for i, p in enumerate(row)}
         elif k is not None:
-            pred["top"] = [{"label": _label(int(i), names), "score": float(row[i])} for i in np.argsort(-row)[:k]]
+            pred["top"] = [{"label": _label(i, names), "score": row[i]}
+                           for i in heapq.nlargest(k, classes, key=row.__getitem__)]
         out.append(pred)
     return out
 
@@ -344,9 +348,35 @@ def _label(value: Any, names: list[str]) -> str:
     return names[i] if 0 <= i < len(names) else str(i)
 
 
+# Outputs that already are probabilities: every value >= 0 and each row's sum within this of 1.
+SUM_TOLERANCE = 1e-3
+# A classifier's scores up to this many values are made probabilities in plain Python, not numpy: a lone text
+# request calls it with cold caches after its run, where numpy's cost per call added up. Paired request by request
+# through two servers (2-core AMD EPYC, AVX2 only, DistilBERT-base INT8, 1500 pairs), the plain Python answer was
+# 0.09 ms faster (p50 11.55 against 11.64 ms).
+SMALL_SCORES = 256
+
+
+def _probability_rows(scores: np.ndarray) -> list[list[float]]:
+    """A classifier's scores as one list of probabilities per row (see :func:`_probabilities`)."""
+    flat = scores.reshape(len(scores), -1)
+    if flat.size > SMALL_SCORES:
+        return _probabilities(flat.astype(np.float64)).tolist()
+    rows = flat.tolist()
+    if all(x >= 0 for row in rows for x in row) and all(abs(sum(row) - 1.0) <= SUM_TOLERANCE for row in rows):
+        return rows
+    out = []
+    for row in rows:
+        top = max(row)
+        e = [math.exp(x - top) for x in row]
+        total = sum(e)
+        out.append([x / total for x in e])
+    return out
+
+
 def _probabilities(x: np.ndarray) -> np.ndarray:
     """Rows that already are probabilities stay; logits go through a softmax."""
-    if x.size and (x >= 0).all() and np.allclose(x.sum(-1), 1.0, atol=1e-3):
+    if x.size and (x >= 0).all() and np.abs(x.sum(-1) - 1.0).max() <= SUM_TOLERANCE:
         return x
     z = np.exp(x - x.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
