@@ -221,9 +221,10 @@ def predictions(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: s
     """What ``:predict`` answers for each instance, by the model's task: the class of a classifier
     (:func:`classify`), a label per token of a token classifier (:func:`tag`), the answer span of question
     answering (:func:`answer`); ``encodings`` and ``texts``: the tokenized instances, for the last two."""
-    if encodings and _answered_by(model) == "tag":
+    how = _answered_by(model) if encodings else "classify"
+    if how == "tag":
         return tag(model, outputs, encodings, texts, policy)
-    if encodings and _answered_by(model) == "answer":
+    if how == "answer":
         assert model.tokenizer is not None
         return answer(outputs, encodings, texts, model.tokenizer.padding_side, policy)
     return classify(model, outputs, policy)
