@@ -366,7 +366,12 @@ def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dic
                     os.killpg(proc.pid, signal.SIGCONT)
                     time.sleep(RESUME_SECONDS)
             t1 = time.perf_counter()
-            status = client.post(payloads[i % len(payloads)])
+            try:
+                status: int | str = client.post(payloads[i % len(payloads)])
+            except OSError:  # the server dropped the connection (ConnectionError included): counted, then again
+                status = "read"  # wrk's name for it
+                client.close()
+                client = KeptAlive(url, f"/v1/models/{name}:predict", headers)
             t2 = time.perf_counter()
             i += 1
             bare.append(t_bare := t1_bare - t0)
