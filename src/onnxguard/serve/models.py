@@ -386,8 +386,8 @@ def _probabilities(x: np.ndarray) -> np.ndarray:
 def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str) -> list[tuple[str, np.ndarray]]:
     """Open Inference Protocol outputs under an output policy: whole for ``full``; for a classifier's scores,
     ``NAME.label`` (int64 class per row) under ``label``, ``NAME.topk_indices``/``NAME.topk_values`` under
-    ``topk:K``. Other outputs (not class scores) are withheld from a restricted key."""
-    check_policy(model, policy, outputs)
+    ``topk:K``. Other outputs (not class scores) are withheld from a restricted key (the endpoints refuse, with
+    :func:`check_policy`, before the run, a request that would leave it nothing)."""
     if policy == "full":
         return list(outputs.items())
     out: list[tuple[str, np.ndarray]] = []
@@ -404,4 +404,6 @@ def restrict(model: ServedModel, outputs: Mapping[str, np.ndarray], policy: str)
                 idx = np.argsort(-flat, axis=-1)[..., :k].astype(np.int64)
                 out.append((f"{name}.topk_indices", idx))
                 out.append((f"{name}.topk_values", np.take_along_axis(flat, idx, axis=-1)))
+    if not out:  # fail closed for a caller that did not check first
+        raise InputError(f"model {model.name!r} has no class scores or labels; this key may only see those")
     return out
