@@ -346,13 +346,30 @@ def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dic
     server stopped; the server measured is idle meanwhile, but one whose idle workers ``polls`` (LitServe) is
     stopped too, or it would slow the bare call down. "over bare" is the median of the differences. Latencies and
     throughput are the server's requests alone."""
-    client = KeptAlive(url, f"/v1/models/{name}:predict", headers)
-    payloads = [json.dumps(b).encode() for b in bodies]
+    path, payloads = f"/v1/models/{name}:predict", [json.dumps(b).encode() for b in bodies]
+    client = KeptAlive(url, path, headers)
+    bare: list[float] = []
+    served: list[float] = []
+    over: list[float] = []
+    errors: dict[str, int] = {}
+
+    def post(payload: bytes) -> int | None:
+        """The response's status, or None (counted as wrk counts it) when the server dropped the connection, which
+        is then opened again; ConnectionError when it cannot be."""
+        nonlocal client
+        try:
+            return client.post(payload)
+        except OSError:
+            errors["read"] = errors.get("read", 0) + 1
+            client.close()
+            client = KeptAlive(url, path, headers)
+            return None
+
+    i = 0
     try:
         for i in range(3):  # warm-up
             in_process.once(i)
-            client.post(payloads[i % len(payloads)])
-        bare, served, over, errors = [], [], [], {}
+            post(payloads[i % len(payloads)])
         end, i = time.perf_counter() + args.duration, 0
         while time.perf_counter() < end and i < args.max_requests:
             if polls:
@@ -366,20 +383,17 @@ def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dic
                     os.killpg(proc.pid, signal.SIGCONT)
                     time.sleep(RESUME_SECONDS)
             t1 = time.perf_counter()
-            try:
-                status: int | str = client.post(payloads[i % len(payloads)])
-            except OSError:  # the server dropped the connection (ConnectionError included): counted, then again
-                status = "read"  # wrk's name for it
-                client.close()
-                client = KeptAlive(url, f"/v1/models/{name}:predict", headers)
+            status = post(payloads[i % len(payloads)])
             t2 = time.perf_counter()
             i += 1
             bare.append(t_bare := t1_bare - t0)
             if status == 200:
                 served.append(t2 - t1)
                 over.append((t2 - t1) - t_bare)
-            else:
+            elif status is not None:
                 errors[str(status)] = errors.get(str(status), 0) + 1
+    except OSError:  # the server is gone (it could not be connected to again): the level ends with what it has
+        errors["connect"] = errors.get("connect", 0) + 1
     finally:
         client.close()
     ms = np.asarray(served) * 1e3
@@ -389,7 +403,7 @@ def paired_level(args: argparse.Namespace, url: str, name: str, bodies: list[dic
             **{f"p{q}_ms": float(np.percentile(ms, q)) if served else None for q in (95, 99)},
             "mean_ms": float(ms.mean()) if served else None, "max_ms": float(ms.max()) if served else None,
             "stopped_by": "duration" if i < args.max_requests else "requests", "client_runs": 0,
-            "bare_p50_ms": float(np.median(bare) * 1e3),
+            "bare_p50_ms": float(np.median(bare) * 1e3) if bare else None,
             "p50_over_bare_ms": float(np.median(over) * 1e3) if over else None}
 
 
