@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
+import unicodedata
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +15,7 @@ from scan_corpus import control_characters, custom_domain_node, relu_model, save
 
 from onnxguard.errors import InputError
 from onnxguard.scan import ALL_CHECKS, ScanReport, Severity, policy, scan
+from onnxguard.scan.checks import metadata
 from onnxguard.scan.formats import render, sarif
 from onnxguard.scan.interface import BaseCheck
 
@@ -95,6 +98,23 @@ def test_text_report_escapes_control_characters(tmp_path):
     assert "metadata.control-characters" in text
     assert "\x1b" not in text and "\u202e" not in text
     assert "\\u202e" in text  # the hostile key is shown escaped
+
+
+@pytest.mark.parametrize("free_text", [True, False])
+def test_control_characters_are_exactly_the_control_format_and_separator_categories(free_text):
+    """The fast paths (printable text, one regular expression) find what a loop over every character would."""
+    allowed = metadata.TEXT_WHITESPACE if free_text else ""
+
+    def by_loop(text: str) -> list[str]:
+        return sorted({f"U+{ord(c):04X}" for c in text
+                       if c not in allowed and unicodedata.category(c) in metadata.CONTROL_CATEGORIES})
+
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) != "Cs")
+    expected = by_loop(every)
+    assert metadata.control_characters(every, free_text) == expected
+    assert len(expected) > 200 and ("U+000A" in expected) is not free_text and "U+202E" in expected
+    for text in ("", "plain words", "line\nbreaks\tand tabs\r\n", "no\u00a0break space", "zero\u200bwidth"):
+        assert metadata.control_characters(text, free_text) == by_loop(text)
 
 
 def test_sarif_levels_and_rules(tmp_path, sarif_schema):
