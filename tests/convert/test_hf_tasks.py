@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,45 @@ def test_a_head_no_task_keeps_is_refused_by_name(cls_name, what, saved, cli, exp
     out = tmp_path / "bundle"
     expect_err(cli("build", src, "-o", out), 2, cls_name, what)
     assert not out.exists()
+
+
+def test_the_build_refuses_a_head_from_config_json_before_the_conversion_process_starts(cli, expect_err, tmp_path,
+                                                                                       monkeypatch):
+    """What config.json's architecture alone decides is refused in the build process (torch is never imported
+    for it); what depends on Transformers' own knowledge (is this class a bare encoder?) is left to the child."""
+    from onnxguard.convert import isolated
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("the conversion process was started")
+
+    monkeypatch.setattr(isolated, "_run_child", no_child)
+    src = tmp_path / "model"
+    src.mkdir()
+    for arch, task, what in (("GPT2LMHeadModel", None, "language modelling is not supported yet"),
+                             ("BertModel", "text-classification", "the task text-classification contradicts"),
+                             (None, None, "names no architecture"),
+                             ("BertForMaskedLM", "sentiment", "task 'sentiment' is not supported")):
+        config = {"model_type": "bert"} | ({"architectures": [arch]} if arch else {})
+        (src / "config.json").write_text(json.dumps(config))
+        expect_err(cli("build", src, "-o", tmp_path / "bundle", *(("--task", task) if task else ())), 2, what)
+        assert not (tmp_path / "bundle").exists()
+    (src / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(AssertionError, match="conversion process was started"):
+        isolated.convert(isolated.Job(str(src)))
+
+
+@pytest.mark.parametrize("config", ["[" * 100_000, "not json", "[1, 2]", '{"architectures": "BertModel"}', None])
+def test_an_unreadable_config_is_left_to_the_conversion_process(config, tmp_path):
+    from onnxguard.convert import hf_task
+
+    src = tmp_path / "model"
+    src.mkdir()
+    if config is None:  # a FIFO: never opened for reading
+        os.mkfifo(src / "config.json")
+    else:
+        (src / "config.json").write_text(config)
+    hf_task.refuse_early(str(src), None)  # no refusal, no crash, no stall
+    hf_task.refuse_early("org/not-a-local-directory", None)
 
 
 def test_an_image_encoder_without_a_vocabulary_is_refused_by_name(saved, cli, expect_err, tmp_path):

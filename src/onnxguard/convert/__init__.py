@@ -147,6 +147,9 @@ def load(spec: str, options: ConvertOptions = DEFAULT_OPTIONS) -> Source:
 
             return torch_source.load_program(Path(spec), options)
         if kind == "transformers":
+            from onnxguard.convert import hf_task
+
+            hf_task.refuse_early(spec, options.task)  # before torch and Transformers are imported
             from onnxguard.convert import hf
 
             return hf.load(spec, options)

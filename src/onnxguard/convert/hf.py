@@ -57,14 +57,13 @@ from transformers import (
 
 from onnxguard.accuracy.parity import SCORES, VALUES
 from onnxguard.bundle.golden import Batch
+from onnxguard.convert import hf_task
 from onnxguard.convert.interface import ConversionError, ConvertOptions, Exported
 from onnxguard.convert.pytorch import _ANSI, InputSpec, export_module
 from onnxguard.errors import InputError, ModelError, Remedy
 from onnxguard.preprocess import image as image_preprocessing
 from onnxguard.progress import Progress
 
-TASKS = ("text-classification", "token-classification", "question-answering", "image-classification",
-         "feature-extraction")
 POOLINGS = ("mean", "cls")
 DEFAULT_MAX_LENGTH = 512  # longest golden sequence when the model allows more
 GOLDEN_BATCH = 8
@@ -77,8 +76,6 @@ _AUTO = {"text-classification": AutoModelForSequenceClassification,
 OUTPUTS = {"text-classification": ("logits",), "token-classification": ("logits",),
            "question-answering": ("start_logits", "end_logits"), "image-classification": ("logits",),
            "feature-extraction": ("embeddings",)}
-_SUFFIX = {"ForSequenceClassification": "text-classification", "ForTokenClassification": "token-classification",
-           "ForQuestionAnswering": "question-answering", "ForImageClassification": "image-classification"}
 IMAGE_SIZES = ((24, 32), (40, 40), (48, 30), (33, 57))  # golden pictures: several sizes and aspect ratios
 
 
@@ -456,17 +453,6 @@ def _architecture(config) -> dict:
             "hidden_size": first("hidden_size", "dim", "d_model", "n_embd")}
 
 
-# Heads no task here keeps, by the end of their class name: what a build would silently drop.
-UNSUPPORTED_HEADS = (
-    ("ForCausalLM", "causal language modelling"),
-    ("LMHeadModel", "language modelling"),
-    ("ForMaskedLM", "masked language modelling"),
-    ("ForMultipleChoice", "multiple choice"),
-    ("ForConditionalGeneration", "sequence-to-sequence generation"),
-    ("ForPreTraining", "pre-training"),
-    ("ForNextSentencePrediction", "next sentence prediction"),
-)
-
 
 def _auto_class_name(auto, config) -> str | None:
     """The class ``auto`` (``AutoModel``, ...) makes for this config, or None where it makes none."""
@@ -476,56 +462,12 @@ def _auto_class_name(auto, config) -> str | None:
         return None
 
 
-def _native_task(config) -> tuple[str | None, str | None]:
-    """The saved architecture (``config.architectures[0]``) and the task that keeps its head, or None."""
-    archs = getattr(config, "architectures", None) or []
-    arch = str(archs[0]) if archs else None
-    if arch is None:
-        return None, None
-    task = next((t for suffix, t in _SUFFIX.items() if arch.endswith(suffix)), None)
-    if task is not None:
-        return arch, task
-    if any(arch.endswith(suffix) for suffix, _ in UNSUPPORTED_HEADS):
-        return arch, None
-    base = _auto_class_name(AutoModel, config)
-    if arch == base or (base is None and arch.endswith("Model")):
-        return arch, "feature-extraction"
-    return arch, None
-
-
-def _head_name(arch: str) -> str:
-    return next((what for suffix, what in UNSUPPORTED_HEADS if arch.endswith(suffix)), "this architecture")
-
-
 def _resolve_task(spec: str, config, requested: str | None) -> tuple[str, str | None]:
-    """The task to build and, where an explicit ``--task feature-extraction`` leaves a head out, a note saying so.
-
-    The task is the saved architecture's (see the module's docstring); the bare encoder gives pooled embeddings.
-    Any other head is refused by name rather than dropped without a word."""
-    arch, native = _native_task(config)
-    if requested is not None and requested not in TASKS:
-        raise ConversionError(f"{spec}: task {requested!r} is not supported (only {', '.join(TASKS)})",
-                              remedy=Remedy.TASK)
-    if arch is None:
-        if requested is None:
-            raise ConversionError(f"{spec}: config.json names no architecture, so its task cannot be read from it",
-                                  hint=f"name the task ({', '.join(TASKS)})", remedy=Remedy.TASK)
-        return requested, None
-    if requested is None or requested == native:
-        if native is None:
-            what = _head_name(arch)
-            if what == "this architecture":
-                raise ConversionError(f"{spec}: {arch}: this architecture is not supported yet (supported: "
-                                      f"*{', *'.join(_SUFFIX)} and bare *Model text encoders)")
-            raise ConversionError(f"{spec}: {arch}: {what} is not supported yet; the build would drop its head")
-        return native, None
-    if requested == "feature-extraction" and native != "image-classification":
-        # asked for by name: the encoder's embeddings, its head left out
-        return requested, f"{arch}'s head is left out: the task feature-extraction, asked for, builds the encoder's " \
-            "embeddings"
-    raise ConversionError(f"{spec}: the task {requested} contradicts the saved {arch}, which has no "
-                          f"{requested} head (its head would be random weights)",
-                          hint="name no task, to build the one the model was saved for")
+    """The task to build (see :func:`hf_task.resolve`), from the loaded ``config``."""
+    arch = hf_task.architecture({"architectures": getattr(config, "architectures", None)})
+    base = _auto_class_name(AutoModel, config)
+    bare = arch is not None and (arch == base or (base is None and arch.endswith("Model")))
+    return hf_task.resolve(spec, arch, requested, bare)
 
 
 def load(spec: str, options: ConvertOptions) -> HFSource:

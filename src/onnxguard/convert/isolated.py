@@ -176,8 +176,10 @@ def convert(job: Job, progress: Progress = silent):
 
     The caller removes the scratch directory with ``result.source.close()`` once it needs neither the assets nor the
     staged exports (it is removed when the source is collected, too)."""
-    from onnxguard.convert import ConvertResult
+    from onnxguard.convert import ConvertResult, detect, hf_task
 
+    if detect(job.spec) == "transformers":  # what its config.json alone refuses, before torch is imported
+        hf_task.refuse_early(job.spec, job.options.task)
     workdir = Path(tempfile.mkdtemp(prefix="onnxguard-convert-"))
     with contextlib.ExitStack() as failed:  # removed unless the conversion comes back whole
         failed.callback(shutil.rmtree, workdir, True)
