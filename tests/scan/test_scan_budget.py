@@ -191,6 +191,27 @@ def test_walks_outside_a_scan_are_not_budgeted(tmp_path):
     assert len(list(walk.bodies(m))) == 201
 
 
+def test_walks_shared_within_a_scan_charge_each_check_what_the_first_walk_cost(tmp_path):
+    """bodies and stored_tensors are walked once per scan; every later check is charged as if it walked them."""
+    from onnxguard.scan import walk
+
+    m = onnx.load(str(many_small_ifs(tmp_path, count=100)))
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "w"))
+    charges = []
+    with budget.scan_memo():
+        for _ in range(3):
+            with budget.charged_to(budget.Budget()) as b:
+                assert len(list(walk.bodies(m))) == 201
+                tensors = list(walk.stored_tensors(m))
+            charges.append(b.visited)
+    assert [t.tensor.name for t in tensors] == ["w"]
+    assert charges[0] == charges[1] == charges[2] == 2 * (100 * 3 + 201) + 1  # nodes + 1 per body, twice; one tensor
+    with budget.scan_memo(), budget.charged_to(budget.Budget(max_nodes=600)), \
+            pytest.raises(budget.BudgetExceeded, match="nodes visited"):
+        list(walk.bodies(m))
+        list(walk.stored_tensors(m))
+
+
 # --- the symbolic pass -------------------------------------------------------------------------------------------
 
 def _values(nodes, inputs=(), inits=()) -> dict[str, symbolic.Value]:
