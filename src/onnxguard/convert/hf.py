@@ -453,7 +453,6 @@ def _architecture(config) -> dict:
             "hidden_size": first("hidden_size", "dim", "d_model", "n_embd")}
 
 
-
 def _auto_class_name(auto, config) -> str | None:
     """The class ``auto`` (``AutoModel``, ...) makes for this config, or None where it makes none."""
     try:
