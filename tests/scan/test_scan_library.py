@@ -113,7 +113,8 @@ def test_control_characters_are_exactly_the_control_format_and_separator_categor
     expected = by_loop(every)
     assert metadata.control_characters(every, free_text) == expected
     assert len(expected) > 200 and ("U+000A" in expected) is not free_text and "U+202E" in expected
-    for text in ("", "plain words", "line\nbreaks\tand tabs\r\n", "no\u00a0break space", "zero\u200bwidth"):
+    for text in ("", "plain words", "line\nbreaks\tand tabs\r\n", "no\u00a0break space", "zero\u200bwidth",
+                 "\x1b" * 1000 + "\n\u202e" + "\x1b\u202e" * 100 + "\u2028"):
         assert metadata.control_characters(text, free_text) == by_loop(text)
 
 
