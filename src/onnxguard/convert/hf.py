@@ -463,7 +463,7 @@ def _auto_class_name(auto, config) -> str | None:
 
 def _resolve_task(spec: str, config, requested: str | None) -> tuple[str, str | None]:
     """The task to build (see :func:`hf_task.resolve`), from the loaded ``config``."""
-    arch = hf_task.architecture({"architectures": getattr(config, "architectures", None)})
+    arch = hf_task.architecture(getattr(config, "architectures", None))
     base = _auto_class_name(AutoModel, config)
     bare = arch is not None and (arch == base or (base is None and arch.endswith("Model")))
     return hf_task.resolve(spec, arch, requested, bare)

@@ -79,10 +79,9 @@ def resolve(spec: str, arch: str | None, requested: str | None, bare: bool) -> t
                           hint="name no task, to build the one the model was saved for")
 
 
-def architecture(config: dict) -> str | None:
-    """``architectures[0]`` of a config, or None where it names none."""
-    archs = config.get("architectures")
-    return str(archs[0]) if isinstance(archs, list) and archs else None
+def architecture(archs: object) -> str | None:
+    """The first of a config's ``architectures``, or None where it names none."""
+    return str(archs[0]) if isinstance(archs, list | tuple) and archs else None
 
 
 def refuse_early(spec: str, requested: str | None) -> None:
@@ -97,10 +96,12 @@ def refuse_early(spec: str, requested: str | None) -> None:
         config = json.loads(files.read_regular(path, MAX_CONFIG_BYTES, what="config.json").data)
     except (InputError, ValueError, RecursionError):  # RecursionError: JSON nested past the parser's depth
         return
-    archs = config.get("architectures") if isinstance(config, dict) else ()
+    if not isinstance(config, dict):
+        return
+    archs = config.get("architectures")
     if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
         return  # not what Transformers saves: the conversion process reads it its own way
-    arch = architecture(config)
+    arch = architecture(archs)
     refusals = []
     for bare in (False, True):
         try:
