@@ -93,6 +93,16 @@ def test_under_load_batches_run_side_by_side_on_lanes_and_each_request_gets_its_
     assert sum(n for _, n in rec.calls) == 16
 
 
+def test_requests_queued_behind_a_lone_run_on_every_core_wake_both_lanes_when_it_ends():
+    """The lane that ran the lone request wakes the other (asleep, every lane having been taken) for its share."""
+    rec = Recorder(seconds=0.3)
+    answers = serve(rec, rows(5), lanes=2, stagger=0.01)
+    assert not [a for a in answers if isinstance(a, BaseException)]
+    assert rec.calls[0] == ("all", 1)
+    assert sorted(rec.calls[1:]) == [("lane", 2), ("lane", 2)]
+    assert ("lane", "lane") in rec.overlaps
+
+
 def test_one_lane_runs_one_batch_at_a_time_on_every_core():
     rec = Recorder()
     answers = serve(rec, rows(12), lanes=1)
