@@ -10,6 +10,14 @@ runs that server with more environment, e.g. another commit's code against this 
     git worktree add /tmp/before HEAD~3
     .venv/bin/python benchmarks/server_ab.py "before=PYTHONPATH=/tmp/before/src::" "now="
 
+With ``--pairs N``, a lone request instead of wrk: N rounds, each sending one text to every server in turn (the
+order reversed every other round), each request right after the bare in-process tokenize + run of the same text
+(as benchmark E's concurrency-1 pairs). It prints each server's median over bare and, for every server after the
+first, the median of its paired differences from the first with a 95 % bootstrap interval: changes of a tenth of a
+millisecond show through a host whose speed moves by more than that within seconds.
+
+    .venv/bin/python benchmarks/server_ab.py --pairs 1500 "before=PYTHONPATH=/tmp/before/src::" "now="
+
 Needs the bundles of ``benchmarks/server.py --size base`` (run it once) and, for the anchor, ``make bench-anchors``.
 """
 
@@ -22,7 +30,9 @@ import signal
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
+import numpy as np
 import server as bench
 from common import free_port, wait_ready
 
@@ -37,7 +47,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--size", choices=("tiny", "base"), default="base")
     ap.add_argument("--text", choices=("auto", "fp32"), default="auto", help="the text bundle (see server.py)")
+    ap.add_argument("--pairs", type=int, default=0, help="rounds of lone requests paired with bare calls (no wrk)")
     args = ap.parse_args()
+    if args.pairs and any(c.endswith("@litserve") for c in args.configs):
+        ap.error("--pairs compares onnxguard servers only (LitServe's polling workers need benchmarks/server.py)")
     info = bench.prepare(args.size)
     if args.text == "fp32":
         info["text"] = info["text_fp32"]
@@ -69,6 +82,9 @@ def main() -> None:
                                  "/v2/health/ready")
         for url, proc, _, probe in servers.values():
             wait_ready(url, proc, probe)
+        if args.pairs:
+            report_pairs(paired(servers, info, args.pairs))
+            return
         results: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for c in (int(x) for x in args.levels.split(",")):
@@ -87,6 +103,43 @@ def main() -> None:
         rates = [lv["throughput"] for lv in levels]
         p50s = ", ".join(f"{lv['p50_ms']:.2f}" for lv in levels)
         print(f"| {name} | {c} | {', '.join(f'{x:.0f}' for x in rates)} | {statistics.median(rates):.0f} | {p50s} |")
+
+
+def paired(servers: dict, info: dict, rounds: int) -> dict[str, np.ndarray]:
+    """Each server's time over the bare call before it, in ms, round by round."""
+    texts = bench.short_texts(256, seed=2)
+    bare = bench.InProcess(Path(info["text"]), Path(info["public_key"]), texts)
+    bodies = [json.dumps({"instances": [t]}).encode() for t in texts]
+    clients = {name: bench.KeptAlive(url, "/v1/models/text:predict", headers)
+               for name, (url, _, headers, _) in servers.items()}
+    over: dict[str, list[float]] = {name: [] for name in servers}
+    for i in range(-30, rounds):  # 30 rounds of warm-up
+        for name in (list(clients) if i % 2 == 0 else list(reversed(clients))):
+            t0 = time.perf_counter()
+            bare.once(i)
+            t1 = time.perf_counter()
+            status = clients[name].post(bodies[i % len(bodies)])
+            t2 = time.perf_counter()
+            if status != 200:
+                raise SystemExit(f"{name} answered {status}")
+            if i >= 0:
+                over[name].append(((t2 - t1) - (t1 - t0)) * 1e3)
+    for client in clients.values():
+        client.close()
+    return {name: np.asarray(v) for name, v in over.items()}
+
+
+def report_pairs(over: dict[str, np.ndarray]) -> None:
+    print(f"machine: {machine()}")
+    names = list(over)
+    for name in names:
+        print(f"{name}: over bare p50 {np.median(over[name]):.3f} ms ({len(over[name])} pairs)")
+    rng = np.random.default_rng(0)
+    for name in names[1:]:
+        d = over[name] - over[names[0]]
+        boot = np.median(rng.choice(d, (2000, len(d))), axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(f"{name} - {names[0]}: median {np.median(d):+.3f} ms, 95 % interval {low:+.3f} to {high:+.3f} ms")
 
 
 if __name__ == "__main__":
