@@ -181,6 +181,32 @@ def test_unknown_model_and_route_are_404(server):
     assert r.status_code == 405 and "error" in r.json()
 
 
+def _requests_counted(metrics: str, **labels: str) -> float:
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("onnxguard_requests_total{") and all(w in line for w in wanted))
+
+
+def test_made_up_model_names_add_no_metric_labels(server):
+    """Metric labels name served models only: a caller naming models that do not exist, with a key or without,
+    cannot grow the server's memory or its /metrics page; the requests are still counted, by reason."""
+    def metrics() -> str:
+        return httpx.get(f"{server.url}/metrics", headers=server.headers()).text
+
+    assert httpx.get(f"{server.url}/v2/models/digits/ready", headers=server.headers()).status_code == 200
+    before = metrics()
+    for i in range(20):
+        assert httpx.get(f"{server.url}/v2/models/madeup{i}/ready").status_code == 401
+        assert httpx.get(f"{server.url}/v2/models/madeup{i}/ready", headers=server.headers()).status_code == 404
+    after = metrics()
+    assert "madeup" not in after
+    assert len(after.splitlines()) <= len(before.splitlines()) + 40  # a few new (status, reason) series at most
+    for reason in ("no key", "unknown model"):
+        counted = _requests_counted(after, model="", reason=reason) - _requests_counted(before, model="", reason=reason)
+        assert counted == 20, reason
+    assert _requests_counted(after, model="digits") > 0  # a served model keeps its label
+
+
 def test_the_openapi_description_lists_every_route_behind_a_key(server):
     assert httpx.get(f"{server.url}/openapi.json").status_code == 401  # public only with --public-docs
     assert httpx.get(f"{server.url}/docs", headers=server.headers()).status_code == 404

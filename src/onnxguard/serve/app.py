@@ -156,7 +156,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
                 app.state.shutdown_failures.append(f"the audit log did not close cleanly: {e}")
 
     middleware = [
-        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(MetricsMiddleware, metrics=metrics, models=by_name),
         Middleware(Auditing, log=audit),
         Middleware(BodyLimit, max_bytes=options.max_body_bytes),
         Middleware(Auth, keys=keys, public_metrics=options.public_metrics, public_docs=options.public_docs),

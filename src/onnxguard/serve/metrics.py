@@ -1,11 +1,17 @@
 """Metrics in the Prometheus text format (prometheus-client), one registry per server (nothing process-global):
 requests by model, status and reason, a latency histogram, a batch size histogram, queue depth and audit lag.
-The middleware counts and times every request, refused ones included."""
+The middleware counts and times every request, refused ones included.
+
+Every label value comes from a set the server fixes: a model label only for a model it serves (a request naming
+another, with or without a key, counts under ``model=""`` with its reason), statuses and reasons from the code. A
+label value taken from the request path would let any caller, no key needed, add a counter and a 13-bucket
+histogram per name it makes up: memory without bound, and a ``/metrics`` page to match (seen here: 100 refused
+requests naming made-up models added 1,900 lines)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -45,8 +51,8 @@ class Metrics:
 class MetricsMiddleware:
     """Counts every request by model, status and reason, and times it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, models: Collection[str]) -> None:
+        self.app, self.metrics, self.models = app, metrics, frozenset(models)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,6 +71,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, observe)
         finally:
             ctx = context.of(scope)
-            model = ctx.model or ""
+            model = ctx.model if ctx.model in self.models else ""  # never a name the caller made up
             self.metrics.requests.labels(model, str(status), ctx.reason).inc()
             self.metrics.latency.labels(model).observe(time.perf_counter() - start)
