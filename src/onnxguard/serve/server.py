@@ -146,6 +146,8 @@ def run(prepared: Prepared) -> None:
     ``OnnxguardError`` when the shutdown could not give unspent budget back or close the audit log."""
     import uvicorn
 
+    from onnxguard.serve.head import BoundedHead  # uvicorn's httptools protocol, the request head bounded
+
     c = prepared.config
     app: Any = prepared.app
     front = None
@@ -158,7 +160,7 @@ def run(prepared: Prepared) -> None:
     # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
     # write another client address into the audit log. The log records the socket's peer (behind a reverse
     # proxy: the proxy's address; the proxy's own log has the client's).
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None, proxy_headers=False,
+    config = uvicorn.Config(app, loop="uvloop", http=BoundedHead, lifespan="on", log_config=None, proxy_headers=False,
                             access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
                             ssl_certfile=str(c.certfile) if c.certfile else None,
                             ssl_keyfile=str(c.keyfile) if c.keyfile else None)
