@@ -1,9 +1,12 @@
-"""The request head is bounded as it arrives: 414 for a request line, 431 for headers, the connection closed."""
+"""The request head is bounded as it arrives: 414 for a request line, 431 for headers, 408 for one too slow to
+arrive; the connection closed."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import time
 
 import httpx
 import pytest
@@ -65,3 +68,56 @@ def test_a_head_within_the_limits_is_served(server):
     headers = {f"x-h{i}": "v" * 100 for i in range(MAX_HEADERS - 10)}
     r = httpx.get(f"{server.url}/v2/models/digits/ready", headers={**headers, **server.headers()})
     assert r.status_code == 200 and r.json()["ready"] is True
+
+
+@pytest.fixture
+def quick_head_server(tmp_path, served_bundles):
+    """A digits server whose request heads must arrive within 1 s (serve.toml's head_seconds)."""
+    from serve_support import free_port, make_keys, start
+
+    make_keys(tmp_path / "keys.db")
+    (tmp_path / "serve.toml").write_text(f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\n'
+                                         "head_seconds = 1\nlanes = 1\n")
+    port = free_port()
+    proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
+                  str(tmp_path / "serve.toml")], port, tmp_path / "log.txt")
+    yield port
+    proc.terminate()
+    proc.wait(60)
+
+
+def _answer_after(port: int, sent: bytes) -> tuple[bytes, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(sent)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer, time.monotonic() - start
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /v2/health/li"], ids=["nothing", "half a head"])
+def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closed(quick_head_server, sent):
+    answer, waited = _answer_after(quick_head_server, sent)
+    assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
+    assert 0.9 <= waited < 5
+    whole, _ = _answer_after(quick_head_server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert whole.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"soon"', "true", "7200"])
+def test_a_head_time_out_of_range_refuses_to_start(tmp_path, served_bundles, value):
+    from serve_support import ONNXGUARD, free_port, listening
+
+    from onnxguard.serve.apikeys import KeyStore
+
+    KeyStore(tmp_path / "k.db").close()
+    (tmp_path / "serve.toml").write_text(f"head_seconds = {value}\n")
+    port = free_port()
+    r = subprocess.run([str(ONNXGUARD), "serve", str(served_bundles["digits"]), "--public-key",
+                        str(served_bundles["public_key"]), "--config", str(tmp_path / "serve.toml"), "--keys",
+                        str(tmp_path / "k.db"), "--audit", str(tmp_path / "a.db"), "--port", str(port)],
+                       capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and lines[-1].startswith("onnxguard: error: head_seconds"), r.stderr
+    assert not listening(port)

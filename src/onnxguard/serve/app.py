@@ -57,6 +57,7 @@ from onnxguard.serve.batching import Batcher, Overloaded
 from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
 from onnxguard.serve.budgets import Budgets
 from onnxguard.serve.confidential import Confidential, State
+from onnxguard.serve.head import HEAD_SECONDS
 from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from onnxguard.serve.models import ServedModel, check_policy, predictions, restrict
@@ -91,6 +92,7 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
     max_request_rows: int = MAX_BATCH  # rows one request may carry
     allow_nonfinite: bool = False  # accept NaN and infinity in float inputs
+    head_seconds: float = HEAD_SECONDS  # a request head not whole within this: 408 (head.py)
 
 
 class _Refused(Exception):  # noqa: N818 - an HTTP answer, not a failure

@@ -1,12 +1,18 @@
-"""The request head (request line and headers) is bounded as it arrives, before any middleware sees it.
+"""The request head (request line and headers) is bounded as it arrives, in size and in time, before any middleware
+sees it.
 
 uvicorn's httptools protocol keeps every byte of the URL and every header until the head ends, without a limit:
 measured here, four connections that each sent 50 MB of URL and never ended it grew the server by 205 MB, and one
-that sent 200,000 headers by 38 MB, no key needed. This protocol counts the head as the parser hands it over and,
-past a limit, answers 414 (request line) or 431 (headers) with ``{"error": ...}`` and closes the connection.
+that sent 200,000 headers by 38 MB, no key needed. Nor does it time a head out: a connection that sends nothing, or
+a head a byte at a time, is kept as long as the client likes (slowloris), each holding a socket and its buffers.
+This protocol counts the head as the parser hands it over and, past a limit, answers 414 (request line) or 431
+(headers); a head not complete within ``head_seconds`` of the connection or of its first byte gets 408. Each answer
+is ``{"error": ...}``, and the connection is closed.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -17,6 +23,11 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 MAX_HEAD_BYTES = 16 << 10
 # Headers in one request (Apache's LimitRequestFields): each is a list entry the server keeps until the answer.
 MAX_HEADERS = 100
+# Seconds a request head may take to arrive, from the connection (or the head's first byte, between requests on a
+# kept-alive connection) to its end: nginx's client_header_timeout is 60 s, Apache's mod_reqtimeout 20-40 s; a
+# real client sends its head at once. ``serve.toml``'s ``head_seconds`` changes it.
+HEAD_SECONDS = 20.0
+MAX_HEAD_SECONDS = 3600.0
 
 
 class _TooLarge(Exception):  # noqa: N818 - internal signal, turned into the 414 or 431 below
@@ -24,14 +35,48 @@ class _TooLarge(Exception):  # noqa: N818 - internal signal, turned into the 414
 
 
 class BoundedHead(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with the request head limited to ``MAX_HEAD_BYTES`` and ``MAX_HEADERS``."""
+    """uvicorn's httptools protocol, with the request head limited to ``MAX_HEAD_BYTES``, ``MAX_HEADERS`` and
+    ``head_seconds`` (:func:`bounded` makes one with another time)."""
 
+    head_seconds = HEAD_SECONDS
     _head_bytes = 0
+    _in_head = True  # from the connection until its first head ends, then from each head's first byte to its end
+    _timer: asyncio.TimerHandle | None = None
     _refusal: tuple[int, str] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._in_head = True
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(self.head_seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refusal = (408, f"the request head did not arrive within {self.head_seconds:g} s")
+            self.send_400_response("")
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
@@ -62,3 +107,8 @@ class BoundedHead(HttpToolsProtocol):
             STATUS_LINE[status], b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
         self.transport.close()
+
+
+def bounded(head_seconds: float = HEAD_SECONDS) -> type[BoundedHead]:
+    """The protocol class for uvicorn (``uvicorn.Config(http=...)``), with heads timed out after ``head_seconds``."""
+    return type("BoundedHead", (BoundedHead,), {"head_seconds": float(head_seconds)})
