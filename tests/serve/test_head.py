@@ -75,13 +75,17 @@ def quick_head_server(tmp_path, served_bundles):
     """A digits server whose request heads must arrive within 1 s (serve.toml's head_seconds)."""
     from serve_support import free_port, make_keys, start
 
+    from onnxguard.serve.apikeys import KeyStore
+
     make_keys(tmp_path / "keys.db")
+    with KeyStore(tmp_path / "keys.db") as store:
+        secret = store.create("held", deadline_ms=2500)[0]  # its answers leave 2.5 s after arrival
     (tmp_path / "serve.toml").write_text(f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\n'
                                          "head_seconds = 1\nlanes = 1\n")
     port = free_port()
     proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
                   str(tmp_path / "serve.toml")], port, tmp_path / "log.txt")
-    yield port
+    yield port, secret
     proc.terminate()
     proc.wait(60)
 
@@ -98,11 +102,26 @@ def _answer_after(port: int, sent: bytes) -> tuple[bytes, float]:
 
 @pytest.mark.parametrize("sent", [b"", b"GET /v2/health/li"], ids=["nothing", "half a head"])
 def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closed(quick_head_server, sent):
-    answer, waited = _answer_after(quick_head_server, sent)
+    port, _ = quick_head_server
+    answer, waited = _answer_after(port, sent)
     assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
     assert 0.9 <= waited < 5
-    whole, _ = _answer_after(quick_head_server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    whole, _ = _answer_after(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert whole.startswith(b"HTTP/1.1 200")
+
+
+def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_head_server):
+    """Half a head pipelined behind a request whose answer is held 2.5 s: that answer arrives whole, then the 408."""
+    port, secret = quick_head_server
+    first = f"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
+    answer, waited = _answer_after(port, first + b"GET /v2/health/li")
+    ok, _, rest = answer.partition(b"\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), answer
+    fields = dict(h.lower().split(b": ", 1) for h in ok.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    assert json.loads(rest[:length])["ready"] is True
+    assert _refusal(rest[length:]) == (408, "the request head did not arrive within 1 s")
+    assert waited >= 2.5
 
 
 @pytest.mark.parametrize("value", ["0", "-1", '"soon"', "true", "7200"])

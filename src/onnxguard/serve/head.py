@@ -74,9 +74,13 @@ class BoundedHead(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._timer = None
-        if self._in_head and not self.transport.is_closing():
-            self._refusal = (408, f"the request head did not arrive within {self.head_seconds:g} s")
-            self.send_400_response("")
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined head behind an answer still on its way: that answer goes out first
+            return
+        self._refusal = (408, f"the request head did not arrive within {self.head_seconds:g} s")
+        self.send_400_response("")
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
