@@ -110,3 +110,17 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))
     return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+def serve_fails(tmp_path: Path, *args: object, fragment: str) -> str:
+    """``onnxguard serve ARGS`` (key store and audit log in ``tmp_path``) refuses to start: exit 2, one last line
+    ``onnxguard: error: ...`` containing ``fragment``, nothing listening. That line."""
+    port = free_port()
+    r = subprocess.run([str(ONNXGUARD), "serve", *map(str, args), "--keys", str(tmp_path / "k.db"),
+                        "--audit", str(tmp_path / "a.db"), "--port", str(port)], capture_output=True, text=True,
+                       timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and lines and lines[-1].startswith("onnxguard: error: "), r.stderr
+    assert fragment in lines[-1], lines[-1]
+    assert not listening(port)
+    return lines[-1]

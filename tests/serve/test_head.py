@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 
 import httpx
@@ -14,10 +13,11 @@ import pytest
 from onnxguard.serve.head import MAX_HEAD_BYTES, MAX_HEADERS
 
 
-def _exchange(server, head: bytes, then: bytes = b"", repeat: int = 0) -> tuple[bytes, int]:
-    """Send ``head`` (then ``then`` up to ``repeat`` times, as long as the server reads); the server's answer and how
-    many of the repeats it took before closing."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+def _exchange(port: int, head: bytes, then: bytes = b"", repeat: int = 0) -> tuple[bytes, int, float]:
+    """Send ``head`` (then ``then`` up to ``repeat`` times, as long as the server reads) and read until the server
+    closes: its answer, how many of the repeats it took, and the seconds from the first byte sent to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        start = time.monotonic()
         s.sendall(head)
         sent = 0
         try:
@@ -32,7 +32,7 @@ def _exchange(server, head: bytes, then: bytes = b"", repeat: int = 0) -> tuple[
                 answer += chunk
         except ConnectionResetError:
             pass
-    return answer, sent
+    return answer, sent, time.monotonic() - start
 
 
 def _refusal(answer: bytes) -> tuple[int, str]:
@@ -42,14 +42,14 @@ def _refusal(answer: bytes) -> tuple[int, str]:
 
 
 def test_a_request_line_over_the_limit_is_414_and_the_server_goes_on(server):
-    answer, _ = _exchange(server, b"GET /v2/models/" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer, _, _ = _exchange(server.port, b"GET /v2/models/" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _refusal(answer) == (414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
 
 
 def test_an_endless_request_line_is_cut_off_not_kept(server):
     """The server stops reading at the limit: far less than the 64 MiB offered is taken before it answers."""
-    answer, sent = _exchange(server, b"GET /v2/models/", b"a" * (1 << 20), repeat=64)
+    answer, sent, _ = _exchange(server.port, b"GET /v2/models/", b"a" * (1 << 20), repeat=64)
     assert sent < 64
     assert _refusal(answer)[0] == 414
 
@@ -60,7 +60,7 @@ def test_an_endless_request_line_is_cut_off_not_kept(server):
 ])
 def test_headers_over_the_limits_are_431(server, headers, message):
     lines = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
-    answer, _ = _exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+    answer, _, _ = _exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
     assert _refusal(answer) == (431, message)
 
 
@@ -90,23 +90,13 @@ def quick_head_server(tmp_path, served_bundles):
     proc.wait(60)
 
 
-def _answer_after(port: int, sent: bytes) -> tuple[bytes, float]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        start = time.monotonic()
-        s.sendall(sent)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-        return answer, time.monotonic() - start
-
-
 @pytest.mark.parametrize("sent", [b"", b"GET /v2/health/li"], ids=["nothing", "half a head"])
 def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closed(quick_head_server, sent):
     port, _ = quick_head_server
-    answer, waited = _answer_after(port, sent)
+    answer, _, waited = _exchange(port, sent)
     assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
     assert 0.9 <= waited < 5
-    whole, _ = _answer_after(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    whole, _, _ = _exchange(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert whole.startswith(b"HTTP/1.1 200")
 
 
@@ -114,7 +104,7 @@ def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_
     """Half a head pipelined behind a request whose answer is held 2.5 s: that answer arrives whole, then the 408."""
     port, secret = quick_head_server
     first = f"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
-    answer, waited = _answer_after(port, first + b"GET /v2/health/li")
+    answer, _, waited = _exchange(port, first + b"GET /v2/health/li")
     ok, _, rest = answer.partition(b"\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200"), answer
     fields = dict(h.lower().split(b": ", 1) for h in ok.split(b"\r\n")[1:])
@@ -126,17 +116,12 @@ def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_
 
 @pytest.mark.parametrize("value", ["0", "-1", '"soon"', "true", "7200"])
 def test_a_head_time_out_of_range_refuses_to_start(tmp_path, served_bundles, value):
-    from serve_support import ONNXGUARD, free_port, listening
+    from serve_support import serve_fails
 
     from onnxguard.serve.apikeys import KeyStore
 
     KeyStore(tmp_path / "k.db").close()
     (tmp_path / "serve.toml").write_text(f"head_seconds = {value}\n")
-    port = free_port()
-    r = subprocess.run([str(ONNXGUARD), "serve", str(served_bundles["digits"]), "--public-key",
-                        str(served_bundles["public_key"]), "--config", str(tmp_path / "serve.toml"), "--keys",
-                        str(tmp_path / "k.db"), "--audit", str(tmp_path / "a.db"), "--port", str(port)],
-                       capture_output=True, text=True, timeout=120)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and lines[-1].startswith("onnxguard: error: head_seconds"), r.stderr
-    assert not listening(port)
+    line = serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--config",
+                       tmp_path / "serve.toml", fragment="head_seconds")
+    assert line.startswith("onnxguard: error: head_seconds"), line

@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from serve_support import ONNXGUARD, free_port, listening
+from serve_support import ONNXGUARD, free_port, serve_fails
 
 from onnxguard.serve import audit as audit_lib
 from onnxguard.trust import PublicKeys, TrustPolicy, open_bundle
@@ -352,17 +352,6 @@ def test_kill_9_under_load_loses_no_acknowledged_record(fresh_server):
 
 # -- refusing to start ---------------------------------------------------------------------------------------------
 
-def _serve_fails(tmp_path, *args, fragment):
-    port = free_port()
-    r = subprocess.run([str(ONNXGUARD), "serve", *map(str, args), "--keys", str(tmp_path / "k.db"),
-                        "--audit", str(tmp_path / "a.db"), "--port", str(port)], capture_output=True, text=True,
-                       timeout=120)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and lines and lines[-1].startswith("onnxguard: error: "), r.stderr
-    assert fragment in lines[-1], lines[-1]
-    assert not listening(port)
-
-
 def test_a_tampered_bundle_or_another_signer_refuses_to_start(tmp_path, served_bundles, copy_tree):
     from onnxguard.serve.apikeys import KeyStore
     from onnxguard.trust import keys
@@ -372,18 +361,18 @@ def test_a_tampered_bundle_or_another_signer_refuses_to_start(tmp_path, served_b
     data = bytearray((tampered / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 1
     (tampered / "model.onnx").write_bytes(bytes(data))
-    _serve_fails(tmp_path, tampered, "--public-key", served_bundles["public_key"], fragment="does not match")
+    serve_fails(tmp_path, tampered, "--public-key", served_bundles["public_key"], fragment="does not match")
     other = keys.generate(tmp_path / "other")
-    _serve_fails(tmp_path, served_bundles["digits"], "--public-key", other.public_key, fragment="signature")
+    serve_fails(tmp_path, served_bundles["digits"], "--public-key", other.public_key, fragment="signature")
 
 
 def test_an_unknown_audit_sync_mode_refuses_to_start(tmp_path, served_bundles):
     from onnxguard.serve.apikeys import KeyStore
 
     KeyStore(tmp_path / "k.db").close()
-    _serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--audit-sync",
+    serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--audit-sync",
                  "sometimes", fragment="audit sync 'sometimes' is not one of full, normal")
-    _serve_fails(tmp_path, served_bundles["digits"], fragment="no key was given")
+    serve_fails(tmp_path, served_bundles["digits"], fragment="no key was given")
 
 
 def test_a_sealed_bundle_with_the_wrong_identity_refuses_to_start(tmp_path, served_bundles):
@@ -394,7 +383,7 @@ def test_a_sealed_bundle_with_the_wrong_identity_refuses_to_start(tmp_path, serv
     owner, stranger = keys.generate(tmp_path / "owner"), keys.generate(tmp_path / "stranger")
     sealed = sealing.seal(served_bundles["digits"], [owner.recipient], tmp_path / "sealed").bundle.path
     signing.sign(sealed, served_bundles["private_key"])
-    _serve_fails(tmp_path, sealed, "--public-key", served_bundles["public_key"], "--identity", stranger.age_identity,
+    serve_fails(tmp_path, sealed, "--public-key", served_bundles["public_key"], "--identity", stranger.age_identity,
                  fragment="none of the given identities")
 
 

@@ -79,8 +79,7 @@ class BoundedHead(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._arm()  # a pipelined head behind an answer still on its way: that answer goes out first
             return
-        self._refusal = (408, f"the request head did not arrive within {self.head_seconds:g} s")
-        self.send_400_response("")
+        self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s")
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
@@ -104,8 +103,11 @@ class BoundedHead(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._refusal is None:
             super().send_400_response(msg)
-            return
-        status, message = self._refusal
+        else:
+            self._answer(*self._refusal)
+
+    def _answer(self, status: int, message: str) -> None:
+        """``{"error": message}`` with ``status``, and the connection closed."""
         body = orjson.dumps({"error": message})
         self.transport.write(b"".join([
             STATUS_LINE[status], b"content-type: application/json\r\n",
