@@ -125,3 +125,21 @@ def test_a_head_time_out_of_range_refuses_to_start(tmp_path, served_bundles, val
     line = serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--config",
                        tmp_path / "serve.toml", fragment="head_seconds")
     assert line.startswith("onnxguard: error: head_seconds"), line
+
+
+def test_a_head_on_a_kept_alive_connection_gets_its_whole_time(quick_head_server):
+    """The time runs from the head's first byte: half a head sent 0.6 s into a connection that answered a request
+    first still has its full second."""
+    port, _ = quick_head_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+        start = time.monotonic()
+        s.sendall(b"GET /v2/health/li")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        waited = time.monotonic() - start
+    assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
+    assert 0.9 <= waited < 5

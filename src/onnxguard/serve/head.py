@@ -41,43 +41,49 @@ class BoundedHead(HttpToolsProtocol):
     head_seconds = HEAD_SECONDS
     _head_bytes = 0
     _in_head = True  # from the connection until its first head ends, then from each head's first byte to its end
+    _head_start = 0.0  # the event loop's time when the current head began (or the connection was made)
     _timer: asyncio.TimerHandle | None = None
     _refusal: tuple[int, str] | None = None
 
+    # One timer per connection, not one per request: a head's start is only noted, and the timer, when it fires,
+    # looks at the head in progress (none: it lapses until the next head begins).
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._head_start = self.loop.time()
+        self._arm(self.head_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
         self._in_head = True
-        self._arm()
+        self._head_start = self.loop.time()
+        if self._timer is None:
+            self._arm(self.head_seconds)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
         super().on_headers_complete()
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(self.head_seconds, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _arm(self, seconds: float) -> None:
+        self._timer = self.loop.call_later(seconds, self._too_slow)
 
     def _too_slow(self) -> None:
         self._timer = None
         if not self._in_head or self.transport.is_closing():
             return
+        left = self._head_start + self.head_seconds - self.loop.time()
+        if left > 0:  # an earlier head ended in time; this one began later
+            self._arm(left)
+            return
         if self.cycle is not None and not self.cycle.response_complete:
-            self._arm()  # a pipelined head behind an answer still on its way: that answer goes out first
+            self._arm(self.head_seconds)  # a pipelined head behind an answer still on its way: that answer goes first
             return
         self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s")
 
