@@ -151,6 +151,19 @@ def test_the_attestation_needs_a_key_and_a_nonce(world):
     assert r.status_code == 400 and "nonce" in r.json()["error"]
 
 
+def test_the_broker_bounds_a_head_and_records_the_socket_peer(world):
+    """The broker's protocol is the server's (arrival.py): a head over its limit is 431. Its audit log records the
+    connection's address, not an X-Forwarded-For header that any local process could write."""
+    from onnxguard.serve.arrival import MAX_HEAD_BYTES
+
+    r = httpx.post(f"{world.broker_url}/v1/nonce", headers={"x-big": "v" * MAX_HEAD_BYTES})
+    assert r.status_code == 431 and "over the limit" in r.json()["error"]
+    r = httpx.post(f"{world.broker_url}/v1/nonce", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert r.status_code == 200
+    last = _records(world.broker_db)[-1]
+    assert last.client.startswith("127.0.0.1:"), last.client
+
+
 # -- the client refuses before it sends ----------------------------------------------------------------------
 
 def _confidential_records(world) -> int:

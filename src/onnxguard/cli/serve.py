@@ -17,7 +17,8 @@ from onnxguard.trust import TrustPolicy
 # serve.toml: the same settings as the options, by the option's name with underscores.
 CONFIG_KEYS = {"host", "port", "keys", "audit", "audit_key", "audit_sync", "limits_storage", "certfile", "keyfile",
                "max_body_bytes", "max_batch", "max_delay_ms", "max_queue", "public_metrics", "public_docs",
-               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes", "spin", "head_seconds"}
+               "cors_origins", "max_request_rows", "allow_nonfinite", "grpc_port", "lanes", "spin", "head_seconds",
+               "body_seconds"}
 
 
 def _config(path: Path | None) -> dict[str, Any]:
@@ -96,7 +97,8 @@ def serve(
                          hint="make one with onnxguard apikey create NAME --keys FILE, then serve with --keys FILE")
     options = ServeOptions(**{k: conf[k] for k in ("max_body_bytes", "max_batch", "max_delay_ms", "max_queue",
                                                   "public_metrics", "public_docs", "max_request_rows",
-                                                  "allow_nonfinite", "lanes", "spin", "head_seconds") if k in conf},
+                                                  "allow_nonfinite", "lanes", "spin", "head_seconds",
+                                                  "body_seconds") if k in conf},
                            cors_origins=tuple(conf.get("cors_origins", ())))
     given = (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue), ("lanes", lanes))
     overrides = {k: v for k, v in given if v is not None} | ({"public_metrics": True} if public_metrics else {})

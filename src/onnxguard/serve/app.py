@@ -50,6 +50,7 @@ from onnxguard.preprocess import image as image_lib
 from onnxguard.preprocess import table as table_lib
 from onnxguard.serve import context, openapi, protocol, validation
 from onnxguard.serve.apikeys import KeyStore
+from onnxguard.serve.arrival import BODY_SECONDS, HEAD_SECONDS
 from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auditing import Auditing
 from onnxguard.serve.auth import Auth
@@ -57,7 +58,6 @@ from onnxguard.serve.batching import Batcher, Overloaded
 from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
 from onnxguard.serve.budgets import Budgets
 from onnxguard.serve.confidential import Confidential, State
-from onnxguard.serve.head import HEAD_SECONDS
 from onnxguard.serve.limits import RateLimiter
 from onnxguard.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from onnxguard.serve.models import ServedModel, check_policy, predictions, restrict
@@ -92,7 +92,8 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
     max_request_rows: int = MAX_BATCH  # rows one request may carry
     allow_nonfinite: bool = False  # accept NaN and infinity in float inputs
-    head_seconds: float = HEAD_SECONDS  # a request head not whole within this: 408 (head.py)
+    head_seconds: float = HEAD_SECONDS  # a request head not whole within this: 408 (arrival.py)
+    body_seconds: float = BODY_SECONDS  # a body not whole within this and 1 s per 500 bytes: 408 (arrival.py)
 
 
 class _Refused(Exception):  # noqa: N818 - an HTTP answer, not a failure

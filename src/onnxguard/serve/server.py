@@ -21,8 +21,8 @@ from starlette.applications import Starlette
 from onnxguard.errors import InputError, OnnxguardError
 from onnxguard.progress import Event, Progress, silent
 from onnxguard.serve import app as app_lib
+from onnxguard.serve import arrival
 from onnxguard.serve import confidential as confidential_lib
-from onnxguard.serve import head
 from onnxguard.serve import models as models_lib
 from onnxguard.serve.apikeys import KeyStore
 from onnxguard.serve.audit import AuditLog
@@ -74,10 +74,11 @@ def prepare(config: ServerConfig, progress: Progress = silent) -> Prepared:
         raise InputError("no bundle to serve", hint="give at least one bundle directory")
     if (config.certfile is None) != (config.keyfile is None):
         raise InputError("TLS needs both a certificate file and its key file")
-    seconds = config.options.head_seconds
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= head.MAX_HEAD_SECONDS:
-        raise InputError(f"head_seconds {seconds!r}: give the seconds a request head may take to arrive, more than 0 "
-                         f"and at most {head.MAX_HEAD_SECONDS:g}")
+    for key, what in (("head_seconds", "a request head"), ("body_seconds", "a request body")):
+        seconds = getattr(config.options, key)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= arrival.MAX_SECONDS:
+            raise InputError(f"{key} {seconds!r}: give the seconds {what} may take to arrive, more than 0 and at most "
+                             f"{arrival.MAX_SECONDS:g}")
     if config.grpc_port is not None and config.grpc_port in (0, config.port):
         raise InputError(f"gRPC port {config.grpc_port}: give a port of its own, other than the HTTP port")
     state, identity = None, config.identity
@@ -163,8 +164,8 @@ def run(prepared: Prepared) -> None:
     # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
     # write another client address into the audit log. The log records the socket's peer (behind a reverse
     # proxy: the proxy's address; the proxy's own log has the client's).
-    config = uvicorn.Config(app, loop="uvloop", http=head.bounded(c.options.head_seconds), lifespan="on",
-                            log_config=None, proxy_headers=False,
+    config = uvicorn.Config(app, loop="uvloop", http=arrival.bounded(c.options.head_seconds, c.options.body_seconds),
+                            lifespan="on", log_config=None, proxy_headers=False,
                             access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
                             ssl_certfile=str(c.certfile) if c.certfile else None,
                             ssl_keyfile=str(c.keyfile) if c.keyfile else None)

@@ -1,5 +1,5 @@
-"""The request head is bounded as it arrives: 414 for a request line, 431 for headers, 408 for one too slow to
-arrive; the connection closed."""
+"""A request is bounded as it arrives: its head 414 for a request line, 431 for headers, 408 for one too slow to
+arrive, the connection closed; its body 408 when too slow, and 499 in the audit log when its client goes away."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from onnxguard.serve.head import MAX_HEAD_BYTES, MAX_HEADERS
+from onnxguard.serve import audit
+from onnxguard.serve.arrival import MAX_HEAD_BYTES, MAX_HEADERS
 
 
 def _exchange(port: int, head: bytes, then: bytes = b"", repeat: int = 0) -> tuple[bytes, int, float]:
@@ -72,7 +73,8 @@ def test_a_head_within_the_limits_is_served(server):
 
 @pytest.fixture
 def quick_head_server(tmp_path, served_bundles):
-    """A digits server whose request heads must arrive within 1 s (serve.toml's head_seconds)."""
+    """A digits server whose request heads, and bodies, must arrive within 1 s (serve.toml's head_seconds and
+    body_seconds); its audit log at ``tmp_path / "audit.db"``, its output at ``tmp_path / "log.txt"``."""
     from serve_support import free_port, make_keys, start
 
     from onnxguard.serve.apikeys import KeyStore
@@ -81,7 +83,7 @@ def quick_head_server(tmp_path, served_bundles):
     with KeyStore(tmp_path / "keys.db") as store:
         secret = store.create("held", deadline_ms=2500)[0]  # its answers leave 2.5 s after arrival
     (tmp_path / "serve.toml").write_text(f'keys = "{tmp_path / "keys.db"}"\naudit = "{tmp_path / "audit.db"}"\n'
-                                         "head_seconds = 1\nlanes = 1\n")
+                                         "head_seconds = 1\nbody_seconds = 1\nlanes = 1\n")
     port = free_port()
     proc = start([str(served_bundles["digits"]), "--public-key", str(served_bundles["public_key"]), "--config",
                   str(tmp_path / "serve.toml")], port, tmp_path / "log.txt")
@@ -114,17 +116,18 @@ def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_
     assert waited >= 2.5
 
 
+@pytest.mark.parametrize("key", ["head_seconds", "body_seconds"])
 @pytest.mark.parametrize("value", ["0", "-1", '"soon"', "true", "7200"])
-def test_a_head_time_out_of_range_refuses_to_start(tmp_path, served_bundles, value):
+def test_a_time_out_of_range_refuses_to_start(tmp_path, served_bundles, key, value):
     from serve_support import serve_fails
 
     from onnxguard.serve.apikeys import KeyStore
 
     KeyStore(tmp_path / "k.db").close()
-    (tmp_path / "serve.toml").write_text(f"head_seconds = {value}\n")
+    (tmp_path / "serve.toml").write_text(f"{key} = {value}\n")
     line = serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--config",
-                       tmp_path / "serve.toml", fragment="head_seconds")
-    assert line.startswith("onnxguard: error: head_seconds"), line
+                       tmp_path / "serve.toml", fragment=key)
+    assert line.startswith(f"onnxguard: error: {key}"), line
 
 
 def test_a_head_on_a_kept_alive_connection_gets_its_whole_time(quick_head_server):
@@ -142,4 +145,64 @@ def test_a_head_on_a_kept_alive_connection_gets_its_whole_time(quick_head_server
             answer += chunk
         waited = time.monotonic() - start
     assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
+    assert 0.9 <= waited < 5
+
+
+def _infer(secret: str | None, length: int) -> bytes:
+    """The head of a digits inference with a body of ``length`` bytes."""
+    key = f"Authorization: Bearer {secret}\r\n" if secret else ""
+    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n{key}Content-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def _last_record(tmp_path) -> audit.Record:
+    deadline = time.monotonic() + 10
+    while not (records := audit.tail(tmp_path / "audit.db", 1)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return records[-1][1]
+
+
+LATE_BODY = "the request body did not arrive within 1 s and a second for every 500 bytes received"
+
+
+def test_a_body_that_stops_is_408_audited_and_the_connection_closed(quick_head_server, tmp_path):
+    port, secret = quick_head_server
+    answer, _, waited = _exchange(port, _infer(secret, 400) + b'{"inputs": [')
+    assert _refusal(answer) == (408, LATE_BODY)
+    assert 0.9 <= waited < 5
+    record = _last_record(tmp_path)
+    assert (record.status, record.reason) == (408, "body too slow")
+    assert record.key_id is not None and record.model == "digits"
+    assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200
+
+
+def test_a_body_slower_than_its_seconds_but_above_the_least_rate_is_served(quick_head_server):
+    """1,500 bytes over 1.4 s: past body_seconds, within it and a second for every 500 bytes received."""
+    port, secret = quick_head_server
+    doc = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]})
+    body = doc.encode().ljust(1500)  # JSON allows the trailing spaces
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(_infer(secret, len(body)))
+        for i in range(3):
+            s.sendall(body[i * 500:(i + 1) * 500])
+            time.sleep(0.7 if i < 2 else 0)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def test_a_client_gone_before_its_body_is_audited_as_499_without_a_traceback(quick_head_server, tmp_path):
+    port, secret = quick_head_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(_infer(secret, 400) + b'{"inputs": [')
+        time.sleep(0.3)
+    record = _last_record(tmp_path)
+    assert (record.status, record.reason) == (499, "client closed")
+    assert "Traceback" not in (tmp_path / "log.txt").read_text()
+
+
+def test_a_body_that_stops_after_its_refusal_has_its_connection_closed(quick_head_server):
+    """Refused without a key (401) before its body was read: the rest of the body is not waited for past its time."""
+    port, _ = quick_head_server
+    answer, _, waited = _exchange(port, _infer(None, 400) + b'{"inputs": [')
+    assert answer.startswith(b"HTTP/1.1 401"), answer
     assert 0.9 <= waited < 5

@@ -1,0 +1,184 @@
+"""A request's arrival is bounded before any middleware sees it: its head (request line and headers) in size and in
+time, its body in time.
+
+uvicorn's httptools protocol keeps every byte of the URL and every header until the head ends, without a limit:
+measured here, four connections that each sent 50 MB of URL and never ended it grew the server by 205 MB, and one
+that sent 200,000 headers by 38 MB, no key needed. Nor does it time a request out: a connection that sends nothing,
+a head a byte at a time (slowloris) or a body a byte at a time (slow POST) is kept as long as the client likes, each
+holding a socket, its buffers and, for a body, the request's task.
+
+This protocol counts the head as the parser hands it over and, past a limit, answers 414 (request line) or 431
+(headers); a head not complete within ``head_seconds`` of the connection or of its first byte gets 408. Each answer
+is ``{"error": ...}``, and the connection is closed.
+
+A body must arrive within ``body_seconds`` of its head's end, plus a second for every ``MIN_BODY_RATE`` bytes
+received. Past that, the request's scope is marked ``LATE_BODY`` and its ``receive`` woken: the body limit
+(bodylimit.py) answers 408 through the middleware, so the refusal is audited and counted like any other. If the app
+is not reading the body (it answered already, or never asks), the connection is closed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# The head one request may make the server hold. Node.js answered CVE-2018-12121 (a denial of service by large HTTP
+# headers) with a limit of 8 KiB, since raised to 16 KiB; nginx reads a head into four 8 KiB buffers. Everything
+# this server reads from a head (a model name, an API key, a tensor header's length, a nonce) fits many times over.
+MAX_HEAD_BYTES = 16 << 10
+# Headers in one request (Apache's LimitRequestFields): each is a list entry the server keeps until the answer.
+MAX_HEADERS = 100
+# Seconds a request head may take to arrive, from the connection (or the head's first byte, between requests on a
+# kept-alive connection) to its end: nginx's client_header_timeout is 60 s, Apache's mod_reqtimeout 20-40 s; a
+# real client sends its head at once. ``serve.toml``'s ``head_seconds`` changes it.
+HEAD_SECONDS = 20.0
+# Seconds a request body may take from its head's end, plus one for every MIN_BODY_RATE bytes received: Apache's
+# mod_reqtimeout default (body=20,MinRate=500), against slow POST ("R-U-Dead-Yet"). A real client sends its body at
+# the network's speed. ``serve.toml``'s ``body_seconds`` changes the first part.
+BODY_SECONDS = 20.0
+MIN_BODY_RATE = 500
+MAX_SECONDS = 3600.0  # the most either may be set to
+# How long the app of a request whose body came too late has to answer its 408 before the connection is closed.
+LATE_GRACE_SECONDS = 1.0
+# The scope key that marks a request whose body came too late; its value is the 408's message.
+LATE_BODY = "onnxguard.late_body"
+
+_HEAD, _BODY, _BETWEEN = 0, 1, 2
+
+
+class _TooLarge(Exception):  # noqa: N818 - internal signal, turned into the 414 or 431 below
+    pass
+
+
+class BoundedArrival(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the request head limited to ``MAX_HEAD_BYTES``, ``MAX_HEADERS`` and
+    ``head_seconds``, and its body to ``body_seconds`` and ``MIN_BODY_RATE`` (:func:`bounded` sets the times)."""
+
+    head_seconds = HEAD_SECONDS
+    body_seconds = BODY_SECONDS
+    _head_bytes = 0
+    _body_bytes = 0
+    _phase = _HEAD  # what the parser is in: a head (from the connection, then from each head's first byte), a body
+    _since = 0.0  # the event loop's time when that phase began
+    _timer: asyncio.TimerHandle | None = None
+    _refusal: tuple[int, str] | None = None
+
+    # One timer per connection, not one per request: a phase's start is only noted, and the timer, when it fires,
+    # looks at the phase in progress (none: it lapses until the next head begins).
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._since = self.loop.time()
+        self._arm(self.head_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._phase, self._since = _HEAD, self.loop.time()
+        if self._timer is None:
+            self._arm(self.head_seconds)
+
+    def on_headers_complete(self) -> None:
+        self._phase, self._since, self._body_bytes = _BODY, self.loop.time(), 0
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._phase = _BETWEEN
+        super().on_message_complete()
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = self.loop.call_later(seconds, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self._phase == _BETWEEN or self.transport.is_closing():
+            return
+        if self._phase == _HEAD:
+            self._late_head()
+        else:
+            self._late_body()
+
+    def _late_head(self) -> None:
+        left = self._since + self.head_seconds - self.loop.time()
+        if left > 0:  # an earlier head ended in time; this one began later
+            self._arm(left)
+        elif self.cycle is not None and not self.cycle.response_complete:
+            self._arm(self.head_seconds)  # a pipelined head behind an answer still on its way: that answer goes first
+        else:
+            self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s")
+
+    def _late_body(self) -> None:
+        now, cycle = self.loop.time(), self.cycle
+        if cycle is None:  # an upgrade this server does not take
+            self.transport.close()
+            return
+        if self.flow.read_paused or cycle.waiting_for_100_continue:  # the server is not reading yet (a pipelined
+            self._since, self._body_bytes = now, 0  # request waits its turn, the app has yet to take what came or to
+            self._arm(self.body_seconds)  # ask for the body): the client is not the one late
+            return
+        left = self._since + self.body_seconds + self._body_bytes / MIN_BODY_RATE - now
+        if left > 0:
+            self._arm(left)
+        elif not cycle.response_started and LATE_BODY not in cycle.scope:
+            # Told through the scope, its receive woken: the body limit answers 408 (audited) and closes.
+            scope = cast("dict[str, Any]", cycle.scope)
+            scope[LATE_BODY] = (f"the request body did not arrive within {self.body_seconds:g} s and a second for "
+                                f"every {MIN_BODY_RATE} bytes received")
+            cycle.message_event.set()
+            self._arm(LATE_GRACE_SECONDS)
+        elif cycle.response_started and not cycle.response_complete:
+            self._arm(LATE_GRACE_SECONDS)  # an answer on its way goes out first
+        else:  # answered without the rest of the body, or told and not answering: nothing more to wait for
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, 431, f"the request head is over the limit of {MAX_HEAD_BYTES:,} bytes")
+        if len(self.headers) >= MAX_HEADERS:
+            self._refuse(431, f"the request has more than {MAX_HEADERS} headers")
+        super().on_header(name, value)
+
+    def _count(self, n: int, status: int, message: str) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(status, message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._refusal = (status, message)
+        raise _TooLarge  # the parser stops and uvicorn answers it as a bad request: send_400_response below
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._answer(*self._refusal)
+
+    def _answer(self, status: int, message: str) -> None:
+        """``{"error": message}`` with ``status``, and the connection closed."""
+        body = orjson.dumps({"error": message})
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
+
+def bounded(head_seconds: float = HEAD_SECONDS, body_seconds: float = BODY_SECONDS) -> type[BoundedArrival]:
+    """The protocol class for uvicorn (``uvicorn.Config(http=...)``), with these times."""
+    return type("BoundedArrival", (BoundedArrival,), {"head_seconds": float(head_seconds),
+                                                      "body_seconds": float(body_seconds)})
