@@ -3,6 +3,7 @@ arrive, the connection closed; its body 408 when too slow, and 499 in the audit 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -10,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from onnxguard.serve import audit
+from onnxguard.errors import OnnxguardError
+from onnxguard.serve import arrival, audit
 from onnxguard.serve.arrival import MAX_HEAD_BYTES, MAX_HEADERS
 
 
@@ -42,10 +44,31 @@ def _refusal(answer: bytes) -> tuple[int, str]:
     return int(head.split(b" ", 2)[1]), json.loads(body)["error"]
 
 
-def test_a_request_line_over_the_limit_is_414_and_the_server_goes_on(server):
+def _last_record(db) -> audit.Record:
+    """The audit log's last record: a refusal's is durable before its answer leaves."""
+    return audit.tail(db, 1)[-1][1]
+
+
+def _refused_record(db, status: int, reason: str) -> audit.Record:
+    record = _last_record(db)
+    assert (record.status, record.reason, record.key_id, record.model) == (status, reason, None, None), record
+    assert record.client.startswith("127.0.0.1:")
+    return record
+
+
+def test_a_request_line_over_the_limit_is_414_audited_and_the_server_goes_on(server):
     answer, _, _ = _exchange(server.port, b"GET /v2/models/" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _refusal(answer) == (414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
+    _refused_record(server.audit_db, 414, "request line too long")
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+
+
+def test_a_request_that_is_not_http_is_400_in_json_audited_and_counted(server):
+    answer, _, _ = _exchange(server.port, b"HELLO \x00 THERE\r\n\r\n")
+    assert _refusal(answer) == (400, "the request is not valid HTTP/1.1")
+    _refused_record(server.audit_db, 400, "malformed request")
+    metrics = httpx.get(f"{server.url}/metrics", headers=server.headers()).text
+    assert 'onnxguard_requests_total{model="",reason="malformed request",status="400"}' in metrics
 
 
 def test_an_endless_request_line_is_cut_off_not_kept(server):
@@ -55,14 +78,17 @@ def test_an_endless_request_line_is_cut_off_not_kept(server):
     assert _refusal(answer)[0] == 414
 
 
-@pytest.mark.parametrize(("headers", "message"), [
-    ([(f"x-h{i}", "v") for i in range(MAX_HEADERS + 1)], f"the request has more than {MAX_HEADERS} headers"),
-    ([("x-big", "v" * MAX_HEAD_BYTES)], f"the request head is over the limit of {MAX_HEAD_BYTES:,} bytes"),
+@pytest.mark.parametrize(("headers", "message", "reason"), [
+    ([(f"x-h{i}", "v") for i in range(MAX_HEADERS + 1)], f"the request has more than {MAX_HEADERS} headers",
+     "too many headers"),
+    ([("x-big", "v" * MAX_HEAD_BYTES)], f"the request head is over the limit of {MAX_HEAD_BYTES:,} bytes",
+     "head too large"),
 ])
-def test_headers_over_the_limits_are_431(server, headers, message):
+def test_headers_over_the_limits_are_431_and_audited(server, headers, message, reason):
     lines = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
     answer, _, _ = _exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
     assert _refusal(answer) == (431, message)
+    _refused_record(server.audit_db, 431, reason)
 
 
 def test_a_head_within_the_limits_is_served(server):
@@ -93,11 +119,13 @@ def quick_head_server(tmp_path, served_bundles):
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET /v2/health/li"], ids=["nothing", "half a head"])
-def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closed(quick_head_server, sent):
+def test_a_head_that_does_not_arrive_in_time_is_408_audited_and_the_connection_closed(quick_head_server, sent,
+                                                                                        tmp_path):
     port, _ = quick_head_server
     answer, _, waited = _exchange(port, sent)
     assert _refusal(answer) == (408, "the request head did not arrive within 1 s")
     assert 0.9 <= waited < 5
+    assert _refused_record(tmp_path / "audit.db", 408, "head too slow").latency_ms >= 900
     whole, _, _ = _exchange(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert whole.startswith(b"HTTP/1.1 200")
 
@@ -155,9 +183,10 @@ def _infer(secret: str | None, length: int) -> bytes:
             f"Content-Length: {length}\r\n\r\n").encode()
 
 
-def _last_record(tmp_path) -> audit.Record:
+def _first_record(db) -> audit.Record:
+    """The first record of a new audit log, waited for."""
     deadline = time.monotonic() + 10
-    while not (records := audit.tail(tmp_path / "audit.db", 1)) and time.monotonic() < deadline:
+    while not (records := audit.tail(db, 1)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return records[-1][1]
 
@@ -170,7 +199,7 @@ def test_a_body_that_stops_is_408_audited_and_the_connection_closed(quick_head_s
     answer, _, waited = _exchange(port, _infer(secret, 400) + b'{"inputs": [')
     assert _refusal(answer) == (408, LATE_BODY)
     assert 0.9 <= waited < 5
-    record = _last_record(tmp_path)
+    record = _first_record(tmp_path / "audit.db")
     assert (record.status, record.reason) == (408, "body too slow")
     assert record.key_id is not None and record.model == "digits"
     assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200
@@ -195,7 +224,7 @@ def test_a_client_gone_before_its_body_is_audited_as_499_without_a_traceback(qui
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(_infer(secret, 400) + b'{"inputs": [')
         time.sleep(0.3)
-    record = _last_record(tmp_path)
+    record = _first_record(tmp_path / "audit.db")
     assert (record.status, record.reason) == (499, "client closed")
     assert "Traceback" not in (tmp_path / "log.txt").read_text()
 
@@ -206,3 +235,86 @@ def test_a_body_that_stops_after_its_refusal_has_its_connection_closed(quick_hea
     answer, _, waited = _exchange(port, _infer(None, 400) + b'{"inputs": [')
     assert answer.startswith(b"HTTP/1.1 401"), answer
     assert 0.9 <= waited < 5
+
+
+# -- the protocol in process: an answer leaves only once its refusal is recorded -----------------------------------
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written, self.closed, self.paused = bytearray(), False, False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def _no_app(scope, receive, send) -> None:
+    raise AssertionError("a refused request reaches no app")
+
+
+def _refuse_in_process(refused) -> tuple[_Transport, bytes]:
+    """Feed a malformed request to the protocol: its transport, and what it had written before ``refused`` returned."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def main() -> tuple[_Transport, bytes]:
+        release = asyncio.Event()
+        before: list[bytes] = []
+
+        async def recording(*args: object) -> None:
+            await release.wait()
+            before.append(bytes(transport.written))
+            await refused(*args)
+
+        protocol = arrival.bounded(refused=recording)(config=uvicorn.Config(_no_app, log_config=None),
+                                                      server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"HELLO \x00\r\n\r\n")
+        protocol.data_received(b"MORE\r\n\r\n")  # taken no further once the refusal is under way
+        await asyncio.sleep(0.01)
+        assert transport.paused and not transport.written
+        release.set()
+        for _ in range(100):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.01)
+        protocol.connection_lost(None)
+        return transport, before[0]
+
+    return asyncio.run(main())
+
+
+def test_a_refusal_leaves_once_recorded():
+    seen = []
+
+    async def record(*args: object) -> None:
+        seen.append(args)
+
+    transport, before = _refuse_in_process(record)
+    assert before == b"" and transport.closed
+    assert _refusal(bytes(transport.written)) == (400, "the request is not valid HTTP/1.1")
+    assert [a[:3] for a in seen] == [("127.0.0.1:5555", 400, "malformed request")]
+
+
+def test_a_refusal_the_audit_log_cannot_record_is_503():
+    async def failing(*args: object) -> None:
+        raise OnnxguardError("disk full")
+
+    transport, _ = _refuse_in_process(failing)
+    assert _refusal(bytes(transport.written)) == (503, "the audit log cannot record this request; nothing was answered")

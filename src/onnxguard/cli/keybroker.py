@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ def keybroker(
 
     from onnxguard.bundle import files
     from onnxguard.confidential import keybroker as broker_lib
-    from onnxguard.serve import arrival
+    from onnxguard.serve import arrival, auditing
     from onnxguard.serve.audit import AuditLog
     from onnxguard.serve.server import bind
     from onnxguard.trust.sealing.identities import MAX_IDENTITY_BYTES
@@ -43,9 +44,10 @@ def keybroker(
                          f"{len(expected.code_measurements)} code measurement(s), "
                          f"{len(expected.bundle_digests)} bundle digest(s), {len(expected.signers)} signer(s))")
         render.err.print(f"listening on http://{sock.getsockname()[0]}:{sock.getsockname()[1]}")
-        # The server's bounds on a request's arrival (arrival.py), and the socket's peer in the audit log, not an
-        # X-Forwarded-For any local process could write (uvicorn believes one from 127.0.0.1 by default).
-        config = uvicorn.Config(app_, loop="uvloop", http=arrival.bounded(), lifespan="off", log_config=None,
+        # The server's bounds on a request's arrival (arrival.py), its refusals audited, and the socket's peer in
+        # the audit log, not an X-Forwarded-For any local process could write (uvicorn believes one from 127.0.0.1).
+        protocol = arrival.bounded(refused=functools.partial(auditing.record_refusal, log))
+        config = uvicorn.Config(app_, loop="uvloop", http=protocol, lifespan="off", log_config=None,
                                 proxy_headers=False, access_log=False, server_header=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

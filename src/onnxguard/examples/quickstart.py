@@ -131,7 +131,7 @@ def serve_demo(bundle_dir: Path, policy: TrustPolicy, identity: list[object], wo
                                                   host="127.0.0.1", port=0), progress)
     host, port = prepared.sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    uv = uvicorn.Server(uvicorn.Config(prepared.app, lifespan="on", log_config=None, access_log=False))
+    uv = uvicorn.Server(server.uvicorn_config(prepared))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [prepared.sock]}, daemon=True)
     thread.start()
     name = prepared.models[0].name

@@ -48,11 +48,10 @@ from onnxguard import __version__
 from onnxguard.errors import InputError, OnnxguardError
 from onnxguard.preprocess import image as image_lib
 from onnxguard.preprocess import table as table_lib
-from onnxguard.serve import context, openapi, protocol, validation
+from onnxguard.serve import auditing, context, openapi, protocol, validation
 from onnxguard.serve.apikeys import KeyStore
 from onnxguard.serve.arrival import BODY_SECONDS, HEAD_SECONDS
 from onnxguard.serve.audit import AuditLog
-from onnxguard.serve.auditing import Auditing
 from onnxguard.serve.auth import Auth
 from onnxguard.serve.batching import Batcher, Overloaded
 from onnxguard.serve.bodylimit import MAX_BODY_BYTES, BodyLimit
@@ -160,7 +159,7 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
 
     middleware = [
         Middleware(MetricsMiddleware, metrics=metrics, models=by_name),
-        Middleware(Auditing, log=audit),
+        Middleware(auditing.Auditing, log=audit),
         Middleware(BodyLimit, max_bytes=options.max_body_bytes),
         Middleware(Auth, keys=keys, public_metrics=options.public_metrics, public_docs=options.public_docs),
         Middleware(RateLimit, limiter=limiter),
@@ -366,8 +365,16 @@ def create(models: Sequence[ServedModel], options: ServeOptions, keys: KeyStore,
             return get_swagger_ui_html(openapi_url="/openapi.json", title="onnxguard")
 
         routes.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                     exception_handlers={StarletteHTTPException: http_error})
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={StarletteHTTPException: http_error})
+
+    async def refused(client: str, status: int, reason: str, seconds: float) -> None:
+        """A request refused by the protocol before this app (arrival.py): counted and recorded like the others."""
+        metrics.count("", status, reason, seconds)
+        await auditing.record_refusal(audit, client, status, reason, seconds)
+
+    app.state.refused = refused  # for arrival.bounded (server.run)
+    return app
 
 
 def _prepare(m: ServedModel, instances: list[Any]) -> dict[str, np.ndarray]:

@@ -8,8 +8,10 @@ a head a byte at a time (slowloris) or a body a byte at a time (slow POST) is ke
 holding a socket, its buffers and, for a body, the request's task.
 
 This protocol counts the head as the parser hands it over and, past a limit, answers 414 (request line) or 431
-(headers); a head not complete within ``head_seconds`` of the connection or of its first byte gets 408. Each answer
-is ``{"error": ...}``, and the connection is closed.
+(headers); a head not complete within ``head_seconds`` of the connection or of its first byte gets 408, and one that
+is not HTTP 400. Each answer is ``{"error": ...}``, and the connection is closed. No app sees these requests, so the
+protocol hands each to ``refused`` (the server's: an audit record and a count, as for any request) and answers
+once that has returned.
 
 A body must arrive within ``body_seconds`` of its head's end, plus a second for every ``MIN_BODY_RATE`` bytes
 received. Past that, the request's scope is marked ``LATE_BODY`` and its ``receive`` woken: the body limit
@@ -20,10 +22,13 @@ is not reading the body (it answered already, or never asks), the connection is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from onnxguard.errors import OnnxguardError
 
 # The head one request may make the server hold. Node.js answered CVE-2018-12121 (a denial of service by large HTTP
 # headers) with a limit of 8 KiB, since raised to 16 KiB; nginx reads a head into four 8 KiB buffers. Everything
@@ -48,6 +53,11 @@ LATE_BODY = "onnxguard.late_body"
 
 _HEAD, _BODY, _BETWEEN = 0, 1, 2
 
+# Called for a request the protocol refuses itself, with the client ("ip:port"), the status, a short reason and the
+# seconds since the request began; the answer leaves once it returns. An OnnxguardError (the audit log cannot
+# record) makes the answer a 503 instead: no answer without its record.
+Refused = Callable[[str, int, str, float], Awaitable[None]]
+
 
 class _TooLarge(Exception):  # noqa: N818 - internal signal, turned into the 414 or 431 below
     pass
@@ -59,12 +69,14 @@ class BoundedArrival(HttpToolsProtocol):
 
     head_seconds = HEAD_SECONDS
     body_seconds = BODY_SECONDS
+    refused: Refused | None = None
     _head_bytes = 0
     _body_bytes = 0
     _phase = _HEAD  # what the parser is in: a head (from the connection, then from each head's first byte), a body
     _since = 0.0  # the event loop's time when that phase began
     _timer: asyncio.TimerHandle | None = None
-    _refusal: tuple[int, str] | None = None
+    _refusal: tuple[int, str, str] | None = None  # a refusal raised inside the parser: status, message, reason
+    _answering: asyncio.Task[None] | None = None  # the refusal on its way: the connection takes nothing more
 
     # One timer per connection, not one per request: a phase's start is only noted, and the timer, when it fires,
     # looks at the phase in progress (none: it lapses until the next head begins).
@@ -118,7 +130,7 @@ class BoundedArrival(HttpToolsProtocol):
         elif self.cycle is not None and not self.cycle.response_complete:
             self._arm(self.head_seconds)  # a pipelined head behind an answer still on its way: that answer goes first
         else:
-            self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s")
+            self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s", "head too slow")
 
     def _late_body(self) -> None:
         now, cycle = self.loop.time(), self.cycle
@@ -145,32 +157,50 @@ class BoundedArrival(HttpToolsProtocol):
             self.transport.close()
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes")
+        self._count(len(url), 414, f"the request line is over the limit of {MAX_HEAD_BYTES:,} bytes",
+                    "request line too long")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4, 431, f"the request head is over the limit of {MAX_HEAD_BYTES:,} bytes")
+        self._count(len(name) + len(value) + 4, 431, f"the request head is over the limit of {MAX_HEAD_BYTES:,} bytes",
+                    "head too large")
         if len(self.headers) >= MAX_HEADERS:
-            self._refuse(431, f"the request has more than {MAX_HEADERS} headers")
+            self._refuse(431, f"the request has more than {MAX_HEADERS} headers", "too many headers")
         super().on_header(name, value)
 
-    def _count(self, n: int, status: int, message: str) -> None:
+    def _count(self, n: int, status: int, message: str, reason: str) -> None:
         self._head_bytes += n
         if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(status, message)
+            self._refuse(status, message, reason)
 
-    def _refuse(self, status: int, message: str) -> None:
-        self._refusal = (status, message)
+    def _refuse(self, status: int, message: str, reason: str) -> None:
+        self._refusal = (status, message, reason)
         raise _TooLarge  # the parser stops and uvicorn answers it as a bad request: send_400_response below
 
-    def send_400_response(self, msg: str) -> None:
-        if self._refusal is None:
-            super().send_400_response(msg)
-        else:
-            self._answer(*self._refusal)
+    def data_received(self, data: bytes) -> None:
+        if self._answering is None:
+            super().data_received(data)
 
-    def _answer(self, status: int, message: str) -> None:
-        """``{"error": message}`` with ``status``, and the connection closed."""
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what the parser refused (a plain-text 400 otherwise)."""
+        self._answer(*(self._refusal or (400, "the request is not valid HTTP/1.1", "malformed request")))
+
+    def _answer(self, status: int, message: str, reason: str) -> None:
+        """``{"error": message}`` with ``status`` once ``refused`` has returned, and the connection closed."""
+        if self._answering is not None:
+            return
+        self.transport.pause_reading()
+        self._answering = self.loop.create_task(self._recorded(status, message, reason))
+
+    async def _recorded(self, status: int, message: str, reason: str) -> None:
+        if self.refused is not None:
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else ":0"
+            try:
+                await self.refused(client, status, reason, self.loop.time() - self._since)
+            except OnnxguardError:
+                status, message = 503, "the audit log cannot record this request; nothing was answered"
+        if self.transport.is_closing():
+            return
         body = orjson.dumps({"error": message})
         self.transport.write(b"".join([
             STATUS_LINE[status], b"content-type: application/json\r\n",
@@ -178,7 +208,10 @@ class BoundedArrival(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded(head_seconds: float = HEAD_SECONDS, body_seconds: float = BODY_SECONDS) -> type[BoundedArrival]:
-    """The protocol class for uvicorn (``uvicorn.Config(http=...)``), with these times."""
+def bounded(head_seconds: float = HEAD_SECONDS, body_seconds: float = BODY_SECONDS,
+            refused: Refused | None = None) -> type[BoundedArrival]:
+    """The protocol class for uvicorn (``uvicorn.Config(http=...)``), with these times, handing the requests it
+    refuses itself to ``refused``."""
     return type("BoundedArrival", (BoundedArrival,), {"head_seconds": float(head_seconds),
-                                                      "body_seconds": float(body_seconds)})
+                                                      "body_seconds": float(body_seconds),
+                                                      "refused": staticmethod(refused) if refused else None})

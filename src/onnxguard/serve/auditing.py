@@ -1,6 +1,7 @@
 """Middleware: every request, accepted or refused, gets an audit record (never its payload: the body's sha256,
 hashed as it is received), and its response leaves only once that record is durable in the audit log. A fault
-in the app (a bug: the server answers 500) is recorded too, before the 500 leaves."""
+in the app (a bug: the server answers 500) is recorded too, before the 500 leaves. ``record_refusal`` records the
+requests uvicorn's protocol refuses before the app (arrival.py)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,11 @@ class Auditing:
             time=ctx.wall, key_id=ctx.key.id if ctx.key else None, client=f"{client[0]}:{client[1]}",
             model=ctx.model, digest=ctx.digest, request_sha256=body_sha, status=status,
             latency_ms=(time.monotonic() - ctx.arrival) * 1e3, batch_id=ctx.batch_id, reason=ctx.reason))
+
+
+async def record_refusal(log: AuditLog, client: str, status: int, reason: str, seconds: float) -> None:
+    """A request the protocol refused before any app saw it (arrival.py), with what is known of it: no key, no
+    model, no body."""
+    await log.append(Record(time=time.time() - seconds, key_id=None, client=client, model=None, digest=None,
+                            request_sha256=None, status=status, latency_ms=seconds * 1e3, batch_id=None,
+                            reason=reason))

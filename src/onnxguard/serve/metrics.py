@@ -40,6 +40,11 @@ class Metrics:
         self.audit_lag = Gauge("onnxguard_audit_lag_records", "Audit records queued but not yet durable",
                                registry=self.registry)
 
+    def count(self, model: str, status: int, reason: str, seconds: float) -> None:
+        """One request answered."""
+        self.requests.labels(model, str(status), reason).inc()
+        self.latency.labels(model).observe(seconds)
+
     def batch_observer(self, model: str) -> Callable[[int], None]:
         histogram = self.batch_size.labels(model)
         return histogram.observe
@@ -72,5 +77,4 @@ class MetricsMiddleware:
         finally:
             ctx = context.of(scope)
             model = ctx.model if ctx.model in self.models else ""  # never a name the caller made up
-            self.metrics.requests.labels(model, str(status), ctx.reason).inc()
-            self.metrics.latency.labels(model).observe(time.perf_counter() - start)
+            self.metrics.count(model, status, ctx.reason, time.perf_counter() - start)

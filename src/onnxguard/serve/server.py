@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 
 from onnxguard.errors import InputError, OnnxguardError
@@ -147,11 +148,24 @@ def _stopped(signum: int, _frame: object) -> None:
     raise _Stopped(signum)
 
 
+def uvicorn_config(prepared: Prepared, app: Any = None) -> uvicorn.Config:
+    """How uvicorn serves ``app`` (the prepared app unless given): on uvloop, behind the bounds on a request's
+    arrival (arrival.py, its refusals audited), without a ``Server`` header, draining for ``DRAIN_SECONDS``."""
+    c = prepared.config
+    protocol = arrival.bounded(c.options.head_seconds, c.options.body_seconds, prepared.app.state.refused)
+    # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
+    # write another client address into the audit log. The log records the socket's peer (behind a reverse
+    # proxy: the proxy's address; the proxy's own log has the client's).
+    return uvicorn.Config(app or prepared.app, loop="uvloop", http=protocol, lifespan="on", log_config=None,
+                          proxy_headers=False, access_log=False, server_header=False,
+                          timeout_graceful_shutdown=DRAIN_SECONDS,
+                          ssl_certfile=str(c.certfile) if c.certfile else None,
+                          ssl_keyfile=str(c.keyfile) if c.keyfile else None)
+
+
 def run(prepared: Prepared) -> None:
     """Serve until SIGINT or SIGTERM; then answer what was accepted (at most ``DRAIN_SECONDS``) and stop. Raises
     ``OnnxguardError`` when the shutdown could not give unspent budget back or close the audit log."""
-    import uvicorn
-
     c = prepared.config
     app: Any = prepared.app
     front = None
@@ -161,14 +175,7 @@ def run(prepared: Prepared) -> None:
         front = grpc_service.GrpcFront(prepared.app, c.host, c.grpc_port, max_message_bytes=c.options.max_body_bytes,
                                        certfile=c.certfile, keyfile=c.keyfile, drain_seconds=DRAIN_SECONDS)
         app = front.wrap(app)  # started after the app's startup, drained before its shutdown
-    # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
-    # write another client address into the audit log. The log records the socket's peer (behind a reverse
-    # proxy: the proxy's address; the proxy's own log has the client's).
-    config = uvicorn.Config(app, loop="uvloop", http=arrival.bounded(c.options.head_seconds, c.options.body_seconds),
-                            lifespan="on", log_config=None, proxy_headers=False,
-                            access_log=False, server_header=False, timeout_graceful_shutdown=DRAIN_SECONDS,
-                            ssl_certfile=str(c.certfile) if c.certfile else None,
-                            ssl_keyfile=str(c.keyfile) if c.keyfile else None)
+    config = uvicorn_config(prepared, app)
     server = front.uvicorn(config) if front else uvicorn.Server(config)
     # uvicorn re-raises the SIGINT or SIGTERM that stopped it once it has drained, to the handlers it found: these
     # turn it into an exception here, so that a failure of the app's shutdown is still reported below.
