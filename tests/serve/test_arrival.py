@@ -144,6 +144,27 @@ def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_
     assert waited >= 2.5
 
 
+def test_a_request_that_is_not_http_behind_one_in_flight_is_refused_after_its_answer(quick_head_server):
+    port, secret = quick_head_server
+    first = f"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
+    answer, _, waited = _exchange(port, first + b"HELLO \x00\r\n\r\n")
+    ok, _, rest = answer.partition(b"\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), answer
+    length = int(dict(h.lower().split(b": ", 1) for h in ok.split(b"\r\n")[1:])[b"content-length"])
+    assert json.loads(rest[:length])["ready"] is True
+    assert _refusal(rest[length:]) == (400, "the request is not valid HTTP/1.1")
+    assert waited >= 2.5
+
+
+def test_a_malformed_body_is_refused_at_once(server):
+    """A chunk size that is not hex: the request in flight can never be whole, so its 400 does not wait for it."""
+    head = (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.keys['full']}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    answer, _, waited = _exchange(server.port, head + b"5\r\n{\"inp\r\nzz\r\n")
+    assert _refusal(answer) == (400, "the request is not valid HTTP/1.1")
+    assert waited < 5
+
+
 @pytest.mark.parametrize("key", ["head_seconds", "body_seconds"])
 @pytest.mark.parametrize("value", ["0", "-1", '"soon"', "true", "7200"])
 def test_a_time_out_of_range_refuses_to_start(tmp_path, served_bundles, key, value):

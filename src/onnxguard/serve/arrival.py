@@ -77,6 +77,7 @@ class BoundedArrival(HttpToolsProtocol):
     _timer: asyncio.TimerHandle | None = None
     _refusal: tuple[int, str, str] | None = None  # a refusal raised inside the parser: status, message, reason
     _answering: asyncio.Task[None] | None = None  # the refusal on its way: the connection takes nothing more
+    _answered: asyncio.Event | None = None  # set when an answer goes out whole, or the connection is lost
 
     # One timer per connection, not one per request: a phase's start is only noted, and the timer, when it fires,
     # looks at the phase in progress (none: it lapses until the next head begins).
@@ -91,6 +92,13 @@ class BoundedArrival(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+        if self._answered is not None:
+            self._answered.set()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._answered is not None:
+            self._answered.set()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -127,8 +135,6 @@ class BoundedArrival(HttpToolsProtocol):
         left = self._since + self.head_seconds - self.loop.time()
         if left > 0:  # an earlier head ended in time; this one began later
             self._arm(left)
-        elif self.cycle is not None and not self.cycle.response_complete:
-            self._arm(self.head_seconds)  # a pipelined head behind an answer still on its way: that answer goes first
         else:
             self._answer(408, f"the request head did not arrive within {self.head_seconds:g} s", "head too slow")
 
@@ -199,6 +205,12 @@ class BoundedArrival(HttpToolsProtocol):
                 await self.refused(client, status, reason, self.loop.time() - self._since)
             except OnnxguardError:
                 status, message = 503, "the audit log cannot record this request; nothing was answered"
+        # Behind requests pipelined before it, whose answers are still on their way: those go out first, whole (but
+        # a body the parser refused is the request in flight's own: its answer could never be right).
+        while (self._phase != _BODY and self.cycle is not None and not self.cycle.response_complete
+               and not self.transport.is_closing()):
+            self._answered = asyncio.Event()
+            await self._answered.wait()
         if self.transport.is_closing():
             return
         body = orjson.dumps({"error": message})
