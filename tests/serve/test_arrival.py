@@ -69,6 +69,19 @@ def test_a_request_that_is_not_http_is_400_in_json_audited_and_counted(server):
     _refused_record(server.audit_db, 400, "malformed request")
     metrics = httpx.get(f"{server.url}/metrics", headers=server.headers()).text
     assert 'onnxguard_requests_total{model="",reason="malformed request",status="400"}' in metrics
+    assert "Invalid HTTP" not in server.log.read_text()  # recorded, not logged: any client could fill the output
+
+
+def test_a_websocket_upgrade_is_answered_as_the_plain_request_it_is(server):
+    """No WebSocket here: the request stays with this protocol and its middleware (a 401 without a key), where
+    uvicorn's WebSocket protocol would have taken the connection over; and nothing is written to the log."""
+    head = (b"GET /v2/models/digits HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n")
+    answer, _, _ = _exchange(server.port, head)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 401"), answer
+    assert "API key" in json.loads(body)["error"]
+    assert "upgrade" not in server.log.read_text().lower()
 
 
 def test_an_endless_request_line_is_cut_off_not_kept(server):

@@ -44,10 +44,11 @@ def keybroker(
                          f"{len(expected.code_measurements)} code measurement(s), "
                          f"{len(expected.bundle_digests)} bundle digest(s), {len(expected.signers)} signer(s))")
         render.err.print(f"listening on http://{sock.getsockname()[0]}:{sock.getsockname()[1]}")
-        # The server's bounds on a request's arrival (arrival.py), its refusals audited, and the socket's peer in
-        # the audit log, not an X-Forwarded-For any local process could write (uvicorn believes one from 127.0.0.1).
+        # As the server's (serve.server.uvicorn_config): the bounds on a request's arrival (arrival.py), its
+        # refusals audited, no WebSocket upgrade, and the socket's peer in the audit log, not an X-Forwarded-For
+        # any local process could write (uvicorn believes one from 127.0.0.1).
         protocol = arrival.bounded(refused=functools.partial(auditing.record_refusal, log))
-        config = uvicorn.Config(app_, loop="uvloop", http=protocol, lifespan="off", log_config=None,
+        config = uvicorn.Config(app_, loop="uvloop", http=protocol, ws="none", lifespan="off", log_config=None,
                                 proxy_headers=False, access_log=False, server_header=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

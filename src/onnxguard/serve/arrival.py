@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -184,8 +185,17 @@ class BoundedArrival(HttpToolsProtocol):
         raise _TooLarge  # the parser stops and uvicorn answers it as a bad request: send_400_response below
 
     def data_received(self, data: bytes) -> None:
-        if self._answering is None:
-            super().data_received(data)
+        """uvicorn's, without its log lines: a refusal is audited and counted, and any client could fill the
+        server's output by sending what is not HTTP or asking for an upgrade."""
+        if self._answering is not None:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response("")
+        except httptools.HttpParserUpgrade:
+            pass  # no WebSocket here (the server runs uvicorn with ws="none"): answered as the plain request it is
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what the parser refused (a plain-text 400 otherwise)."""

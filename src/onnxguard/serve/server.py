@@ -155,9 +155,11 @@ def uvicorn_config(prepared: Prepared, app: Any = None) -> uvicorn.Config:
     protocol = arrival.bounded(c.options.head_seconds, c.options.body_seconds, prepared.app.state.refused)
     # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local process could
     # write another client address into the audit log. The log records the socket's peer (behind a reverse
-    # proxy: the proxy's address; the proxy's own log has the client's).
-    return uvicorn.Config(app or prepared.app, loop="uvloop", http=protocol, lifespan="on", log_config=None,
-                          proxy_headers=False, access_log=False, server_header=False,
+    # proxy: the proxy's address; the proxy's own log has the client's). ws off: this server has no WebSocket
+    # route, and an upgraded connection would leave the protocol above for uvicorn's WebSocket one, unbounded;
+    # an upgrade request is answered as the plain request it also is.
+    return uvicorn.Config(app or prepared.app, loop="uvloop", http=protocol, ws="none", lifespan="on",
+                          log_config=None, proxy_headers=False, access_log=False, server_header=False,
                           timeout_graceful_shutdown=DRAIN_SECONDS,
                           ssl_certfile=str(c.certfile) if c.certfile else None,
                           ssl_keyfile=str(c.keyfile) if c.keyfile else None)
