@@ -143,29 +143,21 @@ def test_a_head_that_does_not_arrive_in_time_is_408_audited_and_the_connection_c
     assert whole.startswith(b"HTTP/1.1 200")
 
 
-def test_a_slow_pipelined_head_is_refused_only_after_the_answer_before_it(quick_head_server):
-    """Half a head pipelined behind a request whose answer is held 2.5 s: that answer arrives whole, then the 408."""
+@pytest.mark.parametrize(("after", "refusal"), [
+    (b"GET /v2/health/li", (408, "the request head did not arrive within 1 s")),
+    (b"HELLO \x00\r\n\r\n", (400, "the request is not valid HTTP/1.1")),
+], ids=["half a head", "not HTTP"])
+def test_a_refusal_pipelined_behind_an_answer_on_its_way_comes_after_it(quick_head_server, after, refusal):
+    """Behind a request whose answer is held 2.5 s (deadline padding): that answer arrives whole, then the refusal."""
     port, secret = quick_head_server
     first = f"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
-    answer, _, waited = _exchange(port, first + b"GET /v2/health/li")
+    answer, _, waited = _exchange(port, first + after)
     ok, _, rest = answer.partition(b"\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200"), answer
     fields = dict(h.lower().split(b": ", 1) for h in ok.split(b"\r\n")[1:])
     length = int(fields[b"content-length"])
     assert json.loads(rest[:length])["ready"] is True
-    assert _refusal(rest[length:]) == (408, "the request head did not arrive within 1 s")
-    assert waited >= 2.5
-
-
-def test_a_request_that_is_not_http_behind_one_in_flight_is_refused_after_its_answer(quick_head_server):
-    port, secret = quick_head_server
-    first = f"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
-    answer, _, waited = _exchange(port, first + b"HELLO \x00\r\n\r\n")
-    ok, _, rest = answer.partition(b"\r\n\r\n")
-    assert ok.startswith(b"HTTP/1.1 200"), answer
-    length = int(dict(h.lower().split(b": ", 1) for h in ok.split(b"\r\n")[1:])[b"content-length"])
-    assert json.loads(rest[:length])["ready"] is True
-    assert _refusal(rest[length:]) == (400, "the request is not valid HTTP/1.1")
+    assert _refusal(rest[length:]) == refusal
     assert waited >= 2.5
 
 
