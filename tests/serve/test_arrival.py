@@ -293,12 +293,13 @@ async def _no_app(scope, receive, send) -> None:
     raise AssertionError("a refused request reaches no app")
 
 
-def _refuse_in_process(refused) -> tuple[_Transport, bytes]:
-    """Feed a malformed request to the protocol: its transport, and what it had written before ``refused`` returned."""
+def _refuse_in_process(refused) -> tuple[_Transport, bytes, BaseException | None]:
+    """Feed a malformed request to the protocol: its transport, what it had written before ``refused`` returned, and
+    what the refusal's task raised."""
     import uvicorn
     from uvicorn.server import ServerState
 
-    async def main() -> tuple[_Transport, bytes]:
+    async def main() -> tuple[_Transport, bytes, BaseException | None]:
         release = asyncio.Event()
         before: list[bytes] = []
 
@@ -321,7 +322,8 @@ def _refuse_in_process(refused) -> tuple[_Transport, bytes]:
                 break
             await asyncio.sleep(0.01)
         protocol.connection_lost(None)
-        return transport, before[0]
+        assert protocol._answering is not None and protocol._answering.done()
+        return transport, before[0], protocol._answering.exception()  # taken, not reported as never retrieved
 
     return asyncio.run(main())
 
@@ -332,8 +334,8 @@ def test_a_refusal_leaves_once_recorded():
     async def record(*args: object) -> None:
         seen.append(args)
 
-    transport, before = _refuse_in_process(record)
-    assert before == b"" and transport.closed
+    transport, before, failure = _refuse_in_process(record)
+    assert before == b"" and transport.closed and failure is None
     assert _refusal(bytes(transport.written)) == (400, "the request is not valid HTTP/1.1")
     assert [a[:3] for a in seen] == [("127.0.0.1:5555", 400, "malformed request")]
 
@@ -342,5 +344,14 @@ def test_a_refusal_the_audit_log_cannot_record_is_503():
     async def failing(*args: object) -> None:
         raise OnnxguardError("disk full")
 
-    transport, _ = _refuse_in_process(failing)
+    transport, _, _ = _refuse_in_process(failing)
     assert _refusal(bytes(transport.written)) == (503, "the audit log cannot record this request; nothing was answered")
+
+
+def test_a_refusal_whose_record_fails_by_a_bug_still_closes_the_connection():
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    transport, _, failure = _refuse_in_process(broken)
+    assert transport.closed and not transport.written
+    assert isinstance(failure, RuntimeError)  # raised out of the refusal's task (asyncio reports it), not swallowed

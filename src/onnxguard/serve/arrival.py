@@ -209,25 +209,26 @@ class BoundedArrival(HttpToolsProtocol):
         self._answering = self.loop.create_task(self._recorded(status, message, reason))
 
     async def _recorded(self, status: int, message: str, reason: str) -> None:
-        if self.refused is not None:
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else ":0"
-            try:
-                await self.refused(client, status, reason, self.loop.time() - self._since)
-            except OnnxguardError:
-                status, message = 503, "the audit log cannot record this request; nothing was answered"
-        # Behind requests pipelined before it, whose answers are still on their way: those go out first, whole (but
-        # a body the parser refused is the request in flight's own: its answer could never be right).
-        while (self._phase != _BODY and self.cycle is not None and not self.cycle.response_complete
-               and not self.transport.is_closing()):
-            self._answered = asyncio.Event()
-            await self._answered.wait()
-        if self.transport.is_closing():
-            return
-        body = orjson.dumps({"error": message})
-        self.transport.write(b"".join([
-            STATUS_LINE[status], b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        try:
+            if self.refused is not None:
+                client = f"{self.client[0]}:{self.client[1]}" if self.client else ":0"
+                try:
+                    await self.refused(client, status, reason, self.loop.time() - self._since)
+                except OnnxguardError:
+                    status, message = 503, "the audit log cannot record this request; nothing was answered"
+            # Behind requests pipelined before it, whose answers are still on their way: those go out first, whole
+            # (but a body the parser refused is the request in flight's own: its answer could never be right).
+            while (self._phase != _BODY and self.cycle is not None and not self.cycle.response_complete
+                   and not self.transport.is_closing()):
+                self._answered = asyncio.Event()
+                await self._answered.wait()
+            if not self.transport.is_closing():
+                body = orjson.dumps({"error": message})
+                self.transport.write(b"".join([
+                    STATUS_LINE[status], b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+        finally:  # whatever happened above: the connection, which takes nothing more, is not left open
+            self.transport.close()
 
 
 def bounded(head_seconds: float = HEAD_SECONDS, body_seconds: float = BODY_SECONDS,
