@@ -376,7 +376,7 @@ def test_an_unknown_audit_sync_mode_refuses_to_start(tmp_path, served_bundles):
 
     KeyStore(tmp_path / "k.db").close()
     serve_fails(tmp_path, served_bundles["digits"], "--public-key", served_bundles["public_key"], "--audit-sync",
-                 "sometimes", fragment="audit sync 'sometimes' is not one of full, normal")
+                "sometimes", fragment="audit sync 'sometimes' is not one of full, normal")
     serve_fails(tmp_path, served_bundles["digits"], fragment="no key was given")
 
 
@@ -389,7 +389,7 @@ def test_a_sealed_bundle_with_the_wrong_identity_refuses_to_start(tmp_path, serv
     sealed = sealing.seal(served_bundles["digits"], [owner.recipient], tmp_path / "sealed").bundle.path
     signing.sign(sealed, served_bundles["private_key"])
     serve_fails(tmp_path, sealed, "--public-key", served_bundles["public_key"], "--identity", stranger.age_identity,
-                 fragment="none of the given identities")
+                fragment="none of the given identities")
 
 
 def test_the_serving_process_never_imports_torch(server):
