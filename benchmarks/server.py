@@ -17,6 +17,9 @@ regression on the same digits), then, in one run:
   differences (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
+* plain FastAPI: the same app without the padding (a text runs at its own length), issue 13's "plain FastAPI, one
+  run per request" row: what a server with none of the checks costs on this host (text only; ``--no-plain`` skips
+  it);
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
   batching, the audit log (durable before each answer);
 
@@ -55,6 +58,7 @@ CACHE = HERE / ".cache" / "server"
 RESULTS = HERE / "results"
 ONNXGUARD = Path(sys.executable).parent / "onnxguard"
 ANCHOR = "LitServe 0.2.19"
+PLAIN = "plain FastAPI"
 SEED_LENGTH = 128  # the seed design pads every text to this many tokens
 BATCHES = (1, 2, 4, 8, 16, 32)
 # After SIGCONT, before the request of a pair (a server whose idle workers poll): a resumed process's threads wake
@@ -76,9 +80,10 @@ def text_tokenizer(opened):
 
 # -- the source documents' seed design ------------------------------------------------------------------------------
 
-def seed_app(bundles: dict[str, Path], public_key: Path):
-    """FastAPI, one session.run per request, texts padded to 128 tokens, no batching (what the source documents
-    describe), serving :predict for each bundle. No keys, no validation, no audit."""
+def seed_app(bundles: dict[str, Path], public_key: Path, pad: bool = True):
+    """FastAPI, one session.run per request, texts padded to 128 tokens (``pad``; else to the longest text of the
+    request, as tokenized), no batching (what the source documents describe), serving :predict for each bundle. No
+    keys, no validation, no audit."""
     from fastapi import FastAPI
 
     from onnxguard import runtime
@@ -95,7 +100,8 @@ def seed_app(bundles: dict[str, Path], public_key: Path):
         session, tok, labels = models[name]
         if tok is not None:
             encoded = tok.encode(body["instances"])
-            feed = {k: np.pad(v, ((0, 0), (0, SEED_LENGTH - v.shape[1]))) for k, v in encoded.items()}
+            feed = {k: np.pad(v, ((0, 0), (0, SEED_LENGTH - v.shape[1]))) for k, v in encoded.items()} if pad \
+                else encoded
             scores = session.run(None, feed)[0]
         else:
             feed = {session.get_inputs()[0].name: np.asarray(body["instances"], np.float32)}
@@ -482,19 +488,21 @@ def main() -> None:
     ap.add_argument("--text", choices=("auto", "fp32"), default="auto",
                     help="the text bundle: what build --quantize auto chose (default), or the FP32 build")
     ap.add_argument("--no-anchor", action="store_true", help="skip the LitServe anchor")
+    ap.add_argument("--no-plain", action="store_true", help="skip plain FastAPI (the seed design without its padding)")
     ap.add_argument("--serve-options", default="", help="more onnxguard serve options, e.g. '--lanes 2 --no-spin'")
     ap.add_argument("--save-as", help="results name in benchmarks/results/ (default E_server, E_server_fp32)")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk",
                     help="wrk (C, as MEASURED.md E; apt install wrk) or onnxguard's own Python load generator")
     ap.add_argument("--seed-app", nargs=4, metavar=("TEXT", "CNN", "DIGITS", "PUBLIC_KEY"), help=argparse.SUPPRESS)
+    ap.add_argument("--unpadded", action="store_true", help=argparse.SUPPRESS)  # the child: plain FastAPI
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_app:  # the child process: the seed design on uvicorn
         import uvicorn
 
         text, cnn, digits, pub = map(Path, args.seed_app)
-        uvicorn.run(seed_app({"text": text, "cnn": cnn, "digits": digits}, pub), host="127.0.0.1", port=args.port,
-                    log_level="warning")
+        uvicorn.run(seed_app({"text": text, "cnn": cnn, "digits": digits}, pub, pad=not args.unpadded),
+                    host="127.0.0.1", port=args.port, log_level="warning")
         return
 
     from onnxguard.serve import audit as audit_lib
@@ -527,18 +535,23 @@ def main() -> None:
                             "--budget", str(10**9), "--json", capture=True))["secret"]
     if not args.no_anchor and not ANCHORS_PYTHON.exists():
         raise SystemExit("the LitServe anchor needs its venv: make bench-anchors (or pass --no-anchor)")
-    og_port, seed_port, anchor_port = free_port(), free_port(), free_port()
-    logs = {name: open(run_dir / f"{name}.log", "w") for name in ("onnxguard", "seed", "litserve")}
+    og_port, seed_port, plain_port, anchor_port = free_port(), free_port(), free_port(), free_port()
+    logs = {name: open(run_dir / f"{name}.log", "w") for name in ("onnxguard", "seed", "plain", "litserve")}
     og = subprocess.Popen([str(ONNXGUARD), "serve", f"text={info['text']}", f"cnn={info['cnn']}",
                            f"digits={info['digits']}",
                            "--public-key", str(pub), "--keys", str(keys_db), "--audit", str(audit_db),
                            "--host", "127.0.0.1", "--port", str(og_port), *args.serve_options.split()],
                           stdout=logs["onnxguard"], stderr=subprocess.STDOUT, start_new_session=True)
-    seed = subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["cnn"], info["digits"],
-                             str(pub), "--port", str(seed_port)], stdout=logs["seed"], stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    servers = {"seed design": (f"http://127.0.0.1:{seed_port}", seed, {}),
+
+    def fastapi(port: int, log: str, *more: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, __file__, "--seed-app", info["text"], info["cnn"], info["digits"],
+                                 str(pub), "--port", str(port), *more], stdout=logs[log], stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    servers = {"seed design": (f"http://127.0.0.1:{seed_port}", fastapi(seed_port, "seed"), {}),
                "onnxguard serve": (f"http://127.0.0.1:{og_port}", og, {"Authorization": f"Bearer {secret}"})}
+    if not args.no_plain:
+        servers[PLAIN] = (f"http://127.0.0.1:{plain_port}", fastapi(plain_port, "plain", "--unpadded"), {})
     if not args.no_anchor:
         anchor = subprocess.Popen([str(ANCHORS_PYTHON), str(HERE / "anchors" / "litserve_app.py"), info["text"],
                                    "--port", str(anchor_port)], stdout=logs["litserve"], stderr=subprocess.STDOUT,
@@ -546,10 +559,13 @@ def main() -> None:
         servers[ANCHOR] = (f"http://127.0.0.1:{anchor_port}", anchor, {})
     try:
         wait_ready(servers["onnxguard serve"][0], og, "/v2/health/ready")
-        wait_ready(servers["seed design"][0], seed, "/docs")
+        for s in ("seed design", PLAIN):
+            if s in servers:
+                wait_ready(servers[s][0], servers[s][1], "/docs")
         if ANCHOR in servers:
             wait_ready(servers[ANCHOR][0], servers[ANCHOR][1], "/health")
-        results: dict = {name: {s: [] for s in servers if name == "text" or s != ANCHOR} for name in work}
+        # LitServe serves the text model only; plain FastAPI differs from the seed design on texts only
+        results: dict = {name: {s: [] for s in servers if name == "text" or s not in (ANCHOR, PLAIN)} for name in work}
         for name, items in work.items():
             bodies = loadgen.predict_bodies(items)
             for i, c in enumerate(levels):
@@ -624,6 +640,7 @@ def main() -> None:
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores")
                      + "; concurrency 1: one kept-alive connection from the benchmark process, each request after the "
                        "bare call of the same item (paired_level)",
+           "plain": None if args.no_plain else f"{PLAIN}: the seed design without its padding (text only)",
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
                                                  "tokenizer, ONNX Runtime's default session settings",
            "ceilings": ceilings, "results": results,
