@@ -17,9 +17,9 @@ regression on the same digits), then, in one run:
   differences (``paired_level``);
 * the source documents' seed design: a FastAPI app (in this file) that pads every text to 128 tokens and calls
   session.run once per request (no batching, no keys, no validation, no audit), on uvicorn on 127.0.0.1;
-* plain FastAPI: the same app without the padding (a text runs at its own length), issue 13's "plain FastAPI, one
-  run per request" row: what a server with none of the checks costs on this host (text only; ``--no-plain`` skips
-  it);
+* plain FastAPI: the same app without the padding (a text runs at its own length) and with sessions that stop
+  spinning after each run (as the bare calls paired with its requests), issue 13's "plain FastAPI, one run per
+  request" row: what a server with none of the checks costs on this host (text only; ``--no-plain`` skips it);
 * ``onnxguard serve`` with everything on: API key with a rate limit and a query budget, validation, dynamic
   batching, the audit log (durable before each answer);
 
@@ -644,7 +644,8 @@ def main() -> None:
                       else "onnxguard.speed.loadgen (httpx, one client per worker, uvloop) on the same cores")
                      + "; concurrency 1: one kept-alive connection from the benchmark process, each request after the "
                        "bare call of the same item (paired_level)",
-           "plain": None if args.no_plain else f"{PLAIN}: the seed design without its padding (text only)",
+           "plain": None if args.no_plain else f"{PLAIN}: the seed design without its padding, its sessions "
+                                               "stopping their spinning at the end of each run (text only)",
            "anchor": None if args.no_anchor else f"{ANCHOR}, dynamic batching 32 / 2 ms, same model.onnx and "
                                                  "tokenizer, ONNX Runtime's default session settings",
            "ceilings": ceilings, "results": results,
